@@ -1,0 +1,406 @@
+"""The declarative schema of a dataset's event streams and impressions, loaded from YAML.
+
+A schema says which raw rows form each event stream, each stream's maximum length and sampling
+policy, the attributes of every event (categorical, hashed, multi-valued, numeric, content
+embedding), the impressions table (user, item, timestamp, labels, item and context attributes) and
+the time-based train / validation / test boundaries.
+
+Every validation error names the file, the field (as a dotted path) and what was expected::
+
+    schema.yaml: streams.0.attributes.1.kind: Input should be 'categorical', 'hashed', ... (got 'categ')
+
+Example (see ``eventrec/schemas/`` for complete ones)::
+
+    name: synthetic_ads
+    events: {path: events.parquet, user_column: user_id, timestamp_column: timestamp,
+             type_column: event_type}
+    streams:
+      - name: ad_click
+        event_types: [ad_click]
+        max_length: 128
+        attributes:
+          - {name: ad_id, kind: categorical, vocabulary: ad_id}
+          - {name: price, kind: numeric, transform: log1p}
+    impressions:
+      path: impressions.parquet
+      user_column: user_id
+      item_column: ad_id
+      timestamp_column: timestamp
+      labels: [click, conversion]
+      item_attributes: [{name: ad_id, kind: categorical, vocabulary: ad_id}]
+    splits: {train_end: 2026-01-20, validation_end: 2026-01-25}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from eventrec.sampling import SAMPLING_POLICIES
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+
+
+class SchemaError(ValueError):
+    """A schema file that does not say what eventrec needs; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategoricalAttribute(_Strict):
+    """Ids mapped through a vocabulary built from the training period only.
+
+    Encoded ids: 0 = missing (null), 1 = out of vocabulary, 2.. = known values by descending
+    training count (ties broken by value). ``vocabulary`` names a table shared by every attribute
+    that uses the same name (e.g. the ad id in several streams and in the impressions).
+    """
+
+    kind: Literal["categorical"]
+    name: Name
+    column: str | None = None
+    vocabulary: Name | None = None
+    min_count: int = Field(1, ge=1)
+    max_size: int | None = Field(None, ge=1)
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+    @property
+    def vocabulary_name(self) -> str:
+        return self.vocabulary or self.name
+
+
+class HashedAttribute(_Strict):
+    """Ids of huge cardinality hashed into ``buckets`` (ids 1..buckets; 0 = missing).
+
+    Hashing keeps the identity of ids first seen after training (new ads), unlike a vocabulary.
+    """
+
+    kind: Literal["hashed"]
+    name: Name
+    column: str | None = None
+    buckets: int = Field(..., ge=2, le=2**31 - 2)
+    vocabulary: Name | None = None
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+    @property
+    def vocabulary_name(self) -> str:
+        return self.vocabulary or self.name
+
+
+class MultiCategoricalAttribute(_Strict):
+    """A list of categorical values per event (e.g. a movie's genres); vocabulary as categorical."""
+
+    kind: Literal["multi_categorical"]
+    name: Name
+    column: str | None = None
+    vocabulary: Name | None = None
+    min_count: int = Field(1, ge=1)
+    max_size: int | None = Field(None, ge=1)
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+    @property
+    def vocabulary_name(self) -> str:
+        return self.vocabulary or self.name
+
+
+class NumericAttribute(_Strict):
+    """A number, optionally log1p-transformed, standardised with training-period mean and std.
+
+    Nulls and NaNs become 0.0 after standardisation (the training mean) and are counted.
+    """
+
+    kind: Literal["numeric"]
+    name: Name
+    column: str | None = None
+    transform: Literal["none", "log1p"] = "none"
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+class EmbeddingAttribute(_Strict):
+    """A fixed-size content vector per event.
+
+    Either read from a list column of the raw rows (``column``), or looked up from a side table
+    (``table``, one of the schema's ``content_tables``) by the value of a categorical attribute of
+    the same stream (``key``).
+    """
+
+    kind: Literal["embedding"]
+    name: Name
+    dim: int = Field(..., ge=1, le=4096)
+    column: str | None = None
+    table: Name | None = None
+    key: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "EmbeddingAttribute":
+        if self.table is not None and self.key is None:
+            raise ValueError("an embedding looked up from a table needs 'key' (a categorical attribute)")
+        if self.table is None and self.key is not None:
+            raise ValueError("'key' is only meaningful with 'table'")
+        if self.table is not None and self.column is not None:
+            raise ValueError("give either 'column' or 'table', not both")
+        return self
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+Attribute = Annotated[
+    Union[CategoricalAttribute, HashedAttribute, MultiCategoricalAttribute, NumericAttribute, EmbeddingAttribute],
+    Field(discriminator="kind"),
+]
+VOCABULARY_KINDS = ("categorical", "multi_categorical")
+ID_KINDS = ("categorical", "hashed", "multi_categorical")
+
+
+class EventsSource(_Strict):
+    """Where raw events live: a Parquet or CSV file (or glob) relative to the data directory."""
+
+    path: str
+    user_column: str = "user_id"
+    timestamp_column: str = "timestamp"
+    type_column: str | None = "event_type"
+    timestamp_unit: Literal["s", "ms", "us"] = "s"
+
+
+class Stream(_Strict):
+    """One event stream: the raw rows of the given event types (or a file of its own)."""
+
+    name: Name
+    event_types: list[str] | None = None
+    source: EventsSource | None = None
+    max_length: int = Field(..., ge=1, le=1_000_000)
+    sampling: str = "most_recent"
+    attributes: list[Attribute] = Field(default_factory=list)
+    dlrm_id: Name | None = None
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value not in SAMPLING_POLICIES:
+            raise ValueError(f"unknown sampling policy {value!r}; expected one of {sorted(SAMPLING_POLICIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Stream":
+        names = [a.name for a in self.attributes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"attribute names must be unique within a stream; repeated: {duplicates}")
+        if "timestamp" in names:
+            raise ValueError("'timestamp' is implicit in every stream; do not declare it as an attribute")
+        for attribute in self.attributes:
+            if isinstance(attribute, EmbeddingAttribute) and attribute.key is not None:
+                key = next((a for a in self.attributes if a.name == attribute.key), None)
+                if key is None or key.kind not in ("categorical", "hashed"):
+                    raise ValueError(
+                        f"attribute {attribute.name!r}: key {attribute.key!r} must be a categorical or hashed attribute of this stream"
+                    )
+        if self.dlrm_id is not None:
+            kinds = {a.name: a.kind for a in self.attributes}
+            if kinds.get(self.dlrm_id) not in ID_KINDS:
+                raise ValueError(f"dlrm_id {self.dlrm_id!r} must name a categorical, hashed or multi_categorical attribute")
+        return self
+
+    @property
+    def id_attribute(self) -> str | None:
+        """The attribute whose distinct values and counts the DLRM aggregates use."""
+        if self.dlrm_id is not None:
+            return self.dlrm_id
+        return next((a.name for a in self.attributes if a.kind in ID_KINDS), None)
+
+
+class Impressions(_Strict):
+    """The impressions to rank: one row per (user, item, timestamp) with labels (nullable)."""
+
+    path: str
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    timestamp_column: str = "timestamp"
+    timestamp_unit: Literal["s", "ms", "us"] = "s"
+    labels: list[Name] = Field(..., min_length=1)
+    item_attributes: list[Attribute] = Field(..., min_length=1)
+    context_attributes: list[Attribute] = Field(default_factory=list)
+    request_column: str | None = None
+    extra_columns: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Impressions":
+        names = [a.name for a in self.item_attributes + self.context_attributes] + list(self.labels)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"item/context attribute and label names must be unique; repeated: {duplicates}")
+        return self
+
+
+class ContentTable(_Strict):
+    """A side table of fixed-size vectors keyed by an id (e.g. an ad's content embedding)."""
+
+    name: Name
+    path: str
+    key_column: str
+    vector_column: str
+    dim: int = Field(..., ge=1, le=4096)
+
+
+Boundary = Union[int, dt.date, dt.datetime]
+
+
+class Splits(_Strict):
+    """Time-based splits over impressions: train < train_end <= validation < validation_end <= test.
+
+    Give both boundaries as timestamps (ints in the events' unit, or ISO dates/datetimes in UTC), or
+    as fractions of the impressions' time-ordered rows (``train_fraction``, ``validation_fraction``),
+    resolved to timestamps at build time and recorded in the store's manifest.
+    """
+
+    train_end: Boundary | None = None
+    validation_end: Boundary | None = None
+    train_fraction: float | None = Field(None, gt=0, lt=1)
+    validation_fraction: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "Splits":
+        by_time = self.train_end is not None or self.validation_end is not None
+        by_fraction = self.train_fraction is not None or self.validation_fraction is not None
+        if by_time == by_fraction:
+            raise ValueError("give either train_end and validation_end, or train_fraction and validation_fraction")
+        if by_time and (self.train_end is None or self.validation_end is None):
+            raise ValueError("both train_end and validation_end are required")
+        if by_fraction:
+            if self.train_fraction is None or self.validation_fraction is None:
+                raise ValueError("both train_fraction and validation_fraction are required")
+            if self.train_fraction + self.validation_fraction >= 1:
+                raise ValueError("train_fraction + validation_fraction must leave a test split (< 1)")
+        return self
+
+
+def boundary_to_seconds(value: Boundary) -> int:
+    """An ISO date/datetime (UTC) or an int to integer seconds since the epoch."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return int(value.timestamp())
+    if isinstance(value, dt.date):
+        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp())
+    return int(value)
+
+
+class Schema(_Strict):
+    """A whole dataset: raw events split into streams, the impressions, content tables, splits."""
+
+    name: Name
+    events: EventsSource | None = None
+    streams: list[Stream] = Field(..., min_length=1)
+    impressions: Impressions
+    content_tables: list[ContentTable] = Field(default_factory=list)
+    splits: Splits
+    equal_timestamp_rule: Literal["exclude"] = "exclude"
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Schema":
+        names = [s.name for s in self.streams]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stream names must be unique; repeated: {duplicates}")
+        for stream in self.streams:
+            if stream.source is None and self.events is None:
+                raise ValueError(f"stream {stream.name!r} has no 'source' and the schema has no 'events' section")
+            if stream.source is None and self.events is not None and self.events.type_column and not stream.event_types:
+                raise ValueError(f"stream {stream.name!r} reads the shared events file and needs 'event_types'")
+        tables = {t.name for t in self.content_tables}
+        kinds: dict[str, tuple[str, str]] = {}
+        for owner, attribute in self.all_attributes():
+            if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None and attribute.table not in tables:
+                raise ValueError(f"{owner}.{attribute.name}: unknown content table {attribute.table!r}; declared: {sorted(tables)}")
+            if attribute.kind in ID_KINDS:
+                vocab = attribute.vocabulary_name  # type: ignore[union-attr]
+                family = "hashed" if attribute.kind == "hashed" else "vocabulary"
+                if vocab in kinds and kinds[vocab][0] != family:
+                    raise ValueError(
+                        f"{owner}.{attribute.name}: vocabulary {vocab!r} is hashed in {kinds[vocab][1]} but not here; "
+                        "attributes that share a vocabulary must share its kind"
+                    )
+                kinds.setdefault(vocab, (family, f"{owner}.{attribute.name}"))
+        return self
+
+    def all_attributes(self) -> list[tuple[str, Any]]:
+        """Every attribute with the place that declares it (``streams.NAME``, ``impressions``)."""
+        out: list[tuple[str, Any]] = []
+        for stream in self.streams:
+            out += [(f"streams.{stream.name}", a) for a in stream.attributes]
+        out += [("impressions", a) for a in self.impressions.item_attributes + self.impressions.context_attributes]
+        return out
+
+    def stream(self, name: str) -> Stream:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise KeyError(f"no stream named {name!r}; streams: {[s.name for s in self.streams]}")
+
+    def hash_buckets(self, vocabulary: str) -> int | None:
+        """Bucket count of a hashed vocabulary (the largest declared), or None if not hashed."""
+        counts = [a.buckets for _, a in self.all_attributes() if a.kind == "hashed" and a.vocabulary_name == vocabulary]
+        return max(counts) if counts else None
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid schema ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"] if not re.fullmatch(r"[a-z_]+\[.*\]|function-after.*", str(part)))
+        given = item.get("input")
+        shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+        lines.append(f"  {path.name}: {location or '<root>'}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_schema(data: Any, path: Path | str = "<schema>") -> Schema:
+    """Validate an already-parsed mapping; errors name ``path`` and the field."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Schema.model_validate(data)
+    except ValidationError as error:
+        raise SchemaError(_format_error(path, error)) from None
+
+
+def load_schema(path: Path | str) -> Schema:
+    """Read and validate a YAML schema file."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"{path}: schema file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SchemaError(f"{path}: not valid YAML: {error}") from None
+    return parse_schema(data, path)
+
+
+def builtin_schema_path(name: str) -> Path:
+    """Path of a schema shipped with eventrec (``synthetic``, ``trivago``, ``ml100k``, ``amazon_grocery``)."""
+    path = Path(__file__).parent / "schemas" / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SchemaError(f"no built-in schema {name!r}; available: {available}")
+    return path

@@ -1,0 +1,175 @@
+"""Reading a built event store into flat arrays (see :mod:`eventrec.store_builder` for the layout).
+
+Each stream becomes flat numpy arrays over all users' events, sorted by (user row, time), with
+``user_offsets [U+1]`` giving each user's segment: ``timestamps [E]``, per attribute ``[E]`` (ids
+or normalised numbers) or ``[E, dim]`` (vectors), and multi-valued attributes as ``values [T]`` plus
+``event_offsets [E+1]``. The examples are columns over impressions ``[I]``. Histories are stored once
+per user; an example refers to its user row and a cut per stream.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eventrec.point_in_time import SegmentedTimeIndex
+from eventrec.schema import EmbeddingAttribute, Schema, parse_schema
+from eventrec.store_builder import FORMAT_VERSION, SPLIT_NAMES, recover_interrupted_swap
+from eventrec.vocab import Vocabulary
+
+
+class StoreError(ValueError):
+    """A store directory that is missing, incomplete or of another format version."""
+
+
+def _list_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """A list column → (``offsets [rows+1]`` int64 from 0, the flat child array)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    child = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    return offsets - offsets[0], child
+
+
+def _numpy(child: pa.Array) -> np.ndarray:
+    if isinstance(child.type, pa.FixedSizeListType):
+        dim = child.type.list_size
+        flat = child.flatten().to_numpy(zero_copy_only=False)
+        return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
+    return child.to_numpy(zero_copy_only=False)
+
+
+@dataclass
+class Ragged:
+    """Multi-valued rows: ``values [T]`` and ``offsets [rows+1]`` (int64, from 0)."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+
+@dataclass
+class StreamData:
+    """One stream's events over all users, flat and sorted by (user row, time)."""
+
+    name: str
+    max_length: int
+    sampling: str
+    user_offsets: np.ndarray
+    timestamps: np.ndarray
+    attributes: dict[str, np.ndarray | Ragged] = field(default_factory=dict)
+    # table-looked-up embeddings: attribute name → (key attribute name, content matrix [V, dim])
+    looked_up: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+
+    @cached_property
+    def time_index(self) -> SegmentedTimeIndex:
+        return SegmentedTimeIndex(self.user_offsets, self.timestamps)
+
+    @property
+    def num_events(self) -> int:
+        return len(self.timestamps)
+
+
+class EventStore:
+    """A built store, loaded into memory as flat arrays. ``EventStore.open(path)``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        recover_interrupted_swap(self.path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.exists():
+            raise StoreError(f"{self.path}: not an event store (no manifest.json); build one with `eventrec build`")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {self.manifest.get('format_version')}, this eventrec reads {FORMAT_VERSION}; rebuild it")
+        self.schema: Schema = parse_schema(self.manifest["schema"], manifest_path)
+        self.vocabularies = {
+            name: Vocabulary.from_json(name, data) for name, data in json.loads((self.path / "vocabularies.json").read_text()).items()
+        }
+        self.statistics = json.loads((self.path / "statistics.json").read_text())
+        self.content = {key: np.load(self.path / name, allow_pickle=False) for key, name in self.manifest["content_files"].items()}
+        self._load_users()
+        self._load_examples()
+
+    @classmethod
+    def open(cls, path: Path | str) -> "EventStore":
+        return cls(Path(path))
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load_users(self) -> None:
+        table = pq.read_table(self.path / "users.parquet")
+        self.user_ids = table.column("user_id").to_numpy(zero_copy_only=False)
+        self.streams: dict[str, StreamData] = {}
+        for stream in self.schema.streams:
+            user_offsets, times = _list_parts(table.column(f"{stream.name}__timestamp"))
+            data = StreamData(stream.name, stream.max_length, stream.sampling, user_offsets, _numpy(times).astype(np.int64))
+            for attribute in stream.attributes:
+                if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None:
+                    key = next(a for a in stream.attributes if a.name == attribute.key)
+                    data.looked_up[attribute.name] = (attribute.key, self.content[f"{attribute.table}/{key.vocabulary_name}"])
+                    continue
+                _, child = _list_parts(table.column(f"{stream.name}__{attribute.name}"))
+                if attribute.kind == "multi_categorical":
+                    inner_offsets, inner = _list_parts(child)
+                    data.attributes[attribute.name] = Ragged(_numpy(inner).astype(np.int64), inner_offsets)
+                else:
+                    data.attributes[attribute.name] = _numpy(child)
+            self.streams[stream.name] = data
+
+    def _load_examples(self) -> None:
+        table = pq.read_table(self.path / "examples.parquet")
+        column = lambda name: table.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
+        self.user_rows = column("user_row").astype(np.int64)
+        self.timestamps = column("timestamp").astype(np.int64)
+        self.splits = column("split").astype(np.int8)
+        self.request_ids = column("request_id") if "request_id" in table.column_names else None
+        self.item_ids = column("item_id")
+        self.cuts = {s.name: column(f"cut__{s.name}").astype(np.int64) for s in self.schema.streams}
+        imp = self.schema.impressions
+        self.item: dict[str, np.ndarray | Ragged] = {}
+        self.context: dict[str, np.ndarray | Ragged] = {}
+        self.item_looked_up: dict[str, tuple[str, np.ndarray]] = {}
+        for group, attributes, target in (("item", imp.item_attributes, self.item), ("context", imp.context_attributes, self.context)):
+            for attribute in attributes:
+                if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None:
+                    key = next(a for a in attributes if a.name == attribute.key)
+                    self.item_looked_up[attribute.name] = (attribute.key, self.content[f"{attribute.table}/{key.vocabulary_name}"])
+                    continue
+                array = table.column(f"{group}__{attribute.name}").combine_chunks()
+                if attribute.kind == "multi_categorical":
+                    offsets, child = _list_parts(array)
+                    target[attribute.name] = Ragged(_numpy(child).astype(np.int64), offsets)
+                else:
+                    target[attribute.name] = _numpy(array)
+        self.label_names = list(imp.labels)
+        self.labels = np.stack([column(f"label__{n}").astype(np.float32) for n in self.label_names], axis=1)
+        self.extras = {c: column(f"extra__{c}").astype(np.float64) for c in imp.extra_columns}
+
+    # -- queries ----------------------------------------------------------------------------------
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.user_rows)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Example indices of a split (``train``, ``validation``, ``test``), in time order."""
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+        return np.flatnonzero(self.splits == SPLIT_NAMES.index(split)).astype(np.int64)
+
+    def history_bounds(self, stream: str, example_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global ``[start, end)`` of each example's full history (all events before the cut)."""
+        data = self.streams[stream]
+        rows = self.user_rows[example_indices]
+        starts = data.user_offsets[rows]
+        return starts, starts + self.cuts[stream][example_indices]
+
+    def num_embeddings(self, vocabulary: str) -> int:
+        return self.vocabularies[vocabulary].num_embeddings

@@ -1,0 +1,474 @@
+"""Build the people-centric event store and the point-in-time examples from raw logs.
+
+Output directory (written to a temporary sibling, then renamed into place)::
+
+    manifest.json       schema, resolved split boundaries, counts, drops, column layout
+    vocabularies.json   per vocabulary: its values (training period only) or its hash buckets
+    statistics.json     per numeric attribute: training-period mean/std after the transform
+    users.parquet       one row per user: ``user_id`` and, per stream, list columns sorted by time:
+                        ``{stream}__timestamp`` and ``{stream}__{attribute}`` (encoded)
+    examples.parquet    one row per impression, time-ordered: ``user_row``, ``timestamp``,
+                        ``split`` (0 train, 1 validation, 2 test), ``cut__{stream}`` (number of the
+                        user's events strictly before the impression), encoded item and context
+                        attributes, labels (float, NaN when missing), extra columns
+    content__{table}__{vocabulary}.npy   side-table vectors aligned with the key's encoded ids
+
+The same input gives byte-identical output. See ``docs/store.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eventrec.point_in_time import SegmentedTimeIndex
+from eventrec.raw_logs import (
+    ROW,
+    DataError,
+    RawTable,
+    check_not_null,
+    check_timestamps,
+    first_row,
+    require_columns,
+    scan_table,
+    timestamp_seconds,
+)
+from eventrec.schema import (
+    EmbeddingAttribute,
+    EventsSource,
+    Schema,
+    Stream,
+    boundary_to_seconds,
+)
+from eventrec.vocab import NumericStatistics, Vocabulary, build_vocabulary, normalize, numeric_statistics
+
+FORMAT_VERSION = 1
+USER = "_user"
+TIME = "_t"
+SPLIT_NAMES = ("train", "validation", "test")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuildReport:
+    """What the build did, including every counted drop (nothing is lost silently)."""
+
+    counts: dict[str, Any] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+    nulls: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, key: str, n: int) -> None:
+        if n:
+            self.drops[key] = self.drops.get(key, 0) + int(n)
+
+    def null(self, key: str, n: int) -> None:
+        if n:
+            self.nulls[key] = self.nulls.get(key, 0) + int(n)
+
+
+def _source_columns(attributes: list) -> dict[str, str]:
+    """Raw column → purpose for a list of attributes (table-looked-up embeddings need none)."""
+    purposes = {"categorical": "id", "hashed": "id", "multi_categorical": "list", "numeric": "number"}
+    out: dict[str, str] = {}
+    for attribute in attributes:
+        if isinstance(attribute, EmbeddingAttribute):
+            if attribute.table is None:
+                out[attribute.source_column] = "vector"
+        else:
+            out[attribute.source_column] = purposes[attribute.kind]
+    return out
+
+
+def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildReport) -> tuple[RawTable, pl.DataFrame]:
+    """The stream's raw rows: ``_user``, ``_t`` (seconds), ``_row`` and its attribute columns."""
+    source: EventsSource = stream.source or schema.events  # type: ignore[assignment]
+    table = scan_table(data_dir, source.path)
+    needed = {source.user_column: "id", source.timestamp_column: "timestamp"} | _source_columns(stream.attributes)
+    if source.type_column and stream.event_types:
+        needed[source.type_column] = "id"
+    require_columns(table, needed)
+    frame = table.frame
+    if source.type_column and stream.event_types:
+        frame = frame.filter(pl.col(source.type_column).cast(pl.String).is_in(stream.event_types))
+    attribute_columns = sorted(set(_source_columns(stream.attributes)) - {source.user_column, source.timestamp_column})
+    frame = frame.select(
+        pl.col(ROW),
+        pl.col(source.user_column).alias(USER),
+        pl.col(source.timestamp_column),
+        timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
+        *[pl.col(c) for c in attribute_columns],
+    )
+    check_not_null(table, frame, USER, f"user id (stream {stream.name!r})")
+    check_timestamps(table, frame, source.timestamp_column, TIME)
+    df = frame.drop(source.timestamp_column).collect(engine="streaming")
+    # exact duplicates (same user, time and attributes) are dropped and counted
+    before = df.height
+    key_columns = [c for c in df.columns if c != ROW]
+    hashable = [pl.col(c).cast(pl.List(pl.String)).list.join("\x1f") if isinstance(df.schema[c], (pl.List, pl.Array)) and not df.schema[c].inner.is_float() else pl.col(c) for c in key_columns]
+    try:
+        df = df.with_columns(_dup=pl.struct(hashable).is_first_distinct()).filter(pl.col("_dup")).drop("_dup")
+    except pl.exceptions.PolarsError:
+        pass  # vector-valued rows: no exact-duplicate detection
+    report.drop(f"streams.{stream.name}.duplicate_events", before - df.height)
+    report.counts[f"streams.{stream.name}.raw_rows"] = before
+    return table, df
+
+
+def _unused_event_rows(data_dir: Path, schema: Schema) -> int:
+    """Rows of the shared events file whose type no stream reads (reported, not silently lost)."""
+    if schema.events is None or not schema.events.type_column:
+        return 0
+    types = sorted({t for s in schema.streams if s.source is None for t in (s.event_types or [])})
+    table = scan_table(data_dir, schema.events.path)
+    column = pl.col(schema.events.type_column).cast(pl.String)
+    return int(table.frame.filter(~column.is_in(types) | column.is_null()).select(pl.len()).collect().item())
+
+
+def _resolve_splits(schema: Schema, impression_times: np.ndarray) -> tuple[int, int]:
+    splits = schema.splits
+    if splits.train_end is not None:
+        train_end, validation_end = boundary_to_seconds(splits.train_end), boundary_to_seconds(splits.validation_end)
+        if validation_end < train_end:
+            raise DataError(f"schema splits: validation_end ({validation_end}) is before train_end ({train_end})")
+        return train_end, validation_end
+    ordered = np.sort(impression_times)
+    n = len(ordered)
+    train_end = int(ordered[min(n - 1, int(n * splits.train_fraction))])
+    validation_end = int(ordered[min(n - 1, int(n * (splits.train_fraction + splits.validation_fraction)))])
+    return train_end, validation_end
+
+
+class _Encoder:
+    """Learns vocabularies and numeric statistics from the training period, then encodes."""
+
+    def __init__(self, schema: Schema, train_end: int):
+        self.schema = schema
+        self.train_end = train_end
+        self.vocabularies: dict[str, Vocabulary] = {}
+        self.statistics: dict[str, NumericStatistics] = {}
+
+    def fit(self, places: list[tuple[str, list, pl.DataFrame]]) -> None:
+        """``places``: (place name, attributes, raw frame with ``_t``) for every stream and impressions."""
+        training: dict[str, list[pl.Series]] = {}
+        options: dict[str, tuple[int, int | None]] = {}
+        for place, attributes, frame in places:
+            train = frame.filter(pl.col(TIME) < self.train_end)
+            for attribute in attributes:
+                if attribute.kind in ("categorical", "multi_categorical"):
+                    values = train[attribute.source_column]
+                    if attribute.kind == "multi_categorical":
+                        values = values.explode()
+                    training.setdefault(attribute.vocabulary_name, []).append(values.cast(pl.String) if values.dtype == pl.Categorical else values)
+                    min_count, max_size = options.get(attribute.vocabulary_name, (attribute.min_count, attribute.max_size))
+                    options[attribute.vocabulary_name] = (max(min_count, attribute.min_count), max_size or attribute.max_size)
+                elif attribute.kind == "numeric":
+                    self.statistics[f"{place}.{attribute.name}"] = numeric_statistics(train[attribute.source_column], attribute.transform)
+        for name, parts in training.items():
+            dtypes = {p.dtype for p in parts}
+            if len(dtypes) > 1:
+                parts = [p.cast(pl.String) for p in parts]
+            min_count, max_size = options[name]
+            self.vocabularies[name] = build_vocabulary(name, pl.concat(parts), min_count, max_size)
+        for _, attribute in self.schema.all_attributes():
+            if attribute.kind == "hashed":
+                self.vocabularies[attribute.vocabulary_name] = Vocabulary(attribute.vocabulary_name, buckets=self.schema.hash_buckets(attribute.vocabulary_name))
+
+    def encode(self, place: str, attribute: Any, frame: pl.DataFrame, report: BuildReport, table: RawTable) -> dict[str, np.ndarray]:
+        """Encoded arrays of one attribute over ``frame``'s rows (keys: "values", maybe "offsets")."""
+        key = f"{place}.{attribute.name}"
+        if attribute.kind in ("categorical", "hashed"):
+            values = frame[attribute.source_column]
+            report.null(key, values.null_count())
+            ids = self.vocabularies[attribute.vocabulary_name].encode(values).to_numpy()
+            return {"values": ids.astype(np.int32 if ids.max(initial=0) < 2**31 else np.int64)}
+        if attribute.kind == "multi_categorical":
+            column = frame[attribute.source_column]
+            report.null(key, column.null_count())
+            lengths = column.list.len().fill_null(0).to_numpy().astype(np.int64)
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            arrow = column.to_arrow()
+            if isinstance(arrow, pa.ChunkedArray):
+                arrow = arrow.combine_chunks()
+            flat = pl.Series(arrow.flatten())  # elements of non-null lists, in order
+            ids = self.vocabularies[attribute.vocabulary_name].encode(flat).to_numpy().astype(np.int32)
+            if len(ids) != offsets[-1]:
+                raise DataError(f"{table.path}: column {attribute.source_column!r}: could not flatten the lists")
+            return {"values": ids, "offsets": offsets}
+        if attribute.kind == "numeric":
+            values, bad = normalize(frame[attribute.source_column], self.statistics[key])
+            report.null(key, bad)
+            return {"values": values}
+        if isinstance(attribute, EmbeddingAttribute) and attribute.table is None:
+            column = frame[attribute.source_column]
+            lengths = column.list.len() if isinstance(column.dtype, pl.List) else pl.Series([attribute.dim] * len(column))
+            wrong = (lengths != attribute.dim) | column.is_null()
+            if wrong.any():
+                position = int(np.argmax(wrong.to_numpy()))
+                raise DataError(
+                    f"{table.path}: column {attribute.source_column!r}, row {int(frame[ROW][position])}: "
+                    f"expected a vector of {attribute.dim} floats, got {column[position]!r}"
+                )
+            matrix = np.asarray(column.cast(pl.Array(pl.Float32, attribute.dim)).to_numpy(), dtype=np.float32).reshape(-1, attribute.dim)
+            bad = ~np.isfinite(matrix).all(axis=1)
+            matrix[bad] = 0.0
+            report.null(key, int(bad.sum()))
+            return {"values": matrix}
+        return {}  # table-looked-up embeddings are gathered at batch time from the content matrix
+
+
+def _arrow_list(offsets: np.ndarray, values: pa.Array) -> pa.Array:
+    return pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
+
+
+def _arrow_values(encoded: dict[str, np.ndarray]) -> pa.Array:
+    values = encoded["values"]
+    if "offsets" in encoded:
+        return _arrow_list(encoded["offsets"], pa.array(values))
+    if values.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    return pa.array(values)
+
+
+def _take(encoded: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    """Reorder the rows of an encoded attribute (multi-valued ones keep their inner lists)."""
+    if "offsets" not in encoded:
+        return {"values": encoded["values"][order]}
+    offsets = encoded["offsets"]
+    lengths = np.diff(offsets)[order]
+    new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    from eventrec.sampling import ranges_to_indices
+
+    index, _ = ranges_to_indices(offsets[:-1][order], offsets[1:][order])
+    return {"values": encoded["values"][index], "offsets": new_offsets}
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd", row_group_size=65_536, write_statistics=True, store_schema=False)
+
+
+def _write_json(data: Any, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def schema_fingerprint(schema: Schema) -> str:
+    return hashlib.sha256(json.dumps(schema.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Atomically replace ``out_dir`` by ``tmp`` (the previous store survives a kill at any point)."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_interrupted_swap(out_dir: Path) -> None:
+    """If a build was killed between its two renames, put the previous store back."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists() and not out_dir.exists():
+        os.rename(old, out_dir)
+
+
+def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progress: Progress | None = None) -> dict:
+    """Build the store for ``schema`` from the raw logs in ``data_dir`` into ``out_dir``.
+
+    Returns the manifest (also written as ``manifest.json``). Raises :class:`DataError` on bad input.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    recover_interrupted_swap(out_dir)
+    report = BuildReport()
+
+    # --- impressions -------------------------------------------------------------------------
+    say("reading impressions")
+    imp = schema.impressions
+    imp_table = scan_table(data_dir, imp.path)
+    needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
+    needed |= {label: "label" for label in imp.labels}
+    needed |= _source_columns(imp.item_attributes + imp.context_attributes)
+    if imp.request_column:
+        needed[imp.request_column] = "id"
+    needed |= {c: "number" for c in imp.extra_columns}
+    require_columns(imp_table, needed)
+    columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
+    frame = imp_table.frame.select(
+        pl.col(ROW),
+        pl.col(imp.user_column).alias(USER),
+        pl.col(imp.timestamp_column),
+        timestamp_seconds(imp_table, imp.timestamp_column, imp.timestamp_unit).alias(TIME),
+        *[pl.col(c) for c in columns],
+    )
+    check_not_null(imp_table, frame, USER, "user id")
+    check_timestamps(imp_table, frame, imp.timestamp_column, TIME)
+    for label in imp.labels:
+        bad = pl.col(label).is_not_null() & ~pl.col(label).cast(pl.Float64).is_in([0.0, 1.0])
+        row = first_row(imp_table, frame, bad)
+        if row is not None:
+            value = frame.filter(pl.col(ROW) == row).select(label).collect().item()
+            raise DataError(f"{imp_table.path}: column {label!r}, row {row}: label must be 0, 1 or null, got {value!r}")
+    impressions = frame.drop(imp.timestamp_column).collect(engine="streaming")
+    if impressions.height == 0:
+        raise DataError(f"{imp_table.path}: no impressions")
+    impressions = impressions.sort([TIME, ROW])
+    train_end, validation_end = _resolve_splits(schema, impressions[TIME].to_numpy())
+
+    # --- streams -----------------------------------------------------------------------------
+    streams: dict[str, tuple[RawTable, pl.DataFrame]] = {}
+    for stream in schema.streams:
+        say(f"reading stream {stream.name}")
+        streams[stream.name] = _load_stream(data_dir, schema, stream, report)
+    report.drop("events.rows_of_no_stream", _unused_event_rows(data_dir, schema))
+
+    # --- users: one row each, sorted by id ---------------------------------------------------
+    id_frames = [impressions.select(USER)] + [df.select(USER) for _, df in streams.values()]
+    if len({f.schema[USER] for f in id_frames}) > 1:
+        id_frames = [f.with_columns(pl.col(USER).cast(pl.String)) for f in id_frames]
+        impressions = impressions.with_columns(pl.col(USER).cast(pl.String))
+        streams = {k: (t, df.with_columns(pl.col(USER).cast(pl.String))) for k, (t, df) in streams.items()}
+    users = pl.concat(id_frames).unique().sort(USER).with_row_index("user_row")
+    num_users = users.height
+
+    # --- vocabularies and statistics from the training period only ---------------------------
+    say("learning vocabularies and statistics (training period)")
+    encoder = _Encoder(schema, train_end)
+    places = [(f"streams.{s.name}", s.attributes, streams[s.name][1]) for s in schema.streams]
+    places.append(("impressions", imp.item_attributes + imp.context_attributes, impressions))
+    encoder.fit(places)
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        # --- per-stream flat arrays, sorted by (user row, time, file row) --------------------
+        user_columns: dict[str, pa.Array] = {"user_id": users[USER].to_arrow()}
+        indexes: dict[str, SegmentedTimeIndex] = {}
+        stream_layout: dict[str, Any] = {}
+        for stream in schema.streams:
+            say(f"encoding stream {stream.name}")
+            table, df = streams[stream.name]
+            df = df.join(users, on=USER, how="left", maintain_order="left").sort(["user_row", TIME, ROW])
+            rows = df["user_row"].to_numpy().astype(np.int64)
+            times = df[TIME].to_numpy().astype(np.int64)
+            user_offsets = np.zeros(num_users + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=num_users), out=user_offsets[1:])
+            indexes[stream.name] = SegmentedTimeIndex(user_offsets, times)
+            user_columns[f"{stream.name}__timestamp"] = _arrow_list(user_offsets, pa.array(times))
+            layout = {}
+            for attribute in stream.attributes:
+                encoded = encoder.encode(f"streams.{stream.name}", attribute, df, report, table)
+                if encoded:
+                    user_columns[f"{stream.name}__{attribute.name}"] = _arrow_list(user_offsets, _arrow_values(encoded))
+                layout[attribute.name] = attribute.kind
+            report.counts[f"streams.{stream.name}.events"] = int(len(times))
+            report.counts[f"streams.{stream.name}.users_with_events"] = int((np.diff(user_offsets) > 0).sum())
+            stream_layout[stream.name] = {"max_length": stream.max_length, "sampling": stream.sampling, "attributes": layout}
+        _write_parquet(pa.table(user_columns), tmp / "users.parquet")
+
+        # --- examples: one per impression, pointing at the user's history --------------------
+        say("computing point-in-time examples")
+        impressions = impressions.join(users, on=USER, how="left", maintain_order="left")
+        user_rows = impressions["user_row"].to_numpy().astype(np.int64)
+        times = impressions[TIME].to_numpy().astype(np.int64)
+        split = np.where(times < train_end, 0, np.where(times < validation_end, 1, 2)).astype(np.int8)
+        example_columns: dict[str, pa.Array] = {
+            "user_row": pa.array(user_rows),
+            "timestamp": pa.array(times),
+            "split": pa.array(split),
+        }
+        if imp.request_column:
+            example_columns["request_id"] = impressions[imp.request_column].to_arrow()
+        example_columns["item_id"] = impressions[imp.item_column].to_arrow() if imp.item_column in impressions.columns else pa.nulls(len(times))
+        for stream in schema.streams:
+            example_columns[f"cut__{stream.name}"] = pa.array(indexes[stream.name].count_before(user_rows, times))
+        for group, attributes in (("item", imp.item_attributes), ("context", imp.context_attributes)):
+            for attribute in attributes:
+                encoded = encoder.encode("impressions", attribute, impressions, report, imp_table)
+                if encoded:
+                    example_columns[f"{group}__{attribute.name}"] = _arrow_values(encoded)
+        for label in imp.labels:
+            values = impressions[label].cast(pl.Float32).fill_null(np.nan).to_numpy()
+            example_columns[f"label__{label}"] = pa.array(values)
+            report.counts[f"labels.{label}.missing"] = int(np.isnan(values).sum())
+        for column in imp.extra_columns:
+            example_columns[f"extra__{column}"] = impressions[column].cast(pl.Float64).to_arrow()
+        _write_parquet(pa.table(example_columns), tmp / "examples.parquet")
+
+        # --- content tables aligned with the key's encoded ids -------------------------------
+        content_files: dict[str, str] = {}
+        for table_spec in schema.content_tables:
+            keys = sorted({(a.table, a.key, owner) for owner, a in schema.all_attributes() if isinstance(a, EmbeddingAttribute) and a.table == table_spec.name})
+            vocab_names = set()
+            for _, key, owner in keys:
+                attrs = schema.stream(owner.split(".", 1)[1]).attributes if owner.startswith("streams.") else imp.item_attributes + imp.context_attributes
+                vocab_names.add(next(a for a in attrs if a.name == key).vocabulary_name)
+            if not vocab_names:
+                continue
+            raw = scan_table(data_dir, table_spec.path)
+            require_columns(raw, {table_spec.key_column: "id", table_spec.vector_column: "vector"})
+            side = raw.frame.select(ROW, table_spec.key_column, table_spec.vector_column).collect()
+            lengths = side[table_spec.vector_column].list.len() if isinstance(side.schema[table_spec.vector_column], pl.List) else None
+            if lengths is not None and (lengths != table_spec.dim).any():
+                position = int(np.argmax((lengths != table_spec.dim).to_numpy()))
+                raise DataError(f"{raw.path}: column {table_spec.vector_column!r}, row {position}: expected {table_spec.dim} floats")
+            vectors = np.asarray(side[table_spec.vector_column].cast(pl.Array(pl.Float32, table_spec.dim)).to_numpy(), dtype=np.float64).reshape(-1, table_spec.dim)
+            bad = ~np.isfinite(vectors).all(axis=1)
+            report.drop(f"content_tables.{table_spec.name}.non_finite_vectors", int(bad.sum()))
+            for vocab_name in sorted(vocab_names):
+                vocabulary = encoder.vocabularies[vocab_name]
+                ids = vocabulary.encode(side[table_spec.key_column]).to_numpy()
+                keep = ~bad & (ids >= 2 if not vocabulary.hashed else ids >= 1)
+                matrix = np.zeros((vocabulary.num_embeddings, table_spec.dim), dtype=np.float64)
+                counts = np.bincount(ids[keep], minlength=vocabulary.num_embeddings)
+                np.add.at(matrix, ids[keep], vectors[keep])
+                matrix /= np.maximum(counts, 1)[:, None]
+                report.counts[f"content_tables.{table_spec.name}.{vocab_name}.shared_slots"] = int((counts > 1).sum())
+                name = f"content__{table_spec.name}__{vocab_name}.npy"
+                np.save(tmp / name, matrix.astype(np.float32), allow_pickle=False)
+                content_files[f"{table_spec.name}/{vocab_name}"] = name
+
+        # --- metadata --------------------------------------------------------------------------
+        report.counts["users"] = num_users
+        report.counts["impressions"] = int(len(times))
+        for i, name in enumerate(SPLIT_NAMES):
+            report.counts[f"examples.{name}"] = int((split == i).sum())
+        _write_json({name: v.to_json() for name, v in sorted(encoder.vocabularies.items())}, tmp / "vocabularies.json")
+        _write_json({name: s.to_json() for name, s in sorted(encoder.statistics.items())}, tmp / "statistics.json")
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "schema": schema.model_dump(mode="json"),
+            "schema_fingerprint": schema_fingerprint(schema),
+            "splits": {"train_end": train_end, "validation_end": validation_end},
+            "equal_timestamp_rule": "events at the impression's timestamp or later are excluded",
+            "streams": stream_layout,
+            "content_files": content_files,
+            "counts": dict(sorted(report.counts.items())),
+            "drops": dict(sorted(report.drops.items())),
+            "nulls_encoded_as_missing": dict(sorted(report.nulls.items())),
+        }
+        _write_json(manifest, tmp / "manifest.json")
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest["build_seconds"] = round(time.perf_counter() - started, 3)
+    return manifest
