@@ -1,0 +1,242 @@
+"""Shared helpers of the dataset adapters: checked reading, atomic deterministic output, statistics.
+
+Every adapter turns a public dataset into eventrec's raw-log format (``events.parquet``,
+``impressions.parquet``, side tables) in an output directory. The helpers here give them the same
+guarantees:
+
+- **Clear errors.** :class:`AdapterError` names the file, the column and, where it applies, the first
+  offending row (0-based data row, header excluded) and its value.
+- **Determinism.** Output rows are fully ordered by explicit sort keys (stable sorts, file order as the
+  last tie-break) and written single-file with fixed compression, so the same input gives
+  byte-identical files.
+- **Atomicity.** :func:`atomic_output` writes into a temporary sibling directory and renames it into
+  place only when everything succeeded; a failed or killed run leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+
+ROW = "_row"
+SUMMARY_FILE = "summary.json"
+
+
+class AdapterError(ValueError):
+    """Bad raw input for an adapter; the message names the file, the column and the first bad row."""
+
+
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise AdapterError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AdapterError(f"{path}: empty file")
+    return path
+
+
+def require_columns(frame: pl.DataFrame, path: Path, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        present = sorted(c for c in frame.columns if c != ROW)
+        raise AdapterError(f"{path}: missing column(s) {missing}; columns present: {present}")
+
+
+def read_parquet_checked(path: Path, columns: list[str]) -> pl.DataFrame:
+    """Read the named columns of a Parquet file, with the file row number as ``_row``."""
+    require_file(path)
+    try:
+        present = list(pl.read_parquet_schema(path))
+    except Exception as error:  # polars raises several types for unreadable files
+        raise AdapterError(f"{path}: cannot be read as Parquet: {error}") from None
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise AdapterError(f"{path}: missing column(s) {missing}; columns present: {sorted(present)}")
+    return pl.read_parquet(path, columns=columns).with_row_index(ROW)
+
+
+def read_tsv_checked(path: Path, columns: list[str], strip_types: bool = False) -> pl.DataFrame:
+    """Read a tab-separated file as strings (parsing is done by :func:`parse_column`).
+
+    ``strip_types``: RecBole atomic files type their headers (``user_id:token``); the suffix after
+    ``:`` is dropped so columns are named by their base name.
+    """
+    require_file(path)
+    try:
+        frame = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False, has_header=True)
+    except Exception as error:
+        raise AdapterError(f"{path}: cannot be read as tab-separated text: {error}") from None
+    if strip_types:
+        names = [c.split(":", 1)[0] for c in frame.columns]
+        if len(set(names)) != len(names):
+            raise AdapterError(f"{path}: header has repeated column names after removing ':type' suffixes: {frame.columns}")
+        frame.columns = names
+    require_columns(frame, path, columns)
+    if frame.height == 0:
+        raise AdapterError(f"{path}: no data rows")
+    return frame.select(columns).with_row_index(ROW)
+
+
+def _first_bad(frame: pl.DataFrame, bad: pl.Series, column: str) -> tuple[int, object]:
+    hit = frame.filter(bad).select(ROW, column).row(0)
+    return int(hit[0]), hit[1]
+
+
+def check_not_null(frame: pl.DataFrame, path: Path, column: str, what: str) -> None:
+    bad = frame[column].is_null()
+    if bad.any():
+        row, _ = _first_bad(frame, bad, column)
+        raise AdapterError(f"{path}: column {column!r}, row {row}: null {what} ({int(bad.sum())} null row(s))")
+
+
+def parse_column(frame: pl.DataFrame, path: Path, column: str, dtype: pl.DataType, what: str, integral: bool = False) -> pl.Series:
+    """``frame[column]`` cast to ``dtype``; an unparsable non-null value raises naming file, column, row.
+
+    ``integral``: a string such as ``"881250949.0"`` is accepted for an integer column only if it
+    is a whole number (RecBole declares timestamps as ``float``).
+    """
+    source = frame[column]
+    if integral and source.dtype == pl.String:
+        as_float = source.str.strip_chars().cast(pl.Float64, strict=False)
+        parsed = as_float.cast(dtype, strict=False)
+        bad = (source.is_not_null() & (parsed.is_null() | (as_float != as_float.floor()).fill_null(True))).fill_null(False)
+    else:
+        cleaned = source.str.strip_chars() if source.dtype == pl.String else source
+        parsed = cleaned.cast(dtype, strict=False)
+        bad = source.is_not_null() & parsed.is_null()
+    if bad.any():
+        row, value = _first_bad(frame, bad, column)
+        raise AdapterError(
+            f"{path}: column {column!r}, row {row}: cannot parse {value!r} as {what} ({int(bad.sum())} bad row(s))"
+        )
+    return parsed.alias(column)
+
+
+def check_timestamps(frame: pl.DataFrame, path: Path, column: str) -> None:
+    """Timestamps must be non-null unix seconds in [1970, 2200)."""
+    check_not_null(frame, path, column, "timestamp")
+    bad = (frame[column] < 0) | (frame[column] >= 7_258_118_400)
+    if bad.any():
+        row, value = _first_bad(frame, bad, column)
+        raise AdapterError(f"{path}: column {column!r}, row {row}: timestamp {value!r} out of range (unix seconds 1970..2200)")
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """One deterministic Parquet file: fixed compression, statistics, a single row-group size."""
+    frame.write_parquet(path, compression="zstd", compression_level=3, statistics=True, row_group_size=1 << 20)
+
+
+def write_summary(summary: dict, out_dir: Path) -> None:
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_output(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary directory next to ``out_dir``; on success it replaces ``out_dir``.
+
+    The previous ``out_dir`` (if any) is moved aside, the new one renamed into place, then the old
+    one deleted; on any error the temporary directory is removed and ``out_dir`` is untouched.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    os.chmod(out_dir, 0o755)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _percentiles(values: pl.Series) -> dict[str, float]:
+    if values.len() == 0:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+    out = {f"p{q}": float(values.quantile(q / 100, interpolation="nearest")) for q in (50, 90, 99)}
+    out["max"] = float(values.max())
+    out["mean"] = round(float(values.mean()), 2)
+    return out
+
+
+def history_lengths(events: pl.DataFrame, requests: pl.DataFrame, user: str, timestamp: str) -> pl.Series:
+    """For each request (user, timestamp), the number of the user's events strictly before it.
+
+    Events at the request's own timestamp are not counted (eventrec's equal-timestamp rule).
+    """
+    counts = (
+        events.select(pl.col(user), pl.col(timestamp))
+        .sort(user, timestamp)
+        .group_by(user, timestamp, maintain_order=True)
+        .agg(pl.len().alias("n"))
+        .with_columns(pl.col("n").cum_sum().over(user).alias("before_next"))
+        .sort(timestamp, user)
+    )
+    joined = requests.select(pl.col(user), pl.col(timestamp), pl.int_range(pl.len()).alias("_i")).sort(timestamp, user).join_asof(
+        counts.select(user, timestamp, "before_next"), on=timestamp, by=user, strategy="backward", allow_exact_matches=False
+    )
+    return joined.sort("_i")["before_next"].fill_null(0).alias("history_length")
+
+
+def describe(out_dir: Path, schema) -> dict:
+    """Statistics of a prepared dataset read back from ``out_dir`` as its schema declares it.
+
+    Users, events per stream, impressions and requests, label rates, and per request the number of
+    the user's events strictly before it (all streams together and per stream; uncapped and capped
+    at the stream's ``max_length``), as p50/p90/p99/max/mean over requests.
+    """
+    out_dir = Path(out_dir)
+    ev = schema.events
+    imp = schema.impressions
+    events = pl.read_parquet(out_dir / ev.path)
+    impressions = pl.read_parquet(out_dir / imp.path)
+    request_keys = [imp.request_column] if imp.request_column else [imp.user_column, imp.timestamp_column]
+    requests = (
+        impressions.select(*dict.fromkeys([*request_keys, imp.user_column, imp.timestamp_column]))
+        .unique(subset=request_keys, keep="first", maintain_order=True)
+        .rename({imp.user_column: ev.user_column, imp.timestamp_column: ev.timestamp_column})
+    )
+    stats: dict = {
+        "users_with_events": events[ev.user_column].n_unique(),
+        "users_with_impressions": impressions[imp.user_column].n_unique(),
+        "events": events.height,
+        "impressions": impressions.height,
+        "requests": requests.height,
+        "distinct_items_impressed": impressions[imp.item_column].n_unique(),
+        "time_range": [int(events[ev.timestamp_column].min()), int(events[ev.timestamp_column].max())],
+        "label_rates": {
+            label: {
+                "positives": int(impressions[label].sum()),
+                "rate": round(float(impressions[label].mean()), 5),
+                "nulls": int(impressions[label].null_count()),
+            }
+            for label in imp.labels
+        },
+        "streams": {},
+    }
+    total = history_lengths(events, requests, ev.user_column, ev.timestamp_column)
+    stats["history_length_all_streams"] = _percentiles(total)
+    for stream in schema.streams:
+        rows = events.filter(pl.col(ev.type_column).is_in(stream.event_types))
+        lengths = history_lengths(rows, requests, ev.user_column, ev.timestamp_column)
+        stats["streams"][stream.name] = {
+            "events": rows.height,
+            "users": rows[ev.user_column].n_unique(),
+            "max_length": stream.max_length,
+            "history_length": _percentiles(lengths),
+            "history_length_capped": _percentiles(lengths.clip(upper_bound=stream.max_length)),
+            "requests_with_empty_history": round(float((lengths == 0).mean()), 4),
+        }
+    return stats

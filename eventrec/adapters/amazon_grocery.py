@@ -1,0 +1,186 @@
+"""Amazon Grocery and Gourmet Food (5-core, ReChorus preparation) → eventrec raw logs.
+
+Input (in ``source_dir``): ``train.csv`` (tab-separated ``user_id, item_id, time``; day-resolution
+unix seconds, each user's last two items held out by the preparer) and ``item_meta.csv``
+(tab-separated ``item_id, i_category, r_complement, r_substitute``).
+
+Output (in ``out_dir``, schema ``amazon_grocery``):
+
+- ``events.parquet``: every interaction (a review, used as the purchase signal) as an event of type
+  ``purchase`` with ``item_id`` and its ``category``; sorted by (user, time, file row).
+- ``impressions.parquet``: per purchase one request (``request_id``) with the purchased item
+  (label ``purchase`` = 1) and ``negatives`` items (label 0) drawn uniformly, with ``seed``, from the
+  catalogue (every item of ``item_meta.csv``), at the purchase's timestamp. A negative is never the
+  purchased item, never repeated within its request, and never an item the user purchased at or
+  before that timestamp (which would be a positive, or trivially "already owned"). Items the user
+  buys *later* can be drawn: that uses no future information. Item attributes ``item_id``,
+  ``category``; ``is_negative_sample`` marks the drawn rows.
+- ``items.parquet``: the catalogue (``item_id``, ``category``).
+- ``summary.json``: the counts returned by :func:`prepare`, drops included.
+
+Timestamps are midnights, so all of a user's purchases of one day share a timestamp and, by the
+equal-timestamp rule, never enter each other's history: a request sees only earlier *days*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from eventrec.adapters._common import (
+    ROW,
+    AdapterError,
+    atomic_output,
+    check_not_null,
+    check_timestamps,
+    parse_column,
+    read_tsv_checked,
+    write_parquet,
+    write_summary,
+)
+
+SCHEMA = "amazon_grocery"
+INTERACTIONS, ITEM_META = "train.csv", "item_meta.csv"
+MAX_REDRAW_ROUNDS = 1000
+
+
+def _read_items(path: Path, summary: dict) -> pl.DataFrame:
+    raw = read_tsv_checked(path, ["item_id", "i_category"])
+    check_not_null(raw, path, "item_id", "item id")
+    raw = raw.with_columns(
+        parse_column(raw, path, "item_id", pl.Int64, "an integer item id"),
+        parse_column(raw, path, "i_category", pl.Int64, "an integer category"),
+    )
+    duplicated = raw["item_id"].is_duplicated()
+    if duplicated.any():
+        row, value = raw.filter(duplicated).select(ROW, "item_id").row(0)
+        raise AdapterError(f"{path}: column 'item_id', row {row}: item id {value!r} appears more than once")
+    items = raw.select("item_id", pl.col("i_category").alias("category")).sort("item_id")
+    summary["catalogue_items"] = items.height
+    summary["catalogue_items_without_category"] = int(items["category"].null_count())
+    return items
+
+
+def _sample_negatives(
+    requests: pl.DataFrame, owned: pl.DataFrame, catalogue: np.ndarray, negatives: int, seed: int
+) -> tuple[pl.DataFrame, int]:
+    """``negatives`` distinct catalogue items per request, none owned by the user at that time.
+
+    ``requests``: (request_id, user_id, timestamp, item_id) in request order. ``owned``: (user_id,
+    item_id, first_time) = when the user first purchased the item. Draws are uniform over
+    ``catalogue``; rejected draws are redrawn (vectorised, in request/slot order, so the result
+    depends only on the inputs and ``seed``). Returns the rows and the number of redraws.
+    """
+    rng = np.random.default_rng(seed)
+    n = requests.height
+    slots = pl.DataFrame(
+        {
+            "request_id": np.repeat(requests["request_id"].to_numpy(), negatives),
+            "slot": np.tile(np.arange(negatives, dtype=np.int64), n),
+        }
+    ).join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
+    drawn = catalogue[rng.integers(0, len(catalogue), size=slots.height)]
+    redraws = 0
+    todo = np.arange(slots.height)
+    for _ in range(MAX_REDRAW_ROUNDS):
+        frame = slots.with_columns(pl.Series("item_id", drawn), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
+        frame = frame.join(owned, on=["user_id", "item_id"], how="left", maintain_order="left")
+        owned_by_then = (frame["first_time"] <= frame["timestamp"]).fill_null(False)
+        repeated = frame.select(~pl.struct("request_id", "item_id").is_first_distinct()).to_series()
+        bad = (owned_by_then | repeated).to_numpy()
+        todo = np.flatnonzero(bad)
+        if len(todo) == 0:
+            break
+        redraws += len(todo)
+        drawn[todo] = catalogue[rng.integers(0, len(catalogue), size=len(todo))]
+    else:
+        raise AdapterError(
+            f"could not draw {negatives} distinct unowned negatives for {len(todo)} request slot(s) in "
+            f"{MAX_REDRAW_ROUNDS} rounds: the catalogue ({len(catalogue)} items) is too small for that many negatives"
+        )
+    rows = slots.select("request_id", "slot", pl.Series("item_id", drawn))
+    return rows, redraws
+
+
+def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, seed: int = 0) -> dict:
+    """Convert Amazon grocery (``train.csv`` + ``item_meta.csv`` in ``source_dir``) into ``out_dir``.
+
+    ``negatives``: items drawn per purchase (label 0); ``seed``: the draw's seed. Returns the
+    summary counts (also written to ``out_dir/summary.json``). Raises :class:`AdapterError`
+    naming file, column and first bad row on missing columns, null or unparsable ids / times, or
+    repeated catalogue ids.
+    """
+    if negatives < 0:
+        raise ValueError(f"negatives must be >= 0, got {negatives}")
+    source_dir = Path(source_dir)
+    summary: dict = {"dataset": "amazon_grocery", "source": [INTERACTIONS, ITEM_META], "negatives_per_purchase": negatives, "seed": seed}
+    items = _read_items(source_dir / ITEM_META, summary)
+
+    path = source_dir / INTERACTIONS
+    raw = read_tsv_checked(path, ["user_id", "item_id", "time"])
+    for column, what in [("user_id", "user id"), ("item_id", "item id")]:
+        check_not_null(raw, path, column, what)
+    raw = raw.with_columns(
+        parse_column(raw, path, "user_id", pl.Int64, "an integer user id"),
+        parse_column(raw, path, "item_id", pl.Int64, "an integer item id"),
+        parse_column(raw, path, "time", pl.Int64, "integer unix seconds", integral=True),
+    )
+    check_timestamps(raw, path, "time")
+    raw = raw.rename({"time": "timestamp"})
+    summary["input_interactions"] = raw.height
+    duplicate = raw.select(~pl.struct("user_id", "item_id", "timestamp").is_first_distinct()).to_series()
+    summary["dropped_duplicate_interactions"] = int(duplicate.sum())
+    purchases = raw.filter(~duplicate)
+    unknown = ~purchases["item_id"].is_in(items["item_id"].implode())
+    summary["purchases_item_not_in_catalogue"] = int(unknown.sum())
+    summary["purchases_not_at_midnight_utc"] = int((purchases["timestamp"] % 86_400 != 0).sum())
+    purchases = purchases.join(items, on="item_id", how="left")
+
+    events = purchases.sort("user_id", "timestamp", ROW).select(
+        "user_id", "timestamp", pl.lit("purchase").alias("event_type"), "item_id", "category"
+    )
+    requests = (
+        purchases.sort("timestamp", "user_id", ROW)
+        .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("request_id"))
+        .select("request_id", "user_id", "timestamp", "item_id")
+    )
+    owned = purchases.group_by("user_id", "item_id").agg(pl.col("timestamp").min().alias("first_time")).sort("user_id", "item_id")
+    catalogue = np.union1d(items["item_id"].to_numpy(), purchases["item_id"].unique().to_numpy())
+    positives = requests.with_columns(pl.lit(-1, dtype=pl.Int64).alias("slot"), pl.lit(1, dtype=pl.Int8).alias("purchase"))
+    frames = [positives]
+    redraws = 0
+    if negatives > 0:
+        drawn, redraws = _sample_negatives(requests, owned, catalogue, negatives, seed)
+        frames.append(
+            drawn.join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
+            .select("request_id", "user_id", "timestamp", "item_id", "slot")
+            .with_columns(pl.lit(0, dtype=pl.Int8).alias("purchase"))
+        )
+    impressions = (
+        pl.concat(frames, how="vertical")
+        .sort("request_id", "slot")
+        .join(items, on="item_id", how="left", maintain_order="left")
+        .select(
+            "request_id", "user_id", "timestamp", "item_id", "category", "purchase",
+            (pl.col("slot") >= 0).alias("is_negative_sample"),
+        )  # fmt: skip
+    )
+    same_day = purchases.group_by("user_id", "timestamp").agg(pl.len().alias("n")).filter(pl.col("n") > 1)
+    summary["events"] = events.height
+    summary["events_by_type"] = {"purchase": events.height}
+    summary["users"] = events["user_id"].n_unique()
+    summary["distinct_items_purchased"] = events["item_id"].n_unique()
+    summary["requests"] = requests.height
+    summary["impressions"] = impressions.height
+    summary["purchases"] = int(impressions["purchase"].sum())
+    summary["negative_redraws"] = redraws
+    summary["purchases_sharing_user_and_day"] = int(same_day["n"].sum())
+
+    with atomic_output(Path(out_dir)) as tmp:
+        write_parquet(events, tmp / "events.parquet")
+        write_parquet(impressions, tmp / "impressions.parquet")
+        write_parquet(items, tmp / "items.parquet")
+        write_summary(summary, tmp)
+    return summary
