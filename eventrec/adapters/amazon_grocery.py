@@ -164,7 +164,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
         .join(items, on="item_id", how="left", maintain_order="left")
         .select(
             "request_id", "user_id", "timestamp", "item_id", "category", "purchase",
-            (pl.col("slot") >= 0).alias("is_negative_sample"),
+            (pl.col("slot") >= 0).cast(pl.Int8).alias("is_negative_sample"),
         )  # fmt: skip
     )
     same_day = purchases.group_by("user_id", "timestamp").agg(pl.len().alias("n")).filter(pl.col("n") > 1)

@@ -15,7 +15,10 @@ Output (in ``out_dir``):
   item actions (``interaction_item_*``, ``search_for_item``) with ``item_id``; clickouts with the
   clicked ``item_id`` and its displayed ``price`` and ``position`` (null if the clicked hotel is not
   in the list); search/filter actions with their text ``query``. Every event also has ``action``
-  (= its type, as an attribute), ``session_id`` and ``step``.
+  (= its type, as an attribute), ``repeats``, ``session_id`` and ``step``. Identical rows within one
+  second (same user, action, reference and, for clickouts, list) are merged into the first, with
+  ``repeats`` counting them: trivago logs every image swipe as a row, often dozens per second.
+  A repeated clickout is therefore one request, not several (counted).
 - ``summary.json``: the counts returned by :func:`prepare`, drops included.
 
 A clickout's own event has the impression's timestamp and is therefore never in its history
@@ -121,6 +124,20 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     unknown_ref = with_item & (raw["reference"] == UNKNOWN_REFERENCE).fill_null(False)
     summary["dropped_item_events_unknown_reference"] = int(unknown_ref.sum())
     raw = raw.filter(~unknown_ref)
+
+    # --- same-second repeats: trivago logs e.g. every image swipe as its own row, often dozens
+    # within one second on the same hotel. Identical rows (user, second, action, reference and,
+    # for clickouts, the same list and prices) are merged into the first, with ``repeats`` = count.
+    repeat_key = ["user_id", "timestamp", "event_type", "reference", "impressions", "prices"]
+    raw = raw.with_columns(
+        pl.len().over(repeat_key).cast(pl.Int64).alias("repeats"),
+        pl.struct(repeat_key).is_first_distinct().alias("_first"),
+    )
+    merged = raw.filter(~pl.col("_first"))
+    summary["merged_repeated_rows"] = merged.height
+    summary["merged_repeated_rows_by_action"] = dict(sorted(merged["event_type"].value_counts().iter_rows()))
+    summary["dropped_repeated_clickouts"] = int((merged["event_type"] == CLICKOUT).sum())
+    raw = raw.filter(pl.col("_first")).drop("_first")
     items = raw.filter(pl.col("event_type").is_in(ITEM_ACTIONS + [CLICKOUT]))
     check_not_null(items, path, "reference", "hotel id of an item action")
     items = items.with_columns(parse_column(items, path, "reference", pl.Int64, "an integer hotel id").alias("item_id"))
@@ -195,6 +212,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
             pl.when(pl.col("event_type").is_in(TEXT_ACTIONS)).then(pl.col("reference")).alias("query"),
             pl.col("price").cast(pl.Float64),
             pl.col("position").cast(pl.Int64),
+            "repeats",
             "session_id",
             "step",
             ROW,
