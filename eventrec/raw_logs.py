@@ -106,7 +106,10 @@ def timestamp_seconds(table: RawTable, column: str, unit: str) -> pl.Expr:
     if dtype.is_temporal():
         expr = col.cast(pl.Datetime("us")).dt.epoch("s")
     elif dtype == pl.String:
-        expr = col.str.to_datetime(strict=False, time_zone="UTC").dt.epoch("s")
+        # integers in the schema's unit, else ISO dates/datetimes (UTC when no zone is given)
+        as_int = col.str.strip_chars().str.to_integer(strict=False) // TIMESTAMP_SCALE[unit]
+        as_date = col.str.to_datetime(strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
+        expr = pl.coalesce(as_int, as_date)
     else:
         expr = col.cast(pl.Int64) // TIMESTAMP_SCALE[unit]
     return expr.cast(pl.Int64)
@@ -132,7 +135,8 @@ def check_timestamps(table: RawTable, frame: pl.LazyFrame, raw_column: str, seco
         )
 
 
-def check_not_null(table: RawTable, frame: pl.LazyFrame, column: str, what: str) -> None:
+def check_not_null(table: RawTable, frame: pl.LazyFrame, column: str, what: str, raw_name: str | None = None) -> None:
+    """Reject nulls in ``column`` (called ``raw_name`` in the file), naming the first offending row."""
     row = first_row(table, frame, pl.col(column).is_null())
     if row is not None:
-        raise DataError(f"{table.path}: column {column!r}, row {row}: null {what}")
+        raise DataError(f"{table.path}: column {(raw_name or column)!r}, row {row}: null {what}")

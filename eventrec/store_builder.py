@@ -110,7 +110,7 @@ def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildRe
         timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in attribute_columns],
     )
-    check_not_null(table, frame, USER, f"user id (stream {stream.name!r})")
+    check_not_null(table, frame, USER, f"user id (stream {stream.name!r})", source.user_column)
     check_timestamps(table, frame, source.timestamp_column, TIME)
     df = frame.drop(source.timestamp_column).collect(engine="streaming")
     # exact duplicates (same user, time and attributes) are dropped and counted
@@ -317,7 +317,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         timestamp_seconds(imp_table, imp.timestamp_column, imp.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in columns],
     )
-    check_not_null(imp_table, frame, USER, "user id")
+    check_not_null(imp_table, frame, USER, "user id", imp.user_column)
     check_timestamps(imp_table, frame, imp.timestamp_column, TIME)
     for label in imp.labels:
         bad = pl.col(label).is_not_null() & ~pl.col(label).cast(pl.Float64).is_in([0.0, 1.0])

@@ -1,0 +1,209 @@
+"""The store builder on the tiny world: point-in-time cuts, encodings, determinism, atomicity, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from eventrec.raw_logs import DataError
+from eventrec.schema import load_schema
+from eventrec.store import EventStore, StoreError
+from eventrec.store_builder import build_store
+from eventrec.vocab import MISSING_ID, OOV_ID, Vocabulary
+
+
+def _digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_cuts_follow_the_equal_timestamp_rule(tiny_store):
+    # impression 0: user 1 at t=50; clicks at 10, 50, 50 -> only t=10 is strictly before
+    assert tiny_store.cuts["click"].tolist() == [1, 3, 0, 3, 0, 5, 1]
+    assert tiny_store.cuts["view"].tolist() == [1, 1, 1, 2, 0, 2, 1]
+
+
+def test_splits_by_time(tiny_store):
+    assert tiny_store.splits.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert tiny_store.manifest["splits"] == {"train_end": 100, "validation_end": 200}
+
+
+def test_vocabulary_is_built_from_training_period_only(tiny_store):
+    category = tiny_store.vocabularies["category"]
+    assert category.values == ["hats", "shoes", "bags"]  # by training count; "new" appears after train_end
+    assert "new" not in category.values
+    # the impression of category "new" is out of vocabulary
+    assert tiny_store.item["category"][5] == OOV_ID
+
+
+def test_hashed_ids_keep_identity_of_unseen_items(tiny_store):
+    # ad 99 first appears after training; it keeps its own hashed id, equal in history and candidate
+    ad_ids = tiny_store.item["ad_id"]
+    assert ad_ids[5] not in (MISSING_ID, OOV_ID)
+    click = tiny_store.streams["click"]
+    assert click.attributes["ad_id"][4] == ad_ids[5]
+    assert Vocabulary("ad_id", buckets=97).encode(pl.Series([99])).item() == ad_ids[5]
+
+
+def test_nulls_and_numeric_normalisation(tiny_store):
+    price = tiny_store.streams["click"].attributes["price"]
+    assert price[3] == 0.0  # the null price
+    assert tiny_store.manifest["nulls_encoded_as_missing"]["streams.click.price"] == 1
+    stats = tiny_store.statistics["streams.click.price"]
+    assert stats["transform"] == "log1p"
+    train_prices = np.log1p([10.0, 20.0, 30.0])
+    assert stats["mean"] == pytest.approx(train_prices.mean())
+
+
+def test_labels_keep_missing_as_nan(tiny_store):
+    conversion = tiny_store.labels[:, tiny_store.label_names.index("conversion")]
+    assert np.isnan(conversion[1]) and np.isnan(conversion[4])
+    assert tiny_store.manifest["counts"]["labels.conversion.missing"] == 2
+
+
+def test_unused_event_rows_are_counted(tiny_store):
+    assert tiny_store.manifest["drops"]["events.rows_of_no_stream"] == 1
+
+
+def test_content_table_aligned_with_key_ids(tiny_store):
+    click = tiny_store.streams["click"]
+    key, matrix = click.looked_up["content"]
+    assert key == "ad_id"
+    ad5 = Vocabulary("ad_id", buckets=97).encode(pl.Series([5])).item()
+    np.testing.assert_allclose(matrix[ad5], [1.0, 0.0])
+
+
+def test_build_is_deterministic_and_order_independent(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    schema = load_schema(schema_path)
+    build_store(schema, data, tmp_path / "a")
+    build_store(schema, data, tmp_path / "b")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    # the same events in another file order give the same histories (ties keep file order, so
+    # shuffle only rows whose timestamps differ within a user)
+    events = pl.read_parquet(data / "events.parquet")
+    events.reverse().write_parquet(data / "events.parquet")
+    build_store(schema, data, tmp_path / "c")
+    a, c = EventStore.open(tmp_path / "a"), EventStore.open(tmp_path / "c")
+    assert a.cuts["click"].tolist() == c.cuts["click"].tolist()
+    np.testing.assert_array_equal(a.streams["view"].timestamps, c.streams["view"].timestamps)
+
+
+def test_failed_build_leaves_previous_store_intact(tiny_world, tmp_path, monkeypatch):
+    schema_path, data = tiny_world
+    schema = load_schema(schema_path)
+    out = tmp_path / "store"
+    build_store(schema, data, out)
+    before = _digest(out)
+
+    import eventrec.store_builder as builder
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-build")
+
+    monkeypatch.setattr(builder, "_write_json", explode)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(schema, data, out)
+    assert _digest(out) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".store")] == []
+
+
+def test_interrupted_swap_is_recovered(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    out = tmp_path / "store"
+    build_store(load_schema(schema_path), data, out)
+    out.rename(tmp_path / ".store.old")  # as if killed between the two renames
+    store = EventStore.open(out)
+    assert store.num_examples == 7
+
+
+def test_duplicate_events_are_dropped_and_counted(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    events = pl.read_parquet(data / "events.parquet")
+    pl.concat([events, events.head(2)]).write_parquet(data / "events.parquet")
+    manifest = build_store(load_schema(schema_path), data, tmp_path / "s")
+    assert manifest["drops"]["streams.click.duplicate_events"] == 1
+    assert manifest["drops"]["streams.view.duplicate_events"] == 1  # list-valued topics compared too
+    assert manifest["counts"]["streams.click.events"] == 6
+    assert manifest["counts"]["streams.view.events"] == 3
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not an event store"):
+        EventStore.open(tmp_path)
+
+
+# -- bad input: each error names the file, the column and the first offending row -------------------
+
+def _break(data: Path, file: str, change) -> None:
+    frame = pl.read_parquet(data / file)
+    change(frame).write_parquet(data / file)
+
+
+def _build_error(tiny_world, tmp_path) -> str:
+    schema_path, data = tiny_world
+    with pytest.raises(DataError) as info:
+        build_store(load_schema(schema_path), data, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+    return str(info.value)
+
+
+def test_missing_column(tiny_world, tmp_path):
+    _break(tiny_world[1], "events.parquet", lambda f: f.drop("price"))
+    message = _build_error(tiny_world, tmp_path)
+    assert "events.parquet" in message and "missing column 'price'" in message
+
+
+def test_mistyped_column(tiny_world, tmp_path):
+    _break(tiny_world[1], "events.parquet", lambda f: f.with_columns(pl.col("price").cast(pl.String)))
+    message = _build_error(tiny_world, tmp_path)
+    assert "column 'price' has type String, expected number" in message
+
+
+def test_null_user_id(tiny_world, tmp_path):
+    _break(tiny_world[1], "impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 3).then(None).otherwise(pl.col("user_id")).alias("user_id")))
+    message = _build_error(tiny_world, tmp_path)
+    assert "impressions.parquet" in message and "'user_id', row 2: null user id" in message
+
+
+def test_unparsable_timestamp(tiny_world, tmp_path):
+    _break(tiny_world[1], "events.parquet", lambda f: f.with_columns(pl.col("timestamp").cast(pl.String).str.replace("^50$", "yesterday")))
+    message = _build_error(tiny_world, tmp_path)
+    assert "'timestamp', row 2: unparsable timestamp 'yesterday'" in message
+
+
+def test_out_of_range_timestamp(tiny_world, tmp_path):
+    _break(tiny_world[1], "impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 4).then(-5).otherwise(pl.col("timestamp")).alias("timestamp")))
+    message = _build_error(tiny_world, tmp_path)
+    assert "row 3: timestamp -5 out of range" in message
+
+
+def test_bad_label(tiny_world, tmp_path):
+    _break(tiny_world[1], "impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 2).then(3).otherwise(pl.col("click")).cast(pl.Int8).alias("click")))
+    message = _build_error(tiny_world, tmp_path)
+    assert "column 'click', row 1: label must be 0, 1 or null, got 3" in message
+
+
+def test_empty_and_absent_files(tiny_world, tmp_path):
+    (tiny_world[1] / "impressions.parquet").write_bytes(b"")
+    assert "empty file" in _build_error(tiny_world, tmp_path)
+    (tiny_world[1] / "impressions.parquet").unlink()
+    assert "no such file" in _build_error(tiny_world, tmp_path)
+
+
+def test_csv_logs_build_like_parquet(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    import yaml
+
+    spec = yaml.safe_load(schema_path.read_text())
+    pl.read_parquet(data / "impressions.parquet").write_csv(data / "impressions.csv")
+    spec["impressions"]["path"] = "impressions.csv"
+    schema_path.write_text(yaml.safe_dump(spec))
+    build_store(load_schema(schema_path), data, tmp_path / "csv")
+    store = EventStore.open(tmp_path / "csv")
+    assert store.cuts["click"].tolist() == [1, 3, 0, 3, 0, 5, 1]
+    assert json.loads((tmp_path / "csv" / "manifest.json").read_text())["counts"]["impressions"] == 7
