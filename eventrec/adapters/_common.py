@@ -185,7 +185,7 @@ def history_lengths(events: pl.DataFrame, requests: pl.DataFrame, user: str, tim
         .sort(timestamp, user)
     )
     joined = requests.select(pl.col(user), pl.col(timestamp), pl.int_range(pl.len()).alias("_i")).sort(timestamp, user).join_asof(
-        counts.select(user, timestamp, "before_next"), on=timestamp, by=user, strategy="backward", allow_exact_matches=False
+        counts.select(user, timestamp, "before_next"), on=timestamp, by=user, strategy="backward", allow_exact_matches=False, check_sortedness=False
     )
     return joined.sort("_i")["before_next"].fill_null(0).alias("history_length")
 
