@@ -2,7 +2,9 @@
 
 Shapes, for a batch of B impressions::
 
-    streams[s].offsets            [B+1] int64     history of stream s per impression
+    history_index                 [B] int64       the history row (0..G-1) each impression reads
+    history_timestamps            [G] int64       request time of each distinct history
+    streams[s].offsets            [G+1] int64     history of stream s per distinct (user, request time)
     streams[s].timestamps         [sum(N_i)] int64 (seconds, time-ordered within each row)
     streams[s].attributes[a]      [sum(N_i)] int64 ids | [sum(N_i)] float32 | [sum(N_i), dim] float32
     streams[s].multi[a]           JaggedTensor over events: values [T] int64, offsets [sum(N_i)+1]
@@ -67,6 +69,8 @@ class EventBatch(_Movable):
     example_indices: torch.Tensor
     user_rows: torch.Tensor
     request_timestamps: torch.Tensor
+    history_index: torch.Tensor
+    history_timestamps: torch.Tensor
     streams: dict[str, StreamBatch]
     item: dict[str, torch.Tensor | JaggedTensor]
     context: dict[str, torch.Tensor | JaggedTensor]
@@ -77,3 +81,7 @@ class EventBatch(_Movable):
     @property
     def batch_size(self) -> int:
         return len(self.example_indices)
+
+    @property
+    def num_histories(self) -> int:
+        return len(self.history_timestamps)

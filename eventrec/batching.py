@@ -60,12 +60,26 @@ def _group_tensors(columns: dict, looked_up: dict, index: np.ndarray) -> dict:
     return out
 
 
+def distinct_histories(store: EventStore, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One representative example per distinct (user row, request time), in first-seen order.
+
+    Returns (``representatives [G]`` example indices, ``history_index [B]`` into them).
+    """
+    keys = np.stack([store.user_rows[index], store.timestamps[index]], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # keep first-seen order: deterministic and readable
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return index[first[order]], rank[inverse.reshape(-1)].astype(np.int64)
+
+
 def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
     """Gather the batch of the given example indices (``[B]`` int64) from ``store``."""
     index = np.asarray(example_indices, dtype=np.int64)
+    representatives, history_index = distinct_histories(store, index)
     streams = {}
     for name, data in store.streams.items():
-        starts, ends = store.history_bounds(name, index)
+        starts, ends = store.history_bounds(name, representatives)
         streams[name] = gather_stream(data, starts, ends)
     item_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.item}
     context_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.context}
@@ -73,6 +87,8 @@ def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
         example_indices=torch.from_numpy(index),
         user_rows=torch.from_numpy(store.user_rows[index]),
         request_timestamps=torch.from_numpy(store.timestamps[index]),
+        history_index=torch.from_numpy(history_index),
+        history_timestamps=torch.from_numpy(store.timestamps[representatives]),
         streams=streams,
         item=_group_tensors(store.item, item_lookups, index),
         context=_group_tensors(store.context, context_lookups, index),

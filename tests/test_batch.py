@@ -50,10 +50,19 @@ def test_batch_histories_are_truncated_most_recent_first(tiny_store):
     assert batch.item["content"].shape == (7, 2)
 
 
+def test_requests_share_one_history(tiny_store):
+    # examples 0 and 0 again (same user and time) share one history row; 5 has its own
+    batch = make_batch(tiny_store, np.array([0, 5, 0]))
+    assert batch.history_index.tolist() == [0, 1, 0]
+    assert batch.num_histories == 2 and batch.history_timestamps.tolist() == [50, 250]
+    assert batch.streams["click"].lengths().tolist() == [1, 3]
+
+
 def test_batch_composition_does_not_change_an_example(tiny_store):
     alone = make_batch(tiny_store, np.array([5]))
     together = make_batch(tiny_store, np.array([0, 5, 2]))
-    lo, hi = together.streams["click"].offsets[1].item(), together.streams["click"].offsets[2].item()
+    h = together.history_index[1].item()
+    lo, hi = together.streams["click"].offsets[h].item(), together.streams["click"].offsets[h + 1].item()
     torch.testing.assert_close(together.streams["click"].attributes["price"][lo:hi], alone.streams["click"].attributes["price"])
 
 

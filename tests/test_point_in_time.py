@@ -60,7 +60,9 @@ def test_histories_are_strictly_before_and_exact(tmp_path_factory, events, impre
         t = store.timestamps[k]
         for name in ("a", "b"):
             sb = batch.streams[name]
-            lo, hi = sb.offsets[k].item(), sb.offsets[k + 1].item()
+            h = batch.history_index[k].item()
+            assert batch.history_timestamps[h].item() == t
+            lo, hi = sb.offsets[h].item(), sb.offsets[h + 1].item()
             times = sb.timestamps[lo:hi].numpy()
             assert (times < t).all(), "an event at or after the impression leaked into its history"
             stats = store.statistics[f"streams.{name}.eid"]

@@ -1,0 +1,138 @@
+"""Benchmark: build the event store + point-in-time examples vs a DuckDB baseline, in one run.
+
+    .venv/bin/python bench/build_store.py --users 1000000          # ~10M events, ~1M+ impressions
+    .venv/bin/python bench/build_store.py --users 20000 --quick    # a smoke run
+
+Both variants start from the same raw Parquet logs of the synthetic world and produce the same
+thing: one row per user with per-stream, time-sorted list columns, and for each impression the
+number of the user's events strictly before it in each stream (the cut). eventrec also encodes
+vocabularies, hashes and statistics; the DuckDB baseline does only the sort, the grouping and an
+ASOF join per stream, so it does less work. Each variant runs in its own child process so that its
+peak memory (max RSS) is its own. Prints events/s, peak memory, store size and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _eventrec(world: Path, out: Path) -> dict:
+    from eventrec.schema import builtin_schema_path, load_schema
+    from eventrec.store_builder import build_store
+
+    started = time.perf_counter()
+    manifest = build_store(load_schema(builtin_schema_path("synthetic")), world, out)
+    seconds = time.perf_counter() - started
+    events = sum(v for k, v in manifest["counts"].items() if k.endswith(".events"))
+    return {"seconds": seconds, "events": events, "impressions": manifest["counts"]["impressions"]}
+
+
+def _duckdb(world: Path, out: Path) -> dict:
+    import duckdb
+
+    from eventrec.schema import builtin_schema_path, load_schema
+
+    schema = load_schema(builtin_schema_path("synthetic"))
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute(f"SET threads TO {os.cpu_count()}")
+    started = time.perf_counter()
+    events_path, impressions_path = world / "events.parquet", world / "impressions.parquet"
+    total = 0
+    cut_columns = []
+    for stream in schema.streams:
+        columns = ", ".join(sorted({a.source_column for a in stream.attributes if getattr(a, "table", None) is None}))
+        types = ", ".join(f"'{t}'" for t in stream.event_types or [])
+        con.execute(
+            f"CREATE TABLE s_{stream.name} AS SELECT user_id, timestamp, {columns}, "
+            f"row_number() OVER (PARTITION BY user_id ORDER BY timestamp) AS n "
+            f"FROM read_parquet('{events_path}') WHERE event_type IN ({types})"
+        )
+        total += con.execute(f"SELECT count(*) FROM s_{stream.name}").fetchone()[0]
+        lists = ", ".join(f"list({c} ORDER BY timestamp) AS {c}" for c in ["timestamp", *columns.split(", ")])
+        con.execute(
+            f"COPY (SELECT user_id, {lists} FROM s_{stream.name} GROUP BY user_id ORDER BY user_id) "
+            f"TO '{out}/users_{stream.name}.parquet' (FORMAT parquet, COMPRESSION zstd)"
+        )
+        cut_columns.append(stream.name)
+    # the point-in-time cut per stream: ASOF join on the last event strictly before the impression
+    select = ["i.*"]
+    joins = []
+    for k, name in enumerate(cut_columns):
+        joins.append(f"ASOF LEFT JOIN s_{name} e{k} ON i.user_id = e{k}.user_id AND i.timestamp > e{k}.timestamp")
+        select.append(f"coalesce(e{k}.n, 0) AS cut__{name}")
+    con.execute(
+        f"COPY (SELECT {', '.join(select)} FROM read_parquet('{impressions_path}') i {' '.join(joins)}) "
+        f"TO '{out}/examples.parquet' (FORMAT parquet, COMPRESSION zstd)"
+    )
+    impressions = con.execute(f"SELECT count(*) FROM read_parquet('{out}/examples.parquet')").fetchone()[0]
+    return {"seconds": time.perf_counter() - started, "events": total, "impressions": impressions}
+
+
+def _child(variant: str, world: Path, out: Path) -> None:
+    result = {"eventrec": _eventrec, "duckdb": _duckdb}[variant](world, out)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["store_mb"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    print("RESULT " + json.dumps(result))
+
+
+def _run(variant: str, world: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", variant, "--world", str(world), "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "build_store")
+    parser.add_argument("--child", choices=["eventrec", "duckdb"])
+    parser.add_argument("--world", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--quick", action="store_true", help="skip nothing, just a reminder that small sizes are noisy")
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.world, args.out)
+        return
+
+    from eventrec.synthetic import generate_world
+
+    world = args.workdir / f"world_{args.users}_{args.days}"
+    if not (world / "events.parquet").exists():
+        started = time.perf_counter()
+        generate_world(world, num_users=args.users, days=args.days, seed=0)
+        print(f"generated {world} in {time.perf_counter() - started:.1f}s")
+    raw_mb = sum(p.stat().st_size for p in world.glob("*.parquet")) / 2**20
+    results = {}
+    for variant in ("eventrec", "duckdb"):
+        results[variant] = _run(variant, world, args.workdir / f"store_{variant}")
+    ours, base = results["eventrec"], results["duckdb"]
+    print(f"\nworld: {args.users:,} users, {ours['events']:,} events, {ours['impressions']:,} impressions, raw logs {raw_mb:.0f} MB, {os.cpu_count()} cores")
+    print(f"{'variant':<10}{'seconds':>10}{'events/s':>14}{'peak RSS MB':>14}{'output MB':>12}{'RSS/output':>12}")
+    for name, r in results.items():
+        print(f"{name:<10}{r['seconds']:>10.1f}{r['events'] / r['seconds']:>14,.0f}{r['peak_rss_mb']:>14.0f}{r['store_mb']:>12.0f}{r['peak_rss_mb'] / r['store_mb']:>12.1f}")
+    print(f"\nratio eventrec/duckdb: speed {base['seconds'] / ours['seconds']:.2f}x, peak memory {ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
+    print(f"goal: >= 1,000,000 events/s end to end -> {'met' if ours['events'] / ours['seconds'] >= 1e6 else 'NOT met'}; "
+          f"peak memory < 4x store size -> {'met' if ours['peak_rss_mb'] < 4 * ours['store_mb'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
