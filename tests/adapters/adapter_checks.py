@@ -96,11 +96,17 @@ def check_store_and_batch(out_dir: Path, schema: Schema, store_dir: Path, impres
     assert batch.batch_size == len(index)
     assert batch.labels.shape == (len(index), len(schema.impressions.labels))
     request_times = batch.request_timestamps.numpy()
+    # histories are one row per impression, or (newer batches) one per distinct (user, request time)
+    # with ``history_index [B]`` pointing each impression at its row
+    history_times = request_times
+    if getattr(batch, "history_index", None) is not None:
+        history_times = batch.history_timestamps.numpy()
+        assert (history_times[batch.history_index.numpy()] == request_times).all()
     for stream in schema.streams:
         part = batch.streams[stream.name]
         offsets = part.offsets.numpy()
-        assert offsets[0] == 0 and len(offsets) == len(index) + 1
+        assert offsets[0] == 0 and len(offsets) == len(history_times) + 1
         assert (np.diff(offsets) <= stream.max_length).all()
-        owner = np.repeat(np.arange(len(index)), np.diff(offsets))
-        assert (part.timestamps.numpy() < request_times[owner]).all(), f"{stream.name}: history at or after its request"
+        owner = np.repeat(np.arange(len(history_times)), np.diff(offsets))
+        assert (part.timestamps.numpy() < history_times[owner]).all(), f"{stream.name}: history at or after its request"
     assert sum(int(batch.streams[s.name].offsets[-1]) for s in schema.streams) > 0, "no history at all in a test batch"
