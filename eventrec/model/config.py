@@ -1,0 +1,55 @@
+"""Typed model configurations, validated when built (errors name the bad field)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SequenceModelConfig(_Config):
+    """The event-sequence ranker: event model, jagged transformer, ad-keyed pooling, head."""
+
+    kind: Literal["sequence"] = "sequence"
+    attribute_dim: int = Field(16, ge=1, description="size of each attribute embedding")
+    model_dim: int = Field(64, ge=8, description="D: event embedding and transformer width")
+    num_layers: int = Field(2, ge=0)
+    num_heads: int = Field(4, ge=1)
+    ffn_multiplier: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    causal: bool = True
+    time_bias: bool = Field(True, description="learned [H, time_buckets] attention bias by time gap")
+    time_buckets: int = Field(32, ge=1, le=64)
+    timestamp_encoding: bool = Field(True, description="recency and order embeddings (ablation: off)")
+    event_attributes: bool = Field(True, description="use attributes beyond each stream's id (ablation: off)")
+    pooling: Literal["keyed_attention", "mean"] = "keyed_attention"
+    pooling_slots: int = Field(4, ge=1, description="M query slots per candidate")
+    max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
+    cross_layers: int = Field(2, ge=0)
+    mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "SequenceModelConfig":
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class DlrmConfig(_Config):
+    """The DLRM baseline over aggregated features (windows are those of DlrmFeatureBuilder)."""
+
+    kind: Literal["dlrm"] = "dlrm"
+    attribute_dim: int = Field(16, ge=1)
+    bottom_mlp: list[int] = Field(default_factory=lambda: [64, 16])
+    top_mlp: list[int] = Field(default_factory=lambda: [128, 64])
+    windows: dict[str, int | None] = Field(default_factory=lambda: {"1d": 86_400, "7d": 604_800, "30d": 2_592_000, "all": None})
+
+    @model_validator(mode="after")
+    def _bottom_ends_at_attribute_dim(self) -> "DlrmConfig":
+        if not self.bottom_mlp or self.bottom_mlp[-1] != self.attribute_dim:
+            raise ValueError(f"bottom_mlp must end at attribute_dim ({self.attribute_dim}) for the dot interaction")
+        return self

@@ -1,0 +1,81 @@
+"""The event model: each event's attributes → one event embedding, all streams merged per user.
+
+Per stream: the attribute embeddings are concatenated and linearly compressed to ``D``, then a
+stream-type embedding is added. The streams are merged into one time-ordered timeline per history
+(ties: stream order, then position), the timeline is cut to its most recent ``max_history`` events,
+and a timestamp encoding is added: a recency embedding of the log-bucketed gap between the event and
+the request, and an order embedding of the position counted from the most recent event.
+
+Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, and the events'
+timestamps ``[sum(N_g)]`` int64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eventrec.batch import EventBatch
+from eventrec.jagged import JaggedTensor
+from eventrec.model.config import SequenceModelConfig
+from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, id_attributes_only
+from eventrec.ops.time_buckets import time_gap_bucket
+
+
+class EventModel(nn.Module):
+    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables):
+        super().__init__()
+        self.config = config
+        self.stream_names = [s.name for s in spec.schema.streams]
+        self.embedders = nn.ModuleDict()
+        self.compress = nn.ModuleDict()
+        for stream in spec.schema.streams:
+            attributes = stream.attributes if config.event_attributes else id_attributes_only(stream.attributes, stream.id_attribute)
+            embedder = AttributeEmbedder(attributes, tables)
+            self.embedders[stream.name] = embedder
+            self.compress[stream.name] = nn.Linear(embedder.out_dim, config.model_dim)
+        self.stream_type = nn.Embedding(len(self.stream_names), config.model_dim)
+        self.max_positions = sum(s.max_length for s in spec.schema.streams)
+        if config.max_history is not None:
+            self.max_positions = min(self.max_positions, config.max_history)
+        if config.timestamp_encoding:
+            self.recency = nn.Embedding(config.time_buckets, config.model_dim)
+            self.order = nn.Embedding(self.max_positions, config.model_dim)
+            nn.init.normal_(self.recency.weight, std=0.02)
+            nn.init.normal_(self.order.weight, std=0.02)
+
+    def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor]:
+        device = batch.history_timestamps.device
+        num_histories = batch.num_histories
+        pieces, rows, times = [], [], []
+        for index, name in enumerate(self.stream_names):
+            stream = batch.streams[name]
+            if len(stream.timestamps) == 0:
+                continue
+            x = self.compress[name](self.embedders[name](stream.attributes, stream.multi))
+            pieces.append(x + self.stream_type.weight[index])
+            rows.append(stream.jagged().row_ids())
+            times.append(stream.timestamps)
+        if not pieces:
+            empty = torch.zeros(0, self.config.model_dim, device=device)
+            offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
+            return JaggedTensor(empty, offsets, 0), torch.zeros(0, dtype=torch.int64, device=device)
+        x, row, t = torch.cat(pieces), torch.cat(rows), torch.cat(times)
+        # time order within each history; stable sorts keep stream order, then position, on ties
+        order = torch.sort(t, stable=True).indices
+        order = order[torch.sort(row[order], stable=True).indices]
+        x, row, t = x[order], row[order], t[order]
+        lengths = torch.bincount(row, minlength=num_histories)
+        offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        from_end = offsets[1:][row] - 1 - torch.arange(len(row), device=device)  # 0 = most recent
+        keep = from_end < self.max_positions
+        if not bool(keep.all()):
+            x, row, t, from_end = x[keep], row[keep], t[keep], from_end[keep]
+            lengths = torch.bincount(row, minlength=num_histories)
+            torch.cumsum(lengths, 0, out=offsets[1:])
+        if self.config.timestamp_encoding:
+            gap = batch.history_timestamps[row] - t
+            x = x + self.recency(time_gap_bucket(gap, self.config.time_buckets)) + self.order(from_end)
+        max_len = int(lengths.max()) if num_histories else 0
+        return JaggedTensor(x, offsets, max_len), t

@@ -1,0 +1,67 @@
+"""Interaction layers, task heads and the multi-task loss shared by both models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(input_dim: int, dims: list[int], final_activation: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, dim in enumerate(dims):
+        layers.append(nn.Linear(input_dim, dim))
+        if final_activation or i < len(dims) - 1:
+            layers.append(nn.ReLU())
+        input_dim = dim
+    return nn.Sequential(*layers)
+
+
+class CrossNetwork(nn.Module):
+    """DCNv2 cross layers: ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``; ``[B, F] → [B, F]``."""
+
+    def __init__(self, dim: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+        for layer in self.layers:
+            nn.init.zeros_(layer.bias)
+            nn.init.normal_(layer.weight, std=0.01)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+def dot_interaction(features: torch.Tensor) -> torch.Tensor:
+    """DLRM's pairwise dot products of ``[B, F, E]`` feature vectors → ``[B, F(F-1)/2]``."""
+    products = torch.bmm(features, features.transpose(1, 2))
+    i, j = torch.triu_indices(features.shape[1], features.shape[1], offset=1, device=features.device)
+    return products[:, i, j]
+
+
+class TaskHeads(nn.Module):
+    """An MLP tower, then one logit per task: ``[B, F] → [B, T]``."""
+
+    def __init__(self, input_dim: int, mlp_dims: list[int], num_tasks: int):
+        super().__init__()
+        self.tower = mlp(input_dim, mlp_dims)
+        self.logits = nn.Linear(mlp_dims[-1] if mlp_dims else input_dim, num_tasks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.tower(x))
+
+
+def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary cross-entropy per task over the labels that are present (NaN = missing).
+
+    ``logits, labels [B, T]`` → (the weighted sum over tasks of each task's mean loss, per-task
+    means ``[T]``). A task with no label in the batch contributes 0.
+    """
+    present = ~torch.isnan(labels)
+    safe = torch.where(present, labels, torch.zeros_like(labels))
+    losses = F.binary_cross_entropy_with_logits(logits, safe, reduction="none") * present
+    per_task = losses.sum(0) / present.sum(0).clamp(min=1)
+    w = torch.ones_like(per_task) if weights is None else torch.tensor(weights, dtype=per_task.dtype, device=per_task.device)
+    return (per_task * w).sum(), per_task.detach()

@@ -1,0 +1,91 @@
+"""The event-sequence ranker: event model → jagged transformer → ad-keyed pooling → DCNv2 + MLP heads.
+
+The forward pass splits into the *user side* (computed once per distinct history: event embeddings,
+encoder, pooling keys/values) and the *candidate side* (per impression: item and context embeddings,
+keyed pooling over the user side, the head). Serving caches the user side and runs only the
+candidate side for thousands of ads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from eventrec.batch import EventBatch
+from eventrec.model.config import SequenceModelConfig
+from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
+from eventrec.model.encoder import JaggedTransformerEncoder
+from eventrec.model.event_model import EventModel
+from eventrec.model.heads import CrossNetwork, TaskHeads
+from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
+
+
+@dataclass
+class UserSide:
+    """What the candidate side reads: encoded events ``[sum(N_g), D]``, keys/values ``[sum(N_g), H, d]``."""
+
+    offsets: torch.Tensor
+    max_len: int
+    encoded: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+
+
+class SequenceRanker(nn.Module):
+    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig):
+        super().__init__()
+        self.spec, self.config = spec, config
+        schema = spec.schema
+        imp = schema.impressions
+        vocabularies = vocabularies_used(imp.item_attributes + imp.context_attributes)
+        for stream in schema.streams:
+            vocabularies |= vocabularies_used(stream.attributes)
+        self.tables = EmbeddingTables(spec, config.attribute_dim, vocabularies)
+        self.event_model = EventModel(spec, config, self.tables)
+        self.encoder = JaggedTransformerEncoder(config)
+        self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
+        self.context_embedder = AttributeEmbedder(imp.context_attributes, self.tables) if imp.context_attributes else None
+        query_dim = self.item_embedder.out_dim + (self.context_embedder.out_dim if self.context_embedder else 0)
+        self.candidate_norm = nn.LayerNorm(query_dim)
+        if config.pooling == "keyed_attention":
+            self.pooling: nn.Module = KeyedAttentionPooling(config.model_dim, query_dim, config.pooling_slots, config.num_heads)
+            slots = config.pooling_slots
+        else:
+            self.pooling = MeanPooling()
+            slots = 1
+        head_in = slots * config.model_dim + query_dim
+        self.cross = CrossNetwork(head_in, config.cross_layers)
+        self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.labels))
+
+    def user_side(self, batch: EventBatch) -> UserSide:
+        events, timestamps = self.event_model(batch)
+        encoded = self.encoder(events, timestamps)
+        keys = values = None
+        if isinstance(self.pooling, KeyedAttentionPooling):
+            keys, values = self.pooling.keys_values(encoded)
+        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values)
+
+    def candidate_input(self, item: dict, context: dict) -> torch.Tensor:
+        """``[B, Q]``: the candidate's (and context's) attribute representation."""
+        parts = [self.item_embedder(item)]
+        if self.context_embedder is not None:
+            parts.append(self.context_embedder(context))
+        return self.candidate_norm(torch.cat(parts, dim=-1))
+
+    def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, T]`` of B candidates over the user side's histories."""
+        candidate = self.candidate_input(item, context)
+        if isinstance(self.pooling, KeyedAttentionPooling):
+            pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index)
+        else:
+            from eventrec.jagged import JaggedTensor
+
+            pooled = self.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
+        x = torch.cat([pooled.flatten(1), candidate], dim=-1)
+        return self.heads(self.cross(x))
+
+    def forward(self, batch: EventBatch) -> torch.Tensor:
+        """Logits ``[B, T]``."""
+        return self.candidate_side(self.user_side(batch), batch.item, batch.context, batch.history_index)

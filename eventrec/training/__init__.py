@@ -1,0 +1,1 @@
+"""Training, evaluation and checkpoints, one loop for both models."""

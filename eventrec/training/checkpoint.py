@@ -1,0 +1,104 @@
+"""Checkpoints as safetensors (tensors) + JSON (everything else): nothing is ever unpickled.
+
+A checkpoint directory holds ``model.safetensors``, optionally ``optimizer.safetensors`` (each
+optimizer's state flattened to ``"{optimizer}.{param index}.{key}"`` tensors plus scalar hyper-state
+in the JSON) and ``checkpoint.json``. Writes go to a temporary directory that is renamed into place,
+so a kill never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for name, optimizer in optimizers.items():
+        state = optimizer.state_dict()
+        meta[name] = {"param_groups": state["param_groups"], "scalars": {}}
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{name}.{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    meta[name]["scalars"][f"{index}.{key}"] = value
+    return tensors, meta
+
+
+def _restore_optimizers(optimizers: dict[str, torch.optim.Optimizer], tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    for name, optimizer in optimizers.items():
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            owner, index, field = key.split(".", 2)
+            if owner == name:
+                state.setdefault(int(index), {})[field] = value
+        for key, value in meta[name]["scalars"].items():
+            index, field = key.split(".", 1)
+            state.setdefault(int(index), {})[field] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
+
+
+def save_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    info: dict,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Atomically write ``directory`` (replacing an older checkpoint there)."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    info = dict(info)
+    tensors = dict(extra_tensors or {})
+    if optimizers:
+        optimizer_tensors, info["optimizers"] = _optimizer_tensors(optimizers)
+        tensors |= optimizer_tensors
+    if tensors:
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.rename(directory, old)
+    os.rename(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_checkpoint_info(directory: Path) -> dict:
+    directory = Path(directory)
+    old = directory.with_name(f".{directory.name}.old")
+    if not directory.exists() and old.exists():
+        os.rename(old, directory)  # killed between the two renames: the previous one is whole
+    path = directory / "checkpoint.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{directory}: no checkpoint.json (not a checkpoint)")
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Load weights (and optimizer states) in place; returns (info, the other saved tensors)."""
+    directory = Path(directory)
+    info = read_checkpoint_info(directory)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    tensors: dict[str, torch.Tensor] = {}
+    if (directory / "optimizer.safetensors").exists():
+        tensors = load_file(str(directory / "optimizer.safetensors"))
+    if optimizers:
+        _restore_optimizers(optimizers, {k: v for k, v in tensors.items() if k.split(".", 1)[0] in optimizers}, info["optimizers"])
+    return info, {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in (optimizers or {})}

@@ -1,0 +1,199 @@
+"""One training loop for both models.
+
+AdamW (optionally SparseAdam for sparse embedding gradients), linear warm-up then cosine decay,
+gradient clipping, evaluation on the *validation* split after each epoch with early stopping on the
+primary task's NE (the test split is never read here), deterministic seeds and data order, a tqdm
+progress bar with the running loss, CSV logs, and checkpoints (safetensors + JSON): ``last/`` every
+``checkpoint_every`` steps and at each epoch end (a killed run resumes from it, losing only the
+steps since), ``best/`` with the best validation weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from eventrec.loader import BatchDataset
+from eventrec.model.embeddings import FeatureSpec
+from eventrec.model.heads import multitask_loss
+from eventrec.store import EventStore
+from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
+from eventrec.training.evaluation import metrics_by_task, predict
+from eventrec.training.factory import ModelConfig, batch_function, build_model
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(4096, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    clip_norm: float = Field(1.0, gt=0)
+    patience: int = Field(1, ge=1, description="epochs without validation NE improvement before stopping")
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    sparse_optimizer: bool = Field(False, description="SparseAdam for embedding tables, AdamW for the rest")
+    checkpoint_every: int = Field(500, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    task_weights: list[float] | None = None
+
+
+@dataclass
+class TrainResult:
+    best_validation: dict
+    best_epoch: int
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _optimizers(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    sparse = [p for n, p in model.named_parameters() if config.sparse_optimizer and n.startswith("tables.")]
+    sparse_ids = {id(p) for p in sparse}
+    decay = [p for n, p in model.named_parameters() if id(p) not in sparse_ids and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if id(p) not in sparse_ids and p.dim() < 2]
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        "adamw": torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.learning_rate,
+        )
+    }
+    if sparse:
+        optimizers["sparse_adam"] = torch.optim.SparseAdam(sparse, lr=config.learning_rate)
+    return optimizers
+
+
+def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class _CsvLog:
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+        if not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(columns)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+
+
+def train(
+    store: EventStore,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    run_dir: Path,
+    show_progress: bool = True,
+) -> tuple[torch.nn.Module, TrainResult]:
+    """Train on the store's train split; returns the model with its best validation weights."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    spec = FeatureSpec.from_store(store)
+    model = build_model(spec, model_config)
+    optimizers = _optimizers(model, config)
+    batch_fn = batch_function(model_config)
+    dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn)
+    validation = store.split_indices("validation")
+    steps_per_epoch = len(dataset) if config.max_steps_per_epoch is None else min(len(dataset), config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    info_base = {"model_config": model_config.model_dump(mode="json"), "feature_spec": spec.to_json(), "train_config": config.model_dump(mode="json")}
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ne": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_validation": {}}
+    last = run_dir / "last"
+    if (last / "checkpoint.json").exists() or last.with_name(".last.old").exists():
+        info, extra = load_checkpoint(last, model, optimizers)
+        state = info["state"]
+        torch.set_rng_state(extra["rng.torch"])
+        print(f"resumed from {last} at epoch {state['epoch']}, batch {state['batch_in_epoch']} (step {state['step']})", file=sys.stderr)
+
+    def checkpoint(directory: Path, with_optimizers: bool) -> None:
+        save_checkpoint(directory, model, info_base | {"state": state}, optimizers if with_optimizers else None, {"rng.torch": torch.get_rng_state()})
+
+    train_log = _CsvLog(run_dir / "train_log.csv", ["step", "epoch", "loss", "learning_rate", *[f"loss_{n}" for n in store.label_names]])
+    eval_log = _CsvLog(run_dir / "eval_log.csv", ["step", "epoch", "task", "ne", "auc", "gauc", "logloss", "calibration", "count"])
+    started = time.perf_counter()
+    model.train()
+    stopped = False
+    while state["epoch"] < config.epochs and not stopped:
+        epoch = state["epoch"]
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=None, sampler=range(state["batch_in_epoch"], steps_per_epoch),
+                            num_workers=config.num_workers, collate_fn=lambda b: b)
+        bar = tqdm(loader, total=steps_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not show_progress, file=sys.stderr, dynamic_ncols=True)
+        running = None
+        for batch in bar:
+            lr = learning_rate(state["step"], total_steps, config)
+            for optimizer in optimizers.values():
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            loss, per_task = multitask_loss(model(batch), batch.labels, config.task_weights)
+            for optimizer in optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            dense = [p for group in optimizers["adamw"].param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(dense, config.clip_norm)
+            for optimizer in optimizers.values():
+                optimizer.step()
+            state["step"] += 1
+            state["batch_in_epoch"] += 1
+            value = float(loss)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at step {state['step']}; lower the learning rate")
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.1e}")
+            train_log.write({"step": state["step"], "epoch": epoch, "loss": value, "learning_rate": lr,
+                             **{f"loss_{n}": float(l) for n, l in zip(store.label_names, per_task)}})
+            if state["step"] % config.checkpoint_every == 0:
+                checkpoint(last, with_optimizers=True)
+        bar.close()
+        # end of epoch: validation (never test), early stopping on the primary task's NE
+        probs = predict(model, store, validation, batch_fn, config.eval_batch_size)
+        metrics = metrics_by_task(store, validation, probs)
+        for task, m in metrics.items():
+            eval_log.write({"step": state["step"], "epoch": epoch, "task": task, **m})
+        primary = metrics[store.label_names[0]]
+        state["history"].append({"epoch": epoch, "step": state["step"], "validation": metrics})
+        if show_progress:
+            print(f"epoch {epoch + 1}: validation " + ", ".join(f"{t} NE {m['ne']:.4f} AUC {m['auc']:.4f}" for t, m in metrics.items() if m.get("count")), file=sys.stderr)
+        if state["best_ne"] is None or primary["ne"] < state["best_ne"]:
+            state.update(best_ne=primary["ne"], best_epoch=epoch, bad_epochs=0, best_validation=metrics)
+            checkpoint(run_dir / "best", with_optimizers=False)
+        else:
+            state["bad_epochs"] += 1
+            stopped = state["bad_epochs"] >= config.patience
+        state["epoch"] += 1
+        state["batch_in_epoch"] = 0
+        checkpoint(last, with_optimizers=True)
+    load_checkpoint(run_dir / "best", model)
+    model.eval()
+    result = TrainResult(state["best_validation"], state["best_epoch"], state["step"], time.perf_counter() - started, state["history"])
+    (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=1, default=str))
+    return model, result
