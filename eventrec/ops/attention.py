@@ -1,0 +1,169 @@
+"""The dispatch points of the jagged attention ops: call these, not the backends.
+
+* :func:`jagged_self_attention` -- each user's events attend over the same user's events.
+* :func:`keyed_pooling_attention` -- query slots per candidate ad attend over a user's events.
+
+On CUDA tensors with Triton importable, both run the Triton kernels of
+:mod:`eventrec.ops.attention_triton`; anywhere else, the length-grouped padded SDPA of
+:mod:`eventrec.ops.attention_torch` (the fastest CPU path measured, see ``docs/kernels.md``).
+``backend=`` forces one: ``"triton"``, ``"torch"`` or ``"reference"`` (the slow float64-capable
+definition in :mod:`eventrec.ops.attention_reference`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from eventrec.ops.attention_reference import jagged_self_attention_reference, keyed_pooling_attention_reference
+from eventrec.ops.attention_torch import jagged_self_attention_torch, keyed_pooling_attention_torch
+from eventrec.ops.jagged import check_offsets
+from eventrec.ops.time_buckets import relative_timestamps_int32
+
+Backend = Literal["auto", "triton", "torch", "reference"]
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when the Triton kernels can be imported (the ``triton`` package is installed)."""
+    try:
+        import eventrec.ops.attention_triton  # noqa: F401
+    except Exception:  # ImportError, or a broken triton install
+        return False
+    return True
+
+
+def _pick(backend: Backend, x: Tensor) -> str:
+    if backend != "auto":
+        return backend
+    if x.is_cuda and triton_available():
+        return "triton"
+    return "torch"
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if k.shape != v.shape or k.dim() != 3:
+        raise ValueError(f"k and v must both be [T, H, d], got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[-2:] != k.shape[-2:]:
+        raise ValueError(f"q, k must share H and d, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError("q, k, v must share a dtype")
+
+
+def jagged_self_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    offsets: Tensor,
+    max_len: int | None = None,
+    *,
+    causal: bool = False,
+    time_bias: Tensor | None = None,
+    timestamps: Tensor | None = None,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Softmax self-attention inside each sequence of a jagged batch.
+
+    For sequence ``b`` (rows ``offsets[b]:offsets[b+1]``) and head ``h``::
+
+        s[i, j]   = scale * <q[i, h], k[j, h]> + time_bias[h, time_gap_bucket(timestamps[i] - timestamps[j])]
+        out[i, h] = sum_j softmax_j(s[i, :]) v[j, h]          (only j <= i when causal)
+
+    Args:
+        q, k, v: ``[sum(N_i), H, d]`` float16 / bfloat16 / float32 (float64 on the torch and reference
+            backends). Head dims 32..128 on the kernels.
+        offsets: ``[B+1]`` int64, ``offsets[0] = 0``, ``offsets[-1] = sum(N_i)``. Empty sequences allowed.
+        max_len: longest ``N_i`` if the caller has it cached (unused by the kernels; the torch path reads
+            lengths itself).
+        causal: event ``i`` sees only events ``j <= i`` of its own sequence.
+        time_bias: optional learned ``[H, num_buckets]`` table (gets a gradient).
+        timestamps: int64 ``[sum(N_i)]`` event times in seconds; required with ``time_bias``.
+        scale: default ``1 / sqrt(d)``.
+        backend: ``"auto"`` (Triton on CUDA, torch otherwise), ``"triton"``, ``"torch"``, ``"reference"``.
+
+    Returns:
+        ``[sum(N_i), H, d]`` in q's dtype; differentiable in q, k, v and time_bias.
+    """
+    del max_len  # accepted for the callers' convenience; no backend needs it
+    _check_qkv(q, k, v)
+    if q.shape != k.shape:
+        raise ValueError("self-attention needs q, k, v of one shape")
+    check_offsets(offsets, q.shape[0])
+    if time_bias is not None:
+        if timestamps is None:
+            raise ValueError("time_bias needs timestamps")
+        if time_bias.dim() != 2 or time_bias.shape[0] != q.shape[1]:
+            raise ValueError(f"time_bias must be [H, num_buckets], got {tuple(time_bias.shape)}")
+        if timestamps.shape != (q.shape[0],):
+            raise ValueError("timestamps must be [sum(N_i)]")
+    chosen = _pick(backend, q)
+    if chosen == "triton":
+        from eventrec.ops.attention_triton import triton_jagged_attention
+
+        ts32 = relative_timestamps_int32(timestamps) if time_bias is not None else None
+        return triton_jagged_attention(q, k, v, offsets, offsets, causal=causal, time_bias=time_bias,
+                                       timestamps_int32=ts32, scale=scale)
+    if chosen == "torch":
+        return jagged_self_attention_torch(q, k, v, offsets, causal, time_bias, timestamps, scale)
+    if chosen == "reference":
+        return jagged_self_attention_reference(q, k, v, offsets, causal, time_bias, timestamps, scale)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def keyed_pooling_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    offsets: Tensor,
+    max_len: int | None = None,
+    *,
+    q_offsets: Tensor | None = None,
+    max_q_len: int | None = None,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """Candidate-keyed pooling: each user's query slots attend over that user's events.
+
+    Args:
+        q: dense ``[B, C*M, H, d]`` (C candidates x M slots per user), or jagged ``[sum(Q_b), H, d]``
+            with ``q_offsets`` (a different number of candidates per user).
+        k, v: jagged ``[sum(N_b), H, d]`` (the user's encoded events).
+        offsets: ``[B+1]`` int64 offsets of k and v.
+        max_len: longest history, if known (unused by the kernels).
+        q_offsets: ``[B+1]`` int64 offsets of a jagged q.
+        max_q_len: longest ``Q_b`` of a jagged q, if known and small (picks smaller query blocks).
+        scale: default ``1 / sqrt(d)``.
+        backend: as :func:`jagged_self_attention`.
+
+    Returns:
+        Same shape as q. A user with no events gets exact zeros (and zero gradients), never NaN.
+    """
+    del max_len
+    _check_qkv(q, k, v)
+    check_offsets(offsets, k.shape[0])
+    num_users = offsets.numel() - 1
+    dense = q_offsets is None
+    if dense and (q.dim() != 4 or q.shape[0] != num_users):
+        raise ValueError(f"dense q must be [B, Q, H, d] with B={num_users}, got {tuple(q.shape)}")
+    if not dense:
+        check_offsets(q_offsets, q.shape[0])
+    chosen = _pick(backend, q)
+    if chosen == "triton":
+        from eventrec.ops.attention_triton import triton_jagged_attention
+
+        if dense:
+            b, nq, h, d = q.shape
+            q_off = torch.arange(b + 1, device=q.device, dtype=torch.int64) * nq
+            out = triton_jagged_attention(q.reshape(b * nq, h, d), k, v, q_off, offsets, scale=scale,
+                                          max_q_len=nq)
+            return out.view(b, nq, h, d)
+        return triton_jagged_attention(q, k, v, q_offsets, offsets, scale=scale, max_q_len=max_q_len)
+    if chosen == "torch":
+        return keyed_pooling_attention_torch(q, k, v, offsets, q_offsets, scale)
+    if chosen == "reference":
+        return keyed_pooling_attention_reference(q, k, v, offsets, q_offsets, scale)
+    raise ValueError(f"unknown backend {backend!r}")
