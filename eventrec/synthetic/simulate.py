@@ -177,8 +177,12 @@ def simulate(world: World, progress=None) -> Simulation:
     ads_probs = np.asarray(cfg.ads_per_request)
     placement_probs = np.asarray(cfg.placement_probs)
 
-    def organic(rows, users, t, session_start):
-        """One organic event for each of ``rows`` (rank indices) at times ``t``."""
+    def organic(rows, users, t, session_start, previous=None):
+        """One organic event for each of ``rows`` (rank indices) at times ``t``; returns (type, item, t).
+
+        ``previous`` = (type, item, t) of the block's previous organic event: an exact duplicate of
+        it in the same second is moved one second later (stores drop exact duplicates).
+        """
         n = len(rows)
         prev = state.buffers.category[rows, 0]
         has_prev = (state.buffers.type[rows, 0] >= 0) & ~session_start
@@ -190,9 +194,12 @@ def simulate(world: World, progress=None) -> Simulation:
         u_item = rng.random(n)
         item = np.where(like, world.page_sampler.sample(cat, u_item), world.content_sampler.sample(cat, u_item))
         typ = np.where(like, PAGE_LIKE, CONTENT_VIEW).astype(np.int8)
+        if previous is not None:
+            t = t + ((typ == previous[0]) & (item == previous[1]) & (t == previous[2]))
         events.add(user=users, type=typ, t=t, category=cat, item=item, ad=np.full(n, -1))
         state.push(rows, typ, t, cat, -1, -1)
         state.organic[rows, cat] += 1
+        return typ, item, t
 
     def choose_ads(users, t, hist):
         """The serving policy: an ad per row (see docs: interest / retarget / popularity mix)."""
@@ -223,16 +230,22 @@ def simulate(world: World, progress=None) -> Simulation:
         t0 = np.where(is_chained, state.end[:n] + rng.integers(1, MAX_CHAIN_GAP + 1, n), start[flat])
         k = np.minimum(rng.poisson(cfg.organic_per_block, n), MAX_ORGANIC)
         cur = t0.copy()
+        last_type = np.full(n, -1, np.int8)
+        last_item = np.full(n, -1, np.int64)
         for i in range(MAX_ORGANIC):
             sel = np.flatnonzero(k > i)
             if sel.size == 0:
                 break
+            t_prev = cur[sel]
             if i > 0:
                 same = rng.random(sel.size) < cfg.same_second_probability
                 gap = np.clip(np.round(rng.lognormal(np.log(ORGANIC_GAP_MEDIAN), 0.8, sel.size)), 1, MAX_ORGANIC_GAP)
                 cur[sel] += np.where(same, 0, gap).astype(np.int64)
-                stats["same_second_events"] += int(same.sum())
-            organic(sel, users[sel], cur[sel], (i == 0) & ~is_chained[sel])
+            typ, item, t_new = organic(sel, users[sel], cur[sel], (i == 0) & ~is_chained[sel],
+                                       previous=(last_type[sel], last_item[sel], t_prev) if i > 0 else None)
+            if i > 0:
+                stats["same_second_events"] += int((t_new == t_prev).sum())
+            cur[sel], last_type[sel], last_item[sel] = t_new, typ, item
         end = cur.copy()
 
         # The ad request at the end of the block.
