@@ -97,6 +97,10 @@ def load_world(directory: str | Path) -> World:
 
 # ---- tables ---------------------------------------------------------------------------------------
 
+def _int64(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values).astype(np.int64, copy=False), pa.int64())
+
+
 def _nullable_int(values: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.array(np.where(valid, values, 0).astype(np.int64), type=pa.int64(), mask=~valid)
 
@@ -126,12 +130,12 @@ def _events_table(world: World, sim: Simulation) -> tuple[pa.Table, np.ndarray]:
     topics = pa.ListArray.from_arrays(pa.array(offsets), _strings(topic_codes, topic_names),
                                       mask=pa.array(~is_view))
     table = pa.table({
-        "user_id": pa.array(sim.ev_user[order] + 1, pa.int64()),
+        "user_id": _int64(sim.ev_user[order] + 1),
         "event_type": _strings(typ, EVENT_TYPES),
-        "timestamp": pa.array(sim.ev_t[order] + cfg.start_timestamp, pa.int64()),
+        "timestamp": _int64(sim.ev_t[order] + cfg.start_timestamp),
         "ad_id": _nullable_int(ad + 1, is_ad),
         "advertiser_id": _nullable_int(world.ad_advertiser[safe_ad] + 1, is_ad),
-        "category": pa.array(sim.ev_category[order] + 1, pa.int64()),
+        "category": _int64(sim.ev_category[order] + 1),
         "price": pa.array(np.where(is_ad, world.ad_price[safe_ad], 0.0), pa.float64(), mask=~is_ad),
         "content_id": _nullable_int(item + 1, is_view),
         "topics": topics,
@@ -154,15 +158,15 @@ def _impressions_table(world: World, sim: Simulation):
     conv = sim.conversion[order]
     tracked = conv >= 0
     table = pa.table({
-        "request_id": pa.array(request_id[order], pa.int64()),
-        "user_id": pa.array(sim.imp_user[order] + 1, pa.int64()),
-        "ad_id": pa.array(ad + 1, pa.int64()),
-        "timestamp": pa.array(sim.imp_t[order] + cfg.start_timestamp, pa.int64()),
-        "advertiser_id": pa.array(world.ad_advertiser[ad] + 1, pa.int64()),
-        "category": pa.array(world.ad_category[ad] + 1, pa.int64()),
+        "request_id": _int64(request_id[order]),
+        "user_id": _int64(sim.imp_user[order] + 1),
+        "ad_id": _int64(ad + 1),
+        "timestamp": _int64(sim.imp_t[order] + cfg.start_timestamp),
+        "advertiser_id": _int64(world.ad_advertiser[ad] + 1),
+        "category": _int64(world.ad_category[ad] + 1),
         "price": pa.array(world.ad_price[ad], pa.float64()),
         "placement": _strings(sim.imp_placement[order], PLACEMENTS),
-        "hour_of_day": pa.array(sim.imp_hour[order], pa.int64()),
+        "hour_of_day": _int64(sim.imp_hour[order]),
         "click": pa.array(sim.click[order], pa.int8()),
         "conversion": pa.array(np.where(tracked, conv, 0).astype(np.int8), pa.int8(), mask=~tracked),
         "p_click": pa.array(sim.p_click[order], pa.float64()),
@@ -175,7 +179,7 @@ def _ad_content_table(world: World) -> pa.Table:
     N, D = world.ad_embedding.shape
     values = pa.array(world.ad_embedding.reshape(-1), pa.float32())
     offsets = pa.array(np.arange(0, N * D + 1, D, dtype=np.int32))
-    return pa.table({"ad_id": pa.array(np.arange(1, N + 1), pa.int64()),
+    return pa.table({"ad_id": _int64(np.arange(1, N + 1)),
                      "embedding": pa.ListArray.from_arrays(offsets, values)})
 
 
@@ -239,7 +243,7 @@ def _candidates_table(world: World, sim: Simulation, index: EventIndex, request_
     req_ids = uniq[chosen]
     K = cfg.candidates_per_request
     cols = {k: [] for k in ("request_id", "user", "t", "ad", "placement", "hour", "p_click", "p_conversion")}
-    chunk = max(1, min(512, 4_000_000 // max(cfg.num_ads, 1)))
+    chunk = max(1, min(256, 2_000_000 // max(cfg.num_ads, 1)))
     for lo in range(0, n_req, chunk):
         progress(lo, n_req)
         sl = slice(lo, min(lo + chunk, n_req))
@@ -267,15 +271,15 @@ def _candidates_table(world: World, sim: Simulation, index: EventIndex, request_
     order = np.lexsort((c["ad"], c["request_id"], c["t"], c["user"]))
     ad = c["ad"][order].astype(np.int64)
     return pa.table({
-        "request_id": pa.array(c["request_id"][order], pa.int64()),
-        "user_id": pa.array(c["user"][order] + 1, pa.int64()),
-        "timestamp": pa.array(c["t"][order] + cfg.start_timestamp, pa.int64()),
-        "ad_id": pa.array(ad + 1, pa.int64()),
-        "advertiser_id": pa.array(world.ad_advertiser[ad] + 1, pa.int64()),
-        "category": pa.array(world.ad_category[ad] + 1, pa.int64()),
+        "request_id": _int64(c["request_id"][order]),
+        "user_id": _int64(c["user"][order] + 1),
+        "timestamp": _int64(c["t"][order] + cfg.start_timestamp),
+        "ad_id": _int64(ad + 1),
+        "advertiser_id": _int64(world.ad_advertiser[ad] + 1),
+        "category": _int64(world.ad_category[ad] + 1),
         "price": pa.array(world.ad_price[ad], pa.float64()),
         "placement": _strings(c["placement"][order].astype(np.int64), PLACEMENTS),
-        "hour_of_day": pa.array(c["hour"][order], pa.int64()),
+        "hour_of_day": _int64(c["hour"][order]),
         "p_click": pa.array(c["p_click"][order], pa.float64()),
         "p_conversion": pa.array(c["p_conversion"][order], pa.float64()),
     })

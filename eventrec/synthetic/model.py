@@ -73,9 +73,9 @@ class History:
     """
 
     type: np.ndarray  # int8
-    category: np.ndarray  # int64, 0-based
-    advertiser: np.ndarray  # int64 (-1 for organic events)
-    ad: np.ndarray  # int64 (-1 for organic events)
+    category: np.ndarray  # int32, 0-based
+    advertiser: np.ndarray  # int32 (-1 for organic events)
+    ad: np.ndarray  # int32 (-1 for organic events)
     timestamp: np.ndarray  # int64 seconds from the world's start
     click_advertiser: np.ndarray
     click_ad: np.ndarray
@@ -84,9 +84,10 @@ class History:
     @classmethod
     def empty(cls, n: int) -> "History":
         L, S = HISTORY_LENGTH, STREAM_LENGTH
-        return cls(np.full((n, L), -1, np.int8), np.full((n, L), -1, np.int64), np.full((n, L), -1, np.int64),
-                   np.full((n, L), -1, np.int64), np.zeros((n, L), np.int64), np.full((n, S), -1, np.int64),
-                   np.full((n, S), -1, np.int64), np.full((n, S), -1, np.int64))
+        i32 = np.int32
+        return cls(np.full((n, L), -1, np.int8), np.full((n, L), -1, i32), np.full((n, L), -1, i32),
+                   np.full((n, L), -1, i32), np.zeros((n, L), np.int64), np.full((n, S), -1, i32),
+                   np.full((n, S), -1, i32), np.full((n, S), -1, i32))
 
     def take(self, idx) -> "History":
         return History(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))

@@ -53,7 +53,7 @@ _NEVER = np.iinfo(np.int64).max
 class Simulation:
     """Raw simulation output. Events are in the order they happened within each user."""
 
-    ev_user: np.ndarray  # 0-based user index
+    ev_user: np.ndarray  # 0-based user index (compact integer dtypes throughout)
     ev_type: np.ndarray
     ev_t: np.ndarray  # seconds from start
     ev_category: np.ndarray  # 0-based
@@ -74,16 +74,22 @@ class Simulation:
 
 
 class _Columns:
-    def __init__(self, names):
-        self.parts = {n: [] for n in names}
+    """Column chunks appended step by step (stored in compact dtypes), concatenated at the end."""
+
+    def __init__(self, dtypes: dict):
+        self.dtypes = dtypes
+        self.parts = {n: [] for n in dtypes}
 
     def add(self, **cols):
         for n, v in cols.items():
-            self.parts[n].append(np.asarray(v))
+            self.parts[n].append(np.asarray(v).astype(self.dtypes[n], copy=False))
 
-    def finish(self, dtypes: dict) -> dict:
-        return {n: (np.concatenate(p).astype(dtypes[n], copy=False) if p else np.zeros(0, dtypes[n]))
-                for n, p in self.parts.items()}
+    def finish(self) -> dict:
+        out = {}
+        for n in list(self.parts):
+            parts = self.parts.pop(n)
+            out[n] = np.concatenate(parts) if parts else np.zeros(0, self.dtypes[n])
+        return out
 
 
 class _State:
@@ -170,9 +176,11 @@ def simulate(world: World, progress=None) -> Simulation:
     offset_rank = offset[rank_user]
     steps = int(desc[0]) if len(desc) else 0
     state = _State(cfg.num_users, C)
-    events = _Columns(["user", "type", "t", "category", "item", "ad"])
-    imps = _Columns(["user", "t", "ad", "placement", "hour", "request", "slot", "p_click", "p_conversion",
-                     "click", "conversion"])
+    events = _Columns({"user": np.int32, "type": np.int8, "t": np.int64, "category": np.int16, "item": np.int32,
+                       "ad": np.int32})
+    imps = _Columns({"user": np.int32, "t": np.int64, "ad": np.int32, "placement": np.int8, "hour": np.int8,
+                     "request": np.int64, "slot": np.int8, "p_click": np.float64, "p_conversion": np.float64,
+                     "click": np.int8, "conversion": np.int8})
     stats = {"same_second_events": 0, "cotimed_events": 0, "requests": 0, "dropped_duplicate_slots": 0}
     ads_probs = np.asarray(cfg.ads_per_request)
     placement_probs = np.asarray(cfg.placement_probs)
@@ -321,11 +329,8 @@ def simulate(world: World, progress=None) -> Simulation:
                     end[req[ok]] = np.maximum(end[req[ok]], tj[ok])
         state.end[:n] = end
 
-    ev = events.finish({"user": np.int64, "type": np.int8, "t": np.int64, "category": np.int64, "item": np.int64,
-                        "ad": np.int64})
-    im = imps.finish({"user": np.int64, "t": np.int64, "ad": np.int64, "placement": np.int64, "hour": np.int64,
-                      "request": np.int64, "slot": np.int64, "p_click": np.float64, "p_conversion": np.float64,
-                      "click": np.int8, "conversion": np.int8})
+    ev = events.finish()
+    im = imps.finish()
     stats["blocks"] = int(n_blocks.sum())
     stats["max_blocks_per_user"] = steps
     return Simulation(ev["user"], ev["type"], ev["t"], ev["category"], ev["item"], ev["ad"], im["user"], im["t"],
