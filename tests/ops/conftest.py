@@ -20,7 +20,6 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
 
 def _triton_importable() -> bool:

@@ -7,6 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+
 
 def offsets_from(lengths: list[int], device: torch.device) -> Tensor:
     off = torch.zeros(len(lengths) + 1, dtype=torch.int64)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICE, ON_GPU
 from eventrec.ops.attention_reference import jagged_self_attention_reference, keyed_pooling_attention_reference
 from eventrec.ops.time_buckets import relative_timestamps_int32
-from ops_cases import offsets_from, rel_err, skewed_lengths, sorted_timestamps
+from ops_cases import DEVICE, ON_GPU, offsets_from, rel_err, skewed_lengths, sorted_timestamps
 
 if ON_GPU:
     DTYPES = [torch.bfloat16, torch.float16]
