@@ -150,7 +150,7 @@ def _resolve_splits(schema: Schema, impression_times: np.ndarray) -> tuple[int, 
     return train_end, validation_end
 
 
-class _Encoder:
+class AttributeEncoder:
     """Learns vocabularies and numeric statistics from the training period, then encodes."""
 
     def __init__(self, schema: Schema, train_end: int):
@@ -158,6 +158,14 @@ class _Encoder:
         self.train_end = train_end
         self.vocabularies: dict[str, Vocabulary] = {}
         self.statistics: dict[str, NumericStatistics] = {}
+
+    @classmethod
+    def fitted(cls, schema: Schema, train_end: int, vocabularies: dict[str, Vocabulary], statistics: dict[str, dict]) -> "AttributeEncoder":
+        """An encoder with a built store's vocabularies and statistics (to encode new rows alike)."""
+        encoder = cls(schema, train_end)
+        encoder.vocabularies = dict(vocabularies)
+        encoder.statistics = {k: NumericStatistics(v["mean"], v["std"], v["transform"]) for k, v in statistics.items()}
+        return encoder
 
     def fit(self, places: list[tuple[str, list, pl.DataFrame]]) -> None:
         """``places``: (place name, attributes, raw frame with ``_t``) for every stream and impressions."""
@@ -349,7 +357,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
 
     # --- vocabularies and statistics from the training period only ---------------------------
     say("learning vocabularies and statistics (training period)")
-    encoder = _Encoder(schema, train_end)
+    encoder = AttributeEncoder(schema, train_end)
     places = [(f"streams.{s.name}", s.attributes, streams[s.name][1]) for s in schema.streams]
     places.append(("impressions", imp.item_attributes + imp.context_attributes, impressions))
     encoder.fit(places)

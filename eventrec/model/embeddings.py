@@ -66,7 +66,8 @@ class AttributeEmbedder(nn.Module):
 
     def __init__(self, attributes: list, tables: EmbeddingTables):
         super().__init__()
-        self.tables = tables
+        # a reference, not a submodule: the owning model registers the shared tables once
+        self.__dict__["tables"] = tables
         self.attributes = [(a.name, a.kind, getattr(a, "vocabulary_name", None), getattr(a, "dim", 1)) for a in attributes]
         self.out_dim = 0
         for _, kind, _, dim in self.attributes:

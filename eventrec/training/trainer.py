@@ -164,7 +164,7 @@ def train(
                 optimizer.step()
             state["step"] += 1
             state["batch_in_epoch"] += 1
-            value = float(loss)
+            value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(f"loss became {value} at step {state['step']}; lower the learning rate")
             running = value if running is None else 0.98 * running + 0.02 * value

@@ -1,0 +1,166 @@
+"""Compare models over seeds on one store: test metrics (mean ± std), plots, offline A/B.
+
+Every model trains with the same loop on the same train split, stops early on the validation split,
+and is measured once on the test split. The comparison table reports mean ± standard deviation over
+seeds; a gain counts only when it exceeds max(0.001 AUC, twice the seed spread) with NE moving the
+same way (see ``docs/evaluation.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from eventrec.store import EventStore
+from eventrec.training.evaluation import metrics_by_segment, metrics_by_task, predict
+from eventrec.training.factory import ModelConfig, batch_function
+from eventrec.training.trainer import TrainConfig, train
+
+METRICS = ("ne", "auc", "gauc", "logloss", "calibration")
+
+
+@dataclass
+class SeedRun:
+    model: str
+    seed: int
+    test: dict
+    validation: dict
+    segments: dict
+    steps: int
+    seconds: float
+    ab: dict = field(default_factory=dict)
+
+
+def offline_ab(store: EventStore, model, model_config: ModelConfig, candidates: pl.DataFrame, top_k: int, conversion_given_click: bool) -> dict:
+    """Expected clicks and conversions of the model's top-k picks per request of a candidate pool.
+
+    ``candidates`` carries the true ``p_click`` and ``p_conversion`` (P(conversion | click)) of each
+    candidate; the model ranks candidates by its predicted click probability for clicks, and by its
+    predicted conversion probability per impression for conversions.
+    """
+    from eventrec.requests import store_for_requests
+
+    view = store_for_requests(store, candidates, "candidates.parquet")
+    probs = predict(model, view, np.arange(view.num_examples), batch_function(model_config))
+    p_click_hat = probs[:, 0]
+    p_conv_hat = probs[:, 1] * (probs[:, 0] if conversion_given_click else 1.0) if probs.shape[1] > 1 else probs[:, 0]
+    truth_click = candidates["p_click"].to_numpy()
+    truth_conv = truth_click * candidates["p_conversion"].to_numpy()
+    requests = candidates["request_id"].to_numpy()
+    out = {}
+    for objective, score in (("clicks", p_click_hat), ("conversions", p_conv_hat)):
+        order = np.lexsort((-score, requests))
+        sorted_requests = requests[order]
+        first = np.r_[True, sorted_requests[1:] != sorted_requests[:-1]]
+        rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+        picked = order[rank < top_k]
+        out[f"by_{objective}"] = {
+            "expected_clicks": float(truth_click[picked].sum()),
+            "expected_conversions": float(truth_conv[picked].sum()),
+        }
+    out["requests"] = int(len(np.unique(requests)))
+    out["top_k"] = top_k
+    # the oracle (true probabilities) and a random pick, for scale
+    for name, score in (("oracle", truth_conv), ("random", np.random.default_rng(0).random(len(requests)))):
+        order = np.lexsort((-score, requests))
+        sorted_requests = requests[order]
+        first = np.r_[True, sorted_requests[1:] != sorted_requests[:-1]]
+        rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+        picked = order[rank < top_k]
+        out[name] = {"expected_clicks": float(truth_click[picked].sum()), "expected_conversions": float(truth_conv[picked].sum())}
+    return out
+
+
+def run_comparison(
+    store: EventStore,
+    models: dict[str, ModelConfig],
+    train_config: TrainConfig,
+    seeds: list[int],
+    out_dir: Path,
+    candidates: pl.DataFrame | None = None,
+    top_k: int = 3,
+    conversion_given_click: bool = False,
+    show_progress: bool = True,
+) -> list[SeedRun]:
+    out_dir = Path(out_dir)
+    runs: list[SeedRun] = []
+    test = store.split_indices("test")
+    for name, config in models.items():
+        for seed in seeds:
+            run_dir = out_dir / f"{name}_seed{seed}"
+            done = run_dir / "run.json"
+            if done.exists():  # a killed comparison resumes: finished runs are not repeated
+                runs.append(SeedRun(**json.loads(done.read_text())))
+                continue
+            model, result = train(store, config, train_config.model_copy(update={"seed": seed}), run_dir, show_progress)
+            probs = predict(model, store, test, batch_function(config), train_config.eval_batch_size)
+            np.save(run_dir / "test_predictions.npy", probs, allow_pickle=False)
+            run = SeedRun(name, seed, metrics_by_task(store, test, probs), result.best_validation,
+                          metrics_by_segment(store, test, probs), result.steps, result.seconds)
+            if candidates is not None:
+                run.ab = offline_ab(store, model, config, candidates, top_k, conversion_given_click)
+            done.write_text(json.dumps(run.__dict__, indent=1, default=float))
+            runs.append(run)
+    return runs
+
+
+def summarize(runs: list[SeedRun]) -> dict:
+    """``{model: {task: {metric: (mean, std)}}}`` over seeds, plus the A/B means."""
+    out: dict = {}
+    for name in dict.fromkeys(r.model for r in runs):
+        mine = [r for r in runs if r.model == name]
+        out[name] = {"seeds": [r.seed for r in mine], "tasks": {}, "ab": {}}
+        for task in mine[0].test:
+            out[name]["tasks"][task] = {
+                m: (float(np.mean([r.test[task][m] for r in mine])), float(np.std([r.test[task][m] for r in mine], ddof=1)) if len(mine) > 1 else 0.0)
+                for m in METRICS if m in mine[0].test[task]
+            }
+        if mine[0].ab:
+            for objective in ("by_clicks", "by_conversions"):
+                for quantity in ("expected_clicks", "expected_conversions"):
+                    values = [r.ab[objective][quantity] for r in mine]
+                    out[name]["ab"][f"{objective}.{quantity}"] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+            out[name]["ab_reference"] = {k: mine[0].ab[k] for k in ("oracle", "random", "requests", "top_k")}
+    return out
+
+
+def format_table(summary: dict, baseline: str | None = None) -> str:
+    """A markdown table: model × task with NE, AUC, gAUC, logloss, calibration (mean ± std)."""
+    lines = ["| model | task | NE | AUC | gAUC | logloss | calibration |", "|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        for task, metrics in s["tasks"].items():
+            cells = [f"{metrics[m][0]:.4f} ± {metrics[m][1]:.4f}" if m in metrics else "-" for m in METRICS]
+            lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
+    if baseline and baseline in summary:
+        lines.append("")
+        for name, s in summary.items():
+            if name == baseline:
+                continue
+            for task, metrics in s["tasks"].items():
+                base = summary[baseline]["tasks"][task]
+                d_auc = metrics["auc"][0] - base["auc"][0]
+                d_ne = metrics["ne"][0] - base["ne"][0]
+                spread = 2 * max(metrics["auc"][1], base["auc"][1])
+                verdict = "gain" if d_auc > max(0.001, spread) and d_ne < 0 else "no clear gain"
+                lines.append(f"- {name} vs {baseline}, {task}: ΔAUC {d_auc:+.4f} (threshold {max(0.001, spread):.4f}), ΔNE {d_ne:+.4f} → {verdict}")
+    ab_rows = [(n, s) for n, s in summary.items() if s.get("ab")]
+    if ab_rows:
+        ref = ab_rows[0][1]["ab_reference"]
+        lines += ["", f"Offline A/B: {ref['requests']:,} held-out requests, top-{ref['top_k']} picks each, expected outcomes under the true probabilities:", "",
+                  "| model | clicks (ranked by p̂ click) | conversions (ranked by p̂ conversion) |", "|---|---|---|"]
+        for name, s in ab_rows:
+            c, v = s["ab"]["by_clicks.expected_clicks"], s["ab"]["by_conversions.expected_conversions"]
+            lines.append(f"| {name} | {c[0]:.1f} ± {c[1]:.1f} | {v[0]:.2f} ± {v[1]:.2f} |")
+        lines.append(f"| oracle | {ref['oracle']['expected_clicks']:.1f} | {ref['oracle']['expected_conversions']:.2f} |")
+        lines.append(f"| random | {ref['random']['expected_clicks']:.1f} | {ref['random']['expected_conversions']:.2f} |")
+        if baseline and summary.get(baseline, {}).get("ab"):
+            base_conv = summary[baseline]["ab"]["by_conversions.expected_conversions"][0]
+            for name, s in ab_rows:
+                if name != baseline:
+                    lift = s["ab"]["by_conversions.expected_conversions"][0] / base_conv - 1
+                    lines.append(f"- {name} vs {baseline}: {lift:+.1%} expected conversions")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, roc_auc_score
+
+from eventrec.metrics import auc, calibration, group_auc, logloss, normalized_entropy, task_metrics
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_agree_with_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 2000)
+    p = np.clip(rng.beta(2, 5, 2000), 1e-4, 1 - 1e-4)
+    p_tied = np.round(p, 2)  # many ties
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert auc(y, p_tied) == pytest.approx(roc_auc_score(y, p_tied), abs=1e-12)
+    assert logloss(y, p) == pytest.approx(log_loss(y, p), rel=1e-9)
+    base = y.mean()
+    assert normalized_entropy(y, p) == pytest.approx(log_loss(y, p) / log_loss(y, np.full(len(y), base)), rel=1e-9)
+    assert calibration(y, p) == pytest.approx(p.sum() / y.sum())
+
+
+def test_group_auc_is_the_weighted_mean_of_per_group_aucs():
+    rng = np.random.default_rng(5)
+    y, s, g = rng.integers(0, 2, 3000), np.round(rng.random(3000), 2), rng.integers(0, 80, 3000)
+    per_group, weights = [], []
+    for group in np.unique(g):
+        m = g == group
+        if 0 < y[m].sum() < m.sum():
+            per_group.append(roc_auc_score(y[m], s[m]))
+            weights.append(m.sum())
+    assert group_auc(y, s, g) == pytest.approx(np.average(per_group, weights=weights), abs=1e-12)
+
+
+def test_degenerate_cases():
+    assert np.isnan(auc(np.ones(5), np.random.rand(5)))
+    assert np.isnan(group_auc(np.zeros(4), np.arange(4.0), np.array([0, 0, 1, 1])))
+    assert normalized_entropy(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(1.0)
+    out = task_metrics(np.array([np.nan, 1.0, 0.0]), np.array([0.9, 0.8, 0.1]))
+    assert out["count"] == 2 and out["auc"] == 1.0

@@ -1,0 +1,71 @@
+"""The training loop: checkpoints are safetensors + JSON, a killed run resumes to the same weights,
+early stopping reads the validation split only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eventrec.model.config import SequenceModelConfig
+from eventrec.training import trainer as trainer_module
+from eventrec.training.factory import load_trained_model
+from eventrec.training.trainer import TrainConfig, train
+
+MODEL = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
+TRAIN = TrainConfig(epochs=3, batch_size=2, warmup_steps=1, checkpoint_every=1, patience=5)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_is_safetensors_and_json(tiny_store, tmp_path):
+    model, result = train(tiny_store, MODEL, TRAIN, tmp_path / "run", show_progress=False)
+    best = tmp_path / "run" / "best"
+    assert sorted(p.name for p in best.iterdir()) == ["checkpoint.json", "model.safetensors", "optimizer.safetensors"]
+    info = json.loads((best / "checkpoint.json").read_text())
+    assert info["model_config"]["kind"] == "sequence"
+    loaded, config, spec, _ = load_trained_model(best)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    assert result.steps == 6 and len(result.history) == 3
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
+    reference, _ = train(tiny_store, MODEL, TRAIN, tmp_path / "straight", show_progress=False)
+
+    calls = {"n": 0}
+    original = trainer_module.multitask_loss
+
+    def dies_at_step_four(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "multitask_loss", dies_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_store, MODEL, TRAIN, tmp_path / "killed", show_progress=False)
+    monkeypatch.setattr(trainer_module, "multitask_loss", original)
+    info = json.loads((tmp_path / "killed" / "last" / "checkpoint.json").read_text())
+    assert info["state"]["step"] == 3  # nothing lost but the step in flight
+    resumed, result = train(tiny_store, MODEL, TRAIN, tmp_path / "killed", show_progress=False)
+    assert result.steps == 6
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[key], value)
+
+
+def test_early_stopping_never_reads_the_test_split(tiny_store, tmp_path, monkeypatch):
+    seen = []
+    original = trainer_module.predict
+
+    def spy(model, store, indices, *args, **kwargs):
+        seen.append(set(store.splits[indices].tolist()))
+        return original(model, store, indices, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "predict", spy)
+    train(tiny_store, MODEL, TRAIN, tmp_path / "run", show_progress=False)
+    assert seen and all(s == {1} for s in seen)  # 1 = validation
