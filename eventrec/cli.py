@@ -115,28 +115,118 @@ def inspect(
     typer.echo(json.dumps(stats, indent=1) if as_json else format_statistics(stats))
 
 
+def _load_configs(kind: str, config: Optional[Path], overrides: dict) -> tuple:
+    """(model config, train config) from an optional YAML (``model:`` and ``train:`` sections)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from eventrec.training.factory import default_config, parse_model_config
+    from eventrec.training.trainer import TrainConfig
+
+    data = yaml.safe_load(config.read_text()) if config else {}
+    data = data or {}
+    try:
+        model_data = {"kind": kind, **(data.get("model") or {})}
+        model_config = parse_model_config(model_data) if data.get("model") else default_config(kind)
+        train_config = TrainConfig(**{**(data.get("train") or {}), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as error:
+        _fail(ValueError(f"{config or 'options'}: {error}"))
+    return model_config, train_config
+
+
+@app.command()
+def train(
+    store: Path = typer.Option(..., help="A store built by `eventrec build`."),
+    model: str = typer.Option("sequence", help="sequence | dlrm"),
+    out: Path = typer.Option(..., help="Run directory (checkpoints last/ and best/, logs). Resumes if it holds a run."),
+    config: Optional[Path] = typer.Option(None, help="YAML with optional 'model:' and 'train:' sections."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    learning_rate: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+) -> None:
+    """Train a model on the store's train split, early-stopping on validation."""
+    from eventrec.store import EventStore
+    from eventrec.training.trainer import train as run_training
+
+    model_config, train_config = _load_configs(model, config, {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed})
+    _, result = run_training(EventStore.open(store), model_config, train_config, out)
+    typer.echo(f"best epoch {result.best_epoch + 1}, {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")
+    typer.echo(json.dumps(result.best_validation, indent=1, default=float))
+
+
+@app.command()
+def evaluate(
+    store: Path = typer.Option(..., help="The store the model was trained on."),
+    checkpoint: Path = typer.Option(..., help="A checkpoint directory, e.g. RUN/best."),
+    split: str = typer.Option("test", help="train | validation | test"),
+    predictions: Optional[Path] = typer.Option(None, help="Write per-impression scores to this Parquet file."),
+) -> None:
+    """Metrics of a trained model on a split: per task, by history length and by streams present."""
+    import numpy as np
+    import polars as pl
+
+    from eventrec.store import EventStore
+    from eventrec.training.evaluation import metrics_by_segment, metrics_by_task, predict
+    from eventrec.training.factory import batch_function, load_trained_model
+
+    loaded = EventStore.open(store)
+    model, config, _, _ = load_trained_model(checkpoint)
+    indices = loaded.split_indices(split)
+    probs = predict(model, loaded, indices, batch_function(config))
+    report = {"split": split, "tasks": metrics_by_task(loaded, indices, probs), "segments": metrics_by_segment(loaded, indices, probs)}
+    typer.echo(json.dumps(report, indent=1, default=float))
+    if predictions:
+        columns = {"example": indices, "user_row": loaded.user_rows[indices], "timestamp": loaded.timestamps[indices]}
+        columns |= {f"score_{name}": probs[:, t] for t, name in enumerate(loaded.label_names)}
+        pl.DataFrame(columns).write_parquet(predictions)
+        typer.echo(f"wrote {predictions}")
+
+
 @app.command()
 def demo(
-    workdir: Path = typer.Option(Path("runs/demo"), help="Where the world, the store and the reports go."),
-    users: int = typer.Option(20_000, min=100, help="Users in the synthetic world."),
-    seed: int = typer.Option(0),
+    workdir: Path = typer.Option(Path("runs/demo"), help="Where the world, the store, the runs and the report go."),
+    users: int = typer.Option(40_000, min=100, help="Users in the synthetic world."),
+    seeds: int = typer.Option(3, min=1, help="Training seeds per model."),
+    epochs: int = typer.Option(4, min=1),
 ) -> None:
-    """The main job on the embedded default: generate the synthetic world, build its store, inspect it."""
+    """The main job: generate the synthetic world, build its store, train the sequence model and the
+    DLRM baseline over seeds, print the comparison table and the offline A/B, write plots."""
+    import polars as pl
+
+    from eventrec.experiment import format_table, run_comparison, summarize
     from eventrec.inspect_store import format_statistics, store_statistics
+    from eventrec.model.config import DlrmConfig, SequenceModelConfig
+    from eventrec.plots import write_plots
     from eventrec.store import EventStore
     from eventrec.store_builder import build_store
     from eventrec.synthetic import generate_world
+    from eventrec.training.trainer import TrainConfig
 
-    world, store_dir = workdir / "world", workdir / "store"
+    world, store_dir, runs_dir = workdir / "world", workdir / "store", workdir / "runs"
     started = time.perf_counter()
-    typer.echo(f"[1/3] generating the synthetic world ({users:,} users) into {world}")
-    generate_world(world, num_users=users, seed=seed)
-    typer.echo(f"[2/3] building the event store into {store_dir}")
-    with _stage_bar("build") as say:
-        build_store(load_schema(builtin_schema_path("synthetic")), world, store_dir, progress=say)
-    typer.echo("[3/3] store statistics")
-    typer.echo(format_statistics(store_statistics(EventStore.open(store_dir))))
-    typer.echo(f"done in {time.perf_counter() - started:.1f}s")
+    if (world / "world.json").exists() and json.loads((world / "world.json").read_text()).get("config", {}).get("num_users") == users:
+        typer.echo(f"[1/4] reusing the synthetic world in {world}")
+    else:
+        typer.echo(f"[1/4] generating the synthetic world ({users:,} users) into {world}")
+        generate_world(world, num_users=users, seed=0)
+    typer.echo(f"[2/4] building the event store into {store_dir}")
+    if not (store_dir / "manifest.json").exists():
+        with _stage_bar("build") as say:
+            build_store(load_schema(builtin_schema_path("synthetic")), world, store_dir, progress=say)
+    store = EventStore.open(store_dir)
+    typer.echo(format_statistics(store_statistics(store)))
+    typer.echo(f"[3/4] training sequence model and DLRM baseline, {seeds} seed(s) each (runs resume if killed)")
+    models = {"sequence": SequenceModelConfig(), "dlrm": DlrmConfig()}
+    candidates = pl.read_parquet(world / "candidates.parquet") if (world / "candidates.parquet").exists() else None
+    runs = run_comparison(store, models, TrainConfig(epochs=epochs), list(range(seeds)), runs_dir, candidates=candidates, top_k=3, conversion_given_click=False)
+    typer.echo("[4/4] results on the test split (mean ± std over seeds)")
+    table = format_table(summarize(runs), baseline="dlrm")
+    plots = write_plots(store, runs_dir, runs)
+    report = workdir / "report.md"
+    report.write_text(f"# eventrec demo\n\n{table}\n\nPlots: " + ", ".join(p.name for p in plots) + "\n")
+    typer.echo(table)
+    typer.echo(f"plots: {', '.join(str(p) for p in plots)}; report: {report}; {time.perf_counter() - started:.0f}s in all")
 
 
 if __name__ == "__main__":
