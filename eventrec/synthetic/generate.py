@@ -19,10 +19,7 @@ import pyarrow.parquet as pq
 from eventrec.synthetic.model import EventIndex, History, probabilities
 from eventrec.synthetic.simulate import RETARGET_NEXT, Simulation, simulate
 from eventrec.synthetic.world import (
-    AD_CLICK,
-    AD_CONVERSION,
     CONTENT_VIEW,
-    DAY,
     EVENT_TYPES,
     PAGE_LIKE,
     PLACEMENTS,

@@ -26,7 +26,6 @@ from eventrec.synthetic.world import (
     BLOCK_SPAN,
     CONTENT_VIEW,
     DAY,
-    HISTORY_LENGTH,
     MAX_CHAIN_GAP,
     MAX_CLICK_DELAY,
     MAX_CONVERSION_DELAY,
