@@ -63,6 +63,16 @@ def _patch_interpreter_for_numpy2() -> None:
 if _interpreting():
     _patch_interpreter_for_numpy2()
 
+POISON_OUTPUTS = False
+"""Tests set this: fresh output buffers are then filled with NaN, so an unwritten element shows."""
+
+
+def _new_buffer(shape: tuple[int, ...] | torch.Size, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    out = torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
+
 
 # --------------------------------------------------------------------------------------------------
 # kernels
@@ -447,8 +457,8 @@ def attention_forward(
 ) -> tuple[Tensor, Tensor]:
     """Launch the forward kernel. Returns ``(out [Tq, H, d], lse [Tq, H] float32, log2 domain)``."""
     total_q, num_heads, head_dim = q.shape
-    out = torch.empty_like(q)
-    lse = torch.empty((total_q, num_heads), device=q.device, dtype=torch.float32)
+    out = _new_buffer(q.shape, q)
+    lse = _new_buffer((total_q, num_heads), q, torch.float32)
     has_bias = bias_log2 is not None
     num_buckets = bias_log2.shape[1] if has_bias else 1
     dummy = lse
@@ -474,9 +484,9 @@ def attention_backward(
     total_q, num_heads, head_dim = q.shape
     do = do.contiguous() if do.stride(-1) != 1 else do
     delta = (out.float() * do.float()).sum(-1)  # [Tq, H]
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    dq = _new_buffer(q.shape, q)
+    dk = _new_buffer(k.shape, k)
+    dv = _new_buffer(v.shape, v)
     has_bias = bias_log2 is not None
     num_buckets = bias_log2.shape[1] if has_bias else 1
     dbias = torch.zeros((num_heads, num_buckets), device=q.device, dtype=torch.float32) if (has_bias and need_dbias) \

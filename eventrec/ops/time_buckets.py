@@ -36,8 +36,8 @@ def time_gap_bucket(dt: Tensor, num_buckets: int = DEFAULT_NUM_BUCKETS) -> Tenso
         raise TypeError("time_gap_bucket expects integer gaps in seconds")
     if num_buckets < 1:
         raise ValueError("num_buckets must be >= 1")
-    gap = dt.to(torch.int64).abs().clamp_(max=MAX_GAP) + 1  # in [1, 2**31 - 1]
-    exponent = (gap.to(torch.float32).view(torch.int32) >> 23) - 127
+    gap = dt.to(torch.int64).abs().clamp_(max=MAX_GAP).add_(1)  # in [1, 2**31 - 1]
+    exponent = gap.to(torch.float32).view(torch.int32).bitwise_right_shift_(23).sub_(127)
     return exponent.clamp_(max=num_buckets - 1).to(torch.int64)
 
 
