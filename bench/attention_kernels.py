@@ -653,9 +653,9 @@ def main() -> None:
         ("skewed", lambda: section_skewed(report, bench, s)),
         ("uniform", lambda: section_uniform(report, bench, u)),
         ("pooling", lambda: section_pooling(report, bench, p, s)),
+        ("profile", lambda: section_profile(report, s)),
         ("flex", lambda: None if args.skip_flex else section_flex(report, bench, s)),
         ("sweep", lambda: None if args.skip_sweep else section_sweep(report, bench, s)),
-        ("profile", lambda: section_profile(report, s)),
     ]
     for name, fn in steps:
         if report.elapsed() > args.budget_s:
