@@ -78,7 +78,13 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--quick", action="store_true", help="default configs only")
+    ap.add_argument("--dispatch", action="store_true",
+                    help="compile exactly what the dispatch launches for several dtypes, head dims and query "
+                         "lengths (checks that everything compiles; reports spills)")
     args = ap.parse_args()
+    if args.dispatch:
+        dispatch_report()
+        return
     d = args.head_dim
     cfg = at.default_config(d)
     d_p2 = max(16, at._next_pow2(d))
@@ -101,6 +107,32 @@ def main() -> None:
                 r = compile_report(fn, args.dtype, dict(common, BLOCK_M=bm, BLOCK_N=bn, **extra), w, s)
                 print(f"| {name} | {causal} | {bias} | {bm} | {bn} | {w} | {s} | {r['regs']} | {r['spill']} | "
                       f"{r['smem']} | {r['wgmma']} | {r['cp_async']} |", flush=True)
+
+
+def dispatch_report() -> None:
+    print("| dtype | d | op | causal | bias | kernel | BLOCK_M | BLOCK_N | warps | stages | regs | spill B | smem B |"
+          " wgmma | cp.async |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cases = [(dt, d) for dt in ("bf16", "fp16") for d in (32, 64, 96, 128)] + [("fp32", 64)]
+    for dtype, d in cases:
+        d_p2 = max(16, at._next_pow2(d))
+        ops = [("self", c, b, None) for c in (False, True) for b in (False, True)]
+        ops += [("pool Q=4", False, False, 4), ("pool Q=16384", False, False, 16384)]
+        for op, causal, bias, max_q in ops:
+            cfg = at.default_config(d, max_q)
+            common = dict(HEAD_DIM=d, D_P2=d_p2, CAUSAL=causal, HAS_BIAS=bias, NUM_BUCKETS=32)
+            jobs = [("fwd", at._attn_fwd_kernel, (cfg.fwd_m, cfg.fwd_n, cfg.fwd_warps, cfg.fwd_stages), {}),
+                    ("dkdv", at._attn_bwd_dkdv_kernel, (cfg.dkdv_m, cfg.dkdv_n, cfg.dkdv_warps, cfg.dkdv_stages), {}),
+                    ("dq", at._attn_bwd_dq_kernel, (cfg.dq_m, cfg.dq_n, cfg.dq_warps, cfg.dq_stages),
+                     {"DBIAS": bias, "NB_P2": 32})]
+            for name, fn, (bm, bn, w, st), extra in jobs:
+                try:
+                    r = compile_report(fn, dtype, dict(common, BLOCK_M=bm, BLOCK_N=bn, **extra), w, st)
+                    cells = f"{r['regs']} | {r['spill']} | {r['smem']} | {r['wgmma']} | {r['cp_async']}"
+                except Exception as exc:  # noqa: BLE001
+                    cells = f"COMPILE ERROR: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | | |"
+                print(f"| {dtype} | {d} | {op} | {causal} | {bias} | {name} | {bm} | {bn} | {w} | {st} | {cells} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

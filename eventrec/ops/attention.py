@@ -135,7 +135,8 @@ def keyed_pooling_attention(
         offsets: ``[B+1]`` int64 offsets of k and v.
         max_len: longest history, if known (unused by the kernels).
         q_offsets: ``[B+1]`` int64 offsets of a jagged q.
-        max_q_len: longest ``Q_b`` of a jagged q, if known and small (picks smaller query blocks).
+        max_q_len: typical ``Q_b`` of a jagged q, if known (only picks the query block size of the kernels;
+            any value is correct). Default: the average ``sum(Q_b) / B``.
         scale: default ``1 / sqrt(d)``.
         backend: as :func:`jagged_self_attention`.
 
@@ -161,6 +162,8 @@ def keyed_pooling_attention(
             out = triton_jagged_attention(q.reshape(b * nq, h, d), k, v, q_off, offsets, scale=scale,
                                           max_q_len=nq)
             return out.view(b, nq, h, d)
+        if max_q_len is None:  # no sync: the average queries per user picks the query block size
+            max_q_len = -(-q.shape[0] // max(1, num_users))
         return triton_jagged_attention(q, k, v, q_offsets, offsets, scale=scale, max_q_len=max_q_len)
     if chosen == "torch":
         return keyed_pooling_attention_torch(q, k, v, offsets, q_offsets, scale)

@@ -124,3 +124,25 @@ def test_single_and_max_length_only(triton_ops):
     _check(got, want, dtype, ["out", "dq", "dk", "dv"])
     # a 1-event sequence attends only to itself
     assert torch.allclose(got[0][0].float(), v[0].float(), atol=1e-3)
+
+
+def test_dispatch_backend_triton(triton_ops, monkeypatch):
+    """The public dispatch functions with the kernels forced (as on CUDA), incl. the jagged-q block hint."""
+    from eventrec.ops import jagged_self_attention, keyed_pooling_attention
+
+    monkeypatch.setitem(__import__("sys").modules, "eventrec.ops.attention_triton", triton_ops)
+    dtype = DTYPES[0]
+    lengths = skewed_lengths(5, MAX_LEN, include=(0, 1))
+    off = offsets_from(lengths, DEVICE)
+    h, d = 2, HEAD_DIMS[0]
+    k, v = (torch.randn(int(off[-1]), h, d, device=DEVICE, dtype=dtype) for _ in range(2))
+    ts = sorted_timestamps(off)
+    bias = torch.randn(h, 32, device=DEVICE)
+    got = jagged_self_attention(k, k, v, off, causal=True, time_bias=bias, timestamps=ts, backend="triton")
+    want = jagged_self_attention_reference(k.double(), k.double(), v.double(), off.cpu(), True, bias.double(), ts)
+    assert rel_err(got, want) < TOL[dtype]
+    q_off = offsets_from(torch.randint(0, 6, (len(lengths),)).tolist(), DEVICE)
+    q = torch.randn(int(q_off[-1]), h, d, device=DEVICE, dtype=dtype)
+    got = keyed_pooling_attention(q, k, v, off, q_offsets=q_off, backend="triton")
+    want = keyed_pooling_attention_reference(q.double(), k.double(), v.double(), off.cpu(), q_offsets=q_off.cpu())
+    assert rel_err(got, want) < TOL[dtype]
