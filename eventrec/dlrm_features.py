@@ -3,7 +3,9 @@
 For each impression, stream and window (1 day, 7 days, 30 days, all history) over the user's events
 strictly before the impression (the full history, not truncated to the stream's ``max_length``):
 
-* sparse: the distinct ids of the stream's id attribute (``Stream.id_attribute``) with their counts,
+* sparse: for each of the stream's aggregated id attributes (``Stream.aggregated_ids``: every
+  categorical, hashed or multi-categorical attribute unless the schema names ``dlrm_ids``), the
+  distinct ids with their counts,
   for sum-pooled (count-weighted) embedding bags: ``ids [sum(K_i)]``, ``weights [sum(K_i)]``,
   ``offsets [B+1]``;
 * dense: ``log1p(count)`` per stream and window, and per stream ``log1p(seconds since the last
@@ -11,7 +13,7 @@ strictly before the impression (the full history, not truncated to the stream's 
 
 The shapes of the batch::
 
-    sparse["{stream}.{window}"]   KeyedBag(ids [sum K_i] int64, weights [sum K_i] float32, offsets [B+1])
+    sparse["{stream}.{attribute}.{window}"]   KeyedBag(ids [sum K_i] int64, weights [sum K_i] float32, offsets [B+1])
     dense                         [B, F] float32 with names ``dense_names``
     item, context, labels         as in :class:`~eventrec.batch.EventBatch`
 """
@@ -88,7 +90,7 @@ class DlrmFeatureBuilder:
         return names
 
     def sparse_keys(self, store: EventStore) -> list[str]:
-        return [f"{s.name}.{w}" for s in store.schema.streams if s.id_attribute for w in self.windows]
+        return [f"{s.name}.{a}.{w}" for s in store.schema.streams for a in s.aggregated_ids for w in self.windows]
 
     def __call__(self, store: EventStore, example_indices: np.ndarray) -> DlrmBatch:
         index = np.asarray(example_indices, dtype=np.int64)
@@ -100,21 +102,19 @@ class DlrmFeatureBuilder:
         for stream in store.schema.streams:
             data = store.streams[stream.name]
             starts, ends = store.history_bounds(stream.name, index)
-            id_name = stream.id_attribute
             for window, seconds in self.windows.items():
                 lower = starts if seconds is None else np.maximum(starts, data.time_index.position_before(rows, times - seconds))
                 dense.append(np.log1p(ends - lower).astype(np.float32))
-                if id_name is None:
-                    continue
                 events, lengths = ranges_to_indices(lower, ends)
                 example_of = np.repeat(np.arange(batch_size), lengths)
-                column = data.attributes[id_name]
-                if isinstance(column, Ragged):
-                    tokens, token_lengths = ranges_to_indices(column.offsets[events], column.offsets[events + 1])
-                    ids, example_of = column.values[tokens], np.repeat(example_of, token_lengths)
-                else:
-                    ids = column[events]
-                sparse[f"{stream.name}.{window}"] = distinct_counts(example_of, ids, batch_size)
+                for id_name in stream.aggregated_ids:
+                    column = data.attributes[id_name]
+                    if isinstance(column, Ragged):
+                        tokens, token_lengths = ranges_to_indices(column.offsets[events], column.offsets[events + 1])
+                        ids, owners = column.values[tokens], np.repeat(example_of, token_lengths)
+                    else:
+                        ids, owners = column[events], example_of
+                    sparse[f"{stream.name}.{id_name}.{window}"] = distinct_counts(owners, ids, batch_size)
             has = ends > starts
             last = data.timestamps[np.maximum(ends - 1, 0)] if data.num_events else np.zeros(batch_size, dtype=np.int64)
             since = np.where(has, np.maximum(times - last, 0), 0)

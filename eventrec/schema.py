@@ -192,7 +192,7 @@ class Stream(_Strict):
     max_length: int = Field(..., ge=1, le=1_000_000)
     sampling: str = "most_recent"
     attributes: list[Attribute] = Field(default_factory=list)
-    dlrm_id: Name | None = None
+    dlrm_ids: list[Name] | None = None
 
     @field_validator("sampling")
     @classmethod
@@ -216,18 +216,24 @@ class Stream(_Strict):
                     raise ValueError(
                         f"attribute {attribute.name!r}: key {attribute.key!r} must be a categorical or hashed attribute of this stream"
                     )
-        if self.dlrm_id is not None:
+        if self.dlrm_ids is not None:
             kinds = {a.name: a.kind for a in self.attributes}
-            if kinds.get(self.dlrm_id) not in ID_KINDS:
-                raise ValueError(f"dlrm_id {self.dlrm_id!r} must name a categorical, hashed or multi_categorical attribute")
+            for name in self.dlrm_ids:
+                if kinds.get(name) not in ID_KINDS:
+                    raise ValueError(f"dlrm_ids: {name!r} must name a categorical, hashed or multi_categorical attribute of this stream")
         return self
 
     @property
     def id_attribute(self) -> str | None:
-        """The attribute whose distinct values and counts the DLRM aggregates use."""
-        if self.dlrm_id is not None:
-            return self.dlrm_id
+        """The stream's primary id: the first categorical, hashed or multi-categorical attribute."""
         return next((a.name for a in self.attributes if a.kind in ID_KINDS), None)
+
+    @property
+    def aggregated_ids(self) -> list[str]:
+        """The attributes whose distinct values and counts the DLRM aggregates use (default: all ids)."""
+        if self.dlrm_ids is not None:
+            return list(self.dlrm_ids)
+        return [a.name for a in self.attributes if a.kind in ID_KINDS]
 
 
 class Impressions(_Strict):

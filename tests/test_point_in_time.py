@@ -76,7 +76,7 @@ def test_histories_are_strictly_before_and_exact(tmp_path_factory, events, impre
             everything = [i for i, (u, typ, ts, _) in enumerate(events) if u == user and typ == name and ts < t]
             column = dlrm.dense_names.index(f"{name}.w10.log_count")
             assert dlrm.dense[k, column].item() == np.float32(np.log1p(len(window)))
-            bag = dlrm.sparse[f"{name}.all"]
+            bag = dlrm.sparse[f"{name}.item.all"]
             a, b = bag.offsets[k].item(), bag.offsets[k + 1].item()
             assert bag.weights[a:b].sum().item() == len(everything)
 

@@ -1,6 +1,7 @@
 """The DLRM baseline over human-engineered aggregated features.
 
-Sparse: for each stream and window, the distinct ids before the impression with their counts, sum
+Sparse: for each stream, aggregated id attribute and window, the distinct ids before the impression
+with their counts, sum
 pooled by a count-weighted embedding bag (weights ``log1p(count)``, so a heavy user's bag does not
 grow without bound) over the *same* id table as the candidate (so the dot interaction can match
 "ads this user clicked" with "this ad"). Dense: log counts and time since last event per stream,
@@ -32,10 +33,9 @@ class DlrmModel(nn.Module):
         self.candidate_attributes = imp.item_attributes + imp.context_attributes
         self.sparse_features = []  # (key, vocabulary)
         for stream in schema.streams:
-            if stream.id_attribute is None:
-                continue
-            vocabulary = next(a.vocabulary_name for a in stream.attributes if a.name == stream.id_attribute)
-            self.sparse_features += [(f"{stream.name}.{window}", vocabulary) for window in config.windows]
+            for name in stream.aggregated_ids:
+                vocabulary = next(a.vocabulary_name for a in stream.attributes if a.name == name)
+                self.sparse_features += [(f"{stream.name}.{name}.{window}", vocabulary) for window in config.windows]
         vocabularies = vocabularies_used(self.candidate_attributes) | {v for _, v in self.sparse_features}
         self.tables = EmbeddingTables(spec, config.attribute_dim, vocabularies)
         num_dense = len(schema.streams) * (len(config.windows) + 2)

@@ -47,7 +47,7 @@ class EmbeddingTables(nn.Module):
         self.dim = dim
         self.tables = nn.ModuleDict({name: nn.Embedding(spec.num_embeddings[name], dim, padding_idx=0) for name in names})
         for table in self.tables.values():
-            nn.init.normal_(table.weight, std=0.05)
+            nn.init.normal_(table.weight, std=0.1)
             with torch.no_grad():
                 table.weight[0].zero_()
 

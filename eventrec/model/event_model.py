@@ -1,7 +1,7 @@
 """The event model: each event's attributes → one event embedding, all streams merged per user.
 
-Per stream: the attribute embeddings are concatenated and linearly compressed to ``D``, then a
-stream-type embedding is added. The streams are merged into one time-ordered timeline per history
+Per stream: the attribute embeddings are concatenated and linearly compressed to ``D`` (then
+layer-normalised, so that every event enters at the same scale), and a stream-type embedding is added. The streams are merged into one time-ordered timeline per history
 (ties: stream order, then position), the timeline is cut to its most recent ``max_history`` events,
 and a timestamp encoding is added: a recency embedding of the log-bucketed gap between the event and
 the request, and an order embedding of the position counted from the most recent event.
@@ -33,8 +33,9 @@ class EventModel(nn.Module):
             attributes = stream.attributes if config.event_attributes else id_attributes_only(stream.attributes, stream.id_attribute)
             embedder = AttributeEmbedder(attributes, tables)
             self.embedders[stream.name] = embedder
-            self.compress[stream.name] = nn.Linear(embedder.out_dim, config.model_dim)
+            self.compress[stream.name] = nn.Sequential(nn.Linear(embedder.out_dim, config.model_dim), nn.LayerNorm(config.model_dim))
         self.stream_type = nn.Embedding(len(self.stream_names), config.model_dim)
+        nn.init.normal_(self.stream_type.weight, std=0.02)
         self.max_positions = sum(s.max_length for s in spec.schema.streams)
         if config.max_history is not None:
             self.max_positions = min(self.max_positions, config.max_history)

@@ -1,4 +1,8 @@
-"""The event-sequence ranker: event model → jagged transformer → ad-keyed pooling → DCNv2 + MLP heads.
+"""The event-sequence ranker: event model → jagged transformer → ad-keyed pooling → interaction → heads.
+
+The interaction concatenates the M pooled vectors, the candidate's representation and the pairwise
+dot products of the pooled vectors with a projection of the candidate (DLRM's dot interaction),
+then DCNv2 cross layers and an MLP give one logit per task.
 
 The forward pass splits into the *user side* (computed once per distinct history: event embeddings,
 encoder, pooling keys/values) and the *candidate side* (per impression: item and context embeddings,
@@ -18,7 +22,7 @@ from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
 from eventrec.model.encoder import JaggedTransformerEncoder
 from eventrec.model.event_model import EventModel
-from eventrec.model.heads import CrossNetwork, TaskHeads
+from eventrec.model.heads import CrossNetwork, TaskHeads, dot_interaction
 from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
 
 
@@ -55,7 +59,10 @@ class SequenceRanker(nn.Module):
         else:
             self.pooling = MeanPooling()
             slots = 1
-        head_in = slots * config.model_dim + query_dim
+        # DLRM-style dot interaction between the pooled vectors and the candidate: an MLP learns
+        # products of two inputs poorly, and "does this candidate match what the user did" is one
+        self.candidate_projection = nn.Linear(query_dim, config.model_dim)
+        head_in = slots * config.model_dim + query_dim + (slots + 1) * slots // 2
         self.cross = CrossNetwork(head_in, config.cross_layers)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.labels))
 
@@ -83,7 +90,8 @@ class SequenceRanker(nn.Module):
             from eventrec.jagged import JaggedTensor
 
             pooled = self.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
-        x = torch.cat([pooled.flatten(1), candidate], dim=-1)
+        vectors = torch.cat([pooled, self.candidate_projection(candidate).unsqueeze(1)], dim=1)  # [B, M+1, D]
+        x = torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
         return self.heads(self.cross(x))
 
     def forward(self, batch: EventBatch) -> torch.Tensor:

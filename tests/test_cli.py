@@ -1,0 +1,52 @@
+"""The command line: build, inspect, train, evaluate on the tiny world; clear errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from eventrec.cli import app
+
+runner = CliRunner()
+
+
+def test_build_inspect_train_evaluate(tiny_world, tmp_path):
+    schema, data = tiny_world
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["build", "--schema", str(schema), "--data", str(data), "--out", str(store)])
+    assert result.exit_code == 0, result.output
+    assert '"impressions": 7' in result.output
+    result = runner.invoke(app, ["inspect", str(store)])
+    assert result.exit_code == 0 and "click" in result.output and "history length" in result.output
+    stats = json.loads(runner.invoke(app, ["inspect", str(store), "--json"]).output)
+    assert stats["streams"]["click"]["events"] == 6
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {model_dim: 16, num_heads: 2, attribute_dim: 4, mlp_dims: [8]}\ntrain: {epochs: 1, batch_size: 2}\n")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--store", str(store), "--model", "sequence", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    predictions = tmp_path / "scores.parquet"
+    result = runner.invoke(app, ["evaluate", "--store", str(store), "--checkpoint", str(run / "best"), "--split", "validation", "--predictions", str(predictions)])
+    assert result.exit_code == 0, result.output
+    assert predictions.exists() and '"split": "validation"' in result.output
+
+
+def test_errors_are_clear(tiny_world, tmp_path):
+    schema, data = tiny_world
+    (data / "events.parquet").unlink()
+    result = runner.invoke(app, ["build", "--schema", str(schema), "--data", str(data), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "events.parquet: no such file" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstreams: []\n")
+    result = runner.invoke(app, ["build", "--schema", str(bad), "--data", str(data), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "bad.yaml" in result.output and "streams" in result.output
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "not an event store" in result.output
+
+
+def test_bad_model_config_names_the_field(tiny_store, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {model_dim: 30, num_heads: 4}\n")
+    result = runner.invoke(app, ["train", "--store", str(tiny_store.path), "--config", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "model_dim" in result.output
