@@ -28,6 +28,9 @@ class SequenceModelConfig(_Config):
     event_attributes: bool = Field(True, description="use attributes beyond each stream's id (ablation: off)")
     pooling: Literal["keyed_attention", "mean"] = "keyed_attention"
     pooling_slots: int = Field(4, ge=1, description="M query slots per candidate")
+    match_attention: bool = Field(
+        True, description="add to the pooling scores a learned, per-head weight of the cosine similarity between the "
+        "candidate's and each event's embeddings in every vocabulary they share (target attention)")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     cross_layers: int = Field(2, ge=0)
     mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])

@@ -6,8 +6,9 @@ layer-normalised, so that every event enters at the same scale), and a stream-ty
 and a timestamp encoding is added: a recency embedding of the log-bucketed gap between the event and
 the request, and an order embedding of the position counted from the most recent event.
 
-Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, and the events'
-timestamps ``[sum(N_g)]`` int64.
+Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, the events'
+timestamps ``[sum(N_g)]`` int64, and (with match vocabularies) ``[sum(N_g), V·E]``: each event's
+unit-normalised embedding in every vocabulary it shares with the candidate, for target attention.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from eventrec.ops.time_buckets import time_gap_bucket
 
 
 class EventModel(nn.Module):
-    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables):
+    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables, match_vocabularies: list[str] | None = None):
         super().__init__()
         self.config = config
+        self.__dict__["tables"] = tables
+        self.match_vocabularies = list(match_vocabularies or [])
+        # per stream: the attribute holding each match vocabulary (None when the stream lacks it)
+        self.match_attributes = {
+            stream.name: [next((a.name for a in stream.attributes if a.kind in ("categorical", "hashed") and a.vocabulary_name == v), None) for v in self.match_vocabularies]
+            for stream in spec.schema.streams
+        }
         self.stream_names = [s.name for s in spec.schema.streams]
         self.embedders = nn.ModuleDict()
         self.compress = nn.ModuleDict()
@@ -45,10 +53,20 @@ class EventModel(nn.Module):
             nn.init.normal_(self.recency.weight, std=0.02)
             nn.init.normal_(self.order.weight, std=0.02)
 
-    def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor]:
+    def match_keys(self, name: str, attributes: dict, count: int, device) -> torch.Tensor:
+        """``[N, V·E]``: the unit-normalised embedding of each match vocabulary (zeros if absent)."""
+        parts = []
+        for vocabulary, attribute in zip(self.match_vocabularies, self.match_attributes[name]):
+            if attribute is None:
+                parts.append(torch.zeros(count, self.tables.dim, device=device))
+            else:
+                parts.append(torch.nn.functional.normalize(self.tables[vocabulary](attributes[attribute]), dim=-1))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
         device = batch.history_timestamps.device
         num_histories = batch.num_histories
-        pieces, rows, times = [], [], []
+        pieces, rows, times, matches = [], [], [], []
         for index, name in enumerate(self.stream_names):
             stream = batch.streams[name]
             if len(stream.timestamps) == 0:
@@ -57,15 +75,21 @@ class EventModel(nn.Module):
             pieces.append(x + self.stream_type.weight[index])
             rows.append(stream.jagged().row_ids())
             times.append(stream.timestamps)
+            if self.match_vocabularies:
+                matches.append(self.match_keys(name, stream.attributes, len(x), device))
+        match_dim = len(self.match_vocabularies) * self.tables.dim
         if not pieces:
             empty = torch.zeros(0, self.config.model_dim, device=device)
             offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
-            return JaggedTensor(empty, offsets, 0), torch.zeros(0, dtype=torch.int64, device=device)
+            no_match = torch.zeros(0, match_dim, device=device) if self.match_vocabularies else None
+            return JaggedTensor(empty, offsets, 0), torch.zeros(0, dtype=torch.int64, device=device), no_match
         x, row, t = torch.cat(pieces), torch.cat(rows), torch.cat(times)
+        match = torch.cat(matches) if matches else None
         # time order within each history; stable sorts keep stream order, then position, on ties
         order = torch.sort(t, stable=True).indices
         order = order[torch.sort(row[order], stable=True).indices]
         x, row, t = x[order], row[order], t[order]
+        match = match[order] if match is not None else None
         lengths = torch.bincount(row, minlength=num_histories)
         offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
         torch.cumsum(lengths, 0, out=offsets[1:])
@@ -73,10 +97,11 @@ class EventModel(nn.Module):
         keep = from_end < self.max_positions
         if not bool(keep.all()):
             x, row, t, from_end = x[keep], row[keep], t[keep], from_end[keep]
+            match = match[keep] if match is not None else None
             lengths = torch.bincount(row, minlength=num_histories)
             torch.cumsum(lengths, 0, out=offsets[1:])
         if self.config.timestamp_encoding:
             gap = batch.history_timestamps[row] - t
             x = x + self.recency(time_gap_bucket(gap, self.config.time_buckets)) + self.order(from_end)
         max_len = int(lengths.max()) if num_histories else 0
-        return JaggedTensor(x, offsets, max_len), t
+        return JaggedTensor(x, offsets, max_len), t, match

@@ -47,14 +47,23 @@ class SequenceRanker(nn.Module):
         for stream in schema.streams:
             vocabularies |= vocabularies_used(stream.attributes)
         self.tables = EmbeddingTables(spec, config.attribute_dim, vocabularies)
-        self.event_model = EventModel(spec, config, self.tables)
+        # vocabularies the candidate shares with some stream: targets of the match attention
+        item_ids = {a.vocabulary_name: a.name for a in imp.item_attributes if a.kind in ("categorical", "hashed")}
+        stream_vocabularies = {a.vocabulary_name for s in schema.streams for a in s.attributes if a.kind in ("categorical", "hashed")}
+        use_match = config.match_attention and config.pooling == "keyed_attention"
+        self.match_vocabularies = sorted(v for v in item_ids if v in stream_vocabularies) if use_match else []
+        self.match_item_attributes = [item_ids[v] for v in self.match_vocabularies]
+        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies)
         self.encoder = JaggedTransformerEncoder(config)
         self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
         self.context_embedder = AttributeEmbedder(imp.context_attributes, self.tables) if imp.context_attributes else None
         query_dim = self.item_embedder.out_dim + (self.context_embedder.out_dim if self.context_embedder else 0)
         self.candidate_norm = nn.LayerNorm(query_dim)
         if config.pooling == "keyed_attention":
-            self.pooling: nn.Module = KeyedAttentionPooling(config.model_dim, query_dim, config.pooling_slots, config.num_heads)
+            self.pooling: nn.Module = KeyedAttentionPooling(
+                config.model_dim, query_dim, config.pooling_slots, config.num_heads,
+                len(self.match_vocabularies), len(self.match_vocabularies) * config.attribute_dim,
+            )
             slots = config.pooling_slots
         else:
             self.pooling = MeanPooling()
@@ -67,11 +76,11 @@ class SequenceRanker(nn.Module):
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.labels))
 
     def user_side(self, batch: EventBatch) -> UserSide:
-        events, timestamps = self.event_model(batch)
+        events, timestamps, match_keys = self.event_model(batch)
         encoded = self.encoder(events, timestamps)
         keys = values = None
         if isinstance(self.pooling, KeyedAttentionPooling):
-            keys, values = self.pooling.keys_values(encoded)
+            keys, values = self.pooling.keys_values(encoded, match_keys)
         return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values)
 
     def candidate_input(self, item: dict, context: dict) -> torch.Tensor:
@@ -85,7 +94,12 @@ class SequenceRanker(nn.Module):
         """Logits ``[B, T]`` of B candidates over the user side's histories."""
         candidate = self.candidate_input(item, context)
         if isinstance(self.pooling, KeyedAttentionPooling):
-            pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index)
+            match_query = None
+            if self.match_vocabularies:
+                match_query = torch.cat(
+                    [torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1) for v, a in zip(self.match_vocabularies, self.match_item_attributes)], dim=-1
+                )
+            pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, match_query)
         else:
             from eventrec.jagged import JaggedTensor
 
