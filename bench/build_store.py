@@ -1,6 +1,6 @@
 """Benchmark: build the event store + point-in-time examples vs a DuckDB baseline, in one run.
 
-    .venv/bin/python bench/build_store.py --users 1000000          # ~10M events, ~1M+ impressions
+    .venv/bin/python bench/build_store.py --users 1000000          # ~10M events, ~6M impressions
     .venv/bin/python bench/build_store.py --users 20000 --quick    # a smoke run
 
 Both variants start from the same raw Parquet logs of the synthetic world and produce the same
@@ -31,11 +31,21 @@ def _eventrec(world: Path, out: Path) -> dict:
     from eventrec.schema import builtin_schema_path, load_schema
     from eventrec.store_builder import build_store
 
+    stages: list[list] = []  # [stage name, seconds], from build_store's progress messages
+
+    def progress(message: str) -> None:
+        now = time.perf_counter()
+        if stages:
+            stages[-1][1] = now - stages[-1][1]
+        stages.append([message, now])
+
     started = time.perf_counter()
-    manifest = build_store(load_schema(builtin_schema_path("synthetic")), world, out)
+    manifest = build_store(load_schema(builtin_schema_path("synthetic")), world, out, progress=progress)
     seconds = time.perf_counter() - started
+    if stages:
+        stages[-1][1] = time.perf_counter() - stages[-1][1]
     events = sum(v for k, v in manifest["counts"].items() if k.endswith(".events"))
-    return {"seconds": seconds, "events": events, "impressions": manifest["counts"]["impressions"]}
+    return {"seconds": seconds, "events": events, "impressions": manifest["counts"]["impressions"], "stages": stages}
 
 
 def _duckdb(world: Path, out: Path) -> dict:
@@ -129,6 +139,9 @@ def main() -> None:
     print(f"{'variant':<10}{'seconds':>10}{'events/s':>14}{'peak RSS MB':>14}{'output MB':>12}{'RSS/output':>12}")
     for name, r in results.items():
         print(f"{name:<10}{r['seconds']:>10.1f}{r['events'] / r['seconds']:>14,.0f}{r['peak_rss_mb']:>14.0f}{r['store_mb']:>12.0f}{r['peak_rss_mb'] / r['store_mb']:>12.1f}")
+    print("\neventrec stages (seconds; users.parquet is written in the background during the examples):")
+    for name, seconds in ours.get("stages", []):
+        print(f"  {seconds:6.2f}  {name}")
     print(f"\nratio eventrec/duckdb: speed {base['seconds'] / ours['seconds']:.2f}x, peak memory {ours['peak_rss_mb'] / base['peak_rss_mb']:.2f}x")
     print(f"goal: >= 1,000,000 events/s end to end -> {'met' if ours['events'] / ours['seconds'] >= 1e6 else 'NOT met'}; "
           f"peak memory < 4x store size -> {'met' if ours['peak_rss_mb'] < 4 * ours['store_mb'] else 'NOT met'}")

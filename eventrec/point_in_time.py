@@ -48,17 +48,27 @@ class SegmentedTimeIndex:
             local = np.clip(times, self.t_min - 1, self.t_max + 1) - self.t_min + 1
         return np.asarray(rows, dtype=np.int64) * self.span + local
 
-    def position_before(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Global flat index of the first event of user ``row`` at or after ``time`` (``[Q]`` int64)."""
-        return np.searchsorted(self.keys, self.keys_of(rows, times), side="left").astype(np.int64)
+    def position_before(self, rows: np.ndarray, times: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        """Global flat index of the first event of user ``row`` at or after ``time`` (``[Q]`` int64).
 
-    def count_before(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+        ``order`` (optional) is a permutation sorting the queries by (row, time); the search then
+        runs over sorted keys, which is several times faster on large inputs, with the same result.
+        """
+        keys = self.keys_of(rows, times)
+        if order is None:
+            return np.searchsorted(self.keys, keys, side="left").astype(np.int64)
+        out = np.empty(len(keys), dtype=np.int64)
+        out[order] = np.searchsorted(self.keys, keys[order], side="left")
+        return out
+
+    def count_before(self, rows: np.ndarray, times: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
         """For each query (user row, time): the number of that user's events with timestamp < time.
 
-        ``rows, times [Q]`` → ``[Q]`` int64 in ``[0, segment length]``.
+        ``rows, times [Q]`` → ``[Q]`` int64 in ``[0, segment length]``. ``order``: see
+        :meth:`position_before`.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        return self.position_before(rows, times) - self.user_offsets[rows]
+        return self.position_before(rows, times, order) - self.user_offsets[rows]
 
 
 def count_before_reference(user_offsets: np.ndarray, timestamps: np.ndarray, rows: np.ndarray, times: np.ndarray) -> np.ndarray:

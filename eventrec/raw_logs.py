@@ -115,8 +115,9 @@ def timestamp_seconds(table: RawTable, column: str, unit: str) -> pl.Expr:
     return expr.cast(pl.Int64)
 
 
-def check_timestamps(table: RawTable, frame: pl.LazyFrame, raw_column: str, seconds_column: str) -> None:
+def check_timestamps(table: RawTable, frame: pl.DataFrame | pl.LazyFrame, raw_column: str, seconds_column: str) -> None:
     """Reject null, unparsable or out-of-range timestamps, naming the first offending row."""
+    frame = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
     bad_parse = pl.col(seconds_column).is_null()
     row = first_row(table, frame, bad_parse & pl.col(raw_column).is_not_null())
     if row is not None:
@@ -135,7 +136,7 @@ def check_timestamps(table: RawTable, frame: pl.LazyFrame, raw_column: str, seco
         )
 
 
-def check_not_null(table: RawTable, frame: pl.LazyFrame, column: str, what: str, raw_name: str | None = None) -> None:
+def check_not_null(table: RawTable, frame: pl.DataFrame | pl.LazyFrame, column: str, what: str, raw_name: str | None = None) -> None:
     """Reject nulls in ``column`` (called ``raw_name`` in the file), naming the first offending row."""
     row = first_row(table, frame, pl.col(column).is_null())
     if row is not None:

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -92,7 +93,11 @@ def _source_columns(attributes: list) -> dict[str, str]:
 
 
 def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildReport) -> tuple[RawTable, pl.DataFrame]:
-    """The stream's raw rows: ``_user``, ``_t`` (seconds), ``_row`` and its attribute columns."""
+    """The stream's raw rows: ``_user``, ``_t`` (seconds), ``_row`` and its attribute columns.
+
+    The rows come back sorted by (user, time, file row), which is also the stored order (user rows
+    are numbered in user id order), with exact duplicates dropped and counted.
+    """
     source: EventsSource = stream.source or schema.events  # type: ignore[assignment]
     table = scan_table(data_dir, source.path)
     needed = {source.user_column: "id", source.timestamp_column: "timestamp"} | _source_columns(stream.attributes)
@@ -103,35 +108,65 @@ def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildRe
     if source.type_column and stream.event_types:
         frame = frame.filter(pl.col(source.type_column).cast(pl.String).is_in(stream.event_types))
     attribute_columns = sorted(set(_source_columns(stream.attributes)) - {source.user_column, source.timestamp_column})
-    frame = frame.select(
+    df = frame.select(
         pl.col(ROW),
         pl.col(source.user_column).alias(USER),
         pl.col(source.timestamp_column),
         timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in attribute_columns],
-    )
-    check_not_null(table, frame, USER, f"user id (stream {stream.name!r})", source.user_column)
-    check_timestamps(table, frame, source.timestamp_column, TIME)
-    df = frame.drop(source.timestamp_column).collect(engine="streaming")
-    # exact duplicates (same user, time and attributes) are dropped and counted
+    ).collect(engine="streaming")
+    # one read of the file; the checks then run on the rows in memory
+    check_not_null(table, df, USER, f"user id (stream {stream.name!r})", source.user_column)
+    check_timestamps(table, df, source.timestamp_column, TIME)
+    df = df.drop(source.timestamp_column).sort([USER, TIME, ROW])  # an eager sort is faster here than a lazy one
     before = df.height
-    key_columns = [c for c in df.columns if c != ROW]
-    hashable = [pl.col(c).cast(pl.List(pl.String)).list.join("\x1f") if isinstance(df.schema[c], (pl.List, pl.Array)) and not df.schema[c].inner.is_float() else pl.col(c) for c in key_columns]
-    try:
-        df = df.with_columns(_dup=pl.struct(hashable).is_first_distinct()).filter(pl.col("_dup")).drop("_dup")
-    except pl.exceptions.PolarsError:
-        pass  # vector-valued rows: no exact-duplicate detection
+    df = _drop_exact_duplicates(df)
     report.drop(f"streams.{stream.name}.duplicate_events", before - df.height)
     report.counts[f"streams.{stream.name}.raw_rows"] = before
     return table, df
 
 
-def _unused_event_rows(data_dir: Path, schema: Schema) -> int:
-    """Rows of the shared events file whose type no stream reads (reported, not silently lost)."""
+def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
+    """Drop rows equal to an earlier row (by file row) in user, time and every attribute.
+
+    ``df`` is sorted by (user, time, file row), so duplicates are adjacent in (user, time): only the
+    rows of (user, time) groups of two or more are compared in full. Rows holding float vectors are
+    not compared (no exact-duplicate detection for vector-valued rows).
+    """
+    same = (pl.col(USER) == pl.col(USER).shift(1)) & (pl.col(TIME) == pl.col(TIME).shift(1))
+    candidate = df.select((same | same.shift(-1)).fill_null(False)).to_series().to_numpy()
+    if not candidate.any():
+        return df
+    positions = np.flatnonzero(candidate)
+    subset = df[positions]
+    key_columns = [c for c in df.columns if c != ROW]
+    hashable = [pl.col(c).cast(pl.List(pl.String)).list.join("\x1f") if isinstance(df.schema[c], (pl.List, pl.Array)) and not df.schema[c].inner.is_float() else pl.col(c) for c in key_columns]
+    try:
+        first = subset.select(pl.struct(hashable).is_first_distinct()).to_series().to_numpy()
+    except pl.exceptions.PolarsError:
+        return df  # vector-valued rows: no exact-duplicate detection
+    if first.all():
+        return df
+    keep = np.ones(df.height, dtype=bool)
+    keep[positions[~first]] = False
+    return df.filter(pl.Series(keep))
+
+
+def _unused_event_rows(data_dir: Path, schema: Schema, report: BuildReport) -> int:
+    """Rows of the shared events file whose type no stream reads (reported, not silently lost).
+
+    When the streams of the shared file select disjoint event types, this is the file's row count
+    minus the rows the streams read (known from ``report``); otherwise the file is scanned again.
+    """
     if schema.events is None or not schema.events.type_column:
         return 0
-    types = sorted({t for s in schema.streams if s.source is None for t in (s.event_types or [])})
+    shared = [s for s in schema.streams if s.source is None]
+    types = sorted({t for s in shared for t in (s.event_types or [])})
     table = scan_table(data_dir, schema.events.path)
+    disjoint = all(s.event_types for s in shared) and sum(len(set(s.event_types or [])) for s in shared) == len(types)
+    if disjoint:
+        total = int(table.frame.select(pl.len()).collect().item())
+        return total - sum(report.counts[f"streams.{s.name}.raw_rows"] for s in shared)
     column = pl.col(schema.events.type_column).cast(pl.String)
     return int(table.frame.filter(~column.is_in(types) | column.is_null()).select(pl.len()).collect().item())
 
@@ -167,12 +202,16 @@ class AttributeEncoder:
         encoder.statistics = {k: NumericStatistics(v["mean"], v["std"], v["transform"]) for k, v in statistics.items()}
         return encoder
 
-    def fit(self, places: list[tuple[str, list, pl.DataFrame]]) -> None:
-        """``places``: (place name, attributes, raw frame with ``_t``) for every stream and impressions."""
+    def fit(self, places: list[tuple[str, list, pl.DataFrame, list[str]]]) -> None:
+        """``places``: (place name, attributes, raw frame with ``_t``, order) for every stream and
+        impressions. Numeric statistics are computed over the training rows sorted by ``order``
+        (e.g. the file row), so that their floating-point sums do not depend on the frame's order."""
         training: dict[str, list[pl.Series]] = {}
         options: dict[str, tuple[int, int | None]] = {}
-        for place, attributes, frame in places:
+        for place, attributes, frame, order in places:
             train = frame.filter(pl.col(TIME) < self.train_end)
+            numeric = sorted({a.source_column for a in attributes if a.kind == "numeric"} - set(order))
+            numeric_train = train.select(*order, *numeric).sort(order) if numeric and order else train
             for attribute in attributes:
                 if attribute.kind in ("categorical", "multi_categorical"):
                     values = train[attribute.source_column]
@@ -182,7 +221,7 @@ class AttributeEncoder:
                     min_count, max_size = options.get(attribute.vocabulary_name, (attribute.min_count, attribute.max_size))
                     options[attribute.vocabulary_name] = (max(min_count, attribute.min_count), max_size or attribute.max_size)
                 elif attribute.kind == "numeric":
-                    self.statistics[f"{place}.{attribute.name}"] = numeric_statistics(train[attribute.source_column], attribute.transform)
+                    self.statistics[f"{place}.{attribute.name}"] = numeric_statistics(numeric_train[attribute.source_column], attribute.transform)
         for name, parts in training.items():
             dtypes = {p.dtype for p in parts}
             if len(dtypes) > 1:
@@ -295,19 +334,8 @@ def recover_interrupted_swap(out_dir: Path) -> None:
         os.rename(old, out_dir)
 
 
-def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progress: Progress | None = None) -> dict:
-    """Build the store for ``schema`` from the raw logs in ``data_dir`` into ``out_dir``.
-
-    Returns the manifest (also written as ``manifest.json``). Raises :class:`DataError` on bad input.
-    """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    say = progress or (lambda _message: None)
-    started = time.perf_counter()
-    recover_interrupted_swap(out_dir)
-    report = BuildReport()
-
-    # --- impressions -------------------------------------------------------------------------
-    say("reading impressions")
+def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.DataFrame]:
+    """The checked impressions: ``_row``, ``_user``, ``_t`` and the needed columns, sorted by time."""
     imp = schema.impressions
     imp_table = scan_table(data_dir, imp.path)
     needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
@@ -324,102 +352,163 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         pl.col(imp.timestamp_column),
         timestamp_seconds(imp_table, imp.timestamp_column, imp.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in columns],
-    )
+    ).collect(engine="streaming")
+    # one read of the file; the checks then run on the rows in memory
     check_not_null(imp_table, frame, USER, "user id", imp.user_column)
     check_timestamps(imp_table, frame, imp.timestamp_column, TIME)
     for label in imp.labels:
         bad = pl.col(label).is_not_null() & ~pl.col(label).cast(pl.Float64).is_in([0.0, 1.0])
         row = first_row(imp_table, frame, bad)
         if row is not None:
-            value = frame.filter(pl.col(ROW) == row).select(label).collect().item()
+            value = frame.filter(pl.col(ROW) == row)[label].item()
             raise DataError(f"{imp_table.path}: column {label!r}, row {row}: label must be 0, 1 or null, got {value!r}")
-    impressions = frame.drop(imp.timestamp_column).collect(engine="streaming")
-    if impressions.height == 0:
+    if frame.height == 0:
         raise DataError(f"{imp_table.path}: no impressions")
-    impressions = impressions.sort([TIME, ROW])
+    return imp_table, frame.drop(imp.timestamp_column).sort([TIME, ROW])
+
+
+def _encode_stream(stream: Stream, table: RawTable, df: pl.DataFrame, user_ids: pl.Series, encoder: "AttributeEncoder",
+                   report: BuildReport, user_columns: dict[str, pa.Array]) -> SegmentedTimeIndex:
+    """Add the stream's list columns to ``user_columns``; return its time index.
+
+    ``df`` is sorted by (user, time, file row) and ``user_ids`` is sorted, so each user's events are
+    the segment ``[offsets[u], offsets[u + 1])``.
+    """
+    user_offsets = np.empty(len(user_ids) + 1, dtype=np.int64)
+    user_offsets[:-1] = df[USER].search_sorted(user_ids, side="left").to_numpy()
+    user_offsets[-1] = df.height
+    times = df[TIME].to_numpy().astype(np.int64)
+    user_columns[f"{stream.name}__timestamp"] = _arrow_list(user_offsets, pa.array(times))
+    for attribute in stream.attributes:
+        encoded = encoder.encode(f"streams.{stream.name}", attribute, df, report, table)
+        if encoded:
+            user_columns[f"{stream.name}__{attribute.name}"] = _arrow_list(user_offsets, _arrow_values(encoded))
+    report.counts[f"streams.{stream.name}.events"] = int(len(times))
+    report.counts[f"streams.{stream.name}.users_with_events"] = int((np.diff(user_offsets) > 0).sum())
+    return SegmentedTimeIndex(user_offsets, times)
+
+
+def _example_columns(schema: Schema, impressions: pl.DataFrame, users: pl.DataFrame, indexes: dict[str, SegmentedTimeIndex],
+                     encoder: "AttributeEncoder", report: BuildReport, imp_table: RawTable, split: np.ndarray) -> dict[str, pa.Array]:
+    """The columns of ``examples.parquet``, one row per impression (in ``impressions``' order)."""
+    imp = schema.impressions
+    user_rows = users[USER].search_sorted(impressions[USER], side="left").to_numpy().astype(np.int64)
+    times = impressions[TIME].to_numpy().astype(np.int64)
+    columns: dict[str, pa.Array] = {
+        "user_row": pa.array(user_rows),
+        "timestamp": pa.array(times),
+        "split": pa.array(split),
+    }
+    if imp.request_column:
+        columns["request_id"] = impressions[imp.request_column].to_arrow()
+    columns["item_id"] = impressions[imp.item_column].to_arrow() if imp.item_column in impressions.columns else pa.nulls(len(times))
+    order = _query_order(user_rows, times)
+    for stream in schema.streams:
+        columns[f"cut__{stream.name}"] = pa.array(indexes[stream.name].count_before(user_rows, times, order=order))
+    for group, attributes in (("item", imp.item_attributes), ("context", imp.context_attributes)):
+        for attribute in attributes:
+            encoded = encoder.encode("impressions", attribute, impressions, report, imp_table)
+            if encoded:
+                columns[f"{group}__{attribute.name}"] = _arrow_values(encoded)
+    for label in imp.labels:
+        values = impressions[label].cast(pl.Float32).fill_null(np.nan).to_numpy()
+        columns[f"label__{label}"] = pa.array(values)
+        report.counts[f"labels.{label}.missing"] = int(np.isnan(values).sum())
+    for column in imp.extra_columns:
+        columns[f"extra__{column}"] = impressions[column].cast(pl.Float64).to_arrow()
+    return columns
+
+
+def _query_order(rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """A permutation sorting queries by (user row, time): binary searches of sorted queries
+    touch the events' keys in order, several times faster than random ones."""
+    if len(times) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t_min, span = int(times.min()), int(times.max()) - int(times.min()) + 1
+    if (int(rows.max()) + 1) * span < 2**62:  # one int64 key: faster to sort than two columns
+        return pl.Series(rows * span + (times - t_min)).arg_sort().to_numpy()
+    return pl.DataFrame({"r": rows, "t": times}).select(pl.arg_sort_by(["r", "t"])).to_series().to_numpy()
+
+
+def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progress: Progress | None = None) -> dict:
+    """Build the store for ``schema`` from the raw logs in ``data_dir`` into ``out_dir``.
+
+    Returns the manifest (also written as ``manifest.json``). Raises :class:`DataError` on bad input.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    recover_interrupted_swap(out_dir)
+    report = BuildReport()
+
+    # --- impressions -------------------------------------------------------------------------
+    say("reading impressions")
+    imp = schema.impressions
+    imp_table, impressions = _load_impressions(data_dir, schema)
     train_end, validation_end = _resolve_splits(schema, impressions[TIME].to_numpy())
 
-    # --- streams -----------------------------------------------------------------------------
+    # --- streams: sorted by (user, time, file row), exact duplicates dropped ------------------
     streams: dict[str, tuple[RawTable, pl.DataFrame]] = {}
     for stream in schema.streams:
         say(f"reading stream {stream.name}")
         streams[stream.name] = _load_stream(data_dir, schema, stream, report)
-    report.drop("events.rows_of_no_stream", _unused_event_rows(data_dir, schema))
+    report.drop("events.rows_of_no_stream", _unused_event_rows(data_dir, schema, report))
 
     # --- users: one row each, sorted by id ---------------------------------------------------
     id_frames = [impressions.select(USER)] + [df.select(USER) for _, df in streams.values()]
     if len({f.schema[USER] for f in id_frames}) > 1:
+        # mixed id types: compare as strings (and re-sort the streams in string order)
         id_frames = [f.with_columns(pl.col(USER).cast(pl.String)) for f in id_frames]
         impressions = impressions.with_columns(pl.col(USER).cast(pl.String))
-        streams = {k: (t, df.with_columns(pl.col(USER).cast(pl.String))) for k, (t, df) in streams.items()}
-    users = pl.concat(id_frames).unique().sort(USER).with_row_index("user_row")
+        streams = {k: (t, df.with_columns(pl.col(USER).cast(pl.String)).sort([USER, TIME, ROW])) for k, (t, df) in streams.items()}
+    users = pl.concat(id_frames).unique().sort(USER)
+    del id_frames
     num_users = users.height
 
     # --- vocabularies and statistics from the training period only ---------------------------
     say("learning vocabularies and statistics (training period)")
     encoder = AttributeEncoder(schema, train_end)
-    places = [(f"streams.{s.name}", s.attributes, streams[s.name][1]) for s in schema.streams]
-    places.append(("impressions", imp.item_attributes + imp.context_attributes, impressions))
+    places = [(f"streams.{s.name}", s.attributes, streams[s.name][1], [ROW]) for s in schema.streams]
+    places.append(("impressions", imp.item_attributes + imp.context_attributes, impressions, []))
     encoder.fit(places)
+    del places
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    writer: ThreadPoolExecutor | None = None
     try:
-        # --- per-stream flat arrays, sorted by (user row, time, file row) --------------------
+        # --- per-stream list columns, sorted by (user row, time, file row) -------------------
         user_columns: dict[str, pa.Array] = {"user_id": users[USER].to_arrow()}
         indexes: dict[str, SegmentedTimeIndex] = {}
         stream_layout: dict[str, Any] = {}
         for stream in schema.streams:
             say(f"encoding stream {stream.name}")
-            table, df = streams[stream.name]
-            df = df.join(users, on=USER, how="left", maintain_order="left").sort(["user_row", TIME, ROW])
-            rows = df["user_row"].to_numpy().astype(np.int64)
-            times = df[TIME].to_numpy().astype(np.int64)
-            user_offsets = np.zeros(num_users + 1, dtype=np.int64)
-            np.cumsum(np.bincount(rows, minlength=num_users), out=user_offsets[1:])
-            indexes[stream.name] = SegmentedTimeIndex(user_offsets, times)
-            user_columns[f"{stream.name}__timestamp"] = _arrow_list(user_offsets, pa.array(times))
-            layout = {}
-            for attribute in stream.attributes:
-                encoded = encoder.encode(f"streams.{stream.name}", attribute, df, report, table)
-                if encoded:
-                    user_columns[f"{stream.name}__{attribute.name}"] = _arrow_list(user_offsets, _arrow_values(encoded))
-                layout[attribute.name] = attribute.kind
-            report.counts[f"streams.{stream.name}.events"] = int(len(times))
-            report.counts[f"streams.{stream.name}.users_with_events"] = int((np.diff(user_offsets) > 0).sum())
-            stream_layout[stream.name] = {"max_length": stream.max_length, "sampling": stream.sampling, "attributes": layout}
-        _write_parquet(pa.table(user_columns), tmp / "users.parquet")
+            table, df = streams.pop(stream.name)  # freed once encoded
+            indexes[stream.name] = _encode_stream(stream, table, df, users[USER], encoder, report, user_columns)
+            del df
+            stream_layout[stream.name] = {
+                "max_length": stream.max_length,
+                "sampling": stream.sampling,
+                "attributes": {attribute.name: attribute.kind for attribute in stream.attributes},
+            }
+        # users.parquet is compressed and written in the background while the examples are computed
+        writer = ThreadPoolExecutor(max_workers=1)
+        users_written = writer.submit(_write_parquet, pa.table(user_columns), tmp / "users.parquet")
+        writer.shutdown(wait=False)
+        del user_columns
 
         # --- examples: one per impression, pointing at the user's history --------------------
         say("computing point-in-time examples")
-        impressions = impressions.join(users, on=USER, how="left", maintain_order="left")
-        user_rows = impressions["user_row"].to_numpy().astype(np.int64)
         times = impressions[TIME].to_numpy().astype(np.int64)
         split = np.where(times < train_end, 0, np.where(times < validation_end, 1, 2)).astype(np.int8)
-        example_columns: dict[str, pa.Array] = {
-            "user_row": pa.array(user_rows),
-            "timestamp": pa.array(times),
-            "split": pa.array(split),
-        }
-        if imp.request_column:
-            example_columns["request_id"] = impressions[imp.request_column].to_arrow()
-        example_columns["item_id"] = impressions[imp.item_column].to_arrow() if imp.item_column in impressions.columns else pa.nulls(len(times))
-        for stream in schema.streams:
-            example_columns[f"cut__{stream.name}"] = pa.array(indexes[stream.name].count_before(user_rows, times))
-        for group, attributes in (("item", imp.item_attributes), ("context", imp.context_attributes)):
-            for attribute in attributes:
-                encoded = encoder.encode("impressions", attribute, impressions, report, imp_table)
-                if encoded:
-                    example_columns[f"{group}__{attribute.name}"] = _arrow_values(encoded)
-        for label in imp.labels:
-            values = impressions[label].cast(pl.Float32).fill_null(np.nan).to_numpy()
-            example_columns[f"label__{label}"] = pa.array(values)
-            report.counts[f"labels.{label}.missing"] = int(np.isnan(values).sum())
-        for column in imp.extra_columns:
-            example_columns[f"extra__{column}"] = impressions[column].cast(pl.Float64).to_arrow()
+        example_columns = _example_columns(schema, impressions, users, indexes, encoder, report, imp_table, split)
+        del impressions, indexes
+        say("writing users and examples")
+        users_written.result()
         _write_parquet(pa.table(example_columns), tmp / "examples.parquet")
+        del example_columns
 
         # --- content tables aligned with the key's encoded ids -------------------------------
         content_files: dict[str, str] = {}
@@ -476,6 +565,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         _write_json(manifest, tmp / "manifest.json")
         _swap_into_place(tmp, out_dir)
     except BaseException:
+        if writer is not None:
+            writer.shutdown(wait=True)  # no write into tmp after it is removed
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest["build_seconds"] = round(time.perf_counter() - started, 3)

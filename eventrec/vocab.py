@@ -44,6 +44,10 @@ def hash_strings(values: list[str]) -> np.ndarray:
 
 def hashed_ids(values: pl.Series, buckets: int) -> pl.Series:
     """Hashed encoding of a Series of ints or strings; nulls → 0 (missing)."""
+    if values.dtype.is_integer():  # hashing every value is cheaper than a join with the distinct ones
+        codes = splitmix64(values.cast(pl.Int64).fill_null(0).to_numpy())
+        ids = (codes % np.uint64(buckets)).astype(np.int64) + 1
+        return pl.Series(np.where(values.is_null().to_numpy(), MISSING_ID, ids))
     unique = values.drop_nulls().unique().sort()
     if unique.dtype.is_integer():
         codes = splitmix64(unique.cast(pl.Int64).to_numpy())
