@@ -57,12 +57,13 @@ def test_truncation_is_exact(tiny_store):
     model = _model(tiny_store, config)
     batch = make_batch(tiny_store, np.array([5]))
     events, _, _ = model.event_model(batch)
-    assert events.lengths().tolist() == [2]
+    assert events.lengths().tolist() == [2 + 1]  # the two most recent events after the summary token
     # the kept events are the two most recent of the merged timeline
     with torch.no_grad():
         full = _model(tiny_store, CONFIGS["causal"]).event_model(batch)[1]
     kept = model.event_model(batch)[1]
-    assert kept.tolist() == full[-2:].tolist()
+    assert kept[1:].tolist() == full[-2:].tolist()
+    assert kept[0].item() == batch.history_timestamps[0].item()  # the summary token's time
 
 
 @pytest.mark.parametrize("config", [CONFIGS["causal"], CONFIGS["bidirectional"], DlrmConfig(attribute_dim=4, bottom_mlp=[8, 4], top_mlp=[8])])

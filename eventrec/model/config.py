@@ -26,6 +26,7 @@ class SequenceModelConfig(_Config):
     time_buckets: int = Field(32, ge=1, le=64)
     timestamp_encoding: bool = Field(True, description="recency and order embeddings (ablation: off)")
     event_attributes: bool = Field(True, description="use attributes beyond each stream's id (ablation: off)")
+    summary_token: bool = Field(True, description="a learned token at the start of every history")
     pooling: Literal["keyed_attention", "mean"] = "keyed_attention"
     pooling_slots: int = Field(4, ge=1, description="M query slots per candidate")
     match_attention: bool = Field(

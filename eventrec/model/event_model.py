@@ -4,7 +4,9 @@ Per stream: the attribute embeddings are concatenated and linearly compressed to
 layer-normalised, so that every event enters at the same scale), and a stream-type embedding is added. The streams are merged into one time-ordered timeline per history
 (ties: stream order, then position), the timeline is cut to its most recent ``max_history`` events,
 and a timestamp encoding is added: a recency embedding of the log-bucketed gap between the event and
-the request, and an order embedding of the position counted from the most recent event.
+the request, and an order embedding of the position counted from the most recent event. Finally a
+learned summary token is put at position 0 of every history (configurable): attention then has
+somewhere to go when no event matches the candidate, and an empty history is not empty.
 
 Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, the events'
 timestamps ``[sum(N_g)]`` int64, and (with match vocabularies) ``[sum(N_g), V·E]``: each event's
@@ -47,6 +49,8 @@ class EventModel(nn.Module):
         self.max_positions = sum(s.max_length for s in spec.schema.streams)
         if config.max_history is not None:
             self.max_positions = min(self.max_positions, config.max_history)
+        if config.summary_token:
+            self.summary_token = nn.Parameter(torch.randn(config.model_dim) * 0.02)
         if config.timestamp_encoding:
             self.recency = nn.Embedding(config.time_buckets, config.model_dim)
             self.order = nn.Embedding(self.max_positions, config.model_dim)
@@ -79,10 +83,8 @@ class EventModel(nn.Module):
                 matches.append(self.match_keys(name, stream.attributes, len(x), device))
         match_dim = len(self.match_vocabularies) * self.tables.dim
         if not pieces:
-            empty = torch.zeros(0, self.config.model_dim, device=device)
-            offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
-            no_match = torch.zeros(0, match_dim, device=device) if self.match_vocabularies else None
-            return JaggedTensor(empty, offsets, 0), torch.zeros(0, dtype=torch.int64, device=device), no_match
+            pieces, rows, times = [torch.zeros(0, self.config.model_dim, device=device)], [torch.zeros(0, dtype=torch.int64, device=device)], [torch.zeros(0, dtype=torch.int64, device=device)]
+            matches = [torch.zeros(0, match_dim, device=device)] if self.match_vocabularies else []
         x, row, t = torch.cat(pieces), torch.cat(rows), torch.cat(times)
         match = torch.cat(matches) if matches else None
         # time order within each history; stable sorts keep stream order, then position, on ties
@@ -103,5 +105,27 @@ class EventModel(nn.Module):
         if self.config.timestamp_encoding:
             gap = batch.history_timestamps[row] - t
             x = x + self.recency(time_gap_bucket(gap, self.config.time_buckets)) + self.order(from_end)
+        if self.config.summary_token:
+            x, t, match, offsets, lengths = self._prepend_summary_token(x, t, match, offsets, lengths, batch.history_timestamps)
         max_len = int(lengths.max()) if num_histories else 0
         return JaggedTensor(x, offsets, max_len), t, match
+
+    def _prepend_summary_token(self, x, t, match, offsets, lengths, history_timestamps):
+        """Insert the learned token at position 0 of every history (its time: the request's)."""
+        num_histories = len(lengths)
+        new_lengths = lengths + 1
+        new_offsets = torch.zeros_like(offsets)
+        torch.cumsum(new_lengths, 0, out=new_offsets[1:])
+        token_positions = new_offsets[:-1]
+        event_positions = torch.arange(len(x), device=x.device) + torch.repeat_interleave(torch.arange(1, num_histories + 1, device=x.device), lengths, output_size=len(x))
+        new_x = x.new_empty(len(x) + num_histories, x.shape[1])
+        new_x[token_positions] = self.summary_token.to(x.dtype).expand(num_histories, -1)
+        new_x[event_positions] = x
+        new_t = t.new_empty(len(new_x))
+        new_t[token_positions] = history_timestamps
+        new_t[event_positions] = t
+        new_match = None
+        if match is not None:
+            new_match = match.new_zeros(len(new_x), match.shape[1])  # matches nothing: cosine 0
+            new_match[event_positions] = match
+        return new_x, new_t, new_match, new_offsets, new_lengths
