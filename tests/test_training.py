@@ -69,3 +69,15 @@ def test_early_stopping_never_reads_the_test_split(tiny_store, tmp_path, monkeyp
     monkeypatch.setattr(trainer_module, "predict", spy)
     train(tiny_store, MODEL, TRAIN, tmp_path / "run", show_progress=False)
     assert seen and all(s == {1} for s in seen)  # 1 = validation
+
+
+def test_validates_within_epochs_and_stops_early(tiny_store, tmp_path):
+    config = TRAIN.model_copy(update={"epochs": 4, "validations_per_epoch": 2, "patience": 1})
+    _, result = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
+    steps = [h["step"] for h in result.history]
+    assert steps[:2] == [1, 2]  # two validations per epoch of two batches
+    assert len(steps) < 8  # stopped before the last of the 4 epochs
+    info = json.loads((tmp_path / "run" / "last" / "checkpoint.json").read_text())
+    assert info["state"]["stopped"] is True
+    _, again = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)  # resuming a stopped run trains no more
+    assert again.steps == result.steps

@@ -44,7 +44,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(50, ge=0)
     clip_norm: float = Field(1.0, gt=0)
-    patience: int = Field(1, ge=1, description="epochs without validation NE improvement before stopping")
+    patience: int = Field(1, ge=1, description="validations without NE improvement before stopping")
+    validations_per_epoch: int = Field(1, ge=1, description="validate (and maybe stop) this many times per epoch")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     sparse_optimizer: bool = Field(False, description="SparseAdam for embedding tables, AdamW for the rest")
@@ -136,11 +137,31 @@ def train(
     def checkpoint(directory: Path, with_optimizers: bool) -> None:
         save_checkpoint(directory, model, info_base | {"state": state}, optimizers if with_optimizers else None, {"rng.torch": torch.get_rng_state()})
 
+    def validate(epoch: int) -> bool:
+        """Validation (never test); keeps the best weights; True when early stopping says stop."""
+        probs = predict(model, store, validation, batch_fn, config.eval_batch_size)
+        metrics = metrics_by_task(store, validation, probs)
+        for task, m in metrics.items():
+            eval_log.write({"step": state["step"], "epoch": epoch, "task": task, **m})
+        primary = metrics[store.label_names[0]]
+        state["history"].append({"epoch": epoch, "step": state["step"], "validation": metrics})
+        if show_progress:
+            print(f"step {state['step']} (epoch {epoch + 1}): validation " + ", ".join(f"{t} NE {m['ne']:.4f} AUC {m['auc']:.4f}" for t, m in metrics.items() if m.get("count")), file=sys.stderr)
+        model.train()
+        if state["best_ne"] is None or primary["ne"] < state["best_ne"]:
+            state.update(best_ne=primary["ne"], best_epoch=epoch, bad_epochs=0, best_validation=metrics)
+            checkpoint(run_dir / "best", with_optimizers=False)
+            return False
+        state["bad_epochs"] += 1
+        return state["bad_epochs"] >= config.patience
+
+    validation_points = {round(steps_per_epoch * (k + 1) / config.validations_per_epoch) for k in range(config.validations_per_epoch)}
+
     train_log = _CsvLog(run_dir / "train_log.csv", ["step", "epoch", "loss", "learning_rate", *[f"loss_{n}" for n in store.label_names]])
     eval_log = _CsvLog(run_dir / "eval_log.csv", ["step", "epoch", "task", "ne", "auc", "gauc", "logloss", "calibration", "count"])
     started = time.perf_counter()
     model.train()
-    stopped = False
+    stopped = state.setdefault("stopped", False)
     while state["epoch"] < config.epochs and not stopped:
         epoch = state["epoch"]
         dataset.set_epoch(epoch)
@@ -171,24 +192,16 @@ def train(
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.1e}")
             train_log.write({"step": state["step"], "epoch": epoch, "loss": value, "learning_rate": lr,
                              **{f"loss_{n}": float(l) for n, l in zip(store.label_names, per_task)}})
-            if state["step"] % config.checkpoint_every == 0:
+            if state["batch_in_epoch"] in validation_points:
+                stopped = state["stopped"] = validate(epoch)
+                checkpoint(last, with_optimizers=True)
+                if stopped:
+                    break
+            elif state["step"] % config.checkpoint_every == 0:
                 checkpoint(last, with_optimizers=True)
         bar.close()
-        # end of epoch: validation (never test), early stopping on the primary task's NE
-        probs = predict(model, store, validation, batch_fn, config.eval_batch_size)
-        metrics = metrics_by_task(store, validation, probs)
-        for task, m in metrics.items():
-            eval_log.write({"step": state["step"], "epoch": epoch, "task": task, **m})
-        primary = metrics[store.label_names[0]]
-        state["history"].append({"epoch": epoch, "step": state["step"], "validation": metrics})
-        if show_progress:
-            print(f"epoch {epoch + 1}: validation " + ", ".join(f"{t} NE {m['ne']:.4f} AUC {m['auc']:.4f}" for t, m in metrics.items() if m.get("count")), file=sys.stderr)
-        if state["best_ne"] is None or primary["ne"] < state["best_ne"]:
-            state.update(best_ne=primary["ne"], best_epoch=epoch, bad_epochs=0, best_validation=metrics)
-            checkpoint(run_dir / "best", with_optimizers=False)
-        else:
-            state["bad_epochs"] += 1
-            stopped = state["bad_epochs"] >= config.patience
+        if stopped:
+            break
         state["epoch"] += 1
         state["batch_in_epoch"] = 0
         checkpoint(last, with_optimizers=True)
