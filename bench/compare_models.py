@@ -1,0 +1,76 @@
+"""Quality benchmark: the sequence model against the DLRM baseline on one dataset, several seeds.
+
+    .venv/bin/python bench/compare_models.py --dataset trivago --seeds 3
+    .venv/bin/python bench/compare_models.py --dataset synthetic --users 50000 --seeds 3
+
+Prepares the dataset (real ones through their adapter, from ../shared/data), builds the store,
+trains both models per seed with the same loop (validation split for early stopping, never test),
+and prints the test table (mean ± std over seeds) with the gain rule, and writes it with the plots
+under the work directory. Finished runs are reused if the script is killed and started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="trivago", help="synthetic | trivago | ml100k | amazon_grocery")
+    parser.add_argument("--users", type=int, default=50_000, help="synthetic world size")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    import polars as pl
+
+    from eventrec.adapters import ADAPTERS, default_data_dir
+    from eventrec.experiment import format_table, run_comparison, summarize
+    from eventrec.model.config import DlrmConfig, SequenceModelConfig
+    from eventrec.plots import write_plots
+    from eventrec.schema import builtin_schema_path, load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+    from eventrec.training.trainer import TrainConfig
+
+    workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"
+    logs, store_dir = workdir / "logs", workdir / "store"
+    started = time.perf_counter()
+    candidates = None
+    if args.dataset == "synthetic":
+        from eventrec.synthetic import generate_world
+
+        if not (logs / "world.json").exists():
+            generate_world(logs, num_users=args.users, seed=0)
+        schema_name = "synthetic"
+        candidates = pl.read_parquet(logs / "candidates.parquet")
+    else:
+        prepare, schema_name = ADAPTERS[args.dataset]
+        source = default_data_dir() / {"trivago": "trivago", "ml100k": "ml-100k", "amazon_grocery": "amazon-grocery"}[args.dataset]
+        if not (logs / "impressions.parquet").exists():
+            prepare(source, logs)
+    if not (store_dir / "manifest.json").exists():
+        build_store(load_schema(builtin_schema_path(schema_name)), logs, store_dir)
+    store = EventStore.open(store_dir)
+    models = {"sequence": SequenceModelConfig(), "dlrm": DlrmConfig()}
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=2, patience=1)
+    runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
+    table = format_table(summarize(runs), baseline="dlrm")
+    plots = write_plots(store, workdir / "runs", runs)
+    seconds = {name: sum(r.seconds for r in runs if r.model == name) for name in models}
+    footer = f"\n\ntraining seconds (all seeds): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+    (workdir / "report.md").write_text(f"# {args.dataset}: sequence model vs DLRM\n\n{table}{footer}\n")
+    print(table + footer)
+    print(f"report {workdir / 'report.md'}, plots {', '.join(p.name for p in plots)}; {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
