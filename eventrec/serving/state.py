@@ -1,0 +1,165 @@
+"""Per-user event histories for serving, and the bounded LRU of derived (encoded) user states.
+
+Two kinds of per-user data, kept apart on purpose:
+
+* :class:`UserEvents`: the user's encoded events per stream (the store's segment plus events appended
+  through :meth:`RankingService.append_events`). This is *data*: it is never evicted.
+* :class:`EncodedState` (in :class:`LruByBytes`): what the model derived from those events for one
+  model version: the encoder's per-layer keys/values, the keyed pooling's keys/values (the KV cache).
+  This is a *cache*: evicting it costs one recompute, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+
+from eventrec.store import EventStore, Ragged, StreamData
+
+
+def _slice_column(column: np.ndarray | Ragged, start: int, end: int) -> np.ndarray | Ragged:
+    if isinstance(column, Ragged):
+        lo, hi = int(column.offsets[start]), int(column.offsets[end])
+        return Ragged(column.values[lo:hi].copy(), column.offsets[start : end + 1] - lo)
+    return column[start:end].copy()
+
+
+def _concat_column(a: np.ndarray | Ragged, b: np.ndarray | Ragged) -> np.ndarray | Ragged:
+    if isinstance(a, Ragged):
+        assert isinstance(b, Ragged)
+        return Ragged(np.concatenate([a.values, b.values.astype(a.values.dtype)]), np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]))
+    return np.concatenate([a, np.asarray(b).astype(a.dtype, copy=False)])
+
+
+@dataclass(frozen=True)
+class UserEvents:
+    """One user's events: per stream a one-user :class:`StreamData` (``user_offsets = [0, n]``).
+
+    Immutable: an append builds a new object, so a failing request never leaves half an append.
+    ``version`` counts appends (0 = the store's history)."""
+
+    streams: dict[str, StreamData]
+    version: int = 0
+
+    @classmethod
+    def from_store(cls, store: EventStore, user_row: int | None) -> "UserEvents":
+        streams = {}
+        for name, data in store.streams.items():
+            if user_row is None:
+                start = end = 0
+            else:
+                start, end = int(data.user_offsets[user_row]), int(data.user_offsets[user_row + 1])
+            streams[name] = StreamData(
+                name, data.max_length, data.sampling, np.array([0, end - start], dtype=np.int64), data.timestamps[start:end].copy(),
+                {a: _slice_column(c, start, end) for a, c in data.attributes.items()}, dict(data.looked_up),
+            )
+        return cls(streams)
+
+    def last_timestamp(self) -> int | None:
+        last = [int(d.timestamps[-1]) for d in self.streams.values() if len(d.timestamps)]
+        return max(last) if last else None
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(d.timestamps) for name, d in self.streams.items()}
+
+    def appended(self, name: str, timestamps: np.ndarray, attributes: dict[str, np.ndarray | Ragged]) -> "UserEvents":
+        data = self.streams[name]
+        new = replace(
+            data,
+            user_offsets=np.array([0, len(data.timestamps) + len(timestamps)], dtype=np.int64),
+            timestamps=np.concatenate([data.timestamps, timestamps.astype(np.int64)]),
+            attributes={a: _concat_column(c, attributes[a]) for a, c in data.attributes.items()},
+        )
+        return UserEvents({**self.streams, name: new}, self.version)
+
+    def nbytes(self) -> int:
+        total = 0
+        for d in self.streams.values():
+            total += d.timestamps.nbytes
+            for c in d.attributes.values():
+                total += c.values.nbytes + c.offsets.nbytes if isinstance(c, Ragged) else c.nbytes
+        return total
+
+
+def tensor_bytes(*items: Any) -> int:
+    total = 0
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, (list, tuple)):
+            total += tensor_bytes(*item)
+    return total
+
+
+@dataclass
+class EncodedState:
+    """The model's derived state of one history window of one user, for one model version.
+
+    ``window``: per stream ``(start, end)`` of the events it covers; ``signature``: the recency buckets
+    it was computed with (None when the model does not read the request time). ``layer_kv``: per
+    encoder layer ``(k, v)`` ``[P, H, d]`` (kept only in the exact-incremental mode), ``keys/values``:
+    the keyed pooling's ``[P, H, d']``, ``encoded [P, D]``, ``timestamps [P]`` (P = positions, the
+    summary token included)."""
+
+    window: tuple[tuple[int, int], ...]
+    signature: bytes | None
+    encoded: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    timestamps: torch.Tensor
+    layer_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    events_version: int = 0
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.timestamps, self.layer_kv or [])
+
+
+class LruByBytes:
+    """A thread-safe LRU whose bound is the sum of its entries' ``nbytes`` (not their count)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: Hashable, item: Any) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            if item.nbytes > self.max_bytes:
+                return  # larger than the whole cache: serve it, do not keep it
+            self._items[key] = item
+            self._bytes += item.nbytes
+            while self._bytes > self.max_bytes and self._items:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+                self.evictions += 1
+
+    def pop(self, key: Hashable) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes

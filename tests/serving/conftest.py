@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny_world import write_tiny_world  # noqa: E402
+
+MODEL = dict(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
+
+
+def _train(tmp: Path, **overrides):
+    from eventrec.model.config import SequenceModelConfig
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+    from eventrec.training.trainer import TrainConfig, train
+
+    data = tmp / "tiny"
+    schema_path = write_tiny_world(data)
+    if not (tmp / "store" / "manifest.json").exists():
+        build_store(load_schema(schema_path), data, tmp / "store")
+    store = EventStore.open(tmp / "store")
+    name = "run_" + "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+    train(store, SequenceModelConfig(**(MODEL | overrides)), TrainConfig(epochs=1, batch_size=2, warmup_steps=1), tmp / name, show_progress=False)
+    return store, tmp / name / "best", data
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """(store, checkpoint dir, raw data dir) of a tiny model with the default (time-reading) encoder."""
+    return _train(tmp_path_factory.mktemp("serving"))
+
+
+@pytest.fixture(scope="session")
+def served_invariant(tmp_path_factory):
+    """The same, with an encoder that does not read the request time (exact incremental appends)."""
+    return _train(tmp_path_factory.mktemp("serving_inv"), timestamp_encoding=False, time_bias=True, summary_token=False)
+
+
+@pytest.fixture(scope="session")
+def served_invariant_token(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("serving_inv_tok"), timestamp_encoding=False, time_bias=False, summary_token=True)
