@@ -230,5 +230,23 @@ def demo(
     typer.echo(f"plots: {', '.join(str(p) for p in plots)}; report: {report}; {time.perf_counter() - started:.0f}s in all")
 
 
+@app.command()
+def serve(
+    model: Path = typer.Option(..., help="A checkpoint directory of the sequence model, e.g. RUN/best."),
+    store: Path = typer.Option(..., help="The event store (histories of known users, vocabularies)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    max_candidates: int = typer.Option(10_000, min=1, help="More candidates per request get HTTP 413."),
+    cache_mb: int = typer.Option(512, min=1, help="Memory bound of the per-user state cache (MiB)."),
+) -> None:
+    """Serve the ranking API (POST /rank, POST /events, GET /health, GET /metrics; see docs/serving.md)."""
+    from eventrec.serving import RankingService
+    from eventrec.serving.http import serve as run_server
+
+    service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20)
+    typer.echo(f"model {service.version}, {service.store.num_users:,} users; listening on http://{host}:{port}")
+    run_server(service, host=host, port=port)
+
+
 if __name__ == "__main__":
     app()

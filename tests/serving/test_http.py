@@ -1,0 +1,89 @@
+"""The HTTP service over a real uvicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from eventrec.serving import RankingService
+from eventrec.serving.http import create_app
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    store, checkpoint, _ = served
+    service = RankingService.load(checkpoint, store, max_candidates=50)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client, service
+    server.should_exit = True
+    thread.join(10)
+
+
+def body(n=20, **extra):
+    ads = [5, 6, 7, 8, 9, 4242]
+    return {"user_id": 1, "candidates": [{"ad_id": ads[i % 6], "category": ["hats", "shoes"][i % 2]} for i in range(n)],
+            "context": {"placement": "feed"}, "timestamp": 1000} | extra
+
+
+def test_rank_health_openapi(server):
+    client, service = server
+    assert client.get("/health").json()["status"] == "ok"
+    response = client.post("/rank", json=body(top_k=5))
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["model_version"] == service.version and len(data["ranked"]) == 5
+    clicks = [r["scores"]["click"] for r in data["ranked"]]
+    assert clicks == sorted(clicks, reverse=True) and set(data["ranked"][0]["scores"]) == {"click", "conversion"}
+    direct = service.rank(1, body()["candidates"], {"placement": "feed"}, 1000)
+    assert data["ranked"][0]["index"] == int(direct.order[0])
+    assert abs(data["ranked"][0]["scores"]["click"] - float(direct.scores[direct.order[0], 0])) < 1e-6
+    assert "/rank" in client.get("/openapi.json").json()["paths"]
+
+
+def test_limits_and_malformed_payloads(server):
+    client, _ = server
+    assert client.post("/rank", json=body(51)).status_code == 413
+    cases = [
+        ({k: v for k, v in body().items() if k != "user_id"}, ["body", "user_id"]),
+        (body(top_k=0), ["body", "top_k"]),
+        (body(candidates="nope"), ["body", "candidates"]),
+        (body(candidates=[{"ad_id": 5}]), ["body", "candidates", "0", "category"]),
+        (body(context={}), ["body", "context", "placement"]),
+    ]
+    for payload, loc in cases:
+        response = client.post("/rank", json=payload)
+        assert response.status_code == 422, (payload, response.text)
+        assert [str(x) for x in response.json()["detail"][0]["loc"]] == loc
+
+
+def test_events_then_metrics(server):
+    client, _ = server
+    event = {"event_type": "click", "timestamp": 900, "ad_id": 8, "category": "bags", "price": 3.0}
+    assert client.post("/events", json={"user_id": 2, "events": [event]}).status_code == 200
+    old = client.post("/events", json={"user_id": 2, "events": [event | {"timestamp": 10}]})
+    assert old.status_code == 409 and "older" in old.json()["detail"][0]["msg"]
+    assert client.post("/events", json={"user_id": 2, "events": [{"event_type": "click", "timestamp": 950}]}).status_code == 422
+    client.post("/rank", json=body(user_id=2))
+    client.post("/rank", json=body(user_id=2))
+    text = client.get("/metrics").text
+    assert 'eventrec_requests_total{endpoint="/rank",status="200"}' in text
+    assert 'eventrec_request_latency_seconds_bucket{endpoint="/rank",le="+Inf"}' in text
+    assert 'eventrec_requests_total{endpoint="/events",status="409"} 1' in text
+    hits = next(line for line in text.splitlines() if line.startswith("eventrec_user_cache_hits_total"))
+    assert int(hits.split()[1]) >= 1
+    assert "eventrec_candidate_cache_hits_total" in text and "eventrec_user_cache_bytes" in text
