@@ -74,7 +74,11 @@ def test_every_parameter_receives_gradient(tiny_store, config):
     batch = make_batch(tiny_store, everything) if isinstance(config, SequenceModelConfig) else DlrmFeatureBuilder(config.windows)(tiny_store, everything)
     loss, per_task = multitask_loss(model(batch), batch.labels)
     loss.backward()
-    silent = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    def nonzero(grad: torch.Tensor) -> bool:
+        values = grad.coalesce().values() if grad.is_sparse else grad
+        return bool(torch.any(values != 0))
+
+    silent = [n for n, p in model.named_parameters() if p.grad is None or not nonzero(p.grad)]
     assert silent == []
     assert per_task.shape == (2,)
 

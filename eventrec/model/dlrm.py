@@ -13,7 +13,6 @@ heads as the sequence model.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eventrec.dlrm_features import DlrmBatch
@@ -46,6 +45,25 @@ class DlrmModel(nn.Module):
         interaction_dim = num_vectors * (num_vectors - 1) // 2 + config.attribute_dim
         self.heads = TaskHeads(interaction_dim, config.top_mlp, len(imp.labels))
 
+    def _pooled_bags(self, batch: DlrmBatch) -> list[torch.Tensor]:
+        """One fused embedding-bag call per table (like TorchRec's EmbeddingBagCollection), so each
+        table's gradient is built once per step, not once per feature. Returns ``[B, E]`` per feature."""
+        pooled: dict[str, torch.Tensor] = {}
+        by_table: dict[str, list[str]] = {}
+        for key, vocabulary in self.sparse_features:
+            by_table.setdefault(vocabulary, []).append(key)
+        for vocabulary, keys in by_table.items():
+            bags = [batch.sparse[k] for k in keys]
+            batch_size = len(bags[0].offsets) - 1
+            shifts = torch.cumsum(torch.tensor([0] + [len(b.ids) for b in bags[:-1]]), 0).tolist()
+            offsets = torch.cat([b.offsets[:-1] + shift for b, shift in zip(bags, shifts)] + [torch.tensor([sum(len(b.ids) for b in bags)])])
+            out = self.tables.bag(
+                vocabulary, torch.cat([b.ids for b in bags]), offsets, mode="sum",
+                per_sample_weights=torch.log1p(torch.cat([b.weights for b in bags])),
+            ).view(len(bags), batch_size, -1)
+            pooled |= {k: out[i] for i, k in enumerate(keys)}
+        return [pooled[key] for key, _ in self.sparse_features]
+
     def forward(self, batch: DlrmBatch) -> torch.Tensor:
         """Logits ``[B, T]``."""
         candidate = {**batch.item, **batch.context}
@@ -54,17 +72,12 @@ class DlrmModel(nn.Module):
             value = candidate[attribute.name].float()
             dense.append(value.unsqueeze(-1) if value.dim() == 1 else value)
         vectors = [self.bottom(torch.cat(dense, dim=1))]
-        for key, vocabulary in self.sparse_features:
-            bag = batch.sparse[key]
-            vectors.append(
-                F.embedding_bag(bag.ids, self.tables[vocabulary].weight, bag.offsets, mode="sum",
-                                per_sample_weights=torch.log1p(bag.weights), include_last_offset=True)
-            )
+        vectors += self._pooled_bags(batch)
         for attribute in self.candidate_attributes:
             if attribute.kind in ("categorical", "hashed"):
                 vectors.append(self.tables[attribute.vocabulary_name](candidate[attribute.name]))
             elif attribute.kind == "multi_categorical":
                 jagged = candidate[attribute.name]
-                vectors.append(F.embedding_bag(jagged.values, self.tables[attribute.vocabulary_name].weight, jagged.offsets, mode="mean", include_last_offset=True))
+                vectors.append(self.tables.bag(attribute.vocabulary_name, jagged.values, jagged.offsets, mode="mean"))
         stacked = torch.stack(vectors, dim=1)
         return self.heads(torch.cat([vectors[0], dot_interaction(stacked)], dim=1))

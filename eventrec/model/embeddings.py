@@ -2,7 +2,9 @@
 
 One table per vocabulary name (``schema`` attribute ``vocabulary``): the ad id of the click stream,
 of the conversion stream and of the candidate ad read the same rows, so a model can tell that the
-candidate is an ad the user clicked. Row 0 (missing) is a fixed zero vector.
+candidate is an ad the user clicked. Row 0 (missing) is a fixed zero vector. Tables produce sparse
+gradients by default (only the rows a batch touched), trained by SparseAdam: a dense gradient of a
+200k-row table per lookup dominated the DLRM's step time on CPU.
 """
 
 from __future__ import annotations
@@ -41,11 +43,12 @@ class FeatureSpec:
 class EmbeddingTables(nn.Module):
     """``tables[vocabulary]``: an ``nn.Embedding(num_embeddings, dim, padding_idx=0)`` per vocabulary."""
 
-    def __init__(self, spec: FeatureSpec, dim: int, vocabularies: set[str] | None = None):
+    def __init__(self, spec: FeatureSpec, dim: int, vocabularies: set[str] | None = None, sparse: bool = True):
         super().__init__()
         names = sorted(vocabularies if vocabularies is not None else spec.num_embeddings)
         self.dim = dim
-        self.tables = nn.ModuleDict({name: nn.Embedding(spec.num_embeddings[name], dim, padding_idx=0) for name in names})
+        self.sparse = sparse
+        self.tables = nn.ModuleDict({name: nn.Embedding(spec.num_embeddings[name], dim, padding_idx=0, sparse=sparse) for name in names})
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=0.1)
             with torch.no_grad():
@@ -53,6 +56,11 @@ class EmbeddingTables(nn.Module):
 
     def __getitem__(self, vocabulary: str) -> nn.Embedding:
         return self.tables[vocabulary]
+
+    def bag(self, vocabulary: str, ids: torch.Tensor, offsets: torch.Tensor, mode: str, per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.embedding_bag`` over a table (``offsets [bags+1]``), with the table's gradient kind."""
+        return F.embedding_bag(ids, self.tables[vocabulary].weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
+                               include_last_offset=True, padding_idx=0 if per_sample_weights is None else None, sparse=self.sparse)
 
 
 class AttributeEmbedder(nn.Module):
@@ -80,9 +88,7 @@ class AttributeEmbedder(nn.Module):
                 parts.append(self.tables[vocabulary](values[name]))
             elif kind == "multi_categorical":
                 jagged: JaggedTensor = (multi or values)[name]
-                parts.append(
-                    F.embedding_bag(jagged.values, self.tables[vocabulary].weight, jagged.offsets, mode="mean", include_last_offset=True, padding_idx=0)
-                )
+                parts.append(self.tables.bag(vocabulary, jagged.values, jagged.offsets, mode="mean"))
             elif kind == "numeric":
                 parts.append(values[name].float().unsqueeze(-1))
             else:

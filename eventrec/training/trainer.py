@@ -1,6 +1,6 @@
 """One training loop for both models.
 
-AdamW (optionally SparseAdam for sparse embedding gradients), linear warm-up then cosine decay,
+AdamW, and SparseAdam for embedding tables with sparse gradients, linear warm-up then cosine decay,
 gradient clipping, evaluation on the *validation* split after each epoch with early stopping on the
 primary task's NE (the test split is never read here), deterministic seeds and data order, a tqdm
 progress bar with the running loss, CSV logs, and checkpoints (safetensors + JSON): ``last/`` every
@@ -48,7 +48,6 @@ class TrainConfig(BaseModel):
     validations_per_epoch: int = Field(1, ge=1, description="validate (and maybe stop) this many times per epoch")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
-    sparse_optimizer: bool = Field(False, description="SparseAdam for embedding tables, AdamW for the rest")
     checkpoint_every: int = Field(500, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     task_weights: list[float] | None = None
@@ -70,7 +69,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _optimizers(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
-    sparse = [p for n, p in model.named_parameters() if config.sparse_optimizer and n.startswith("tables.")]
+    # embedding tables with sparse gradients go to SparseAdam (row-wise updates), the rest to AdamW
+    sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
     sparse_ids = {id(p) for p in sparse}
     decay = [p for n, p in model.named_parameters() if id(p) not in sparse_ids and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if id(p) not in sparse_ids and p.dim() < 2]
