@@ -39,3 +39,17 @@ def test_degenerate_cases():
     assert normalized_entropy(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(1.0)
     out = task_metrics(np.array([np.nan, 1.0, 0.0]), np.array([0.9, 0.8, 0.1]))
     assert out["count"] == 2 and out["auc"] == 1.0
+
+
+def test_platt_scaling_recovers_scale_and_bias():
+    import torch
+
+    from eventrec.model.heads import fit_platt
+
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, generator=generator)
+    y = (torch.rand(20000, generator=generator) < torch.sigmoid(2.0 * z - 1.0)).float()
+    y[:100] = float("nan")  # missing labels are ignored
+    a, b = fit_platt(z, y)
+    assert abs(a - 2.0) < 0.1 and abs(b + 1.0) < 0.1
+    assert fit_platt(z, torch.zeros(20000)) == (1.0, 0.0)  # one class only: identity

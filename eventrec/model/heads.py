@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,15 +43,42 @@ def dot_interaction(features: torch.Tensor) -> torch.Tensor:
 
 
 class TaskHeads(nn.Module):
-    """An MLP tower, then one logit per task: ``[B, F] → [B, T]``."""
+    """An MLP tower, then one logit per task: ``[B, F] → [B, T]``.
+
+    ``calibration_scale`` and ``calibration_bias`` (``[T]`` buffers, identity by default) map each
+    logit to ``scale * logit + bias``; they are fitted after training on the validation split
+    (Platt scaling, :func:`fit_platt`), never by the optimiser, and saved with the weights.
+    """
 
     def __init__(self, input_dim: int, mlp_dims: list[int], num_tasks: int):
         super().__init__()
         self.tower = mlp(input_dim, mlp_dims)
         self.logits = nn.Linear(mlp_dims[-1] if mlp_dims else input_dim, num_tasks)
+        self.register_buffer("calibration_scale", torch.ones(num_tasks))
+        self.register_buffer("calibration_bias", torch.zeros(num_tasks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.tower(x))
+        return self.logits(self.tower(x)) * self.calibration_scale + self.calibration_bias
+
+
+def fit_platt(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> tuple[float, float]:
+    """Scale and bias minimising the logloss of ``sigmoid(a * logit + b)`` over present labels ``[n]``."""
+    present = ~torch.isnan(labels)
+    z, y = logits[present].double(), labels[present].double()
+    if len(y) == 0 or y.min() == y.max():
+        return 1.0, 0.0
+    params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(params[0] * z + params[1], y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    a, b = params.detach().tolist()
+    return (a, b) if np.isfinite(a) and np.isfinite(b) and a > 0 else (1.0, 0.0)
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from eventrec.loader import BatchDataset
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.heads import multitask_loss
+from eventrec.model.heads import fit_platt, multitask_loss
 from eventrec.store import EventStore
 from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
@@ -46,6 +46,7 @@ class TrainConfig(BaseModel):
     clip_norm: float = Field(1.0, gt=0)
     patience: int = Field(1, ge=1, description="validations without NE improvement before stopping")
     validations_per_epoch: int = Field(1, ge=1, description="validate (and maybe stop) this many times per epoch")
+    calibrate: bool = Field(True, description="fit Platt scaling per task on the validation split after training")
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     checkpoint_every: int = Field(500, ge=1)
@@ -83,6 +84,24 @@ def _optimizers(model: torch.nn.Module, config: TrainConfig) -> dict[str, torch.
     if sparse:
         optimizers["sparse_adam"] = torch.optim.SparseAdam(sparse, lr=config.learning_rate)
     return optimizers
+
+
+@torch.no_grad()
+def _calibrate_on_validation(model: torch.nn.Module, store: EventStore, validation: np.ndarray, batch_fn, batch_size: int) -> None:
+    """Fit each task's logit scale and bias on the validation split (Platt scaling)."""
+    logits = []
+    for start in range(0, len(validation), batch_size):
+        logits.append(model(batch_fn(store, validation[start : start + batch_size])))
+    logits = torch.cat(logits)
+    labels = torch.from_numpy(store.labels[validation])
+    heads = model.heads
+    old_scale, old_bias = heads.calibration_scale.clone(), heads.calibration_bias.clone()
+    raw = (logits - old_bias) / old_scale
+    for task in range(labels.shape[1]):
+        with torch.enable_grad():
+            scale, bias = fit_platt(raw[:, task], labels[:, task])
+        heads.calibration_scale[task] = scale
+        heads.calibration_bias[task] = bias
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -207,6 +226,10 @@ def train(
         checkpoint(last, with_optimizers=True)
     load_checkpoint(run_dir / "best", model)
     model.eval()
+    if config.calibrate and not state.get("calibrated"):
+        _calibrate_on_validation(model, store, validation, batch_fn, config.eval_batch_size)
+        state["calibrated"] = True
+        checkpoint(run_dir / "best", with_optimizers=False)
     result = TrainResult(state["best_validation"], state["best_epoch"], state["step"], time.perf_counter() - started, state["history"])
     (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=1, default=str))
     return model, result
