@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eventrec.jagged import JaggedTensor
-from eventrec.schema import EmbeddingAttribute, Schema
+from eventrec.schema import Schema
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,3 @@ def id_attributes_only(attributes: list, keep: str | None) -> list:
 
 def vocabularies_used(attributes: list) -> set[str]:
     return {a.vocabulary_name for a in attributes if a.kind in ("categorical", "hashed", "multi_categorical")}
-
-
-def is_lookup(attribute) -> bool:
-    return isinstance(attribute, EmbeddingAttribute)
