@@ -25,12 +25,16 @@ def main() -> None:
     parser.add_argument("--dataset", default="trivago", help="synthetic | trivago | ml100k | amazon_grocery")
     parser.add_argument("--users", type=int, default=50_000, help="synthetic world size")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
     import polars as pl
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from eventrec.adapters import ADAPTERS, default_data_dir
     from eventrec.experiment import format_table, run_comparison, summarize
@@ -61,7 +65,7 @@ def main() -> None:
         build_store(load_schema(builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
     models = {"sequence": SequenceModelConfig(), "dlrm": DlrmConfig()}
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=2, patience=1)
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=4, patience=2)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     table = format_table(summarize(runs), baseline="dlrm")
     plots = write_plots(store, workdir / "runs", runs)
