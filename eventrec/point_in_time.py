@@ -36,8 +36,14 @@ class SegmentedTimeIndex:
         if (num_users + 1) * self.span >= 2**62:
             self.distinct_times = np.unique(self.timestamps)
             self.span = len(self.distinct_times) + 1
-        rows = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(self.user_offsets))
-        self.keys = self.keys_of(rows, self.timestamps)
+        # keys_of(rows, timestamps), built in place (two arrays of E int64 instead of five)
+        keys = np.repeat(np.arange(num_users, dtype=np.int64) * self.span, np.diff(self.user_offsets))
+        if self.distinct_times is not None:
+            keys += np.searchsorted(self.distinct_times, self.timestamps, side="left")
+        else:
+            keys += self.timestamps  # already within [t_min, t_max]: no clipping needed
+            keys -= self.t_min - 1
+        self.keys = keys
 
     def keys_of(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
         """``rows, times [Q]`` → composite keys ``[Q]`` int64."""

@@ -52,7 +52,7 @@ from eventrec.schema import (
     Stream,
     boundary_to_seconds,
 )
-from eventrec.vocab import NumericStatistics, Vocabulary, build_vocabulary, normalize, numeric_statistics
+from eventrec.vocab import NumericStatistics, Vocabulary, build_vocabulary_from_counts, normalize, numeric_statistics, value_counts
 
 FORMAT_VERSION = 1
 USER = "_user"
@@ -118,12 +118,29 @@ def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildRe
     # one read of the file; the checks then run on the rows in memory
     check_not_null(table, df, USER, f"user id (stream {stream.name!r})", source.user_column)
     check_timestamps(table, df, source.timestamp_column, TIME)
-    df = df.drop(source.timestamp_column).sort([USER, TIME, ROW])  # an eager sort is faster here than a lazy one
+    df = _sorted_by(df.drop(source.timestamp_column), [USER, TIME, ROW])
     before = df.height
     df = _drop_exact_duplicates(df)
     report.drop(f"streams.{stream.name}.duplicate_events", before - df.height)
     report.counts[f"streams.{stream.name}.raw_rows"] = before
     return table, df
+
+
+def _sorted_by(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """``df`` sorted by ``keys`` (ascending, no nulls; the last key unique, so the order is unique).
+
+    Logs usually arrive in this order already: checking it costs a few vectorised passes, whereas a
+    sort gathers every column into a copy (over a gigabyte for 8M events with list columns).
+    """
+    if df.height < 2:
+        return df
+    ordered = pl.lit(False)
+    for key in reversed(keys):  # lexicographic: a > b at the first key that differs
+        column, previous = pl.col(key), pl.col(key).shift(1)
+        ordered = (column > previous) | ((column == previous) & ordered)
+    if df.select(ordered.slice(1).all()).item():
+        return df
+    return df.sort(keys)  # an eager sort is faster here than a lazy one
 
 
 def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
@@ -206,28 +223,42 @@ class AttributeEncoder:
         """``places``: (place name, attributes, raw frame with ``_t``, order) for every stream and
         impressions. Numeric statistics are computed over the training rows sorted by ``order``
         (e.g. the file row), so that their floating-point sums do not depend on the frame's order."""
-        training: dict[str, list[pl.Series]] = {}
-        options: dict[str, tuple[int, int | None]] = {}
-        for place, attributes, frame, order in places:
-            train = frame.filter(pl.col(TIME) < self.train_end)
-            numeric = sorted({a.source_column for a in attributes if a.kind == "numeric"} - set(order))
-            numeric_train = train.select(*order, *numeric).sort(order) if numeric and order else train
+        # categorical values are counted per place (lazily, only the needed column of the training
+        # rows), and the counts summed per vocabulary: never all the training values at once
+        def value_dtype(frame: pl.DataFrame, attribute: Any) -> pl.DataType:
+            dtype = frame.schema[attribute.source_column]
+            if attribute.kind == "multi_categorical" and isinstance(dtype, (pl.List, pl.Array)):
+                dtype = dtype.inner
+            return pl.String if dtype == pl.Categorical else dtype
+
+        dtypes: dict[str, set] = {}
+        for _, attributes, frame, _ in places:
             for attribute in attributes:
                 if attribute.kind in ("categorical", "multi_categorical"):
-                    values = train[attribute.source_column]
+                    dtypes.setdefault(attribute.vocabulary_name, set()).add(value_dtype(frame, attribute))
+        training: dict[str, list[pl.DataFrame]] = {}
+        options: dict[str, tuple[int, int | None]] = {}
+        for place, attributes, frame, order in places:
+            train = frame.lazy().filter(pl.col(TIME) < self.train_end)
+            numeric = sorted({a.source_column for a in attributes if a.kind == "numeric"} - set(order))
+            if numeric:
+                numeric_train = train.select(*order, *numeric).collect()
+                numeric_train = numeric_train.sort(order) if order else numeric_train
+            for attribute in attributes:
+                if attribute.kind in ("categorical", "multi_categorical"):
+                    values = pl.col(attribute.source_column)
                     if attribute.kind == "multi_categorical":
                         values = values.explode()
-                    training.setdefault(attribute.vocabulary_name, []).append(values.cast(pl.String) if values.dtype == pl.Categorical else values)
+                    if value_dtype(frame, attribute) == pl.String or len(dtypes[attribute.vocabulary_name]) > 1:
+                        values = values.cast(pl.String)
+                    training.setdefault(attribute.vocabulary_name, []).append(value_counts(train.select(values.alias("value"))))
                     min_count, max_size = options.get(attribute.vocabulary_name, (attribute.min_count, attribute.max_size))
                     options[attribute.vocabulary_name] = (max(min_count, attribute.min_count), max_size or attribute.max_size)
                 elif attribute.kind == "numeric":
                     self.statistics[f"{place}.{attribute.name}"] = numeric_statistics(numeric_train[attribute.source_column], attribute.transform)
         for name, parts in training.items():
-            dtypes = {p.dtype for p in parts}
-            if len(dtypes) > 1:
-                parts = [p.cast(pl.String) for p in parts]
             min_count, max_size = options[name]
-            self.vocabularies[name] = build_vocabulary(name, pl.concat(parts), min_count, max_size)
+            self.vocabularies[name] = build_vocabulary_from_counts(name, parts, min_count, max_size)
         for _, attribute in self.schema.all_attributes():
             if attribute.kind == "hashed":
                 self.vocabularies[attribute.vocabulary_name] = Vocabulary(attribute.vocabulary_name, buckets=self.schema.hash_buckets(attribute.vocabulary_name))
@@ -246,11 +277,7 @@ class AttributeEncoder:
             lengths = column.list.len().fill_null(0).to_numpy().astype(np.int64)
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            arrow = column.to_arrow()
-            if isinstance(arrow, pa.ChunkedArray):
-                arrow = arrow.combine_chunks()
-            flat = pl.Series(arrow.flatten())  # elements of non-null lists, in order
-            ids = self.vocabularies[attribute.vocabulary_name].encode(flat).to_numpy().astype(np.int32)
+            ids = self.vocabularies[attribute.vocabulary_name].encode_lists(column)  # elements of non-null lists
             if len(ids) != offsets[-1]:
                 raise DataError(f"{table.path}: column {attribute.source_column!r}: could not flatten the lists")
             return {"values": ids, "offsets": offsets}
@@ -364,7 +391,7 @@ def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.Data
             raise DataError(f"{imp_table.path}: column {label!r}, row {row}: label must be 0, 1 or null, got {value!r}")
     if frame.height == 0:
         raise DataError(f"{imp_table.path}: no impressions")
-    return imp_table, frame.drop(imp.timestamp_column).sort([TIME, ROW])
+    return imp_table, _sorted_by(frame.drop(imp.timestamp_column), [TIME, ROW])
 
 
 def _encode_stream(stream: Stream, table: RawTable, df: pl.DataFrame, user_ids: pl.Series, encoder: "AttributeEncoder",
@@ -377,12 +404,19 @@ def _encode_stream(stream: Stream, table: RawTable, df: pl.DataFrame, user_ids: 
     user_offsets = np.empty(len(user_ids) + 1, dtype=np.int64)
     user_offsets[:-1] = df[USER].search_sorted(user_ids, side="left").to_numpy()
     user_offsets[-1] = df.height
-    times = df[TIME].to_numpy().astype(np.int64)
+    times = df[TIME].to_numpy().astype(np.int64, copy=False)
     user_columns[f"{stream.name}__timestamp"] = _arrow_list(user_offsets, pa.array(times))
+    uses: dict[str, int] = {}
+    for attribute in stream.attributes:
+        uses[attribute.source_column] = uses.get(attribute.source_column, 0) + 1
     for attribute in stream.attributes:
         encoded = encoder.encode(f"streams.{stream.name}", attribute, df, report, table)
         if encoded:
             user_columns[f"{stream.name}__{attribute.name}"] = _arrow_list(user_offsets, _arrow_values(encoded))
+        del encoded
+        uses[attribute.source_column] -= 1
+        if not uses[attribute.source_column] and attribute.source_column in df.columns and attribute.source_column not in (USER, TIME, ROW):
+            df = df.drop(attribute.source_column)  # its memory is freed once the caller lets go too
     report.counts[f"streams.{stream.name}.events"] = int(len(times))
     report.counts[f"streams.{stream.name}.users_with_events"] = int((np.diff(user_offsets) > 0).sum())
     return SegmentedTimeIndex(user_offsets, times)
@@ -485,18 +519,17 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         stream_layout: dict[str, Any] = {}
         for stream in schema.streams:
             say(f"encoding stream {stream.name}")
-            table, df = streams.pop(stream.name)  # freed once encoded
-            indexes[stream.name] = _encode_stream(stream, table, df, users[USER], encoder, report, user_columns)
-            del df
+            # popped, not held here: _encode_stream frees each raw column once it is encoded
+            indexes[stream.name] = _encode_stream(stream, *streams.pop(stream.name), users[USER], encoder, report, user_columns)
             stream_layout[stream.name] = {
                 "max_length": stream.max_length,
                 "sampling": stream.sampling,
                 "attributes": {attribute.name: attribute.kind for attribute in stream.attributes},
             }
-        # users.parquet is compressed and written in the background while the examples are computed
-        writer = ThreadPoolExecutor(max_workers=1)
+        # users.parquet is compressed and written in the background while the examples are computed,
+        # then examples.parquet alongside it (pyarrow releases the GIL: one core each)
+        writer = ThreadPoolExecutor(max_workers=2)
         users_written = writer.submit(_write_parquet, pa.table(user_columns), tmp / "users.parquet")
-        writer.shutdown(wait=False)
         del user_columns
 
         # --- examples: one per impression, pointing at the user's history --------------------
@@ -506,9 +539,11 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         example_columns = _example_columns(schema, impressions, users, indexes, encoder, report, imp_table, split)
         del impressions, indexes
         say("writing users and examples")
-        users_written.result()
-        _write_parquet(pa.table(example_columns), tmp / "examples.parquet")
+        examples_written = writer.submit(_write_parquet, pa.table(example_columns), tmp / "examples.parquet")
+        writer.shutdown(wait=False)
         del example_columns
+        users_written.result()
+        examples_written.result()
 
         # --- content tables aligned with the key's encoded ids -------------------------------
         content_files: dict[str, str] = {}
