@@ -1,6 +1,6 @@
 """Benchmark: build the event store + point-in-time examples vs a DuckDB baseline, in one run.
 
-    .venv/bin/python bench/build_store.py                          # issue shape: ~9.7M events, ~1.1M impressions
+    .venv/bin/python bench/build_store.py                          # issue shape: ~9.6M events, ~1.08M impressions
     .venv/bin/python bench/build_store.py --shape default          # the demo's default world: ~9.9M events, ~6M impressions
     .venv/bin/python bench/build_store.py --users 20000            # a smoke run
 
