@@ -316,20 +316,6 @@ def _arrow_values(encoded: dict[str, np.ndarray]) -> pa.Array:
     return pa.array(values)
 
 
-def _take(encoded: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
-    """Reorder the rows of an encoded attribute (multi-valued ones keep their inner lists)."""
-    if "offsets" not in encoded:
-        return {"values": encoded["values"][order]}
-    offsets = encoded["offsets"]
-    lengths = np.diff(offsets)[order]
-    new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    from eventrec.sampling import ranges_to_indices
-
-    index, _ = ranges_to_indices(offsets[:-1][order], offsets[1:][order])
-    return {"values": encoded["values"][index], "offsets": new_offsets}
-
-
 def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=65_536, write_statistics=True, store_schema=False)
 
