@@ -214,30 +214,6 @@ class NumericStatistics:
     std: float
     transform: str
 
-    def encode_lists(self, lists: pl.Series) -> np.ndarray:
-        """The ids (``[n]`` int32) of the elements of a List column's non-null lists, in order.
-
-        The same ids as :meth:`encode` of the flattened elements.
-        """
-        inner = lists.dtype.inner if isinstance(lists.dtype, pl.List) else None
-        if self.buckets is None and self.values and inner == pl.String and pl.Series(self.values[:1]).dtype == pl.String:
-            known = pl.Series("value", self.values)
-            ids = pl.Series(np.arange(FIRST_KNOWN_ID, FIRST_KNOWN_ID + len(known), dtype=np.int32))
-            element = pl.element()
-            lookup = element.replace_strict(known, ids, default=pl.lit(OOV_ID, pl.Int32), return_dtype=pl.Int32)
-            if lists.list.eval(element.is_null()).list.any().any():  # null elements (rare): missing
-                lookup = pl.when(element.is_null()).then(pl.lit(MISSING_ID, pl.Int32)).otherwise(lookup)
-            encoded = lists.list.eval(lookup)
-            return encoded.explode(empty_as_null=False, keep_nulls=False).to_numpy()
-        if inner is not None:
-            flat = lists.explode(empty_as_null=False, keep_nulls=False)
-        else:
-            arrow = lists.to_arrow()
-            if isinstance(arrow, pa.ChunkedArray):
-                arrow = arrow.combine_chunks()
-            flat = pl.Series(arrow.flatten())
-        return self.encode(flat).to_numpy().astype(np.int32)
-
     def to_json(self) -> dict:
         return {"mean": self.mean, "std": self.std, "transform": self.transform}
 
