@@ -163,8 +163,14 @@ def train(
     from eventrec.store import EventStore
     from eventrec.training.trainer import train as run_training
 
+    from eventrec.store import StoreError
+
     model_config, train_config = _load_configs(model, config, {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed})
-    _, result = run_training(EventStore.open(store), model_config, train_config, out)
+    try:
+        loaded = EventStore.open(store)
+    except StoreError as error:
+        _fail(error)
+    _, result = run_training(loaded, model_config, train_config, out)
     typer.echo(f"best epoch {result.best_epoch + 1}, {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")
     typer.echo(json.dumps(result.best_validation, indent=1, default=float))
 
@@ -184,9 +190,14 @@ def evaluate(
     from eventrec.training.evaluation import metrics_by_segment, metrics_by_task, predict
     from eventrec.training.factory import batch_function, load_trained_model
 
-    loaded = EventStore.open(store)
-    model, config, _, _ = load_trained_model(checkpoint)
-    indices = loaded.split_indices(split)
+    from eventrec.store import StoreError
+
+    try:
+        loaded = EventStore.open(store)
+        model, config, _, _ = load_trained_model(checkpoint)
+        indices = loaded.split_indices(split)
+    except (StoreError, FileNotFoundError, ValueError) as error:
+        _fail(error)
     probs = predict(model, loaded, indices, batch_function(config))
     report = {"split": split, "tasks": metrics_by_task(loaded, indices, probs), "segments": metrics_by_segment(loaded, indices, probs)}
     typer.echo(json.dumps(report, indent=1, default=float))

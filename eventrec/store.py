@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eventrec.point_in_time import SegmentedTimeIndex
-from eventrec.schema import EmbeddingAttribute, Schema, parse_schema
+from eventrec.schema import EmbeddingAttribute, Schema, SchemaError, parse_schema
 from eventrec.store_builder import FORMAT_VERSION, SPLIT_NAMES, recover_interrupted_swap
 from eventrec.vocab import Vocabulary
 
@@ -86,7 +86,10 @@ class EventStore:
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format {self.manifest.get('format_version')}, this eventrec reads {FORMAT_VERSION}; rebuild it")
-        self.schema: Schema = parse_schema(self.manifest["schema"], manifest_path)
+        try:
+            self.schema: Schema = parse_schema(self.manifest["schema"], manifest_path)
+        except SchemaError as error:
+            raise StoreError(f"{self.path}: its embedded schema is not one this eventrec reads (built by another version?); rebuild it with `eventrec build`.\n{error}") from None
         self.vocabularies = {
             name: Vocabulary.from_json(name, data) for name, data in json.loads((self.path / "vocabularies.json").read_text()).items()
         }

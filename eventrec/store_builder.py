@@ -147,8 +147,8 @@ def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     """Drop rows equal to an earlier row (by file row) in user, time and every attribute.
 
     ``df`` is sorted by (user, time, file row), so duplicates are adjacent in (user, time): only the
-    rows of (user, time) groups of two or more are compared in full. Rows holding float vectors are
-    not compared (no exact-duplicate detection for vector-valued rows).
+    rows of (user, time) groups of two or more are compared in full; list and vector values are
+    compared through their elements' text.
     """
     same = (pl.col(USER) == pl.col(USER).shift(1)) & (pl.col(TIME) == pl.col(TIME).shift(1))
     candidate = df.select((same | same.shift(-1)).fill_null(False)).to_series().to_numpy()
@@ -157,11 +157,8 @@ def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
     positions = np.flatnonzero(candidate)
     subset = df[positions]
     key_columns = [c for c in df.columns if c != ROW]
-    hashable = [pl.col(c).cast(pl.List(pl.String)).list.join("\x1f") if isinstance(df.schema[c], (pl.List, pl.Array)) and not df.schema[c].inner.is_float() else pl.col(c) for c in key_columns]
-    try:
-        first = subset.select(pl.struct(hashable).is_first_distinct()).to_series().to_numpy()
-    except pl.exceptions.PolarsError:
-        return df  # vector-valued rows: no exact-duplicate detection
+    hashable = [pl.col(c).cast(pl.List(pl.String)).list.join("\x1f") if isinstance(df.schema[c], (pl.List, pl.Array)) else pl.col(c) for c in key_columns]
+    first = subset.select(pl.struct(hashable).is_first_distinct()).to_series().to_numpy()
     if first.all():
         return df
     keep = np.ones(df.height, dtype=bool)

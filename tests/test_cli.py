@@ -50,3 +50,10 @@ def test_bad_model_config_names_the_field(tiny_store, tmp_path):
     config.write_text("model: {model_dim: 30, num_heads: 4}\n")
     result = runner.invoke(app, ["train", "--store", str(tiny_store.path), "--config", str(config), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "model_dim" in result.output
+
+
+def test_train_and_evaluate_report_bad_paths(tiny_store, tmp_path):
+    result = runner.invoke(app, ["train", "--store", str(tmp_path / "absent"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "not an event store" in result.output
+    result = runner.invoke(app, ["evaluate", "--store", str(tiny_store.path), "--checkpoint", str(tmp_path / "absent")])
+    assert result.exit_code == 2 and "not a checkpoint" in result.output

@@ -207,3 +207,21 @@ def test_csv_logs_build_like_parquet(tiny_world, tmp_path):
     store = EventStore.open(tmp_path / "csv")
     assert store.cuts["click"].tolist() == [1, 3, 0, 3, 0, 5, 1]
     assert json.loads((tmp_path / "csv" / "manifest.json").read_text())["counts"]["impressions"] == 7
+
+
+def test_store_of_another_schema_version_asks_for_a_rebuild(tiny_store):
+    manifest = json.loads((tiny_store.path / "manifest.json").read_text())
+    manifest["schema"]["streams"][0]["dlrm_id"] = "ad_id"  # a field an older eventrec wrote
+    (tiny_store.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="rebuild it"):
+        EventStore.open(tiny_store.path)
+
+
+def test_duplicate_events_with_vectors_are_detected(tmp_path):
+    from eventrec.store_builder import ROW, TIME, USER, _drop_exact_duplicates
+
+    frame = pl.DataFrame(
+        {ROW: [0, 1, 2], USER: [1, 1, 1], TIME: [5, 5, 5], "v": [[1.0, 2.0], [1.0, 2.0], [1.5, 2.0]]},
+        schema={ROW: pl.UInt32, USER: pl.Int64, TIME: pl.Int64, "v": pl.Array(pl.Float32, 2)},
+    )
+    assert _drop_exact_duplicates(frame)[ROW].to_list() == [0, 2]
