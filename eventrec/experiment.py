@@ -35,6 +35,15 @@ class SeedRun:
     ab: dict = field(default_factory=dict)
 
 
+def top_k_per_request(score: np.ndarray, requests: np.ndarray, top_k: int) -> np.ndarray:
+    """Indices of the ``top_k`` highest scores within each request (``[n]`` → picked rows)."""
+    order = np.lexsort((-score, requests))
+    sorted_requests = requests[order]
+    first = np.r_[True, sorted_requests[1:] != sorted_requests[:-1]]
+    rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+    return order[rank < top_k]
+
+
 def offline_ab(store: EventStore, model, model_config: ModelConfig, candidates: pl.DataFrame, top_k: int, conversion_given_click: bool) -> dict:
     """Expected clicks and conversions of the model's top-k picks per request of a candidate pool.
 
@@ -53,11 +62,7 @@ def offline_ab(store: EventStore, model, model_config: ModelConfig, candidates: 
     requests = candidates["request_id"].to_numpy()
     out = {}
     for objective, score in (("clicks", p_click_hat), ("conversions", p_conv_hat)):
-        order = np.lexsort((-score, requests))
-        sorted_requests = requests[order]
-        first = np.r_[True, sorted_requests[1:] != sorted_requests[:-1]]
-        rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-        picked = order[rank < top_k]
+        picked = top_k_per_request(score, requests, top_k)
         out[f"by_{objective}"] = {
             "expected_clicks": float(truth_click[picked].sum()),
             "expected_conversions": float(truth_conv[picked].sum()),
@@ -66,11 +71,7 @@ def offline_ab(store: EventStore, model, model_config: ModelConfig, candidates: 
     out["top_k"] = top_k
     # the oracle (true probabilities) and a random pick, for scale
     for name, score in (("oracle", truth_conv), ("random", np.random.default_rng(0).random(len(requests)))):
-        order = np.lexsort((-score, requests))
-        sorted_requests = requests[order]
-        first = np.r_[True, sorted_requests[1:] != sorted_requests[:-1]]
-        rank = np.arange(len(order)) - np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-        picked = order[rank < top_k]
+        picked = top_k_per_request(score, requests, top_k)
         out[name] = {"expected_clicks": float(truth_click[picked].sum()), "expected_conversions": float(truth_conv[picked].sum())}
     return out
 
