@@ -265,13 +265,31 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535),
     max_candidates: int = typer.Option(10_000, min=1, help="More candidates per request get HTTP 413."),
     cache_mb: int = typer.Option(512, min=1, help="Memory bound of the per-user state cache (MiB)."),
+    redis_url: str = typer.Option(None, help="Share user states and appended events with other replicas through Redis, e.g. redis://127.0.0.1:6379/0."),
+    state_ttl: int = typer.Option(3600, min=0, help="With --redis-url: seconds a user state stays in Redis (0: no expiry)."),
+    max_state_mb: int = typer.Option(64, min=1, help="With --redis-url: larger user states are computed, not stored."),
+    threads: int = typer.Option(0, min=0, help="torch threads for scoring (0: torch's default)."),
 ) -> None:
     """Serve the ranking API (POST /rank, POST /events, GET /health, GET /metrics; see docs/serving.md)."""
     from eventrec.serving import RankingService
     from eventrec.serving.http import serve as run_server
 
-    service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20)
-    typer.echo(f"model {service.version}, {service.store.num_users:,} users; listening on http://{host}:{port}")
+    import torch
+
+    from eventrec.store import EventStore
+
+    if threads:
+        torch.set_num_threads(threads)
+    shared = {}
+    if redis_url:
+        from eventrec.serving.redis_store import redis_stores
+
+        opened = EventStore.open(store)
+        states, events = redis_stores(redis_url, opened, ttl_s=state_ttl or None, max_entry_bytes=max_state_mb << 20)
+        shared, store = {"state_store": states, "event_log": events}, opened
+    service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, **shared)
+    where = f"; user state in Redis at {redis_url}" if redis_url else ""
+    typer.echo(f"model {service.version}, {service.store.num_users:,} users{where}; listening on http://{host}:{port}")
     run_server(service, host=host, port=port)
 
 

@@ -7,6 +7,7 @@ from eventrec.serving.core import (
     RankingService,
     RankResult,
     ServingError,
+    StoreUnavailable,
     TooManyCandidates,
     model_version,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "RankResult",
     "RankingService",
     "ServingError",
+    "StoreUnavailable",
     "TooManyCandidates",
     "model_version",
 ]

@@ -49,7 +49,7 @@ from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.ops import jagged_self_attention, time_gap_bucket
 from eventrec.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
 from eventrec.schema import EmbeddingAttribute
-from eventrec.serving.state import EncodedState, LruByBytes, UserEvents
+from eventrec.serving.state import EncodedState, EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
 from eventrec.store import EventStore, Ragged
 from eventrec.store_builder import AttributeEncoder, BuildReport
 
@@ -74,6 +74,12 @@ class TooManyCandidates(ServingError):
 
 class OutOfOrderEvents(ServingError):
     status = 409
+
+
+class StoreUnavailable(ServingError):
+    """The shared user-state store (Redis) cannot be read or written: HTTP 503."""
+
+    status = 503
 
 
 @dataclass
@@ -163,7 +169,10 @@ class RankingService:
     """Load once, then ``rank`` and ``append_events`` from any thread (one lock around the model)."""
 
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
-                 user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048):
+                 user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,
+                 state_store: UserStateStore | None = None, event_log: EventLog | None = None):
+        """``state_store``/``event_log``: where user states and appended events live (default: in this
+        process, an LRU of ``user_cache_bytes`` and a dict; for replicas, :func:`eventrec.serving.redis_store.redis_stores`)."""
         if not isinstance(model, SequenceRanker):
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
         self.model, self.store, self.version = model.eval(), store, version
@@ -171,9 +180,9 @@ class RankingService:
         self.schema = store.schema
         self.task_names = list(store.label_names)
         self.max_candidates, self.candidate_chunk = max_candidates, candidate_chunk
-        self.users = LruByBytes(user_cache_bytes)
+        self.users: UserStateStore = state_store if state_store is not None else LruByBytes(user_cache_bytes)
         self.candidates = CandidateCache(candidate_cache_entries)
-        self.events: dict[Any, UserEvents] = {}  # users with appended events (data, never evicted)
+        self.events: EventLog = event_log if event_log is not None else LocalEventLog()  # appended events (data)
         self.encoder = AttributeEncoder.fitted(self.schema, store.manifest["splits"]["train_end"], store.vocabularies, store.statistics)
         self.lock = threading.RLock()
         self.counters = {"user_hit": 0, "user_miss": 0, "user_incremental": 0, "user_prefix": 0, "cold_start": 0, "events_appended": 0}
@@ -231,45 +240,53 @@ class RankingService:
                 raise InvalidInput(f"event {i}: unknown stream {name!r}", f"events[{i}].stream")
             per_stream.setdefault(name, []).append(i)
         with self.lock:
-            current = self.user_events(user_id)
-            last = current.last_timestamp()
-            updated = current
-            added_times: list[tuple[int, int]] = []  # (time, stream index) of the appended events
-            for name, rows in per_stream.items():
-                stream = next(s for s in self.schema.streams if s.name == name)
-                src = stream.source or source
-                ts_column = src.timestamp_column
-                for i in rows:
-                    if ts_column not in events[i] or not isinstance(events[i][ts_column], (int, float)) or isinstance(events[i][ts_column], bool):
-                        raise InvalidInput(f"event {i}: missing or non-numeric {ts_column!r}", f"events[{i}].{ts_column}")
-                    for a in stream.attributes:
-                        if not (isinstance(a, EmbeddingAttribute) and a.table) and a.source_column not in events[i]:
-                            raise InvalidInput(f"event {i}: missing attribute {a.source_column!r}", f"events[{i}].{a.source_column}")
-                try:
-                    frame = pl.DataFrame([events[i] for i in rows], infer_schema_length=None)
-                    times = frame[ts_column].cast(pl.Int64).to_numpy() // TIMESTAMP_SCALE[src.timestamp_unit]
-                    order = np.argsort(times, kind="stable")
-                    frame, times = frame[order.tolist()], times[order]
-                    encoded = self._encode(f"streams.{name}", stream.attributes, frame)
-                except (DataError, pl.exceptions.PolarsError, TypeError, ValueError) as error:
-                    raise InvalidInput(f"events of stream {name!r}: {error}", "events") from error
-                if last is not None and int(times[0]) < last:
-                    raise OutOfOrderEvents(f"event at {int(times[0])} is older than the user's last event ({last}); "
-                                           "events must arrive in time order (equal times are accepted)", "events")
-                updated = updated.appended(name, times, encoded)
-                added_times += [(int(t), self.stream_index[name]) for t in times]
-            # commit (nothing above touched shared state)
-            self.events[self._user_key(user_id)] = UserEvents(updated.streams, current.version + 1)
+            for _ in range(10):  # compare-and-set: another replica may append for this user at the same time
+                current = self.user_events(user_id)
+                updated = self._appended(current, per_stream, events, source)
+                if self.events.replace(self._user_key(user_id), current.version, UserEvents(updated.streams, current.version + 1)):
+                    break
+            else:
+                raise StoreUnavailable(f"user {user_id!r}: events changed concurrently 10 times; retry")
             self.counters["events_appended"] += len(events)
-            self._check_prefix_states(user_id, current, added_times)
+            self._check_prefix_states(user_id, current, updated)
         return {"appended": len(events), "events": sum(updated.counts().values())}
 
-    def _check_prefix_states(self, user_id: Any, before: UserEvents, added: list[tuple[int, int]]) -> None:
+    def _appended(self, current: UserEvents, per_stream: dict[str, list[int]], events: list[dict], source) -> UserEvents:
+        """``current`` with the validated, encoded ``events`` appended (new objects; raises on bad input)."""
+        last = current.last_timestamp()
+        updated = current
+        for name, rows in per_stream.items():
+            stream = next(s for s in self.schema.streams if s.name == name)
+            src = stream.source or source
+            ts_column = src.timestamp_column
+            for i in rows:
+                if ts_column not in events[i] or not isinstance(events[i][ts_column], (int, float)) or isinstance(events[i][ts_column], bool):
+                    raise InvalidInput(f"event {i}: missing or non-numeric {ts_column!r}", f"events[{i}].{ts_column}")
+                for a in stream.attributes:
+                    if not (isinstance(a, EmbeddingAttribute) and a.table) and a.source_column not in events[i]:
+                        raise InvalidInput(f"event {i}: missing attribute {a.source_column!r}", f"events[{i}].{a.source_column}")
+            try:
+                frame = pl.DataFrame([events[i] for i in rows], infer_schema_length=None)
+                times = frame[ts_column].cast(pl.Int64).to_numpy() // TIMESTAMP_SCALE[src.timestamp_unit]
+                order = np.argsort(times, kind="stable")
+                frame, times = frame[order.tolist()], times[order]
+                encoded = self._encode(f"streams.{name}", stream.attributes, frame)
+            except (DataError, pl.exceptions.PolarsError, TypeError, ValueError) as error:
+                raise InvalidInput(f"events of stream {name!r}: {error}", "events") from error
+            if last is not None and int(times[0]) < last:
+                raise OutOfOrderEvents(f"event at {int(times[0])} is older than the user's last event ({last}); "
+                                       "events must arrive in time order (equal times are accepted)", "events")
+            updated = updated.appended(name, times, encoded)
+        return updated
+
+    def _check_prefix_states(self, user_id: Any, before: UserEvents, after: UserEvents) -> None:
         """An appended event that ties the last event's time but sorts before it (lower stream index)
         is not an append in the merged timeline: drop the incremental state of that user."""
         last = before.last_timestamp()
         if last is None:
             return
+        added = [(int(t), self.stream_index[name]) for name, data in after.streams.items()
+                 for t in data.timestamps[len(before.streams[name].timestamps):]]
         last_streams = [self.stream_index[n] for n, d in before.streams.items() if len(d.timestamps) and int(d.timestamps[-1]) == last]
         if any(t == last and s < max(last_streams) for t, s in added):
             self.users.pop((self._user_key(user_id), self.version))
@@ -528,4 +545,6 @@ class RankingService:
             "user_cache_entries": len(self.users), "user_cache_bytes": self.users.nbytes, "user_cache_evictions": self.users.evictions,
             "candidate_cache_hits": self.candidates.hits, "candidate_cache_misses": self.candidates.misses,
             "candidate_cache_entries": len(self.candidates.keys), "candidate_cache_bytes": self.candidates.nbytes,
+            # the shared (Redis) store's own counters: unreadable entries ignored, failed calls served locally
+            "user_store_corrupt": getattr(self.users, "corrupt", 0), "user_store_errors": getattr(self.users, "errors", 0),
         }

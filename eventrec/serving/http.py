@@ -90,6 +90,8 @@ class Metrics:
             "user_cache_evictions_total": stats["user_cache_evictions"],
             "candidate_cache_hits_total": stats["candidate_cache_hits"],
             "candidate_cache_misses_total": stats["candidate_cache_misses"],
+            "user_store_corrupt_total": stats["user_store_corrupt"],
+            "user_store_errors_total": stats["user_store_errors"],
         }
         gauges = {k: stats[k] for k in ("user_cache_entries", "user_cache_bytes", "candidate_cache_entries", "candidate_cache_bytes")}
         for name, value in counters.items():

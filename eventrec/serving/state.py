@@ -12,6 +12,7 @@ Two kinds of per-user data, kept apart on purpose:
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Hashable
@@ -120,7 +121,78 @@ class EncodedState:
         self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.timestamps, self.layer_kv or [])
 
 
-class LruByBytes:
+class UserStateStore(ABC):
+    """Where derived user states (:class:`EncodedState`) live, keyed by ``(user key, model version)``.
+
+    A cache: ``get`` may return None for any reason (evicted, expired, unreadable) and the caller
+    recomputes. Implementations: :class:`LruByBytes` (in-process, the embedded default) and
+    :class:`eventrec.serving.redis_store.RedisStateStore` (shared by several replicas)."""
+
+    evictions: int = 0
+
+    @abstractmethod
+    def get(self, key: tuple[str, str]) -> "EncodedState | None": ...
+
+    @abstractmethod
+    def put(self, key: tuple[str, str], item: "EncodedState") -> None: ...
+
+    @abstractmethod
+    def pop(self, key: tuple[str, str]) -> None: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int: ...
+
+
+class EventLog(ABC):
+    """Users' events that differ from the store (appended through the service), by user key.
+
+    *Data*, never evicted. ``replace`` is a compare-and-set on :attr:`UserEvents.version`, so that
+    replicas appending for the same user at once cannot lose an append."""
+
+    @abstractmethod
+    def get(self, user: str) -> UserEvents | None: ...
+
+    @abstractmethod
+    def replace(self, user: str, expected_version: int, events: UserEvents) -> bool:
+        """Store ``events`` if the user's current version is ``expected_version`` (0: no appends yet)."""
+
+    @abstractmethod
+    def __contains__(self, user: object) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+class LocalEventLog(EventLog):
+    """The in-process event log (one replica): a dict under a lock."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, UserEvents] = {}
+        self._lock = threading.Lock()
+
+    def get(self, user: str) -> UserEvents | None:
+        return self.entries.get(user)
+
+    def replace(self, user: str, expected_version: int, events: UserEvents) -> bool:
+        with self._lock:
+            current = self.entries.get(user)
+            if (current.version if current is not None else 0) != expected_version:
+                return False
+            self.entries[user] = events
+            return True
+
+    def __contains__(self, user: object) -> bool:
+        return user in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class LruByBytes(UserStateStore):
     """A thread-safe LRU whose bound is the sum of its entries' ``nbytes`` (not their count)."""
 
     def __init__(self, max_bytes: int):

@@ -84,7 +84,7 @@ def test_reuse_rule_follows_the_recency_buckets(served):
 
 def _fresh(service: RankingService) -> RankingService:
     fresh = RankingService(service.model, service.store, service.version)
-    fresh.events = dict(service.events)
+    fresh.events.entries.update(service.events.entries)
     return fresh
 
 

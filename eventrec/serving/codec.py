@@ -1,0 +1,133 @@
+"""Byte encodings of user states and user events for a shared store: safetensors + a JSON header.
+
+Never pickle: a blob is a safetensors file whose metadata holds one JSON header (``"eventrec"``)
+naming the format, the model version (states) or the store fingerprint (events), and the user. A
+blob that does not parse, names another format, model version, store or user, or has tensors of the
+wrong shape, is refused with :class:`CorruptEntry`; the caller treats it as absent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as load_numpy
+from safetensors.numpy import save as save_numpy
+from safetensors.torch import load as load_torch
+from safetensors.torch import save as save_torch
+
+from eventrec.serving.state import EncodedState, UserEvents
+from eventrec.store import EventStore, Ragged, StreamData
+
+STATE_FORMAT = "eventrec.user_state.v1"
+EVENTS_FORMAT = "eventrec.user_events.v1"
+
+
+class CorruptEntry(ValueError):
+    """A stored blob that is not a readable entry for this model version / store / user."""
+
+
+def _header(blob: bytes, parse) -> tuple[dict[str, Any], dict]:
+    try:
+        tensors = parse(blob)
+        if len(blob) < 8:
+            raise ValueError("too short")
+        size = int.from_bytes(blob[:8], "little")
+        metadata = json.loads(blob[8 : 8 + size]).get("__metadata__") or {}
+        return json.loads(metadata["eventrec"]), tensors
+    except Exception as error:  # noqa: BLE001 - any parse failure is a corrupt entry
+        raise CorruptEntry(f"unreadable entry: {error}") from error
+
+
+def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
+    """``EncodedState`` → bytes. Tensors: ``encoded [P, D]``, ``keys``/``values [P, H, d']``,
+    ``timestamps [P]``, per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``."""
+    tensors = {"encoded": state.encoded, "timestamps": state.timestamps}
+    if state.keys is not None and state.values is not None:
+        tensors |= {"keys": state.keys, "values": state.values}
+    for i, (k, v) in enumerate(state.layer_kv or []):
+        tensors |= {f"layer{i}.k": k, f"layer{i}.v": v}
+    header = {
+        "format": STATE_FORMAT, "model_version": model_version, "user": user,
+        "window": [list(w) for w in state.window], "signature": None if state.signature is None else state.signature.hex(),
+        "events_version": state.events_version, "layers": None if state.layer_kv is None else len(state.layer_kv),
+    }
+    return save_torch({k: t.detach().contiguous() for k, t in tensors.items()}, metadata={"eventrec": json.dumps(header)})
+
+
+def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
+    header, tensors = _header(blob, load_torch)
+    if header.get("format") != STATE_FORMAT or header.get("model_version") != model_version or header.get("user") != user:
+        raise CorruptEntry(f"entry for {header.get('format')}/{header.get('model_version')}/{header.get('user')!r}, "
+                           f"wanted {STATE_FORMAT}/{model_version}/{user!r}")
+    try:
+        encoded, timestamps = tensors["encoded"], tensors["timestamps"]
+        layers = header["layers"]
+        layer_kv = None if layers is None else [(tensors[f"layer{i}.k"], tensors[f"layer{i}.v"]) for i in range(layers)]
+        positions = len(encoded)
+        parts = [timestamps, *(t for t in (tensors.get("keys"), tensors.get("values")) if t is not None), *(t for kv in layer_kv or [] for t in kv)]
+        if any(len(t) != positions for t in parts):
+            raise ValueError("tensors disagree on the number of positions")
+        return EncodedState(
+            tuple(tuple(int(x) for x in w) for w in header["window"]),
+            None if header["signature"] is None else bytes.fromhex(header["signature"]),
+            encoded, tensors.get("keys"), tensors.get("values"), timestamps, layer_kv, int(header["events_version"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptEntry(f"malformed state entry: {error}") from error
+
+
+def encode_events(events: UserEvents, user: str, store_id: str) -> bytes:
+    """``UserEvents`` → bytes: per stream ``{s}.timestamps [n]`` and per attribute ``{s}.{a}`` or, for
+    multi-valued ones, ``{s}.{a}.values [T]`` and ``{s}.{a}.offsets [n+1]``."""
+    arrays: dict[str, np.ndarray] = {}
+    ragged: list[str] = []
+    for name, data in events.streams.items():
+        arrays[f"{name}.timestamps"] = np.ascontiguousarray(data.timestamps)
+        for attribute, column in data.attributes.items():
+            if isinstance(column, Ragged):
+                ragged.append(f"{name}.{attribute}")
+                arrays[f"{name}.{attribute}.values"] = np.ascontiguousarray(column.values)
+                arrays[f"{name}.{attribute}.offsets"] = np.ascontiguousarray(column.offsets)
+            else:
+                arrays[f"{name}.{attribute}"] = np.ascontiguousarray(column)
+    header = {"format": EVENTS_FORMAT, "store": store_id, "user": user, "version": events.version,
+              "streams": {name: list(data.attributes) for name, data in events.streams.items()}, "ragged": ragged}
+    return save_numpy(arrays, metadata={"eventrec": json.dumps(header)})
+
+
+def decode_events(blob: bytes, user: str, store_id: str, store: EventStore) -> UserEvents:
+    header, arrays = _header(blob, load_numpy)
+    if header.get("format") != EVENTS_FORMAT or header.get("store") != store_id or header.get("user") != user:
+        raise CorruptEntry(f"events entry for {header.get('format')}/{header.get('store')}/{header.get('user')!r}, "
+                           f"wanted {EVENTS_FORMAT}/{store_id}/{user!r}")
+    try:
+        ragged = set(header["ragged"])
+        streams = {}
+        for name, base in store.streams.items():
+            if list(header["streams"][name]) != list(base.attributes):
+                raise ValueError(f"stream {name!r}: attributes differ from the store's")
+            timestamps = arrays[f"{name}.timestamps"]
+            attributes: dict[str, np.ndarray | Ragged] = {}
+            for attribute in base.attributes:
+                key = f"{name}.{attribute}"
+                column = Ragged(arrays[f"{key}.values"], arrays[f"{key}.offsets"]) if key in ragged else arrays[key]
+                if (len(column.offsets) - 1 if isinstance(column, Ragged) else len(column)) != len(timestamps):
+                    raise ValueError(f"{key}: length differs from the timestamps'")
+                attributes[attribute] = column
+            streams[name] = StreamData(name, base.max_length, base.sampling, np.array([0, len(timestamps)], dtype=np.int64), timestamps,
+                                       attributes, dict(base.looked_up))
+        return UserEvents(streams, int(header["version"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptEntry(f"malformed events entry: {error}") from error
+
+
+def store_fingerprint(store: EventStore) -> str:
+    """Identity of the store whose encodings (vocabularies, statistics) events were encoded with."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(store.manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+__all__ = ["CorruptEntry", "decode_events", "decode_state", "encode_events", "encode_state", "store_fingerprint"]

@@ -1,0 +1,124 @@
+"""The Redis user-state store and event log against a real ``redis-server``: two replicas share user
+states and appended events, scores equal the in-process service, unreadable entries are recomputed,
+Redis down gives a clear 503 (events) or a local compute (state cache)."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from conftest import start_redis, stop_redis
+from eventrec.serving import OutOfOrderEvents, RankingService, StoreUnavailable
+from eventrec.serving.codec import encode_state
+from eventrec.serving.redis_store import connect, redis_stores
+from test_core import candidates, click, reference
+
+CONTEXT = {"placement": "feed"}
+
+
+def replica(store, checkpoint, url: str, namespace: str, **options) -> RankingService:
+    states, events = redis_stores(url, store, namespace=namespace, **options)
+    return RankingService.load(checkpoint, store, state_store=states, event_log=events)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def test_two_replicas_share_state_and_appends(served, redis_url, namespace):
+    store, checkpoint, _ = served
+    a, b = replica(store, checkpoint, redis_url, namespace), replica(store, checkpoint, redis_url, namespace)
+    local = RankingService.load(checkpoint, store)
+    first = a.rank(1, candidates(), CONTEXT, 1000)
+    second = b.rank(1, candidates(), CONTEXT, 1000)
+    assert (first.user_state, second.user_state) == ("miss", "hit")  # b reads the state a computed
+    expected = local.rank(1, candidates(), CONTEXT, 1000).scores
+    np.testing.assert_allclose(first.scores, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(second.scores, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(second.scores, reference(local, 1, candidates(), CONTEXT, 1000), atol=1e-5, rtol=0)
+    # an append on a is seen by b: b recomputes over 8 events, then a hits b's state
+    a.append_events(1, [click(700, 9, "bags")])
+    local.append_events(1, [click(700, 9, "bags")])
+    assert sum(b.user_events(1).counts().values()) == 8 and b.is_known(1)
+    after_b = b.rank(1, candidates(), CONTEXT, 1000)
+    after_a = a.rank(1, candidates(), CONTEXT, 1000)
+    assert (after_b.user_state, after_a.user_state) == ("miss", "hit")
+    expected = local.rank(1, candidates(), CONTEXT, 1000).scores
+    np.testing.assert_allclose(after_b.scores, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(after_a.scores, expected, atol=1e-5, rtol=0)
+    # b validates against a's append: an older event is refused, nothing is written
+    with pytest.raises(OutOfOrderEvents):
+        b.append_events(1, [click(650)])
+    assert sum(a.user_events(1).counts().values()) == 8
+    # a cold-start user appended on one replica is known on the other
+    a.append_events("new-user", [click(100)])
+    assert b.is_known("new-user") and b.rank("new-user", candidates(), CONTEXT, 1000).user_state == "miss"
+
+
+def test_incremental_state_across_replicas(served_invariant, redis_url, namespace):
+    store, checkpoint, _ = served_invariant
+    a, b = replica(store, checkpoint, redis_url, namespace), replica(store, checkpoint, redis_url, namespace)
+    assert a.rank(2, candidates(), CONTEXT, 1000).user_state == "miss"
+    b.append_events(2, [click(500), click(600, 5, "shoes")])
+    extended = a.rank(2, candidates(), CONTEXT, 1000)  # a extends the shared state by b's events
+    assert extended.user_state == "incremental"
+    assert b.rank(2, candidates(), CONTEXT, 1000).user_state == "hit"
+    local = RankingService.load(checkpoint, store)
+    local.append_events(2, [click(500), click(600, 5, "shoes")])
+    np.testing.assert_allclose(extended.scores, local.rank(2, candidates(), CONTEXT, 1000).scores, atol=1e-5, rtol=0)
+
+
+def test_corrupt_and_foreign_entries_are_recomputed(served, redis_url, namespace):
+    store, checkpoint, _ = served
+    a = replica(store, checkpoint, redis_url, namespace)
+    expected = a.rank(3, candidates(), CONTEXT, 1000).scores
+    key = f"{namespace}:state:{a.version}:3"
+    good = a.users.client.get(key)
+    foreign = a.users.get(("3", a.version))
+    for blob in (b"not a safetensors blob", good[:50], encode_state(foreign, "3", "another-model"), encode_state(foreign, "4", a.version)):
+        a.users.client.set(key, blob)
+        result = a.rank(3, candidates(), CONTEXT, 1000)
+        assert result.user_state == "miss"
+        np.testing.assert_allclose(result.scores, expected, atol=1e-5, rtol=0)
+        assert a.rank(3, candidates(), CONTEXT, 1000).user_state == "hit"  # overwritten by the recompute
+    assert a.stats()["user_store_corrupt"] == 4
+
+
+def test_entry_bound_ttl_and_compare_and_set(served, redis_url, namespace):
+    store, checkpoint, _ = served
+    small = replica(store, checkpoint, redis_url, namespace, max_entry_bytes=100)
+    assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"
+    assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"  # too large to keep: served, not stored
+    assert small.users.too_large == 2
+    timed = replica(store, checkpoint, redis_url, namespace + "t", ttl_s=30)
+    timed.rank(1, candidates(), CONTEXT, 1000)
+    assert 0 < timed.users.client.ttl(f"{namespace}t:state:{timed.version}:1") <= 30
+    events = timed.user_events(1)
+    log = timed.events
+    assert log.replace("1", 0, type(events)(events.streams, 1))
+    assert not log.replace("1", 0, type(events)(events.streams, 1))  # stale version: refused
+
+
+def test_redis_down(served, tmp_path, namespace):
+    store, checkpoint, _ = served
+    process, url = start_redis(tmp_path / "redis")
+    try:
+        service = replica(store, checkpoint, url, namespace)
+        before = service.rank(1, candidates(), CONTEXT, 1000).scores
+    finally:
+        stop_redis(process)
+    # events live only in Redis: ranking and appending refuse with a clear error (HTTP 503)
+    with pytest.raises(StoreUnavailable, match="Redis at 127.0.0.1") as error:
+        service.rank(1, candidates(), CONTEXT, 1000)
+    assert error.value.status == 503
+    with pytest.raises(StoreUnavailable):
+        service.append_events(1, [click(700)])
+    # the state cache alone failing falls back to a local compute
+    assert service.users.get(("1", service.version)) is None and service.users.errors >= 1
+    with pytest.raises(StoreUnavailable, match="cannot reach Redis"):
+        redis_stores(url, store)
+    assert connect(url).connection_pool is not None
+    np.testing.assert_allclose(before, RankingService.load(checkpoint, store).rank(1, candidates(), CONTEXT, 1000).scores, atol=1e-5, rtol=0)
