@@ -1,0 +1,201 @@
+"""HTTP load: the real `eventrec serve` (uvicorn, one process) on 127.0.0.1 under concurrent clients for a
+bounded time, next to the Python core on the same model, store and requests, in the same run.
+
+    .venv/bin/python bench/serving_http_load.py [--events 1024] [--candidates 1000 5000] [--duration 60] [--clients 1 4]
+
+Setup: the synthetic world of `bench/serving_latency.py` (users with exactly N click events), the default
+`SequenceModelConfig` with random weights saved as a checkpoint (safetensors + JSON), served by
+`eventrec serve --model CKPT --store STORE --threads T` in a subprocess (loopback only; `--redis` serves
+with `--redis-url` on a local `redis-server` started here). Per (N, C) cell:
+
+* core: `RankingService.rank` in this process (cached user and candidates), `--core-repeats` requests,
+  measured before the server starts so the two do not share the CPU;
+* HTTP: for each value of `--clients`, that many threads, each with its own `httpx.Client`, POST /rank with the same pre-encoded
+  JSON body (cached user, top_k 100) back to back for `--duration` seconds (at most `--max-requests` in
+  all). Latency is client-side (request sent → response parsed). Errors: non-200 answers and exceptions.
+
+Prints a Markdown table: core p50/p99, HTTP p50/p99, requests/s, requests, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_latency import CATEGORIES, REQUEST_TIME, build_world, percentiles  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+def load(url: str, body: bytes, clients: int, duration_s: float, max_requests: int) -> tuple[list[float], int, int, float]:
+    """(latencies in s, requests, errors, elapsed s) of ``clients`` threads posting ``body`` to ``url``."""
+    import httpx
+
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0}
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration_s
+    headers = {"content-type": "application/json"}
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as session:
+            while time.perf_counter() < stop_at:
+                with lock:
+                    if counts["requests"] >= max_requests:
+                        return
+                    counts["requests"] += 1
+                started = time.perf_counter()
+                ok = False
+                try:
+                    response = session.post(url, content=body, headers=headers)
+                    ok = response.status_code == 200 and len(response.json()["ranked"]) > 0
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    counts["errors"] += 0 if ok else 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, counts["requests"], counts["errors"], time.perf_counter() - started
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, nargs="+", default=[1024])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per cell")
+    parser.add_argument("--clients", type=int, nargs="+", default=[4], help="concurrent client threads (one load phase per value)")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="upper bound on requests per cell")
+    parser.add_argument("--core-repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, core and server")
+    parser.add_argument("--redis", action="store_true", help="serve with --redis-url on a local redis-server")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from eventrec.model.config import SequenceModelConfig
+    from eventrec.model.embeddings import FeatureSpec
+    from eventrec.model.sequence_ranker import SequenceRanker
+    from eventrec.serving import RankingService, model_version
+    from eventrec.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="eventrec-http-load-"))
+    processes: list[subprocess.Popen] = []
+    try:
+        store = build_world(tmp / "world", args.events)
+        spec, config = FeatureSpec.from_store(store), SequenceModelConfig()
+        model = SequenceRanker(spec, config).eval()
+        save_checkpoint(tmp / "ckpt", model, {"model_config": config.model_dump(mode="json"), "feature_spec": spec.to_json()})
+        service = RankingService.load(tmp / "ckpt", store, max_candidates=max(args.candidates))
+        rng = np.random.default_rng(1)
+        pools = {c: [{"ad_id": int(a), "category": CATEGORIES[k]} for a, k in zip(rng.integers(0, 1_000_000, c), rng.integers(0, 50, c))]
+                 for c in args.candidates}
+        context = {"placement": "feed"}
+        core = {}
+        for user, n in enumerate(args.events):
+            for c in args.candidates:
+                service.rank(user, pools[c], context, REQUEST_TIME)
+                samples = []
+                for _ in range(args.core_repeats):
+                    started = time.perf_counter()
+                    service.rank(user, pools[c], context, REQUEST_TIME, top_k=100)
+                    samples.append(time.perf_counter() - started)
+                core[(n, c)] = percentiles(samples)
+                print(f"core N={n} C={c}: {core[(n, c)][0]:.1f} / {core[(n, c)][1]:.1f} ms", file=sys.stderr, flush=True)
+        del service
+
+        port = free_port()
+        command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(tmp / "ckpt"), "--store", str(tmp / "world" / "store"),
+                   "--port", str(port), "--max-candidates", str(max(args.candidates)), "--threads", str(args.threads)]
+        if args.redis:
+            if shutil.which("redis-server") is None:
+                raise SystemExit("--redis: redis-server not found")
+            redis_process, url = start_redis(tmp)
+            processes.append(redis_process)
+            command += ["--redis-url", url]
+        env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        processes.append(server)
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base + "/health", server)
+        rows = []
+        for user, n in enumerate(args.events):
+            for c in args.candidates:
+                body = json.dumps({"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}).encode()
+                load(base + "/rank", body, 1, 0.0, 3)  # warm: user state and candidate cache
+                for clients in args.clients:
+                    latencies, requests, errors, elapsed = load(base + "/rank", body, clients, args.duration, args.max_requests)
+                    p50, p99 = percentiles(latencies)
+                    rows.append((n, c, clients, *core[(n, c)], p50, p99, requests / elapsed, requests, errors, elapsed))
+                    print(f"http N={n} C={c} clients={clients}: {p50:.1f} / {p99:.1f} ms, {requests / elapsed:.1f} req/s, {requests} requests, "
+                          f"{errors} errors", file=sys.stderr, flush=True)
+        import httpx
+
+        metrics = httpx.get(base + "/metrics", timeout=10).text
+        print(f"\ntorch {torch.__version__}, {args.threads} torch thread(s) in core and server; {args.duration:.0f} s of load per row; "
+              f"model {model_version(tmp / 'ckpt')}{'; state in Redis' if args.redis else ''}")
+        print("\n| N events | C candidates | clients | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, c, clients, c50, c99, h50, h99, rate, requests, errors, elapsed in rows:
+            print(f"| {n} | {c} | {clients} | {c50:.1f} / {c99:.1f} | {h50:.1f} / {h99:.1f} | {rate:.1f} | {requests} | {errors} | {elapsed:.0f} |")
+        served = [line for line in metrics.splitlines() if line.startswith("eventrec_requests_total")]
+        print("\nserver's /metrics: " + "; ".join(served))
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
