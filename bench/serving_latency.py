@@ -10,6 +10,8 @@ weights (latency does not depend on training), candidates with random hashed ad 
 Rows per (N, C):
 * core, cached user: `RankingService.rank` when the user state is in the cache (repeated requests whose
   recency buckets did not change) and the candidates' item embeddings are cached;
+* core, cached user, model's pooling: the same, scored with the model's own `KeyedAttentionPooling.pool`
+  (`service.restructured_pooling = False`: the serving path before `eventrec/serving/scoring.py`);
 * core, user recomputed: the same with the user state dropped before every request (one encoder pass
   per request: a new user, new events, or changed recency buckets);
 * naive: no cache, the user's history re-encoded for every batch of `--naive-batch` candidates.
@@ -92,8 +94,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="requests per core cell")
     parser.add_argument("--naive-repeats", type=int, default=3)
     parser.add_argument("--naive-batch", type=int, default=256)
-    parser.add_argument("--chunk", type=int, default=2048, help="candidates per pooling pass")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=2048, help="candidates per pass of the model's pooling (naive, previous path)")
+    parser.add_argument("--attention-chunk", type=int, default=64, help="candidates per attention block of the serving path")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -106,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = build_world(Path(tmp), args.events)
     model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig()).eval()
-    service = RankingService(model, store, "bench", max_candidates=max(args.candidates), candidate_chunk=args.chunk)
+    service = RankingService(model, store, "bench", max_candidates=max(args.candidates), candidate_chunk=args.chunk, attention_chunk=args.attention_chunk)
     rng = np.random.default_rng(1)
     pools = {c: pl.DataFrame({"ad_id": rng.integers(0, 1_000_000, c), "category": [CATEGORIES[i] for i in rng.integers(0, 50, c)]}) for c in args.candidates}
     context = {"placement": "feed"}
@@ -116,12 +119,17 @@ def main() -> None:
         for c in args.candidates:
             pool = pools[c]
             service.rank(user, pool, context, REQUEST_TIME)  # warm: user state + candidate cache
-            warm, cold, naive = [], [], []
-            for _ in range(args.repeats):
+            warm, previous, cold, naive = [], [], [], []
+            for _ in range(args.repeats):  # interleaved, so that both see the same machine load
                 started = time.perf_counter()
                 result = service.rank(user, pool, context, REQUEST_TIME)
                 warm.append(time.perf_counter() - started)
                 assert result.user_state == "hit"
+                service.restructured_pooling = False
+                started = time.perf_counter()
+                previous_result = service.rank(user, pool, context, REQUEST_TIME)
+                previous.append(time.perf_counter() - started)
+                service.restructured_pooling = True
             for _ in range(args.repeats):
                 service.users.pop((str(user), service.version))
                 started = time.perf_counter()
@@ -131,16 +139,17 @@ def main() -> None:
                 started = time.perf_counter()
                 naive_scores = service.naive_scores(user, pool, context, REQUEST_TIME, batch=args.naive_batch)
                 naive.append(time.perf_counter() - started)
-            gap = float(np.abs(naive_scores - cold_result.scores).max())
-            row = (n, c, *percentiles(warm), *percentiles(cold), *percentiles(naive), gap)
+            gap = float(max(np.abs(naive_scores - cold_result.scores).max(), np.abs(previous_result.scores - result.scores).max()))
+            row = (n, c, *percentiles(warm), *percentiles(cold), *percentiles(naive), gap, *percentiles(previous))
             results.append(row)
-            print(f"N={n} C={c}: cached {row[2]:.1f}/{row[3]:.1f} ms, recomputed {row[4]:.1f}/{row[5]:.1f} ms, naive {row[6]:.1f}/{row[7]:.1f} ms", file=sys.stderr, flush=True)
+            print(f"N={n} C={c}: cached {row[2]:.1f}/{row[3]:.1f} ms (model's pooling {row[9]:.1f}/{row[10]:.1f}), recomputed {row[4]:.1f}/{row[5]:.1f} ms, "
+                  f"naive {row[6]:.1f}/{row[7]:.1f} ms", file=sys.stderr, flush=True)
 
     state = service.users.get(("0", service.version))
-    print(f"\n| N events | C candidates | core, cached user p50 / p99 (ms) | core, user recomputed p50 / p99 (ms) | naive p50 / p99 (ms) | naive / cached (p50) | naive / recomputed (p50) | max score diff |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, c, w50, w99, c50, c99, n50, n99, gap in results:
-        print(f"| {n} | {c} | {w50:.1f} / {w99:.1f} | {c50:.1f} / {c99:.1f} | {n50:.0f} / {n99:.0f} | {n50 / w50:.0f}x | {n50 / c50:.1f}x | {gap:.1e} |")
+    print(f"\n| N events | C candidates | core, cached user p50 / p99 (ms) | cached, model's pooling p50 / p99 (ms) | core, user recomputed p50 / p99 (ms) | naive p50 / p99 (ms) | naive / cached (p50) | naive / recomputed (p50) | max score diff |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, c, w50, w99, c50, c99, n50, n99, gap, p50, p99 in results:
+        print(f"| {n} | {c} | {w50:.1f} / {w99:.1f} | {p50:.1f} / {p99:.1f} | {c50:.1f} / {c99:.1f} | {n50:.0f} / {n99:.0f} | {n50 / w50:.0f}x | {n50 / c50:.1f}x | {gap:.1e} |")
     mid_n, mid_c = args.events[len(args.events) // 2], args.candidates[len(args.candidates) // 2]
     for label, index in (("cached", 2), ("recomputed", 4)):
         by_c = [(r[1], r[index]) for r in results if r[0] == mid_n]

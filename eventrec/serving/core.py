@@ -49,6 +49,7 @@ from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.ops import jagged_self_attention, time_gap_bucket
 from eventrec.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
 from eventrec.schema import EmbeddingAttribute
+from eventrec.serving.scoring import Workspace, prepare_user, score_candidates
 from eventrec.serving.state import EncodedState, EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
 from eventrec.store import EventStore, Ragged
 from eventrec.store_builder import AttributeEncoder, BuildReport
@@ -170,8 +171,10 @@ class RankingService:
 
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,
-                 state_store: UserStateStore | None = None, event_log: EventLog | None = None):
-        """``state_store``/``event_log``: where user states and appended events live (default: in this
+                 attention_chunk: int = 64, state_store: UserStateStore | None = None, event_log: EventLog | None = None):
+        """``candidate_chunk``: candidates per pass of the model's own pooling (naive baseline, other
+        poolings); ``attention_chunk``: candidates per attention block of the restructured keyed pooling
+        (its logits ``[H, chunk·M, N]`` should stay in cache). ``state_store``/``event_log``: where user states and appended events live (default: in this
         process, an LRU of ``user_cache_bytes`` and a dict; for replicas, :func:`eventrec.serving.redis_store.redis_stores`)."""
         if not isinstance(model, SequenceRanker):
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
@@ -179,7 +182,9 @@ class RankingService:
         self.config = model.config
         self.schema = store.schema
         self.task_names = list(store.label_names)
-        self.max_candidates, self.candidate_chunk = max_candidates, candidate_chunk
+        self.max_candidates, self.candidate_chunk, self.attention_chunk = max_candidates, candidate_chunk, attention_chunk
+        self.workspace = Workspace()  # attention buffers, reused across requests (used under self.lock)
+        self.restructured_pooling = True  # False: score with the model's own keyed pooling (benchmarks)
         self.users: UserStateStore = state_store if state_store is not None else LruByBytes(user_cache_bytes)
         self.candidates = CandidateCache(candidate_cache_entries)
         self.events: EventLog = event_log if event_log is not None else LocalEventLog()  # appended events (data)
@@ -449,9 +454,17 @@ class RankingService:
         return rows, len(hashes) - len(missing), len(missing)
 
     @torch.no_grad()
-    def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """``candidate_side`` of the model over cached item rows, in chunks. Logits ``[C, T]``."""
+    def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, restructured: bool | None = None) -> torch.Tensor:
+        """``candidate_side`` of the model over cached item rows, in chunks. Logits ``[C, T]``.
+
+        ``restructured``: the keyed pooling of :mod:`eventrec.serving.scoring` (same math, fewer FLOPs);
+        False: the model's own ``pool`` (the naive baseline and a cross-check)."""
         model = self.model
+        restructured = self.restructured_pooling if restructured is None else restructured
+        if restructured and isinstance(model.pooling, KeyedAttentionPooling):  # the restructured path (same math, see scoring.py)
+            if not len(rows):
+                return torch.zeros(0, len(self.task_names))
+            return score_candidates(model, prepare_user(model.pooling, user.keys, user.values), rows, context, self.attention_chunk, self.workspace)
         item_dim = model.item_embedder.out_dim
         out = []
         for start in range(0, len(rows), self.candidate_chunk):
@@ -522,7 +535,8 @@ class RankingService:
     # -- the naive baseline (benchmarks) ------------------------------------------------------------
     @torch.no_grad()
     def naive_scores(self, user_id: Any, candidates: pl.DataFrame, context: dict | None, timestamp: int, batch: int = 256) -> np.ndarray:
-        """No cache: the user's history is re-encoded for every batch of ``batch`` candidates."""
+        """No cache: the user's history is re-encoded for every batch of ``batch`` candidates, which are
+        scored with the model's own keyed pooling (not the restructured serving path)."""
         events = self.user_events(user_id)
         seconds = self.request_seconds(timestamp)
         context_vector = self.context_tensor(context)
@@ -536,7 +550,7 @@ class RankingService:
             parts = [self.model.item_embedder(item)]
             for vocabulary, attribute in zip(self.model.match_vocabularies, self.model.match_item_attributes):
                 parts.append(torch.nn.functional.normalize(self.model.tables[vocabulary](item[attribute]), dim=-1))
-            out.append(torch.sigmoid(self._score(side, torch.cat(parts, dim=-1), context_vector)).numpy())
+            out.append(torch.sigmoid(self._score(side, torch.cat(parts, dim=-1), context_vector, restructured=False)).numpy())
         return np.concatenate(out)
 
     def stats(self) -> dict:
