@@ -1,0 +1,188 @@
+"""Next-item ranking over the whole catalogue: eventrec's sequence model against RecBole's SASRec.
+
+    .venv/bin/python bench/quality/next_item.py --dataset ml100k
+    .venv/bin/python bench/quality/next_item.py --dataset amazon_grocery --test-users 3000
+
+Protocol (``bench/quality/next_item_data.py``): leave-one-out by time per user (last item test,
+second-to-last validation). eventrec trains the ad-keyed sequence model as a ranker: every training
+position (the 2nd item onwards) is a request whose positive is the item the user took next and whose
+negatives are ``--negatives`` items drawn uniformly from the catalogue (a fresh draw per seed);
+validation requests alike, for early stopping (never the test). At test time each user's request
+at the target's time ranks **every catalogue item** through the serving core
+(``eventrec.serving.RankingService``: the user side once, the keyed pooling and head per item),
+and HR@10 / NDCG@10 come from the target's rank (ties pessimistic). The peer's numbers are read
+from ``bench/out/quality/<dataset>/sasrec/seed*/result.json`` (``bench/quality/peers/recbole_sasrec.py``).
+
+Writes the ``<dataset>-next-item`` section of ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from bench.quality.next_item_data import prepare_next_item  # noqa: E402
+from bench.quality.ranking_metrics import hit_rate_and_ndcg  # noqa: E402
+from bench.quality.report import markdown_table, mean_std, write_section  # noqa: E402
+
+SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
+EVENT_TYPE = {"ml100k": "rating", "amazon_grocery": "purchase"}
+
+
+def item_table(dataset: str, work: Path) -> pl.DataFrame:
+    """Per catalogue item: ``item_id`` and its side attributes (genres and year, or category)."""
+    from eventrec.adapters import default_data_dir
+
+    if dataset == "ml100k":
+        from eventrec.adapters import ml100k
+
+        side = work / "ml100k_adapter"
+        if not (side / "movies.parquet").exists():
+            ml100k.prepare(default_data_dir() / "ml-100k", side)
+        return pl.read_parquet(side / "movies.parquet").select(pl.col("movie_id").alias("item_id"), "genres", "year")
+    meta = pl.read_csv(default_data_dir() / "amazon-grocery" / "item_meta.csv", separator="\t")
+    return meta.select("item_id", pl.col("i_category").alias("category"))
+
+
+def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int) -> None:
+    """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives)."""
+    if (logs / "impressions.parquet").exists():
+        return
+    logs.mkdir(parents=True, exist_ok=True)
+    extra = [c for c in items.columns if c != "item_id"]
+    events = sequences.join(items, on="item_id", how="left").select(
+        "user_id", pl.col("unique_time").alias("timestamp"), pl.lit(EVENT_TYPE[dataset]).alias("event_type"), "item_id",
+        *([pl.col("rating")] if "rating" in sequences.columns else []), *extra,
+    )  # fmt: skip
+    targets = sequences.filter(pl.col("order") >= 1).with_row_index("request_id")
+    catalogue = np.sort(items["item_id"].to_numpy())
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(catalogue, size=(targets.height, negatives))
+    positives = targets["item_id"].to_numpy()
+    clash = draws == positives[:, None]
+    while clash.any():  # redraw negatives equal to the positive
+        draws[clash] = rng.choice(catalogue, size=int(clash.sum()))
+        clash = draws == positives[:, None]
+    base = targets.select("request_id", "user_id", pl.col("unique_time").alias("timestamp"), pl.col("split").replace_strict(SPLIT_CODES).alias("split_code"))
+    negative_rows = (
+        pl.DataFrame({"_r": np.repeat(np.arange(targets.height, dtype=np.int64), negatives), "item_id": draws.reshape(-1)})
+        .join(base.with_row_index("_r").with_columns(pl.col("_r").cast(pl.Int64)), on="_r")
+        .select(*base.columns, "item_id", pl.lit(0, dtype=pl.Int8).alias("target"))
+    )
+    positive_rows = base.with_columns(pl.Series("item_id", positives), pl.lit(1, dtype=pl.Int8).alias("target"))
+    rows = pl.concat([positive_rows, negative_rows])
+    impressions = rows.join(items, on="item_id", how="left").sort(["request_id", "target"], descending=[False, True])
+    events.write_parquet(logs / "events.parquet")
+    impressions.write_parquet(logs / "impressions.parquet.tmp")
+    (logs / "impressions.parquet.tmp").replace(logs / "impressions.parquet")
+
+
+def leave_one_out_store(store) -> None:
+    """Replace the store's time split (in memory) by the leave-one-out split of ``split_code``."""
+    store.splits = store.extras["split_code"].astype(np.int8)
+
+
+def full_catalogue_ranks(checkpoint: Path, store, sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray) -> np.ndarray:
+    """Pessimistic 1-based rank of each user's test item among all catalogue items ``[U]``."""
+    from eventrec.serving import RankingService
+
+    service = RankingService.load(checkpoint, store, max_candidates=max(10_000, items.height))
+    test = sequences.filter(pl.col("split") == "test").select("user_id", "item_id", "unique_time")
+    test = test.filter(pl.col("user_id").is_in(users.tolist())).sort("user_id")
+    catalogue = items.sort("item_id")
+    index = {item: i for i, item in enumerate(catalogue["item_id"].to_list())}
+    ranks = np.empty(test.height, dtype=np.int64)
+    for row, (user, item, when) in enumerate(test.iter_rows()):
+        scores = service.rank(user, catalogue, timestamp=int(when)).scores[:, 0].astype(np.float64)
+        ranks[row] = int((scores >= scores[index[item]]).sum())
+    return ranks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--negatives", type=int, default=8, help="sampled negatives per training / validation target")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--test-users", type=int, default=0, help="rank for this many users drawn at random (0 = all)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from eventrec.model.config import SequenceModelConfig
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+    from eventrec.training.trainer import TrainConfig, train
+
+    work = ROOT / "bench" / "out" / "quality" / args.dataset
+    sequences, stats = prepare_next_item(args.dataset, work)
+    items = item_table(args.dataset, work)
+    all_users = np.sort(sequences["user_id"].unique().to_numpy())
+    users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
+    schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
+    config = SequenceModelConfig()
+    results = []
+    for seed in range(args.seeds):
+        run_dir = work / "eventrec" / f"seed{seed}"
+        done = run_dir / "result.json"
+        if done.exists():
+            results.append(json.loads(done.read_text()))
+            continue
+        logs, store_dir = work / f"logs_seed{seed}", work / f"store_seed{seed}"
+        write_logs(args.dataset, sequences, items, logs, args.negatives, seed)
+        if not (store_dir / "manifest.json").exists():
+            build_store(schema, logs, store_dir)
+        store = EventStore.open(store_dir)
+        leave_one_out_store(store)
+        train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=2, calibrate=False, seed=seed)
+        t0 = time.perf_counter()
+        _, result = train(store, config, train_config, run_dir, show_progress=False)
+        train_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ranks = full_catalogue_ranks(run_dir / "best", store, sequences, items, users)
+        rank_seconds = time.perf_counter() - t0
+        np.save(run_dir / "test_ranks.npy", ranks, allow_pickle=False)
+        hr, ndcg = hit_rate_and_ndcg(ranks, 10)
+        record = {"seed": seed, "hr@10": hr, "ndcg@10": ndcg, "users": len(ranks), "train_seconds": train_seconds,
+                  "rank_seconds": rank_seconds, "steps": result.steps, "best_validation": result.best_validation}
+        done.write_text(json.dumps(record, indent=1, default=float) + "\n")
+        results.append(record)
+        print(record, flush=True)
+
+    rows = {"eventrec sequence model (ad-keyed, sampled negatives)": {
+        "hr@10": [r["hr@10"] for r in results], "ndcg@10": [r["ndcg@10"] for r in results],
+        "train s": [r["train_seconds"] for r in results], "rank s": [r["rank_seconds"] for r in results]}}
+    peer = sorted((work / "sasrec").glob("seed*/result.json"))
+    if peer:
+        peer_results = [json.loads(p.read_text()) for p in peer]
+        rows["RecBole SASRec"] = {"hr@10": [r["test"]["hit@10"] for r in peer_results], "ndcg@10": [r["test"]["ndcg@10"] for r in peer_results]}
+    lines = [f"## {args.dataset}: next item, full-catalogue ranking", "",
+             f"Command: `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs}"
+             + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
+             f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
+             f"test users ranked: {len(users):,}.", "",
+             markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"})]
+    if "RecBole SASRec" in rows:
+        ours, theirs = mean_std(rows[next(iter(rows))]["ndcg@10"])[0], mean_std(rows["RecBole SASRec"]["ndcg@10"])[0]
+        hr_ours, hr_theirs = mean_std(rows[next(iter(rows))]["hr@10"])[0], mean_std(rows["RecBole SASRec"]["hr@10"])[0]
+        lines += ["", f"- ratio to SASRec: HR@10 {hr_ours / hr_theirs:.2f}×, NDCG@10 {ours / theirs:.2f}× (goal ≥ 1.15×)"]
+    write_section(f"{args.dataset}-next-item", "\n".join(lines))
+    print("\n".join(lines))
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Tables of the quality benchmark: mean ± std over seeds, the gain rule, and docs/results.md sections.
+
+Each benchmark script owns one section of ``docs/results.md``, between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->``; re-running the script replaces only its own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "results.md"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def cell(values: list[float] | None, digits: int = 4) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: dict[str, dict[str, list[float]]], metrics: list[str], header: dict[str, str] | None = None) -> str:
+    """``rows``: ``{model: {metric: [one value per seed]}}`` → a markdown table with a seeds column."""
+    header = header or {}
+    lines = ["| model | seeds | " + " | ".join(header.get(m, m) for m in metrics) + " |", "|---|---:|" + "---|" * len(metrics)]
+    for name, values in rows.items():
+        seeds = max((len(v) for v in values.values()), default=0)
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cell(values.get(m)) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def gain_verdict(ours: dict[str, list[float]], other: dict[str, list[float]], metric: str = "auc", lower_better: str | None = "ne") -> str:
+    """The issue's rule: a gain is > max(0.001, twice the larger seed std) with NE moving the same way."""
+    (m_ours, s_ours), (m_other, s_other) = mean_std(ours[metric]), mean_std(other[metric])
+    delta, threshold = m_ours - m_other, max(0.001, 2 * max(s_ours, s_other))
+    text = f"Δ{metric.upper()} {delta:+.4f} (threshold {threshold:.4f})"
+    same_way = True
+    if lower_better and lower_better in ours and lower_better in other:
+        d_second = mean_std(ours[lower_better])[0] - mean_std(other[lower_better])[0]
+        text += f", Δ{lower_better.upper()} {d_second:+.4f}"
+        same_way = d_second < 0
+    if delta > threshold and same_way:
+        return text + " → **gain**"
+    if -delta > threshold:
+        return text + " → **loss**"
+    return text + " → no clear difference"
+
+
+def write_section(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the ``name`` section of ``docs/results.md``, atomically."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Quality results\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

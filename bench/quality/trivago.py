@@ -1,0 +1,191 @@
+"""trivago clicks: eventrec's sequence model and DLRM against FuxiCTR's DNN / DIN / BST and two rules.
+
+    .venv/bin/python bench/quality/trivago.py                 # eventrec models + rules (+ peers if set up)
+    bash bench/quality/setup_peers.sh                          # once: .venv-peers with FuxiCTR, RecBole
+    .venv/bin/python bench/quality/trivago.py --ablations      # also the ablation table
+
+Protocol: one example per (clickout, impressed hotel), label = clicked; the store's 80 / 10 / 10
+time split over the clickouts' impressions (validation for early stopping and Platt scaling, test
+touched once). Every model is scored on the same test rows; all metrics are computed here from each
+model's saved test predictions, by the same code (AUC, gAUC over clickouts, NE, logloss,
+calibration, MRR of the clicked hotel within its list). Mean ± std over seeds.
+
+Writes ``bench/out/quality/trivago/`` (runs, predictions) and the ``trivago`` (and
+``trivago-ablations``) sections of ``docs/results.md``. Finished runs are reused when re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench.quality.ranking_metrics import click_metrics  # noqa: E402
+from bench.quality.report import gain_verdict, markdown_table, write_section  # noqa: E402
+
+WORK = ROOT / "bench" / "out" / "quality" / "trivago"
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+METRICS = ["auc", "gauc", "ne", "logloss", "calibration", "mrr"]
+HEADER = {"auc": "AUC", "gauc": "gAUC (clickouts)", "ne": "NE", "logloss": "logloss", "calibration": "calibration", "mrr": "MRR"}
+PEER_NAMES = {"dnn": "FuxiCTR DNN (mean-pooled history)", "din": "FuxiCTR DIN", "bst": "FuxiCTR BST"}
+
+
+def ablation_configs() -> dict:
+    from eventrec.model.config import SequenceModelConfig
+
+    return {
+        "full model (M=4, all history, timestamps, attributes)": SequenceModelConfig(),
+        "no timestamp encoding (no recency/order, no time bias)": SequenceModelConfig(timestamp_encoding=False, time_bias=False),
+        "mean pooling instead of keyed attention pooling": SequenceModelConfig(pooling="mean"),
+        "keyed pooling without target (match) attention": SequenceModelConfig(match_attention=False),
+        "M = 1 slot": SequenceModelConfig(pooling_slots=1),
+        "M = 16 slots": SequenceModelConfig(pooling_slots=16),
+        "max history 16": SequenceModelConfig(max_history=16),
+        "max history 64": SequenceModelConfig(max_history=64),
+        "max history 256": SequenceModelConfig(max_history=256),
+        "ids only (no event attributes beyond the id)": SequenceModelConfig(event_attributes=False),
+    }
+
+
+def prepare_store():
+    from eventrec.adapters import ADAPTERS, default_data_dir
+    from eventrec.schema import builtin_schema_path, load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+
+    logs, store_dir = WORK / "logs", WORK / "store"
+    if not (logs / "impressions.parquet").exists():
+        ADAPTERS["trivago"][0](default_data_dir() / "trivago", logs)
+    if not (store_dir / "manifest.json").exists():
+        build_store(load_schema(builtin_schema_path("trivago")), logs, store_dir)
+    return EventStore.open(store_dir), logs
+
+
+def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int) -> dict[str, list[tuple[np.ndarray, float]]]:
+    """Train each model per seed (resumable); ``{name: [(test probabilities [n_test], seconds)]}``."""
+    from eventrec.experiment import run_comparison
+    from eventrec.training.trainer import TrainConfig
+
+    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2)
+    out: dict[str, list[tuple[np.ndarray, float]]] = {}
+    for name, config in models.items():
+        slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
+        runs = run_comparison(store, {slug: config}, train_config, seeds, runs_dir, show_progress=False)
+        out[name] = [(np.load(runs_dir / f"{slug}_seed{r.seed}" / "test_predictions.npy")[:, 0], r.seconds) for r in runs]
+    return out
+
+
+def run_peers(data_dir: Path, seeds: list[int]) -> dict[str, list[tuple[np.ndarray, float]]]:
+    """FuxiCTR's DNN / DIN / BST in ``.venv-peers`` (resumable); empty if that venv is absent."""
+    if not PEERS_PYTHON.exists():
+        print(f"peers skipped: {PEERS_PYTHON} not found (run bench/quality/setup_peers.sh)")
+        return {}
+    out_dir = WORK / "peer_runs"
+    command = [str(PEERS_PYTHON), str(ROOT / "bench/quality/peers/fuxictr_trivago.py"), "--data", str(data_dir), "--out", str(out_dir),
+               "--models", *PEER_NAMES, "--seeds", *map(str, seeds)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, env=env)
+    found: dict[str, list[tuple[np.ndarray, float]]] = {}
+    for key, name in PEER_NAMES.items():
+        for seed in seeds:
+            run = out_dir / f"{key}_seed{seed}"
+            if (run / "test_predictions.npy").exists():
+                seconds = json.loads((run / "run.json").read_text()).get("seconds", float("nan"))
+                found.setdefault(name, []).append((np.load(run / "test_predictions.npy").astype(np.float64), seconds))
+    return found
+
+
+def score_table(predictions: dict[str, list[tuple[np.ndarray, float]]], labels: np.ndarray, requests: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name, runs in predictions.items():
+        for probs, seconds in runs:
+            metrics = click_metrics(labels, probs, requests)
+            for key in METRICS:
+                rows.setdefault(name, {}).setdefault(key, []).append(metrics[key])
+            rows[name].setdefault("seconds", []).append(seconds)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--ablations", action="store_true", help="also train the ablation table")
+    parser.add_argument("--ablation-seeds", type=int, default=2)
+    args = parser.parse_args()
+    started = time.perf_counter()
+
+    import polars as pl
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from bench.quality.trivago_data import examples_in_store_order, export_for_peers, item_events, recency_scores
+    from eventrec.model.config import DlrmConfig, SequenceModelConfig
+
+    store, logs = prepare_store()
+    examples = examples_in_store_order(store, logs)
+    test = store.split_indices("test")
+    labels = store.labels[test, 0].astype(np.float64)
+    requests = examples["request_id"].to_numpy()[test]
+    seeds = list(range(args.seeds))
+
+    predictions = run_eventrec(store, {"eventrec sequence model": SequenceModelConfig(), "eventrec DLRM (aggregated features)": DlrmConfig()},
+                               seeds, WORK / "runs", args.epochs)
+    if not args.skip_peers:
+        predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
+    recency = recency_scores(examples, item_events(logs))[test]
+    position = examples["position"].to_numpy()[test].astype(np.float64)
+    rule_scores = {"rule: recency of the user's last touch of the hotel": recency,
+                   "rule: recency, ties by display position": recency + 1e-9 / (1.0 + position)}
+    rows = score_table(predictions, labels, requests)
+    for name, scores in rule_scores.items():
+        metrics = click_metrics(labels, scores, requests)
+        rows[name] = {k: [metrics[k]] for k in ("auc", "gauc", "mrr")}
+
+    seq = rows["eventrec sequence model"]
+    verdicts = [f"- sequence model vs {other}: {gain_verdict(seq, rows[other], lower_better='ne' if 'ne' in rows[other] else None)}"
+                for other in rows if other != "eventrec sequence model"]
+    n_test, n_requests = len(test), len(np.unique(requests))
+    body = [
+        "## trivago clicks (RecSys Challenge 2019 sample)",
+        "",
+        f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}` (peers: `bash bench/quality/setup_peers.sh` first). "
+        f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
+        f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
+        "Rules have no seeds and output scores, not probabilities (no NE / calibration). "
+        "Training seconds are per seed, 1 thread, on a 2-core machine shared with other jobs.",
+        "",
+        markdown_table(rows, METRICS + ["seconds"], {**HEADER, "seconds": "train s"}),
+        "",
+        *verdicts,
+        "- reference from the issue (same sample, FuxiCTR DIN given two hand-made features: count and recency of the candidate in the history): 0.858 AUC",
+    ]
+    write_section("trivago", "\n".join(body))
+    print("\n".join(body))
+
+    if args.ablations:
+        ablation_predictions = run_eventrec(store, ablation_configs(), list(range(args.ablation_seeds)), WORK / "ablation_runs", args.epochs)
+        ablation_rows = score_table(ablation_predictions, labels, requests)
+        full = ablation_rows[next(iter(ablation_rows))]
+        lines = ["## trivago ablations (eventrec sequence model)", "",
+                 f"Command: `.venv/bin/python bench/quality/trivago.py --ablations --ablation-seeds {args.ablation_seeds}`; same split and training as above.",
+                 "", markdown_table(ablation_rows, ["auc", "gauc", "ne", "mrr", "seconds"], {**HEADER, "seconds": "train s"}), ""]
+        lines += [f"- {name} vs full model: {gain_verdict(r, full)}" for name, r in list(ablation_rows.items())[1:]]
+        write_section("trivago-ablations", "\n".join(lines))
+        print("\n".join(lines))
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
