@@ -1,0 +1,89 @@
+"""The quality benchmark's own metrics and splits (bench/quality), against brute-force versions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.quality.next_item_data import leave_one_out  # noqa: E402
+from bench.quality.ranking_metrics import hit_rate_and_ndcg, mean_reciprocal_rank, target_ranks  # noqa: E402
+from bench.quality.report import gain_verdict, write_section  # noqa: E402
+from bench.quality.trivago_data import recency_scores  # noqa: E402
+
+
+def brute_mrr(labels, scores, requests):
+    total, count = 0.0, 0
+    for r in np.unique(requests):
+        mine = requests == r
+        y, s = labels[mine], scores[mine]
+        if not y.any():
+            continue
+        best = s[y == 1].max()
+        rank = 1 + int(((s >= best) & (y == 0)).sum())
+        total += 1.0 / rank
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mrr_matches_a_per_request_loop(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    requests = rng.integers(0, 30, n)
+    labels = (rng.random(n) < 0.1).astype(np.int8)
+    scores = rng.integers(0, 8, n).astype(np.float64)  # many ties
+    assert mean_reciprocal_rank(labels, scores, requests) == pytest.approx(brute_mrr(labels, scores, requests))
+
+
+def test_ranks_are_pessimistic_and_hr_ndcg_follow():
+    scores = np.array([[0.9, 0.5, 0.5, 0.1], [0.2, 0.2, 0.2, 0.2], [0.0, 1.0, 2.0, 3.0]])
+    ranks = target_ranks(scores, np.array([0, 1, 0]))
+    assert ranks.tolist() == [1, 4, 4]
+    hr, ndcg = hit_rate_and_ndcg(ranks, k=3)
+    assert hr == pytest.approx(1 / 3) and ndcg == pytest.approx(1 / 3)
+    hr, ndcg = hit_rate_and_ndcg(ranks, k=10)
+    assert hr == 1.0 and ndcg == pytest.approx((1 + 2 / np.log2(5)) / 3)
+
+
+def test_leave_one_out_holds_out_the_last_two_in_time_with_file_row_ties():
+    frame = pl.DataFrame({
+        "user_id": [1, 1, 1, 1, 2, 2, 2, 3, 3],
+        "item_id": [10, 11, 12, 13, 20, 21, 22, 30, 31],
+        "timestamp": [5, 5, 3, 9, 1, 1, 1, 4, 5],
+    }).with_row_index("_row")  # fmt: skip
+    out, stats = leave_one_out(frame)
+    by_user = {u: g.sort("order") for (u,), g in out.group_by("user_id")}
+    assert by_user[1]["item_id"].to_list() == [12, 10, 11, 13]
+    assert by_user[1]["split"].to_list() == ["train", "train", "validation", "test"]
+    assert by_user[2]["split"].to_list() == ["train", "validation", "test"]  # all tied: file order
+    assert by_user[2]["item_id"].to_list() == [20, 21, 22]
+    assert stats["dropped_users_under_3"] == 1 and 3 not in by_user
+    for _, g in by_user.items():
+        assert g["unique_time"].is_unique().all() and g["unique_time"].diff().drop_nulls().min() > 0
+
+
+def test_recency_rule_only_reads_events_strictly_before_the_clickout():
+    examples = pl.DataFrame({"example": [0, 1, 2], "user_id": ["a", "a", "b"], "item_id": [7, 8, 7], "timestamp": [100, 100, 100]})
+    events = pl.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": [7, 7, 8, 7], "timestamp": [40, 90, 100, 150]})
+    scores = recency_scores(examples, events)
+    assert scores.tolist() == [1 / 11, 0.0, 0.0]  # last touch 10 s before; equal second and later ignored
+
+
+def test_gain_rule_and_sections(tmp_path):
+    ours = {"auc": [0.80, 0.81, 0.82], "ne": [0.7, 0.7, 0.7]}
+    theirs = {"auc": [0.70, 0.70, 0.70], "ne": [0.8, 0.8, 0.8]}
+    assert "gain" in gain_verdict(ours, theirs)
+    assert "loss" in gain_verdict(theirs, ours)
+    assert "no clear" in gain_verdict(ours, {"auc": [0.809, 0.811, 0.81], "ne": [0.69, 0.7, 0.7]})
+    path = tmp_path / "results.md"
+    write_section("a", "first", path)
+    write_section("b", "second", path)
+    write_section("a", "replaced", path)
+    text = path.read_text()
+    assert "replaced" in text and "first" not in text and text.index("replaced") < text.index("second")
