@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--naive-repeats", type=int, default=3)
     parser.add_argument("--naive-batch", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=2048, help="candidates per pass of the model's pooling (naive, previous path)")
-    parser.add_argument("--attention-chunk", type=int, default=64, help="candidates per attention block of the serving path")
+    parser.add_argument("--attention-chunk", type=int, default=None, help="candidates per attention block of the serving path (default: ~4 MiB of logits)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

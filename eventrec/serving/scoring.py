@@ -78,12 +78,22 @@ class Workspace:
         return buffer[:size].view(shape)
 
 
+BLOCK_BYTES = 4 << 20  # logits of one attention block: about this CPU's L2 plus a share of L3
+
+
+def block_candidates(pooling: KeyedAttentionPooling, positions: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Candidates per attention block so that its logits ``[H, chunk·M, N]`` (fp32) take ``block_bytes``:
+    64 at N=1024 with the default config, 16 at N=4096."""
+    per_candidate = pooling.num_heads * pooling.num_slots * max(1, positions) * 4
+    return max(8, block_bytes // per_candidate)
+
+
 def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidate: torch.Tensor, match_query: torch.Tensor | None,
-                    chunk: int = 64, workspace: Workspace | None = None) -> torch.Tensor:
+                    chunk: int | None = None, workspace: Workspace | None = None) -> torch.Tensor:
     """``pooling.pool`` for one user: ``candidate [B, Q]``, ``match_query [B, V·E]`` → ``[B, M, D]``.
 
     The query projection runs over all B candidates at once; the attention (logits ``[H, chunk·M, N]``,
-    softmax, weighted values) runs ``chunk`` candidates at a time so that its logits stay in cache."""
+    softmax, weighted values) runs ``chunk`` candidates at a time so that its logits stay in cache (default: :func:`block_candidates`)."""
     b, m, h, d = len(candidate), pooling.num_slots, pooling.num_heads, pooling.head_dim
     n = user.positions
     if n == 0:  # an empty history pools to zeros (then the output projection)
@@ -95,6 +105,7 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
         vocabularies = user.match_keys_t.shape[0]
         match_query = match_query.view(b, vocabularies, -1).transpose(0, 1)  # [V, B, E]
     workspace = workspace if workspace is not None else Workspace()
+    chunk = chunk or block_candidates(pooling, n)
     pooled = q.new_empty(h, b * m, d)
     for start in range(0, b, chunk):
         c = min(chunk, b - start)
@@ -113,7 +124,7 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
     return pooling.out(pooled.view(h, b, m, d).permute(1, 2, 0, 3).reshape(b, m, h * d))
 
 
-def score_candidates(model, user: PreparedUser, rows: torch.Tensor, context: torch.Tensor | None, chunk: int = 64,
+def score_candidates(model, user: PreparedUser, rows: torch.Tensor, context: torch.Tensor | None, chunk: int | None = None,
                      workspace: Workspace | None = None) -> torch.Tensor:
     """``SequenceRanker.candidate_side`` for one user over cached item rows ``[B, Q_item (+ V·E)]``
     (item embedding, then the match queries) and the request's context ``[1, Q_ctx]`` → logits ``[B, T]``."""
