@@ -30,7 +30,11 @@ class BatchDataset(Dataset):
         seed: int = 0,
         drop_last: bool = False,
         batch_fn: Callable[[EventStore, np.ndarray], object] = make_batch,
+        groups: np.ndarray | None = None,
     ):
+        """``groups`` (optional, ``[num_examples]`` of the split, e.g. request ids): keep each group's
+        examples together and in one batch (shuffling permutes whole groups; a batch holds whole groups
+        and about ``batch_size`` examples), as a per-request (listwise) loss needs."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.store = store
@@ -41,22 +45,59 @@ class BatchDataset(Dataset):
         self.drop_last = drop_last
         self.batch_fn = batch_fn
         self.epoch = 0
+        self.group_starts: np.ndarray | None = None  # [G+1] group boundaries in self.examples
+        self._grouped_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        if groups is not None:
+            groups = np.asarray(groups)
+            if len(groups) != len(self.examples):
+                raise ValueError(f"groups has {len(groups)} entries for {len(self.examples)} examples")
+            by_group = np.argsort(groups, kind="stable")
+            self.examples = self.examples[by_group]
+            sorted_groups = groups[by_group]
+            self.group_starts = np.concatenate([[0], np.flatnonzero(sorted_groups[1:] != sorted_groups[:-1]) + 1, [len(groups)]])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling order of ``epoch`` (call before iterating, like DistributedSampler)."""
         self.epoch = epoch
 
     def order(self) -> np.ndarray:
+        if self.group_starts is not None:
+            return self._grouped_order()[0]
         if not self.shuffle:
             return self.examples
         rng = np.random.default_rng([self.seed, self.epoch])
         return self.examples[rng.permutation(len(self.examples))]
 
+    def _grouped_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Examples with whole groups permuted, and the batch boundaries ``[num_batches + 1]`` (cached per epoch)."""
+        if self._grouped_cache is not None and self._grouped_cache[0] == self.epoch:
+            return self._grouped_cache[1], self._grouped_cache[2]
+        starts = self.group_starts
+        sizes = np.diff(starts)
+        groups = np.arange(len(sizes))
+        if self.shuffle:
+            groups = np.random.default_rng([self.seed, self.epoch]).permutation(len(sizes))
+        order = self.examples[np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])] if len(groups) else self.examples[:0]
+        ends = np.cumsum(sizes[groups])  # example count after each group
+        # close a batch after the first group that reaches the next multiple of batch_size
+        cuts = np.unique(np.searchsorted(ends, np.arange(self.batch_size, ends[-1] + self.batch_size, self.batch_size) if len(ends) else [], side="left"))
+        bounds = np.concatenate([[0], ends[np.minimum(cuts, len(ends) - 1)]]) if len(ends) else np.zeros(1, dtype=np.int64)
+        bounds = np.unique(bounds)
+        if self.drop_last and len(bounds) > 1 and bounds[-1] - bounds[-2] < self.batch_size:
+            bounds = bounds[:-1]
+        self._grouped_cache = (self.epoch, order, bounds)
+        return order, bounds
+
     def __len__(self) -> int:
+        if self.group_starts is not None:
+            return len(self._grouped_order()[1]) - 1
         full, rest = divmod(len(self.examples), self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
     def batch_indices(self, i: int) -> np.ndarray:
+        if self.group_starts is not None:
+            order, bounds = self._grouped_order()
+            return order[bounds[i] : bounds[i + 1]]
         order = self.order()
         return order[i * self.batch_size : (i + 1) * self.batch_size]
 

@@ -81,3 +81,51 @@ def test_validates_within_epochs_and_stops_early(tiny_store, tmp_path):
     assert info["state"]["stopped"] is True
     _, again = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)  # resuming a stopped run trains no more
     assert again.steps == result.steps
+
+
+def test_request_softmax_loss_equals_a_per_request_log_softmax():
+    from eventrec.model.heads import request_softmax_loss
+
+    torch.manual_seed(0)
+    groups = torch.tensor([5, 5, 5, 9, 9, 2, 2, 2, 2])
+    logits = torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[1, 0], [0, 1], [0, float("nan")], [0, 0], [1, 1], [0, 0], [1, 0], [1, 0], [0, 1]], dtype=torch.float64)
+    loss, per_task = request_softmax_loss(logits, labels, groups)
+    expected = []
+    for t in range(2):
+        terms = []
+        for g in groups.unique():
+            rows = (groups == g) & ~torch.isnan(labels[:, t])
+            log_p = torch.log_softmax(logits[rows, t], 0)
+            terms += [-v for v, y in zip(log_p, labels[rows, t]) if y == 1]
+        expected.append(torch.stack(terms).mean())
+    torch.testing.assert_close(per_task, torch.stack(expected).detach())
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_grouped_batches_keep_requests_whole_and_cover_each_example_once(tiny_store):
+    from eventrec.loader import BatchDataset
+
+    train_rows = tiny_store.split_indices("train")
+    groups = np.arange(len(train_rows)) // 3  # requests of 3
+    dataset = BatchDataset(tiny_store, "train", batch_size=4, shuffle=True, seed=1, groups=groups, batch_fn=lambda store, index: index)
+    group_of = dict(zip(train_rows.tolist(), groups.tolist()))
+    for epoch in (0, 1):
+        dataset.set_epoch(epoch)
+        batches = [dataset[i] for i in range(len(dataset))]
+        seen = np.concatenate(batches)
+        assert sorted(seen.tolist()) == sorted(train_rows.tolist())
+        for batch in batches:
+            in_batch = [group_of[i] for i in batch.tolist()]
+            for g in set(in_batch):
+                assert in_batch.count(g) == int((groups == g).sum())  # whole request in this batch
+        assert [b.tolist() for b in batches] == [dataset[i].tolist() for i in range(len(dataset))]  # deterministic
+
+
+def test_trains_with_the_listwise_loss_and_stops_on_auc(tiny_store, tmp_path):
+    with pytest.raises(ValueError, match="calibrate"):
+        TrainConfig(loss="request_softmax")
+    config = TRAIN.model_copy(update={"loss": "request_softmax", "stop_on": "auc", "calibrate": False, "epochs": 2})
+    model, result = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
+    assert result.steps > 0 and result.best_validation

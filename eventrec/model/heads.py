@@ -81,6 +81,32 @@ def fit_platt(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> t
     return (a, b) if np.isfinite(a) and np.isfinite(b) and a > 0 else (1.0, 0.0)
 
 
+def request_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Listwise loss: softmax cross-entropy over each request's candidates, per task.
+
+    ``logits, labels [B, T]``, ``groups [B]`` (request of each row). For every positive row:
+    ``-(z_pos - logsumexp(z of its request))``; the per-task loss is the mean over positives
+    (missing labels, NaN, are left out of the request). Returns (sum over tasks, per-task ``[T]``).
+    """
+    _, group = torch.unique(groups, return_inverse=True)
+    num_groups = int(group.max()) + 1 if group.numel() else 0
+    present = ~torch.isnan(labels)
+    per_task = []
+    for t in range(logits.shape[1]):
+        z = torch.where(present[:, t], logits[:, t], torch.full_like(logits[:, t], -torch.inf))
+        peak = torch.full((num_groups,), -torch.inf, dtype=z.dtype, device=z.device).scatter_reduce(0, group, z, "amax")
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)).detach()
+        total = torch.zeros(num_groups, dtype=z.dtype, device=z.device).index_add(0, group, torch.exp(z - peak[group]))
+        log_normalizer = torch.log(total.clamp(min=torch.finfo(z.dtype).tiny)) + peak
+        positive = present[:, t] & (labels[:, t] > 0.5)
+        if positive.any():
+            per_task.append((log_normalizer[group] - z)[positive].mean())
+        else:
+            per_task.append(logits.sum() * 0.0)
+    stacked = torch.stack(per_task)
+    return stacked.sum(), stacked.detach()
+
+
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary cross-entropy per task over the labels that are present (NaN = missing).
 

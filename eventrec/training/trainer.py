@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eventrec.loader import BatchDataset
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.heads import fit_platt, multitask_loss
+from eventrec.model.heads import fit_platt, multitask_loss, request_softmax_loss
 from eventrec.store import EventStore
 from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
@@ -44,7 +46,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(50, ge=0)
     clip_norm: float = Field(1.0, gt=0)
-    patience: int = Field(1, ge=1, description="validations without NE improvement before stopping")
+    patience: int = Field(1, ge=1, description="validations without improvement (of stop_on) before stopping")
     validations_per_epoch: int = Field(1, ge=1, description="validate (and maybe stop) this many times per epoch")
     calibrate: bool = Field(True, description="fit Platt scaling per task on the validation split after training")
     seed: int = 0
@@ -52,6 +54,16 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(500, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
     task_weights: list[float] | None = None
+    loss: Literal["bce", "request_softmax"] = Field(
+        "bce", description="bce: binary cross-entropy per impression; request_softmax: softmax cross-entropy over each "
+        "request's candidates (listwise, e.g. a positive and sampled negatives; batches keep requests whole)")
+    stop_on: Literal["ne", "auc"] = Field("ne", description="validation metric of the first task for early stopping")
+
+    @model_validator(mode="after")
+    def _softmax_needs_no_calibration(self) -> "TrainConfig":
+        if self.loss == "request_softmax" and self.calibrate:
+            raise ValueError("calibrate: Platt scaling assumes the bce loss; set calibrate: false with loss: request_softmax")
+        return self
 
 
 @dataclass
@@ -139,7 +151,12 @@ def train(
     model = build_model(spec, model_config)
     optimizers = _optimizers(model, config)
     batch_fn = batch_function(model_config)
-    dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn)
+    groups = None
+    if config.loss == "request_softmax":
+        if store.request_ids is None or store.request_ids.dtype.kind not in "iu":
+            raise ValueError("loss request_softmax needs integer request ids (impressions.request_column)")
+        groups = store.request_ids[store.split_indices("train")]
+    dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn, groups=groups)
     validation = store.split_indices("validation")
     steps_per_epoch = len(dataset) if config.max_steps_per_epoch is None else min(len(dataset), config.max_steps_per_epoch)
     total_steps = steps_per_epoch * config.epochs
@@ -167,8 +184,10 @@ def train(
         if show_progress:
             print(f"step {state['step']} (epoch {epoch + 1}): validation " + ", ".join(f"{t} NE {m['ne']:.4f} AUC {m['auc']:.4f}" for t, m in metrics.items() if m.get("count")), file=sys.stderr)
         model.train()
-        if state["best_ne"] is None or primary["ne"] < state["best_ne"]:
-            state.update(best_ne=primary["ne"], best_epoch=epoch, bad_epochs=0, best_validation=metrics)
+        # "best_ne" holds the stopping metric, sign-flipped when higher is better (AUC)
+        score = primary["ne"] if config.stop_on == "ne" else -primary["auc"]
+        if state["best_ne"] is None or score < state["best_ne"]:
+            state.update(best_ne=score, best_epoch=epoch, bad_epochs=0, best_validation=metrics)
             checkpoint(run_dir / "best", with_optimizers=False)
             return False
         state["bad_epochs"] += 1
@@ -194,7 +213,12 @@ def train(
             for optimizer in optimizers.values():
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-            loss, per_task = multitask_loss(model(batch), batch.labels, config.task_weights)
+            if config.loss == "request_softmax":
+                if batch.request_ids is None:
+                    raise ValueError("loss request_softmax: this model's batches carry no request ids")
+                loss, per_task = request_softmax_loss(model(batch), batch.labels, batch.request_ids)
+            else:
+                loss, per_task = multitask_loss(model(batch), batch.labels, config.task_weights)
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
