@@ -7,7 +7,9 @@ Protocol (``bench/quality/next_item_data.py``): leave-one-out by time per user (
 second-to-last validation). eventrec trains the ad-keyed sequence model as a ranker: every training
 position (the 2nd item onwards) is a request whose positive is the item the user took next and whose
 negatives are ``--negatives`` items drawn uniformly from the catalogue (a fresh draw per seed);
-validation requests alike, for early stopping (never the test). At test time each user's request
+validation requests alike, for early stopping on their AUC (never the test). The loss is a softmax
+over each request's positive and negatives (``--loss request_softmax``, default) or binary
+cross-entropy per candidate (``--loss bce``). At test time each user's request
 at the target's time ranks **every catalogue item** through the serving core
 (``eventrec.serving.RankingService``: the user side once, the keyed pooling and head per item),
 and HR@10 / NDCG@10 come from the target's rank (ties pessimistic). The peer's numbers are read
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--negatives", type=int, default=8, help="sampled negatives per training / validation target")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--loss", choices=["request_softmax", "bce"], default="request_softmax",
+                        help="softmax over each request's positive and negatives (listwise), or binary cross-entropy")
     parser.add_argument("--test-users", type=int, default=0, help="rank for this many users drawn at random (0 = all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -136,7 +140,7 @@ def main() -> None:
     config = SequenceModelConfig()
     results = []
     for seed in range(args.seeds):
-        run_dir = work / "eventrec" / f"seed{seed}"
+        run_dir = work / f"eventrec_{args.loss}_n{args.negatives}" / f"seed{seed}"
         done = run_dir / "result.json"
         if done.exists():
             results.append(json.loads(done.read_text()))
@@ -147,7 +151,8 @@ def main() -> None:
             build_store(schema, logs, store_dir)
         store = EventStore.open(store_dir)
         leave_one_out_store(store)
-        train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=2, calibrate=False, seed=seed)
+        train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=2, calibrate=False, seed=seed,
+                                   loss=args.loss, stop_on="auc")
         t0 = time.perf_counter()
         _, result = train(store, config, train_config, run_dir, show_progress=False)
         train_seconds = time.perf_counter() - t0
@@ -162,7 +167,7 @@ def main() -> None:
         results.append(record)
         print(record, flush=True)
 
-    rows = {"eventrec sequence model (ad-keyed, sampled negatives)": {
+    rows = {f"eventrec sequence model (ad-keyed; {args.loss}, {args.negatives} sampled negatives)": {
         "hr@10": [r["hr@10"] for r in results], "ndcg@10": [r["ndcg@10"] for r in results],
         "train s": [r["train_seconds"] for r in results], "rank s": [r["rank_seconds"] for r in results]}}
     peer = sorted((work / "sasrec").glob("seed*/result.json"))
@@ -170,11 +175,11 @@ def main() -> None:
         peer_results = [json.loads(p.read_text()) for p in peer]
         rows["RecBole SASRec"] = {"hr@10": [r["test"]["hit@10"] for r in peer_results], "ndcg@10": [r["test"]["ndcg@10"] for r in peer_results]}
     lines = [f"## {args.dataset}: next item, full-catalogue ranking", "",
-             f"Command: `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs}"
+             f"Command: `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss}"
              + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
-             markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"})]
+             markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
     if "RecBole SASRec" in rows:
         ours, theirs = mean_std(rows[next(iter(rows))]["ndcg@10"])[0], mean_std(rows["RecBole SASRec"]["ndcg@10"])[0]
         hr_ours, hr_theirs = mean_std(rows[next(iter(rows))]["hr@10"])[0], mean_std(rows["RecBole SASRec"]["hr@10"])[0]
