@@ -4,14 +4,18 @@ Redis down gives a clear 503 (events) or a local compute (state cache)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+
+import httpx
 
 import numpy as np
 import pytest
 
-from conftest import start_redis, stop_redis
+from redis_server import start_redis, stop_redis
 from eventrec.serving import OutOfOrderEvents, RankingService, StoreUnavailable
 from eventrec.serving.codec import encode_state
+from eventrec.serving.http import create_app
 from eventrec.serving.redis_store import connect, redis_stores
 from test_core import candidates, click, reference
 
@@ -102,6 +106,11 @@ def test_entry_bound_ttl_and_compare_and_set(served, redis_url, namespace):
     assert not log.replace("1", 0, type(events)(events.streams, 1))  # stale version: refused
 
 
+async def _post(app, path: str, body: dict) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        return await client.post(path, json=body)
+
+
 def test_redis_down(served, tmp_path, namespace):
     store, checkpoint, _ = served
     process, url = start_redis(tmp_path / "redis")
@@ -116,6 +125,8 @@ def test_redis_down(served, tmp_path, namespace):
     assert error.value.status == 503
     with pytest.raises(StoreUnavailable):
         service.append_events(1, [click(700)])
+    answer = asyncio.run(_post(create_app(service), "/rank", {"user_id": 1, "candidates": candidates(3), "context": CONTEXT, "timestamp": 1000}))
+    assert answer.status_code == 503 and "Redis" in answer.json()["detail"][0]["msg"]
     # the state cache alone failing falls back to a local compute
     assert service.users.get(("1", service.version)) is None and service.users.errors >= 1
     with pytest.raises(StoreUnavailable, match="cannot reach Redis"):
