@@ -173,9 +173,11 @@ class RankingService:
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,
                  attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None):
         """``candidate_chunk``: candidates per pass of the model's own pooling (naive baseline, other
-        poolings); ``attention_chunk``: candidates per attention block of the restructured keyed pooling
-        (its logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits). ``state_store``/``event_log``: where user states and appended events live (default: in this
-        process, an LRU of ``user_cache_bytes`` and a dict; for replicas, :func:`eventrec.serving.redis_store.redis_stores`)."""
+        poolings); ``attention_chunk``: candidates per attention block of the restructured keyed
+        pooling (its logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits).
+        ``state_store`` / ``event_log``: where user states and appended events live (default: in this
+        process, an LRU of ``user_cache_bytes`` and a dict; for several replicas,
+        :func:`eventrec.serving.redis_store.redis_stores`)."""
         if not isinstance(model, SequenceRanker):
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
         self.model, self.store, self.version = model.eval(), store, version
