@@ -55,8 +55,23 @@ def item_table(dataset: str, work: Path) -> pl.DataFrame:
     return meta.select("item_id", pl.col("i_category").alias("category"))
 
 
-def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int) -> None:
-    """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives)."""
+def negative_weights(sequences: pl.DataFrame, catalogue: np.ndarray, sampling: str) -> np.ndarray | None:
+    """Sampling weights over ``catalogue``: None (uniform), or training counts ** 0.75 (+1 smoothing)."""
+    if sampling == "uniform":
+        return None
+    counts = sequences.filter(pl.col("split") == "train").group_by("item_id").len()
+    lookup = dict(zip(counts["item_id"].to_list(), counts["len"].to_list()))
+    weights = (np.array([lookup.get(int(i), 0) for i in catalogue], dtype=np.float64) + 1.0) ** 0.75
+    return weights / weights.sum()
+
+
+def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int,
+               sampling: str = "uniform") -> None:
+    """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives).
+
+    Negatives are drawn from the catalogue uniformly, or (``sampling="popularity"``) in proportion to
+    the items' training counts to the power 0.75: harder negatives, closer to the popular items that
+    compete for the top of a full-catalogue ranking."""
     if (logs / "impressions.parquet").exists():
         return
     logs.mkdir(parents=True, exist_ok=True)
@@ -68,11 +83,12 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     targets = sequences.filter(pl.col("order") >= 1).with_row_index("request_id")
     catalogue = np.sort(items["item_id"].to_numpy())
     rng = np.random.default_rng(seed)
-    draws = rng.choice(catalogue, size=(targets.height, negatives))
+    weights = negative_weights(sequences, catalogue, sampling)
+    draws = rng.choice(catalogue, size=(targets.height, negatives), p=weights)
     positives = targets["item_id"].to_numpy()
     clash = draws == positives[:, None]
     while clash.any():  # redraw negatives equal to the positive
-        draws[clash] = rng.choice(catalogue, size=int(clash.sum()))
+        draws[clash] = rng.choice(catalogue, size=int(clash.sum()), p=weights)
         clash = draws == positives[:, None]
     base = targets.select("request_id", "user_id", pl.col("unique_time").alias("timestamp"), pl.col("split").replace_strict(SPLIT_CODES).alias("split_code"))
     negative_rows = (
@@ -117,6 +133,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--loss", choices=["request_softmax", "bce"], default="request_softmax",
                         help="softmax over each request's positive and negatives (listwise), or binary cross-entropy")
+    parser.add_argument("--sampling", choices=["uniform", "popularity"], default="uniform", help="how negatives are drawn")
     parser.add_argument("--test-users", type=int, default=0, help="rank for this many users drawn at random (0 = all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -138,15 +155,15 @@ def main() -> None:
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
     config = SequenceModelConfig()
-    results = []
+    variant = f"{args.loss}_n{args.negatives}" + ("" if args.sampling == "uniform" else f"_{args.sampling}")
     for seed in range(args.seeds):
-        run_dir = work / f"eventrec_{args.loss}_n{args.negatives}" / f"seed{seed}"
+        run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
         done = run_dir / "result.json"
         if done.exists():
-            results.append(json.loads(done.read_text()))
             continue
-        logs, store_dir = work / f"logs_seed{seed}", work / f"store_seed{seed}"
-        write_logs(args.dataset, sequences, items, logs, args.negatives, seed)
+        data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}"
+        logs, store_dir = work / f"logs_{data_variant}", work / f"store_{data_variant}"
+        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling)
         if not (store_dir / "manifest.json").exists():
             build_store(schema, logs, store_dir)
         store = EventStore.open(store_dir)
@@ -164,26 +181,34 @@ def main() -> None:
         record = {"seed": seed, "hr@10": hr, "ndcg@10": ndcg, "users": len(ranks), "train_seconds": train_seconds,
                   "rank_seconds": rank_seconds, "steps": result.steps, "best_validation": result.best_validation}
         done.write_text(json.dumps(record, indent=1, default=float) + "\n")
-        results.append(record)
         print(record, flush=True)
 
-    rows = {f"eventrec sequence model (ad-keyed; {args.loss}, {args.negatives} sampled negatives)": {
-        "hr@10": [r["hr@10"] for r in results], "ndcg@10": [r["ndcg@10"] for r in results],
-        "train s": [r["train_seconds"] for r in results], "rank s": [r["rank_seconds"] for r in results]}}
+    rows: dict[str, dict[str, list[float]]] = {}
+    for variant_dir in sorted(work.glob("eventrec_*")):  # every variant run so far, this one included
+        found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob("seed*/result.json"))]
+        found = [r for r in found if r["users"] == len(users)]
+        if found:
+            rows[f"eventrec sequence model ({variant_dir.name.removeprefix('eventrec_').replace('_', ', ')})"] = {
+                "hr@10": [r["hr@10"] for r in found], "ndcg@10": [r["ndcg@10"] for r in found],
+                "train s": [r["train_seconds"] for r in found], "rank s": [r["rank_seconds"] for r in found]}
+    this = f"eventrec sequence model ({variant.replace('_', ', ')})"
     peer = sorted((work / "sasrec").glob("seed*/result.json"))
     if peer:
         peer_results = [json.loads(p.read_text()) for p in peer]
         rows["RecBole SASRec"] = {"hr@10": [r["test"]["hit@10"] for r in peer_results], "ndcg@10": [r["test"]["ndcg@10"] for r in peer_results]}
     lines = [f"## {args.dataset}: next item, full-catalogue ranking", "",
-             f"Command: `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss}"
+             f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
     if "RecBole SASRec" in rows:
-        ours, theirs = mean_std(rows[next(iter(rows))]["ndcg@10"])[0], mean_std(rows["RecBole SASRec"]["ndcg@10"])[0]
-        hr_ours, hr_theirs = mean_std(rows[next(iter(rows))]["hr@10"])[0], mean_std(rows["RecBole SASRec"]["hr@10"])[0]
-        lines += ["", f"- ratio to SASRec: HR@10 {hr_ours / hr_theirs:.2f}×, NDCG@10 {ours / theirs:.2f}× (goal ≥ 1.15×)"]
+        lines.append("")
+        for name, values in rows.items():
+            if name != "RecBole SASRec":
+                hr = mean_std(values["hr@10"])[0] / mean_std(rows["RecBole SASRec"]["hr@10"])[0]
+                ndcg = mean_std(values["ndcg@10"])[0] / mean_std(rows["RecBole SASRec"]["ndcg@10"])[0]
+                lines.append(f"- {name} / SASRec: HR@10 {hr:.2f}×, NDCG@10 {ndcg:.2f}× (goal ≥ 1.15×)")
     write_section(f"{args.dataset}-next-item", "\n".join(lines))
     print("\n".join(lines))
     print(f"{time.perf_counter() - started:.0f} s")

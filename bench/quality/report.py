@@ -27,13 +27,14 @@ def cell(values: list[float] | None, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown_table(rows: dict[str, dict[str, list[float]]], metrics: list[str], header: dict[str, str] | None = None) -> str:
+def markdown_table(rows: dict[str, dict[str, list[float]]], metrics: list[str], header: dict[str, str] | None = None,
+                   digits: dict[str, int] | None = None) -> str:
     """``rows``: ``{model: {metric: [one value per seed]}}`` → a markdown table with a seeds column."""
-    header = header or {}
+    header, digits = header or {}, digits or {}
     lines = ["| model | seeds | " + " | ".join(header.get(m, m) for m in metrics) + " |", "|---|---:|" + "---|" * len(metrics)]
     for name, values in rows.items():
         seeds = max((len(v) for v in values.values()), default=0)
-        lines.append(f"| {name} | {seeds} | " + " | ".join(cell(values.get(m)) for m in metrics) + " |")
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cell(values.get(m), digits.get(m, 4)) for m in metrics) + " |")
     return "\n".join(lines)
 
 
