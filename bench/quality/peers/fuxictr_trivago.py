@@ -209,18 +209,24 @@ def run_one(model_name: str, seed: int, args, feature_map: FeatureMap, paths: di
     valid = wrap(NpzDataLoader(feature_map, paths["valid"], batch_size=bs, shuffle=False, num_workers=0))
     test = wrap(NpzDataLoader(feature_map, paths["test"], batch_size=bs, shuffle=False, num_workers=0))
 
-    epochs_run, history = [0], []
-    original_eval_step = model.eval_step
+    epochs_run, history, last_logs = [0], [], {}
+    original_eval_step, original_evaluate = model.eval_step, model.evaluate
+
+    def evaluate(data_generator, metrics=None):
+        logs = original_evaluate(data_generator, metrics=metrics)
+        last_logs.clear()
+        last_logs.update({k: float(v) for k, v in logs.items()})
+        return logs
 
     def eval_step():  # FuxiCTR's own eval_step (validation + checkpoint + early stop), recorded
         original_eval_step()
         epochs_run[0] += 1
-        history.append({"epoch": epochs_run[0], "best_auc": float(model._best_metric),
+        history.append({"epoch": epochs_run[0], "valid": dict(last_logs), "best_auc": float(model._best_metric),
                         "stopping_steps": int(model._stopping_steps),
                         "lr": float(model.optimizer.param_groups[0]["lr"])})
         logging.info("%s seed %d epoch %d: %s", model_name, seed, epochs_run[0], history[-1])
 
-    model.eval_step = eval_step
+    model.evaluate, model.eval_step = evaluate, eval_step
     start = time.time()
     model.fit(train, epochs=args.epochs, validation_data=valid, max_gradient_norm=COMMON["max_gradient_norm"])
     train_seconds = time.time() - start
