@@ -125,6 +125,17 @@ def full_catalogue_ranks(checkpoint: Path, store, sequences: pl.DataFrame, items
     return ranks
 
 
+def popularity_rule(sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray) -> tuple[float, float]:
+    """HR@10 and NDCG@10 of ranking the catalogue by training count (ties pessimistic)."""
+    counts = sequences.filter(pl.col("split") == "train").group_by("item_id").len()
+    catalogue = items.select("item_id").join(counts, on="item_id", how="left").fill_null(0)
+    count_of = dict(zip(catalogue["item_id"].to_list(), catalogue["len"].to_list()))
+    all_counts = catalogue["len"].to_numpy()
+    test = sequences.filter((pl.col("split") == "test") & pl.col("user_id").is_in(users.tolist()))
+    ranks = np.array([int((all_counts >= count_of.get(item, 0)).sum()) for item in test["item_id"].to_list()])
+    return hit_rate_and_ndcg(ranks, 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
@@ -155,7 +166,7 @@ def main() -> None:
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
     config = SequenceModelConfig()
-    variant = f"{args.loss}_n{args.negatives}" + ("" if args.sampling == "uniform" else f"_{args.sampling}")
+    variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}"
     for seed in range(args.seeds):
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
         done = run_dir / "result.json"
@@ -188,14 +199,15 @@ def main() -> None:
         found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob("seed*/result.json"))]
         found = [r for r in found if r["users"] == len(users)]
         if found:
-            rows[f"eventrec sequence model ({variant_dir.name.removeprefix('eventrec_').replace('_', ', ')})"] = {
+            rows[f"eventrec sequence model ({variant_dir.name.removeprefix('eventrec_').replace('-', ', ')})"] = {
                 "hr@10": [r["hr@10"] for r in found], "ndcg@10": [r["ndcg@10"] for r in found],
                 "train s": [r["train_seconds"] for r in found], "rank s": [r["rank_seconds"] for r in found]}
-    this = f"eventrec sequence model ({variant.replace('_', ', ')})"
+    this = f"eventrec sequence model ({variant.replace('-', ', ')})"
+    rows["rule: most popular in training (same list for everyone)"] = dict(zip(("hr@10", "ndcg@10"), map(lambda v: [v], popularity_rule(sequences, items, users))))
     peer = sorted((work / "sasrec").glob("seed*/result.json"))
     if peer:
         peer_results = [json.loads(p.read_text()) for p in peer]
-        rows["RecBole SASRec"] = {"hr@10": [r["test"]["hit@10"] for r in peer_results], "ndcg@10": [r["test"]["ndcg@10"] for r in peer_results]}
+        rows["RecBole SASRec"] = {"hr@10": [r["test"]["HR@10"] for r in peer_results], "ndcg@10": [r["test"]["NDCG@10"] for r in peer_results]}
     lines = [f"## {args.dataset}: next item, full-catalogue ranking", "",
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
