@@ -136,6 +136,23 @@ def popularity_rule(sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndar
     return hit_rate_and_ndcg(ranks, 10)
 
 
+def sasrec_on_users(sasrec_dir: Path, users: np.ndarray) -> dict[str, list[float]]:
+    """SASRec's HR@10 / NDCG@10 per seed over ``users``, from its saved per-user test ranks."""
+    out: dict[str, list[float]] = {}
+    wanted = {str(u) for u in users.tolist()}
+    for seed_dir in sorted(sasrec_dir.glob("seed*")):
+        if not (seed_dir / "test_ranks.npy").exists():
+            continue
+        ranks = np.load(seed_dir / "test_ranks.npy")
+        keep = np.array([u in wanted for u in np.load(seed_dir / "test_users.npy").tolist()])
+        if keep.sum() != len(users):
+            raise RuntimeError(f"{seed_dir}: SASRec ranked {keep.sum()} of the {len(users)} test users")
+        hr, ndcg = hit_rate_and_ndcg(ranks[keep], 10)
+        out.setdefault("hr@10", []).append(hr)
+        out.setdefault("ndcg@10", []).append(ndcg)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
@@ -169,7 +186,7 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}"
     for seed in range(args.seeds):
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
-        done = run_dir / "result.json"
+        done = run_dir / "ranking_result.json"  # (train() writes its own result.json beside it)
         if done.exists():
             continue
         data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}"
@@ -196,7 +213,7 @@ def main() -> None:
 
     rows: dict[str, dict[str, list[float]]] = {}
     for variant_dir in sorted(work.glob("eventrec_*")):  # every variant run so far, this one included
-        found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob("seed*/result.json"))]
+        found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob("seed*/ranking_result.json"))]
         found = [r for r in found if r["users"] == len(users)]
         if found:
             rows[f"eventrec sequence model ({variant_dir.name.removeprefix('eventrec_').replace('-', ', ')})"] = {
@@ -204,10 +221,9 @@ def main() -> None:
                 "train s": [r["train_seconds"] for r in found], "rank s": [r["rank_seconds"] for r in found]}
     this = f"eventrec sequence model ({variant.replace('-', ', ')})"
     rows["rule: most popular in training (same list for everyone)"] = dict(zip(("hr@10", "ndcg@10"), map(lambda v: [v], popularity_rule(sequences, items, users))))
-    peer = sorted((work / "sasrec").glob("seed*/result.json"))
+    peer = sasrec_on_users(work / "sasrec", users)
     if peer:
-        peer_results = [json.loads(p.read_text()) for p in peer]
-        rows["RecBole SASRec"] = {"hr@10": [r["test"]["HR@10"] for r in peer_results], "ndcg@10": [r["test"]["NDCG@10"] for r in peer_results]}
+        rows["RecBole SASRec"] = peer
     lines = [f"## {args.dataset}: next item, full-catalogue ranking", "",
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
