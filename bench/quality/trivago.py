@@ -1,4 +1,4 @@
-"""trivago clicks: eventrec's sequence model and DLRM against FuxiCTR's DNN / DIN / BST and two rules.
+"""trivago clicks: eventrec's sequence model and DLRM against FuxiCTR's DNN / DIN / TransAct and two rules.
 
     .venv/bin/python bench/quality/trivago.py                 # eventrec models + rules (+ peers if set up)
     bash bench/quality/setup_peers.sh                          # once: .venv-peers with FuxiCTR, RecBole
@@ -36,7 +36,9 @@ WORK = ROOT / "bench" / "out" / "quality" / "trivago"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 METRICS = ["auc", "gauc", "ne", "logloss", "calibration", "mrr"]
 HEADER = {"auc": "AUC", "gauc": "gAUC (clickouts)", "ne": "NE", "logloss": "logloss", "calibration": "calibration", "mrr": "MRR"}
-PEER_NAMES = {"dnn": "FuxiCTR DNN (mean-pooled history)", "din": "FuxiCTR DIN", "bst": "FuxiCTR BST"}
+# FuxiCTR's pip package (2.3.10) has no BST (nor the classic DNN / DIN): DIN and TransAct come from its
+# model_zoo.LongCTR, DNN is built from its layers (bench/quality/peers/README.md)
+PEER_NAMES = {"dnn": "FuxiCTR DNN (mean-pooled history)", "din": "FuxiCTR DIN", "transact": "FuxiCTR TransAct (in place of BST)"}
 
 
 def ablation_configs() -> dict:
@@ -89,7 +91,7 @@ def run_peers(data_dir: Path, seeds: list[int]) -> dict[str, list[tuple[np.ndarr
     if not PEERS_PYTHON.exists():
         print(f"peers skipped: {PEERS_PYTHON} not found (run bench/quality/setup_peers.sh)")
         return {}
-    out_dir = WORK / "peer_runs"
+    out_dir = WORK / "fuxictr"
     command = [str(PEERS_PYTHON), str(ROOT / "bench/quality/peers/fuxictr_trivago.py"), "--data", str(data_dir), "--out", str(out_dir),
                "--models", *PEER_NAMES, "--seeds", *map(str, seeds)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -99,7 +101,7 @@ def run_peers(data_dir: Path, seeds: list[int]) -> dict[str, list[tuple[np.ndarr
         for seed in seeds:
             run = out_dir / f"{key}_seed{seed}"
             if (run / "test_predictions.npy").exists():
-                seconds = json.loads((run / "run.json").read_text()).get("seconds", float("nan"))
+                seconds = json.loads((run / "run.json").read_text()).get("train_seconds", float("nan"))
                 found.setdefault(name, []).append((np.load(run / "test_predictions.npy").astype(np.float64), seconds))
     return found
 
