@@ -186,9 +186,10 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}"
     for seed in range(args.seeds):
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
-        done = run_dir / "ranking_result.json"  # (train() writes its own result.json beside it)
+        done = run_dir / f"ranking_{len(users)}users.json"  # one per test-user sample (train() writes result.json)
         if done.exists():
             continue
+        earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
         data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}"
         logs, store_dir = work / f"logs_{data_variant}", work / f"store_{data_variant}"
         write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling)
@@ -201,10 +202,12 @@ def main() -> None:
         t0 = time.perf_counter()
         _, result = train(store, config, train_config, run_dir, show_progress=False)
         train_seconds = time.perf_counter() - t0
+        if earlier:  # training had finished in an earlier run (this one only resumed it): keep its time
+            train_seconds = max([train_seconds] + [r["train_seconds"] for r in earlier])
         t0 = time.perf_counter()
         ranks = full_catalogue_ranks(run_dir / "best", store, sequences, items, users)
         rank_seconds = time.perf_counter() - t0
-        np.save(run_dir / "test_ranks.npy", ranks, allow_pickle=False)
+        np.save(run_dir / f"test_ranks_{len(users)}users.npy", ranks, allow_pickle=False)
         hr, ndcg = hit_rate_and_ndcg(ranks, 10)
         record = {"seed": seed, "hr@10": hr, "ndcg@10": ndcg, "users": len(ranks), "train_seconds": train_seconds,
                   "rank_seconds": rank_seconds, "steps": result.steps, "best_validation": result.best_validation}
@@ -213,8 +216,7 @@ def main() -> None:
 
     rows: dict[str, dict[str, list[float]]] = {}
     for variant_dir in sorted(work.glob("eventrec_*")):  # every variant run so far, this one included
-        found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob("seed*/ranking_result.json"))]
-        found = [r for r in found if r["users"] == len(users)]
+        found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob(f"seed*/ranking_{len(users)}users.json"))]
         if found:
             rows[f"eventrec sequence model ({variant_dir.name.removeprefix('eventrec_').replace('-', ', ')})"] = {
                 "hr@10": [r["hr@10"] for r in found], "ndcg@10": [r["ndcg@10"] for r in found],
@@ -224,7 +226,7 @@ def main() -> None:
     peer = sasrec_on_users(work / "sasrec", users)
     if peer:
         rows["RecBole SASRec"] = peer
-    lines = [f"## {args.dataset}: next item, full-catalogue ranking", "",
+    lines = [f"## {args.dataset}: next item, full-catalogue ranking" + (f" ({len(users):,} sampled test users)" if args.test_users else ""), "",
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
@@ -237,7 +239,7 @@ def main() -> None:
                 hr = mean_std(values["hr@10"])[0] / mean_std(rows["RecBole SASRec"]["hr@10"])[0]
                 ndcg = mean_std(values["ndcg@10"])[0] / mean_std(rows["RecBole SASRec"]["ndcg@10"])[0]
                 lines.append(f"- {name} / SASRec: HR@10 {hr:.2f}×, NDCG@10 {ndcg:.2f}× (goal ≥ 1.15×)")
-    write_section(f"{args.dataset}-next-item", "\n".join(lines))
+    write_section(f"{args.dataset}-next-item" + (f"-{len(users)}-users" if args.test_users else ""), "\n".join(lines))
     print("\n".join(lines))
     print(f"{time.perf_counter() - started:.0f} s")
 
