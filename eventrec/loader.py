@@ -79,10 +79,9 @@ class BatchDataset(Dataset):
             groups = np.random.default_rng([self.seed, self.epoch]).permutation(len(sizes))
         order = self.examples[np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])] if len(groups) else self.examples[:0]
         ends = np.cumsum(sizes[groups])  # example count after each group
-        # close a batch after the first group that reaches the next multiple of batch_size
-        cuts = np.unique(np.searchsorted(ends, np.arange(self.batch_size, ends[-1] + self.batch_size, self.batch_size) if len(ends) else [], side="left"))
-        bounds = np.concatenate([[0], ends[np.minimum(cuts, len(ends) - 1)]]) if len(ends) else np.zeros(1, dtype=np.int64)
-        bounds = np.unique(bounds)
+        # a group joins the batch in whose batch_size window it starts
+        window = (ends - sizes[groups]) // self.batch_size
+        bounds = np.concatenate([[0], ends[np.flatnonzero(np.diff(window))], ends[-1:]]).astype(np.int64)
         if self.drop_last and len(bounds) > 1 and bounds[-1] - bounds[-2] < self.batch_size:
             bounds = bounds[:-1]
         self._grouped_cache = (self.epoch, order, bounds)
