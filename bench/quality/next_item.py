@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from bench.quality.next_item_data import prepare_next_item  # noqa: E402
-from bench.quality.ranking_metrics import hit_rate_and_ndcg  # noqa: E402
+from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 from bench.quality.report import markdown_table, mean_std, write_section  # noqa: E402
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
@@ -121,7 +121,7 @@ def full_catalogue_ranks(checkpoint: Path, store, sequences: pl.DataFrame, items
     ranks = np.empty(test.height, dtype=np.int64)
     for row, (user, item, when) in enumerate(test.iter_rows()):
         scores = service.rank(user, catalogue, timestamp=int(when)).scores[:, 0].astype(np.float64)
-        ranks[row] = int((scores >= scores[index[item]]).sum())
+        ranks[row] = target_ranks(scores[None, :], np.array([index[item]]))[0]
     return ranks
 
 

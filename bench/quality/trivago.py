@@ -128,7 +128,6 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    import polars as pl
     import torch
 
     torch.set_num_threads(args.threads)
