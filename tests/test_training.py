@@ -129,3 +129,52 @@ def test_trains_with_the_listwise_loss_and_stops_on_auc(tiny_store, tmp_path):
     config = TRAIN.model_copy(update={"loss": "request_softmax", "stop_on": "auc", "calibrate": False, "epochs": 2})
     model, result = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
     assert result.steps > 0 and result.best_validation
+
+
+def test_stops_on_a_custom_validation_score(tiny_store, tmp_path):
+    with pytest.raises(ValueError, match="validation_score"):
+        train(tiny_store, MODEL, TRAIN.model_copy(update={"stop_on": "score"}), tmp_path / "none", show_progress=False)
+    calls = []
+    falling = iter([0.5, 0.4, 0.3, 0.2])  # best at the first validation, then patience runs out
+
+    def score(model):
+        assert not model.training and not torch.is_grad_enabled()
+        calls.append(1)
+        return {"score": next(falling), "hr@10": 0.1}
+
+    config = TRAIN.model_copy(update={"stop_on": "score", "epochs": 4, "patience": 1})
+    _, result = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False, validation_score=score)
+    assert len(calls) == 2 and result.best_epoch == 0  # stopped after one validation without improvement
+    assert result.best_validation["score"] == {"score": 0.5, "hr@10": 0.1}
+    assert [h["score"]["score"] for h in result.history] == [0.5, 0.4]
+    assert (tmp_path / "run" / "score_log.csv").read_text().count("\n") == 3
+
+
+def test_listwise_weight_adds_the_request_softmax_to_the_bce(tiny_store, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="listwise_weight"):
+        TrainConfig(loss="request_softmax", calibrate=False, listwise_weight=0.5)
+    seen = []
+    pointwise, listwise = trainer_module.multitask_loss, trainer_module.request_softmax_loss
+
+    def record_bce(*args, **kwargs):
+        seen.append(("bce", float(pointwise(*args, **kwargs)[0].detach())))
+        return pointwise(*args, **kwargs)
+
+    def record_listwise(logits, labels, groups):
+        # whole requests in the batch: every request id present has all its rows
+        rows = tiny_store.request_ids[tiny_store.split_indices("train")]
+        for g in torch.unique(groups).tolist():
+            assert int((groups == g).sum()) == int((rows == g).sum())
+        seen.append(("listwise", float(listwise(logits, labels, groups)[0].detach())))
+        return listwise(logits, labels, groups)
+
+    monkeypatch.setattr(trainer_module, "multitask_loss", record_bce)
+    monkeypatch.setattr(trainer_module, "request_softmax_loss", record_listwise)
+    config = TRAIN.model_copy(update={"listwise_weight": 0.5, "epochs": 1})
+    train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
+    logged = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
+    assert len(seen) == 2 * len(logged)
+    for step, value in enumerate(logged):
+        (kind_a, bce), (kind_b, ls) = seen[2 * step], seen[2 * step + 1]
+        assert (kind_a, kind_b) == ("bce", "listwise")
+        assert value == pytest.approx(bce + 0.5 * ls, rel=1e-5)

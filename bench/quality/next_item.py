@@ -109,20 +109,33 @@ def leave_one_out_store(store) -> None:
     store.splits = store.extras["split_code"].astype(np.int8)
 
 
-def full_catalogue_ranks(checkpoint: Path, store, sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray) -> np.ndarray:
-    """Pessimistic 1-based rank of each user's test item among all catalogue items ``[U]``."""
-    from eventrec.serving import RankingService
-
-    service = RankingService.load(checkpoint, store, max_candidates=max(10_000, items.height))
-    test = sequences.filter(pl.col("split") == "test").select("user_id", "item_id", "unique_time")
-    test = test.filter(pl.col("user_id").is_in(users.tolist())).sort("user_id")
+def full_catalogue_ranks(service, sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray, split: str = "test") -> np.ndarray:
+    """Pessimistic 1-based rank of each user's ``split`` item (test or validation) among all catalogue
+    items ``[U]``, ranked by ``service`` (a ``RankingService``) at the item's time."""
+    targets = sequences.filter(pl.col("split") == split).select("user_id", "item_id", "unique_time")
+    targets = targets.filter(pl.col("user_id").is_in(users.tolist())).sort("user_id")
     catalogue = items.sort("item_id")
     index = {item: i for i, item in enumerate(catalogue["item_id"].to_list())}
-    ranks = np.empty(test.height, dtype=np.int64)
-    for row, (user, item, when) in enumerate(test.iter_rows()):
+    ranks = np.empty(targets.height, dtype=np.int64)
+    for row, (user, item, when) in enumerate(targets.iter_rows()):
         scores = service.rank(user, catalogue, timestamp=int(when)).scores[:, 0].astype(np.float64)
         ranks[row] = target_ranks(scores[None, :], np.array([index[item]]))[0]
     return ranks
+
+
+def validation_ndcg(store, sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray):
+    """A ``validation_score`` for ``train()``: full-catalogue NDCG@10 (the score) and HR@10 of the
+    validation items of ``users``, ranked like the test (the test split is never read)."""
+    from eventrec.serving import RankingService
+
+    calls = iter(range(1_000_000))
+
+    def score(model) -> dict[str, float]:
+        service = RankingService(model, store, f"validation-{next(calls)}", max_candidates=max(10_000, items.height))
+        hr, ndcg = hit_rate_and_ndcg(full_catalogue_ranks(service, sequences, items, users, "validation"), 10)
+        return {"score": ndcg, "ndcg@10": ndcg, "hr@10": hr}
+
+    return score
 
 
 def popularity_rule(sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray) -> tuple[float, float]:
@@ -163,6 +176,11 @@ def main() -> None:
                         help="softmax over each request's positive and negatives (listwise), or binary cross-entropy")
     parser.add_argument("--sampling", choices=["uniform", "popularity"], default="uniform", help="how negatives are drawn")
     parser.add_argument("--test-users", type=int, default=0, help="rank for this many users drawn at random (0 = all)")
+    parser.add_argument("--select", choices=["auc", "ndcg"], default="auc",
+                        help="model selection and early stopping: AUC of the sampled validation requests, or full-catalogue "
+                             "NDCG@10 of the validation items (as SASRec's selection)")
+    parser.add_argument("--validation-users", type=int, default=0, help="with --select ndcg: users whose validation item is ranked (0 = all)")
+    parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -172,6 +190,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from eventrec.model.config import SequenceModelConfig
     from eventrec.schema import load_schema
+    from eventrec.serving import RankingService
     from eventrec.store import EventStore
     from eventrec.store_builder import build_store
     from eventrec.training.trainer import TrainConfig, train
@@ -183,7 +202,8 @@ def main() -> None:
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
     config = SequenceModelConfig()
-    variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}"
+    variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}")
+    validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
     for seed in range(args.seeds):
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
         done = run_dir / f"ranking_{len(users)}users.json"  # one per test-user sample (train() writes result.json)
@@ -197,15 +217,17 @@ def main() -> None:
             build_store(schema, logs, store_dir)
         store = EventStore.open(store_dir)
         leave_one_out_store(store)
-        train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=2, calibrate=False, seed=seed,
-                                   loss=args.loss, stop_on="auc")
+        train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=args.patience, calibrate=False, seed=seed,
+                                   loss=args.loss, stop_on="auc" if args.select == "auc" else "score")
+        selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
         t0 = time.perf_counter()
-        _, result = train(store, config, train_config, run_dir, show_progress=False)
+        _, result = train(store, config, train_config, run_dir, show_progress=False, validation_score=selection)
         train_seconds = time.perf_counter() - t0
         if earlier:  # training had finished in an earlier run (this one only resumed it): keep its time
             train_seconds = max([train_seconds] + [r["train_seconds"] for r in earlier])
         t0 = time.perf_counter()
-        ranks = full_catalogue_ranks(run_dir / "best", store, sequences, items, users)
+        service = RankingService.load(run_dir / "best", store, max_candidates=max(10_000, items.height))
+        ranks = full_catalogue_ranks(service, sequences, items, users)
         rank_seconds = time.perf_counter() - t0
         np.save(run_dir / f"test_ranks_{len(users)}users.npy", ranks, allow_pickle=False)
         hr, ndcg = hit_rate_and_ndcg(ranks, 10)
@@ -228,7 +250,9 @@ def main() -> None:
         rows["RecBole SASRec"] = peer
     lines = [f"## {args.dataset}: next item, full-catalogue ranking" + (f" ({len(users):,} sampled test users)" if args.test_users else ""), "",
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
-             + (f" --test-users {args.test_users}" if args.test_users else "") + "`. "
+             + (f" --test-users {args.test_users}" if args.test_users else "")
+             + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
+             + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]

@@ -72,12 +72,14 @@ def prepare_store():
     return EventStore.open(store_dir), logs
 
 
-def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int) -> dict[str, list[tuple[np.ndarray, float]]]:
-    """Train each model per seed (resumable); ``{name: [(test probabilities [n_test], seconds)]}``."""
+def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int, listwise_weight: float = 0.0) -> dict[str, list[tuple[np.ndarray, float]]]:
+    """Train each model per seed (resumable); ``{name: [(test probabilities [n_test], seconds)]}``.
+    ``listwise_weight``: adds that weight times the softmax over each clickout's impressions to the
+    bce loss (``TrainConfig.listwise_weight``)."""
     from eventrec.experiment import run_comparison
     from eventrec.training.trainer import TrainConfig
 
-    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2)
+    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight)
     out: dict[str, list[tuple[np.ndarray, float]]] = {}
     for name, config in models.items():
         slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
@@ -125,6 +127,8 @@ def main() -> None:
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--ablations", action="store_true", help="also train the ablation table")
     parser.add_argument("--ablation-seeds", type=int, default=2)
+    parser.add_argument("--listwise-weight", type=float, default=0.0,
+                        help="also train the sequence model with bce + this weight times a softmax over each clickout (a row of its own)")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -143,6 +147,9 @@ def main() -> None:
 
     predictions = run_eventrec(store, {"eventrec sequence model": SequenceModelConfig(), "eventrec DLRM (aggregated features)": DlrmConfig()},
                                seeds, WORK / "runs", args.epochs)
+    listwise = f"eventrec sequence model, bce + {args.listwise_weight:g} × clickout softmax"
+    if args.listwise_weight:
+        predictions.update(run_eventrec(store, {listwise: SequenceModelConfig()}, seeds, WORK / "runs", args.epochs, args.listwise_weight))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]
@@ -157,11 +164,19 @@ def main() -> None:
     seq = rows["eventrec sequence model"]
     verdicts = [f"- sequence model vs {other}: {gain_verdict(seq, rows[other], lower_better='ne' if 'ne' in rows[other] else None)}"
                 for other in rows if other != "eventrec sequence model"]
+    best_rule = "rule: recency, ties by display position"
+    for name in ("eventrec sequence model", listwise):
+        if name in rows:
+            verdicts.append(f"- {name} vs {best_rule}, on MRR: {gain_verdict(rows[name], rows[best_rule], metric='mrr', lower_better=None)}")
+    if listwise in rows:
+        verdicts.append(f"- {listwise} vs eventrec sequence model (bce only): {gain_verdict(rows[listwise], seq)}; "
+                        f"on MRR: {gain_verdict(rows[listwise], seq, metric='mrr', lower_better=None)}")
     n_test, n_requests = len(test), len(np.unique(requests))
     body = [
         "## trivago clicks (RecSys Challenge 2019 sample)",
         "",
-        f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}` (peers: `bash bench/quality/setup_peers.sh` first). "
+        f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}"
+        + (f" --listwise-weight {args.listwise_weight:g}" if args.listwise_weight else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "

@@ -2,7 +2,7 @@
 
 AdamW, and SparseAdam for embedding tables with sparse gradients, linear warm-up then cosine decay,
 gradient clipping, evaluation on the *validation* split after each epoch with early stopping on the
-primary task's NE (the test split is never read here), deterministic seeds and data order, a tqdm
+primary task's NE, its AUC, or a caller's validation score (the test split is never read here), deterministic seeds and data order, a tqdm
 progress bar with the running loss, CSV logs, and checkpoints (safetensors + JSON): ``last/`` every
 ``checkpoint_every`` steps and at each epoch end (a killed run resumes from it, losing only the
 steps since), ``best/`` with the best validation weights.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
@@ -57,13 +57,25 @@ class TrainConfig(BaseModel):
     loss: Literal["bce", "request_softmax"] = Field(
         "bce", description="bce: binary cross-entropy per impression; request_softmax: softmax cross-entropy over each "
         "request's candidates (listwise, e.g. a positive and sampled negatives; batches keep requests whole)")
-    stop_on: Literal["ne", "auc"] = Field("ne", description="validation metric of the first task for early stopping")
+    listwise_weight: float = Field(
+        0.0, ge=0, description="with loss bce: add this weight times the request softmax loss (a listwise term that "
+        "sharpens the order within each request while the bce term keeps the scores probabilities); needs request ids")
+    stop_on: Literal["ne", "auc", "score"] = Field(
+        "ne", description="early stopping on the first task's validation NE or AUC, or on `score`: the value returned by the "
+        "`validation_score` function given to train() (higher is better, e.g. a full-catalogue hit rate)")
 
     @model_validator(mode="after")
     def _softmax_needs_no_calibration(self) -> "TrainConfig":
         if self.loss == "request_softmax" and self.calibrate:
             raise ValueError("calibrate: Platt scaling assumes the bce loss; set calibrate: false with loss: request_softmax")
+        if self.loss == "request_softmax" and self.listwise_weight:
+            raise ValueError("listwise_weight: adds the request softmax to the bce loss; with loss: request_softmax leave it 0")
         return self
+
+    @property
+    def needs_requests(self) -> bool:
+        """Whether batches must keep requests whole (a listwise loss term)."""
+        return self.loss == "request_softmax" or self.listwise_weight > 0
 
 
 @dataclass
@@ -142,8 +154,16 @@ def train(
     config: TrainConfig,
     run_dir: Path,
     show_progress: bool = True,
+    validation_score: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Train on the store's train split; returns the model with its best validation weights."""
+    """Train on the store's train split; returns the model with its best validation weights.
+
+    ``validation_score(model)`` (needed by ``stop_on="score"``): called at each validation with the
+    model in eval mode; returns metrics on validation data (never test), whose ``"score"`` entry
+    (higher is better) selects the best weights and drives early stopping. All entries go to the
+    history and to ``score_log.csv``."""
+    if config.stop_on == "score" and validation_score is None:
+        raise ValueError("stop_on: 'score' needs a validation_score function passed to train()")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
@@ -152,9 +172,9 @@ def train(
     optimizers = _optimizers(model, config)
     batch_fn = batch_function(model_config)
     groups = None
-    if config.loss == "request_softmax":
+    if config.needs_requests:
         if store.request_ids is None or store.request_ids.dtype.kind not in "iu":
-            raise ValueError("loss request_softmax needs integer request ids (impressions.request_column)")
+            raise ValueError("loss request_softmax (or listwise_weight > 0) needs integer request ids (impressions.request_column)")
         groups = store.request_ids[store.split_indices("train")]
     dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn, groups=groups)
     validation = store.split_indices("validation")
@@ -180,14 +200,23 @@ def train(
         for task, m in metrics.items():
             eval_log.write({"step": state["step"], "epoch": epoch, "task": task, **m})
         primary = metrics[store.label_names[0]]
-        state["history"].append({"epoch": epoch, "step": state["step"], "validation": metrics})
+        custom = None
+        if validation_score is not None:
+            model.eval()
+            with torch.no_grad():
+                custom = {k: float(v) for k, v in validation_score(model).items()}
+            if config.stop_on == "score" and not math.isfinite(custom.get("score", math.nan)):
+                raise ValueError(f"validation_score must return a finite 'score' (got {custom})")
+            score_log.write({"step": state["step"], "epoch": epoch, "score": custom.get("score", ""), "metrics": json.dumps(custom)})
+        state["history"].append({"epoch": epoch, "step": state["step"], "validation": metrics} | ({"score": custom} if custom else {}))
         if show_progress:
-            print(f"step {state['step']} (epoch {epoch + 1}): validation " + ", ".join(f"{t} NE {m['ne']:.4f} AUC {m['auc']:.4f}" for t, m in metrics.items() if m.get("count")), file=sys.stderr)
+            print(f"step {state['step']} (epoch {epoch + 1}): validation " + ", ".join(f"{t} NE {m['ne']:.4f} AUC {m['auc']:.4f}" for t, m in metrics.items() if m.get("count"))
+                  + (f", score {custom}" if custom else ""), file=sys.stderr)
         model.train()
-        # "best_ne" holds the stopping metric, sign-flipped when higher is better (AUC)
-        score = primary["ne"] if config.stop_on == "ne" else -primary["auc"]
+        # "best_ne" holds the stopping metric, sign-flipped when higher is better (AUC, score)
+        score = {"ne": primary["ne"], "auc": -primary["auc"], "score": -(custom or {}).get("score", 0.0)}[config.stop_on]
         if state["best_ne"] is None or score < state["best_ne"]:
-            state.update(best_ne=score, best_epoch=epoch, bad_epochs=0, best_validation=metrics)
+            state.update(best_ne=score, best_epoch=epoch, bad_epochs=0, best_validation=metrics | ({"score": custom} if custom else {}))
             checkpoint(run_dir / "best", with_optimizers=False)
             return False
         state["bad_epochs"] += 1
@@ -197,6 +226,7 @@ def train(
 
     train_log = _CsvLog(run_dir / "train_log.csv", ["step", "epoch", "loss", "learning_rate", *[f"loss_{n}" for n in store.label_names]])
     eval_log = _CsvLog(run_dir / "eval_log.csv", ["step", "epoch", "task", "ne", "auc", "gauc", "logloss", "calibration", "count"])
+    score_log = _CsvLog(run_dir / "score_log.csv", ["step", "epoch", "score", "metrics"]) if validation_score is not None else None
     started = time.perf_counter()
     model.train()
     stopped = state.setdefault("stopped", False)
@@ -213,12 +243,15 @@ def train(
             for optimizer in optimizers.values():
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+            if config.needs_requests and batch.request_ids is None:
+                raise ValueError("loss request_softmax / listwise_weight: this model's batches carry no request ids")
+            logits = model(batch)
             if config.loss == "request_softmax":
-                if batch.request_ids is None:
-                    raise ValueError("loss request_softmax: this model's batches carry no request ids")
-                loss, per_task = request_softmax_loss(model(batch), batch.labels, batch.request_ids)
+                loss, per_task = request_softmax_loss(logits, batch.labels, batch.request_ids)
             else:
-                loss, per_task = multitask_loss(model(batch), batch.labels, config.task_weights)
+                loss, per_task = multitask_loss(logits, batch.labels, config.task_weights)
+                if config.listwise_weight:
+                    loss = loss + config.listwise_weight * request_softmax_loss(logits, batch.labels, batch.request_ids)[0]
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
