@@ -1,7 +1,7 @@
 """Latency of ranking C candidates for a user with N events through the Python serving core, against
 the naive baseline in the same run.
 
-    .venv/bin/python bench/serving_latency.py [--candidates 1000 5000 10000] [--events 256 1024 4096]
+    .venv/bin/python bench/serving_latency.py [--candidates 1000 5000 10000] [--events 256 1024 4096] [--precision fp32 bf16]
 
 Setup: a synthetic store whose users have exactly N click events (one stream, max_length 4096), the
 default `SequenceModelConfig` (D=64, 4 heads, 2 layers, 4 pooling slots, match attention) with random
@@ -12,11 +12,19 @@ Rows per (N, C):
   recency buckets did not change) and the candidates' item embeddings are cached;
 * core, cached user, model's pooling: the same, scored with the model's own `KeyedAttentionPooling.pool`
   (`service.restructured_pooling = False`: the serving path before `eventrec/serving/scoring.py`);
+* core bf16, cached user (with `--precision ... bf16`): the same request through a second service with
+  `precision="bf16"` (same model, its own caches), interleaved with the two above; beside it the largest
+  |probability difference| to the fp32 core's scores of the same request and the overlap of their top
+  100 candidates (by the first task). fp32 is always measured: it is the reference;
 * core, user recomputed: the same with the user state dropped before every request (one encoder pass
   per request: a new user, new events, or changed recency buckets);
-* naive: no cache, the user's history re-encoded for every batch of `--naive-batch` candidates.
+* naive: no cache, the user's history re-encoded for every batch of `--naive-batch` candidates;
+* BST-style (`bench/bst_baseline.py`): a ranker of the same width with the candidate as one more token
+  inside the self-attention, so the history is encoded once per candidate. Measured on a sample of
+  `--bst-candidates` candidates per N (in encoder batches of at most `--bst-batch` sequences), and
+  reported as seconds per candidate times C: an extrapolation, labelled as such.
 
-Prints a Markdown table (p50/p99 in ms), the speed-up over the naive baseline and the slopes (least
+Prints a Markdown table (p50/p99 in ms), the speed-ups over the naive baselines and the slopes (least
 squares: ms per 1000 candidates at the middle N, ms per 1000 events at the middle C).
 """
 
@@ -32,6 +40,9 @@ import numpy as np
 import polars as pl
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bst_baseline import time_bst  # noqa: E402
 
 SCHEMA = {
     "name": "bench_serving",
@@ -87,6 +98,83 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
+def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 100) -> int:
+    """Candidates in both top-``k`` lists (by the first task) of two score arrays ``[C, T]``."""
+    top = lambda scores: set(np.argsort(-scores[:, 0], kind="stable")[:k].tolist())
+    return len(top(a) & top(b))
+
+
+def timed(call) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = call()
+    return time.perf_counter() - started, result
+
+
+def measure_cell(service, bf16, user: int, pool: pl.DataFrame, context: dict, args) -> dict:
+    """Latencies (seconds) of one (N, C) cell; the bf16 columns when ``bf16`` (a second service) is given."""
+    rank = lambda svc: svc.rank(user, pool, context, REQUEST_TIME)
+    for svc in (service, bf16) if bf16 is not None else (service,):
+        rank(svc)  # warm: user state + candidate cache
+    samples: dict[str, list[float]] = {"cached": [], "previous": [], "bf16": [], "recomputed": [], "naive": []}
+    for _ in range(args.repeats):  # interleaved, so that all see the same machine load
+        elapsed, result = timed(lambda: rank(service))
+        samples["cached"].append(elapsed)
+        assert result.user_state == "hit"
+        service.restructured_pooling = False
+        elapsed, previous = timed(lambda: rank(service))
+        samples["previous"].append(elapsed)
+        service.restructured_pooling = True
+        if bf16 is not None:
+            elapsed, low = timed(lambda: rank(bf16))
+            samples["bf16"].append(elapsed)
+            assert low.user_state == "hit"
+    for _ in range(args.repeats):
+        service.users.pop((str(user), service.version))
+        elapsed, recomputed = timed(lambda: rank(service))
+        samples["recomputed"].append(elapsed)
+    for _ in range(args.naive_repeats):
+        elapsed, naive_scores = timed(lambda: service.naive_scores(user, pool, context, REQUEST_TIME, batch=args.naive_batch))
+        samples["naive"].append(elapsed)
+    cell = {name: percentiles(values) for name, values in samples.items() if values}
+    cell["gap"] = float(max(np.abs(naive_scores - recomputed.scores).max(), np.abs(previous.scores - result.scores).max()))
+    if bf16 is not None:
+        cell["bf16_dp"] = float(np.abs(low.scores - result.scores).max())
+        cell["bf16_top100"] = top_overlap(low.scores, result.scores)
+    return cell
+
+
+def print_table(results: list[dict], args, with_bf16: bool) -> None:
+    bf16_head = "| core bf16, cached user p50 / p99 (ms) | bf16 vs fp32: max abs dp, top-100 overlap " if with_bf16 else ""
+    bst_head = f"| BST-style, extrapolated from {args.bst_candidates} candidates (ms) | BST / cached (p50) " if args.bst_candidates else ""
+    print(f"\n| N events | C candidates | core, cached user p50 / p99 (ms) {bf16_head}| cached, model's pooling p50 / p99 (ms) | core, user recomputed p50 / p99 (ms) "
+          f"| naive p50 / p99 (ms) | naive / cached (p50) | naive / recomputed (p50) {bst_head}| max score diff |")
+    print("|---:" * (9 + 2 * with_bf16 + 2 * bool(args.bst_candidates)) + "|")
+    for r in results:
+        (w50, w99), (p50, p99), (c50, c99), (n50, n99) = r["cached"], r["previous"], r["recomputed"], r["naive"]
+        bf16 = f"| {r['bf16'][0]:.1f} / {r['bf16'][1]:.1f} | {r['bf16_dp']:.1e}, {r['bf16_top100']} " if with_bf16 else ""
+        bst = f"| {r['bst']:.0f} | {r['bst'] / w50:.0f}x " if args.bst_candidates else ""
+        print(f"| {r['n']} | {r['c']} | {w50:.1f} / {w99:.1f} {bf16}| {p50:.1f} / {p99:.1f} | {c50:.1f} / {c99:.1f} | {n50:.0f} / {n99:.0f} | {n50 / w50:.0f}x "
+              f"| {n50 / c50:.1f}x {bst}| {r['gap']:.1e} |")
+    if args.bst_candidates:
+        batches = ", ".join(f"N={n}: {b}" for n, b in sorted({(r["n"], r["bst_batch"]) for r in results}))
+        print(f"\nBST-style: seconds per candidate measured once per N over {args.bst_candidates} candidates (encoder batches of {batches} "
+              "sequences), times C; not run over all C candidates.")
+
+
+def print_slopes(results: list[dict], args, with_bf16: bool) -> None:
+    mid_n, mid_c = args.events[len(args.events) // 2], args.candidates[len(args.candidates) // 2]
+    for label in ("cached", "recomputed") + (("bf16",) if with_bf16 else ()):
+        by_c = [(r["c"], r[label][0]) for r in results if r["n"] == mid_n]
+        by_n = [(r["n"], r[label][0]) for r in results if r["c"] == mid_c]
+        if len(by_c) > 1:
+            slope_c = np.polyfit(*zip(*by_c), 1)[0] * 1000
+            print(f"\nslope ({label}, p50): {slope_c:.2f} ms per 1000 candidates at N={mid_n}", end="")
+        if len(by_n) > 1:
+            slope_n = np.polyfit(*zip(*by_n), 1)[0] * 1000
+            print(f"; {slope_n:.2f} ms per 1000 events at C={mid_c}", end="")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000, 10000])
@@ -94,6 +182,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="requests per core cell")
     parser.add_argument("--naive-repeats", type=int, default=3)
     parser.add_argument("--naive-batch", type=int, default=256)
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                        help="serving precisions of the core, cached-user column (fp32 is always measured: the reference)")
+    parser.add_argument("--bst-candidates", type=int, default=32, help="candidates sampled per N for the BST-style baseline (0: skip it)")
+    parser.add_argument("--bst-batch", type=int, default=64,
+                        help="most sequences per encoder pass of the BST-style baseline (fewer for long histories: bench/bst_baseline.py)")
     parser.add_argument("--chunk", type=int, default=2048, help="candidates per pass of the model's pooling (naive, previous path)")
     parser.add_argument("--attention-chunk", type=int, default=None, help="candidates per attention block of the serving path (default: ~4 MiB of logits)")
     parser.add_argument("--threads", type=int, default=1)
@@ -109,58 +202,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = build_world(Path(tmp), args.events)
     model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig()).eval()
-    service = RankingService(model, store, "bench", max_candidates=max(args.candidates), candidate_chunk=args.chunk, attention_chunk=args.attention_chunk)
+    options = dict(max_candidates=max(args.candidates), candidate_chunk=args.chunk, attention_chunk=args.attention_chunk)
+    service = RankingService(model, store, "bench", **options)
+    with_bf16 = "bf16" in args.precision
+    bf16 = RankingService(model, store, "bench", precision="bf16", **options) if with_bf16 else None
     rng = np.random.default_rng(1)
     pools = {c: pl.DataFrame({"ad_id": rng.integers(0, 1_000_000, c), "category": [CATEGORIES[i] for i in rng.integers(0, 50, c)]}) for c in args.candidates}
     context = {"placement": "feed"}
     results = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default SequenceModelConfig; chunk {args.chunk}", file=sys.stderr)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default SequenceModelConfig; chunk {args.chunk}; "
+          f"precisions {', '.join(['fp32'] + (['bf16'] if with_bf16 else []))}", file=sys.stderr)
     for user, n in enumerate(args.events):
+        bst_per_candidate, bst_batch = time_bst(service, user, pools[args.candidates[0]][: args.bst_candidates], context, REQUEST_TIME,
+                                                args.bst_batch) if args.bst_candidates else (0.0, 0)
         for c in args.candidates:
-            pool = pools[c]
-            service.rank(user, pool, context, REQUEST_TIME)  # warm: user state + candidate cache
-            warm, previous, cold, naive = [], [], [], []
-            for _ in range(args.repeats):  # interleaved, so that both see the same machine load
-                started = time.perf_counter()
-                result = service.rank(user, pool, context, REQUEST_TIME)
-                warm.append(time.perf_counter() - started)
-                assert result.user_state == "hit"
-                service.restructured_pooling = False
-                started = time.perf_counter()
-                previous_result = service.rank(user, pool, context, REQUEST_TIME)
-                previous.append(time.perf_counter() - started)
-                service.restructured_pooling = True
-            for _ in range(args.repeats):
-                service.users.pop((str(user), service.version))
-                started = time.perf_counter()
-                cold_result = service.rank(user, pool, context, REQUEST_TIME)
-                cold.append(time.perf_counter() - started)
-            for _ in range(args.naive_repeats):
-                started = time.perf_counter()
-                naive_scores = service.naive_scores(user, pool, context, REQUEST_TIME, batch=args.naive_batch)
-                naive.append(time.perf_counter() - started)
-            gap = float(max(np.abs(naive_scores - cold_result.scores).max(), np.abs(previous_result.scores - result.scores).max()))
-            row = (n, c, *percentiles(warm), *percentiles(cold), *percentiles(naive), gap, *percentiles(previous))
-            results.append(row)
-            print(f"N={n} C={c}: cached {row[2]:.1f}/{row[3]:.1f} ms (model's pooling {row[9]:.1f}/{row[10]:.1f}), recomputed {row[4]:.1f}/{row[5]:.1f} ms, "
-                  f"naive {row[6]:.1f}/{row[7]:.1f} ms", file=sys.stderr, flush=True)
+            cell = measure_cell(service, bf16, user, pools[c], context, args)
+            cell.update(n=n, c=c, bst=bst_per_candidate * c * 1000, bst_batch=bst_batch)
+            results.append(cell)
+            low = f", bf16 {cell['bf16'][0]:.1f}/{cell['bf16'][1]:.1f} ms (max |dp| {cell['bf16_dp']:.1e}, top-100 {cell['bf16_top100']})" if with_bf16 else ""
+            print(f"N={n} C={c}: cached {cell['cached'][0]:.1f}/{cell['cached'][1]:.1f} ms{low} (model's pooling {cell['previous'][0]:.1f}/{cell['previous'][1]:.1f}), "
+                  f"recomputed {cell['recomputed'][0]:.1f}/{cell['recomputed'][1]:.1f} ms, naive {cell['naive'][0]:.1f}/{cell['naive'][1]:.1f} ms, "
+                  f"BST-style ~{cell['bst']:.0f} ms (extrapolated)", file=sys.stderr, flush=True)
 
-    state = service.users.get(("0", service.version))
-    print(f"\n| N events | C candidates | core, cached user p50 / p99 (ms) | cached, model's pooling p50 / p99 (ms) | core, user recomputed p50 / p99 (ms) | naive p50 / p99 (ms) | naive / cached (p50) | naive / recomputed (p50) | max score diff |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, c, w50, w99, c50, c99, n50, n99, gap, p50, p99 in results:
-        print(f"| {n} | {c} | {w50:.1f} / {w99:.1f} | {p50:.1f} / {p99:.1f} | {c50:.1f} / {c99:.1f} | {n50:.0f} / {n99:.0f} | {n50 / w50:.0f}x | {n50 / c50:.1f}x | {gap:.1e} |")
-    mid_n, mid_c = args.events[len(args.events) // 2], args.candidates[len(args.candidates) // 2]
-    for label, index in (("cached", 2), ("recomputed", 4)):
-        by_c = [(r[1], r[index]) for r in results if r[0] == mid_n]
-        by_n = [(r[0], r[index]) for r in results if r[1] == mid_c]
-        if len(by_c) > 1:
-            slope_c = np.polyfit(*zip(*by_c), 1)[0] * 1000
-            print(f"\nslope ({label}, p50): {slope_c:.2f} ms per 1000 candidates at N={mid_n}", end="")
-        if len(by_n) > 1:
-            slope_n = np.polyfit(*zip(*by_n), 1)[0] * 1000
-            print(f"; {slope_n:.2f} ms per 1000 events at C={mid_c}", end="")
-    print()
+    print_table(results, args, with_bf16)
+    print_slopes(results, args, with_bf16)
     sizes = {}
     for user, n in enumerate(args.events):
         s = service.users.get((str(user), service.version))
@@ -168,7 +233,6 @@ def main() -> None:
             sizes[n] = s.nbytes
     print("\nuser state (cache entry) bytes: " + ", ".join(f"N={n}: {b / 1024:.0f} KiB ({b / (n + 1):.0f} B per position)" for n, b in sizes.items()))
     print(f"candidate cache: {len(service.candidates.keys)} entries, {service.candidates.nbytes / 2**20:.1f} MiB")
-    del state
 
 
 if __name__ == "__main__":

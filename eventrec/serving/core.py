@@ -43,13 +43,12 @@ import torch
 from eventrec.batch import EventBatch
 from eventrec.batching import _group_tensors, gather_stream
 from eventrec.jagged import JaggedTensor
-from eventrec.model.heads import dot_interaction
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.ops import jagged_self_attention, time_gap_bucket
 from eventrec.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
 from eventrec.schema import EmbeddingAttribute
-from eventrec.serving.scoring import Workspace, prepare_user, score_candidates
+from eventrec.serving.scoring import CandidateScorer, Precision, Workspace, precision_dtype, score_candidates, warn_if_slow_bf16
 from eventrec.serving.state import EncodedState, EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
 from eventrec.store import EventStore, Ragged
 from eventrec.store_builder import AttributeEncoder, BuildReport
@@ -171,15 +170,22 @@ class RankingService:
 
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,
-                 attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None):
+                 attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None,
+                 precision: Precision = "fp32"):
         """``candidate_chunk``: candidates per pass of the model's own pooling (naive baseline, other
         poolings); ``attention_chunk``: candidates per attention block of the restructured keyed
         pooling (its logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits).
         ``state_store`` / ``event_log``: where user states and appended events live (default: in this
         process, an LRU of ``user_cache_bytes`` and a dict; for several replicas,
-        :func:`eventrec.serving.redis_store.redis_stores`)."""
+        :func:`eventrec.serving.redis_store.redis_stores`). ``precision``: ``"fp32"`` (scores equal
+        ``eventrec evaluate``'s within 1e-5) or ``"bf16"`` (the candidate side of the serving path in
+        bfloat16 on a copy of its modules; faster where the hardware has bf16, scores within ~1e-2:
+        ``docs/serving.md``)."""
         if not isinstance(model, SequenceRanker):
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
+        dtype = precision_dtype(precision)
+        if dtype != torch.float32 and not isinstance(model.pooling, KeyedAttentionPooling):
+            raise ValueError(f"precision: {precision!r} applies to the keyed-attention pooling's serving path; this model pools by mean (use 'fp32')")
         self.model, self.store, self.version = model.eval(), store, version
         self.config = model.config
         self.schema = store.schema
@@ -187,6 +193,11 @@ class RankingService:
         self.max_candidates, self.candidate_chunk, self.attention_chunk = max_candidates, candidate_chunk, attention_chunk
         self.workspace = Workspace()  # attention buffers, reused across requests (used under self.lock)
         self.restructured_pooling = True  # False: score with the model's own keyed pooling (benchmarks)
+        self.precision = precision
+        self.reference_scorer = CandidateScorer(model)  # the model's own modules (float32)
+        self.scorer = CandidateScorer(model, dtype)  # the serving path's: a bf16 copy with precision="bf16"
+        if dtype != torch.float32:
+            warn_if_slow_bf16(model.candidate_projection.weight.device)
         self.users: UserStateStore = state_store if state_store is not None else LruByBytes(user_cache_bytes)
         self.candidates = CandidateCache(candidate_cache_entries)
         self.events: EventLog = event_log if event_log is not None else LocalEventLog()  # appended events (data)
@@ -434,20 +445,25 @@ class RankingService:
 
     # -- the candidate side ------------------------------------------------------------------------
     @torch.no_grad()
+    def embed_items(self, frame: pl.DataFrame) -> torch.Tensor:
+        """``[C, Q_item + V·E]`` for candidate records, without the cache: the item embedding, then the
+        unit-normalised match queries."""
+        model = self.model
+        item = self._group(self.schema.impressions.item_attributes, frame)
+        parts = [model.item_embedder(item)]
+        for vocabulary, attribute in zip(model.match_vocabularies, model.match_item_attributes):
+            parts.append(torch.nn.functional.normalize(model.tables[vocabulary](item[attribute]), dim=-1))
+        return torch.cat(parts, dim=-1)
+
+    @torch.no_grad()
     def _item_rows(self, frame: pl.DataFrame) -> tuple[torch.Tensor, int, int]:
         """``[C, Q_item + V·E]``: item embeddings and match queries, from the cache where present."""
-        model = self.model
         hashes = frame.hash_rows(seed=0).to_numpy()
         with self.candidates.lock:
             found, pos = self.candidates.lookup(hashes)
             missing = np.flatnonzero(~found)
             if len(missing):
-                sub = frame[missing.tolist()]
-                item = self._group(self.schema.impressions.item_attributes, sub)
-                parts = [model.item_embedder(item)]
-                for vocabulary, attribute in zip(model.match_vocabularies, model.match_item_attributes):
-                    parts.append(torch.nn.functional.normalize(model.tables[vocabulary](item[attribute]), dim=-1))
-                self.candidates.insert(hashes[missing], torch.cat(parts, dim=-1))
+                self.candidates.insert(hashes[missing], self.embed_items(frame[missing.tolist()]))
                 found, pos = self.candidates.lookup(hashes)
                 assert found.all()
             rows = self.candidates.rows[torch.from_numpy(pos)]
@@ -459,32 +475,27 @@ class RankingService:
     def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, restructured: bool | None = None) -> torch.Tensor:
         """``candidate_side`` of the model over cached item rows, in chunks. Logits ``[C, T]``.
 
-        ``restructured``: the keyed pooling of :mod:`eventrec.serving.scoring` (same math, fewer FLOPs);
-        False: the model's own ``pool`` (the naive baseline and a cross-check)."""
+        ``restructured``: the keyed pooling of :mod:`eventrec.serving.scoring` (same math, fewer FLOPs;
+        in the service's precision); False: the model's own ``pool`` in float32 (the naive baseline and
+        a cross-check; also the path of a mean-pooling model, always float32)."""
         model = self.model
         restructured = self.restructured_pooling if restructured is None else restructured
         if restructured and isinstance(model.pooling, KeyedAttentionPooling):  # the restructured path (same math, see scoring.py)
             if not len(rows):
                 return torch.zeros(0, len(self.task_names))
-            return score_candidates(model, prepare_user(model.pooling, user.keys, user.values), rows, context, self.attention_chunk, self.workspace)
-        item_dim = model.item_embedder.out_dim
+            prepared = self.scorer.prepare_user(model.pooling, user.keys, user.values)
+            return score_candidates(self.scorer, prepared, rows, context, self.attention_chunk, self.workspace)
+        scorer = self.reference_scorer
         out = []
         for start in range(0, len(rows), self.candidate_chunk):
             chunk = rows[start : start + self.candidate_chunk]
-            c = len(chunk)
-            parts = [chunk[:, :item_dim]]
-            if context is not None:
-                parts.append(context.expand(c, -1))
-            candidate = model.candidate_norm(torch.cat(parts, dim=-1))
-            history_index = torch.zeros(c, dtype=torch.int64)
+            candidate = scorer.candidate(chunk, context)
+            history_index = torch.zeros(len(chunk), dtype=torch.int64)
             if isinstance(model.pooling, KeyedAttentionPooling):
-                match_query = chunk[:, item_dim:] if model.match_vocabularies else None
-                pooled = model.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, match_query)
+                pooled = model.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, scorer.match_query(chunk))
             else:
                 pooled = model.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
-            vectors = torch.cat([pooled, model.candidate_projection(candidate).unsqueeze(1)], dim=1)
-            x = torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
-            out.append(model.heads(model.cross(x)))
+            out.append(scorer.head(pooled, candidate))
         return torch.cat(out) if out else torch.zeros(0, len(self.task_names))
 
     def request_seconds(self, timestamp: int | float | None) -> int:
@@ -548,11 +559,7 @@ class RankingService:
             state = self._compute(events, self._window(events, seconds), seconds, capture=False)
             n = len(state.encoded)
             side = UserSide(torch.tensor([0, n]), n, state.encoded, state.keys, state.values)
-            item = self._group(self.schema.impressions.item_attributes, sub)
-            parts = [self.model.item_embedder(item)]
-            for vocabulary, attribute in zip(self.model.match_vocabularies, self.model.match_item_attributes):
-                parts.append(torch.nn.functional.normalize(self.model.tables[vocabulary](item[attribute]), dim=-1))
-            out.append(torch.sigmoid(self._score(side, torch.cat(parts, dim=-1), context_vector, restructured=False)).numpy())
+            out.append(torch.sigmoid(self._score(side, self.embed_items(sub), context_vector, restructured=False)).numpy())
         return np.concatenate(out)
 
     def stats(self) -> dict:

@@ -121,7 +121,7 @@ def create_app(service: RankingService) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model_version": service.version, "users_cached": len(service.users)}
+        return {"status": "ok", "model_version": service.version, "precision": service.precision, "users_cached": len(service.users)}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:

@@ -28,6 +28,21 @@ def reference(service: RankingService, user, cands, context, timestamp) -> np.nd
     return predict(service.model, view, np.arange(len(cands)), make_batch)
 
 
+def rank_after_a_failure(service: RankingService, monkeypatch, target, name: str, user=1, t: int = 1000):
+    """A request that fails in ``target.name`` (patched to raise), then the same request again: its result."""
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(target, name, boom)
+    with pytest.raises(RuntimeError):
+        service.rank(user, candidates(), {"placement": "feed"}, t)
+    monkeypatch.undo()
+    again = service.rank(user, candidates(), {"placement": "feed"}, t)
+    assert again.user_state == "hit"
+    return again
+
+
 def click(t: int, ad: int = 6, category: str = "hats") -> dict:
     return {"event_type": "click", "timestamp": t, "ad_id": ad, "category": category, "price": 12.0}
 
@@ -161,17 +176,7 @@ def test_a_failing_request_leaves_the_cache_intact(served, monkeypatch):
     with pytest.raises(InvalidInput) as error:
         service.rank(1, [{"ad_id": 5}], {"placement": "feed"}, 1000)
     assert error.value.field == "candidates[0].category"
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("scoring failed")
-
-    monkeypatch.setattr(service, "_score", boom)
-    with pytest.raises(RuntimeError):
-        service.rank(1, candidates(), {"placement": "feed"}, 1000)
-    monkeypatch.undo()
-    again = service.rank(1, candidates(), {"placement": "feed"}, 1000)
-    assert again.user_state == "hit"
-    np.testing.assert_array_equal(good, again.scores)
+    np.testing.assert_array_equal(good, rank_after_a_failure(service, monkeypatch, service, "_score").scores)
 
 
 def test_cold_start_and_new_users(served):

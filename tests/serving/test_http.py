@@ -42,7 +42,8 @@ def body(n=20, **extra):
 
 def test_rank_health_openapi(server):
     client, service = server
-    assert client.get("/health").json()["status"] == "ok"
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["precision"] == "fp32"
     response = client.post("/rank", json=body(top_k=5))
     assert response.status_code == 200, response.text
     data = response.json()
