@@ -178,3 +178,50 @@ def test_listwise_weight_adds_the_request_softmax_to_the_bce(tiny_store, tmp_pat
         (kind_a, bce), (kind_b, ls) = seen[2 * step], seen[2 * step + 1]
         assert (kind_a, kind_b) == ("bce", "listwise")
         assert value == pytest.approx(bce + 0.5 * ls, rel=1e-5)
+
+
+def test_in_batch_softmax_matches_a_loop():
+    from eventrec.model.heads import in_batch_softmax_loss
+
+    g, b, t, d = 3, 10, 2, 4
+    users, items = torch.randn(g, t, d, dtype=torch.float64), torch.randn(b, d, dtype=torch.float64)
+    history = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    keys = torch.tensor([5, 6, 7, 6, 8, 9, 5, 1, 2, 3])
+    labels = torch.zeros(b, t, dtype=torch.float64)
+    labels[[0, 3, 6], 0] = 1  # positives of task 0: items 5, 6, 5 (rows 6, 1 and 0 show the same items)
+    labels[[4], 1] = 1
+    labels[9, 1] = float("nan")
+    total, per_task = in_batch_softmax_loss(users, items, labels, history, keys)
+    expected = []
+    for task in range(t):
+        losses = []
+        for p in range(b):
+            if labels[p, task] == 1:
+                allowed = [r for r in range(b) if r == p or keys[r] != keys[p]]
+                s = torch.stack([users[history[p], task] @ items[r] for r in allowed])
+                losses.append(torch.logsumexp(s, 0) - users[history[p], task] @ items[p])
+        expected.append(torch.stack(losses).mean())
+    torch.testing.assert_close(per_task, torch.stack(expected))
+    torch.testing.assert_close(total, per_task.sum())
+
+
+def test_dot_term_trains_with_in_batch_negatives_and_scores_alike(tiny_store, tmp_path):
+    with pytest.raises(ValueError, match="dot_term"):
+        train(tiny_store, MODEL, TRAIN.model_copy(update={"in_batch_weight": 1.0}), tmp_path / "no", show_progress=False)
+    model_config = MODEL.model_copy(update={"dot_term": True})
+    config = TRAIN.model_copy(update={"in_batch_weight": 1.0, "batch_size": 8, "epochs": 1})
+    model, result = train(tiny_store, model_config, config, tmp_path / "run", show_progress=False)
+    assert result.steps > 0
+    from eventrec.training.factory import batch_function
+
+    batch = batch_function(model_config)(tiny_store, tiny_store.split_indices("test"))
+    parts: list = []
+    with torch.no_grad():
+        logits = model(batch, parts)
+        users, items = parts
+        torch.testing.assert_close(model(batch), logits)
+        dot = (users[batch.history_index] * items.unsqueeze(1)).sum(-1)
+        assert dot.abs().max() > 0  # the dot term is part of the logit
+    loaded = load_trained_model(tmp_path / "run" / "best")[0]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(batch), logits)

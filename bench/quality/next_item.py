@@ -180,6 +180,8 @@ def main() -> None:
                         help="model selection and early stopping: AUC of the sampled validation requests, or full-catalogue "
                              "NDCG@10 of the validation items (as SASRec's selection)")
     parser.add_argument("--validation-users", type=int, default=0, help="with --select ndcg: users whose validation item is ranked (0 = all)")
+    parser.add_argument("--in-batch-weight", type=float, default=0.0,
+                        help="build the model with dot_term and add this weight times its softmax against every item of the batch")
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -201,8 +203,9 @@ def main() -> None:
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
-    config = SequenceModelConfig()
-    variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}")
+    config = SequenceModelConfig(dot_term=bool(args.in_batch_weight))
+    variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
+        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "")
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
     for seed in range(args.seeds):
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
@@ -218,7 +221,8 @@ def main() -> None:
         store = EventStore.open(store_dir)
         leave_one_out_store(store)
         train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=args.patience, calibrate=False, seed=seed,
-                                   loss=args.loss, stop_on="auc" if args.select == "auc" else "score")
+                                   loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
+                                   in_batch_weight=args.in_batch_weight)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
         t0 = time.perf_counter()
         _, result = train(store, config, train_config, run_dir, show_progress=False, validation_score=selection)
@@ -252,7 +256,8 @@ def main() -> None:
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "")
              + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
-             + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "") + "`. "
+             + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
+             + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]

@@ -35,6 +35,10 @@ class SequenceModelConfig(_Config):
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     cross_layers: int = Field(2, ge=0)
     mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    dot_term: bool = Field(
+        False, description="add to each task's logit a factorised term <user vector, item vector>: the user vector from "
+        "the last encoded position, the item vector from the candidate's attributes (cheap to score against many items, so "
+        "it can be trained against every item of a batch: TrainConfig.in_batch_weight)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SequenceModelConfig":

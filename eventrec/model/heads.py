@@ -57,8 +57,15 @@ class TaskHeads(nn.Module):
         self.register_buffer("calibration_scale", torch.ones(num_tasks))
         self.register_buffer("calibration_bias", torch.zeros(num_tasks))
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits ``[B, T]``."""
+        return self.logits(self.tower(x))
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.calibration_scale + self.calibration_bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.tower(x)) * self.calibration_scale + self.calibration_bias
+        return self.calibrate(self.raw(x))
 
 
 def fit_platt(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> tuple[float, float]:
@@ -103,6 +110,30 @@ def request_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, groups: tor
             per_task.append((log_normalizer[group] - z)[positive].mean())
         else:
             per_task.append(logits.sum() * 0.0)
+    stacked = torch.stack(per_task)
+    return stacked.sum(), stacked.detach()
+
+
+def in_batch_softmax_loss(users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, history_index: torch.Tensor,
+                          item_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled softmax of a factorised score against every item of the batch, per task.
+
+    ``users [G, T, D]`` (one per history), ``items [B, D]`` (one per row), ``labels [B, T]``,
+    ``history_index [B]`` (the history of each row), ``item_keys [B]`` (the item's identity). For each
+    positive row p of history g: ``-(s_gp - logsumexp_r s_gr)`` with ``s_gr = <users[g, t], items[r]>``
+    over all B rows r, leaving out the other rows that show p's item (they are not negatives). The
+    per-task loss is the mean over positives. Returns (sum over tasks, per-task ``[T]``)."""
+    per_task = []
+    for t in range(labels.shape[1]):
+        positive = (~torch.isnan(labels[:, t])) & (labels[:, t] > 0.5)
+        rows = positive.nonzero().squeeze(1)  # [P]
+        if rows.numel() == 0:
+            per_task.append(items.sum() * 0.0)
+            continue
+        scores = users[history_index[rows], t] @ items.T  # [P, B]
+        same_item = (item_keys[rows].unsqueeze(1) == item_keys.unsqueeze(0)) & (rows.unsqueeze(1) != torch.arange(len(items), device=items.device))
+        scores = scores.masked_fill(same_item, -torch.inf)
+        per_task.append((torch.logsumexp(scores, dim=1) - scores[torch.arange(len(rows)), rows]).mean())
     stacked = torch.stack(per_task)
     return stacked.sum(), stacked.detach()
 

@@ -74,6 +74,12 @@ class SequenceRanker(nn.Module):
         head_in = slots * config.model_dim + query_dim + (slots + 1) * slots // 2
         self.cross = CrossNetwork(head_in, config.cross_layers)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.labels))
+        if config.dot_term:
+            self.num_tasks = len(imp.labels)
+            self.dot_user = nn.Linear(config.model_dim, len(imp.labels) * config.model_dim)
+            self.dot_item = nn.Linear(query_dim, config.model_dim)
+        # the item's identity for in-batch negatives (rows with the positive's item are not negatives)
+        self.item_key_attribute = next((a.name for a in imp.item_attributes if a.kind in ("categorical", "hashed")), None)
 
     def user_side(self, batch: EventBatch) -> UserSide:
         events, timestamps, match_keys = self.event_model(batch)
@@ -90,8 +96,16 @@ class SequenceRanker(nn.Module):
             parts.append(self.context_embedder(context))
         return self.candidate_norm(torch.cat(parts, dim=-1))
 
-    def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, T]`` of B candidates over the user side's histories."""
+    def dot_user_vectors(self, user: UserSide) -> torch.Tensor:
+        """``[G, T, D]``: per history and task, the user vector of the dot term, from the history's last
+        encoded position (the causal encoder's summary of all its events; the summary token when empty)."""
+        last = user.encoded[user.offsets[1:] - 1]
+        return self.dot_user(last).view(len(last), self.num_tasks, -1)
+
+    def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor,
+                       dot_parts: list | None = None) -> torch.Tensor:
+        """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,
+        ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
         candidate = self.candidate_input(item, context)
         if isinstance(self.pooling, KeyedAttentionPooling):
             match_query = None
@@ -106,8 +120,20 @@ class SequenceRanker(nn.Module):
             pooled = self.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
         vectors = torch.cat([pooled, self.candidate_projection(candidate).unsqueeze(1)], dim=1)  # [B, M+1, D]
         x = torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
-        return self.heads(self.cross(x))
+        dot = None
+        if self.config.dot_term:
+            users, items = self.dot_user_vectors(user), self.dot_item(candidate)
+            dot = (users[history_index] * items.unsqueeze(1)).sum(-1)
+            if dot_parts is not None:
+                dot_parts.extend([users, items])
+        return self.output_logits(x, dot)
 
-    def forward(self, batch: EventBatch) -> torch.Tensor:
-        """Logits ``[B, T]``."""
-        return self.candidate_side(self.user_side(batch), batch.item, batch.context, batch.history_index)
+    def output_logits(self, x: torch.Tensor, dot: torch.Tensor | None) -> torch.Tensor:
+        """Cross network and heads on the interaction input ``x [B, F]``, plus the dot term ``[B, T]``
+        (if any) before the calibration, so that calibration maps the whole logit."""
+        logits = self.heads.raw(self.cross(x))
+        return self.heads.calibrate(logits if dot is None else logits + dot)
+
+    def forward(self, batch: EventBatch, dot_parts: list | None = None) -> torch.Tensor:
+        """Logits ``[B, T]`` (``dot_parts``: see :meth:`candidate_side`)."""
+        return self.candidate_side(self.user_side(batch), batch.item, batch.context, batch.history_index, dot_parts)

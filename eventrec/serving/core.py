@@ -484,7 +484,7 @@ class RankingService:
             if not len(rows):
                 return torch.zeros(0, len(self.task_names))
             prepared = self.scorer.prepare_user(model.pooling, user.keys, user.values)
-            return score_candidates(self.scorer, prepared, rows, context, self.attention_chunk, self.workspace)
+            return score_candidates(self.scorer, prepared, rows, context, self.attention_chunk, self.workspace, self._dot_user(user))
         scorer = self.reference_scorer
         out = []
         for start in range(0, len(rows), self.candidate_chunk):
@@ -495,8 +495,12 @@ class RankingService:
                 pooled = model.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, scorer.match_query(chunk))
             else:
                 pooled = model.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
-            out.append(scorer.head(pooled, candidate))
+            out.append(scorer.head(pooled, candidate, self._dot_user(user)))
         return torch.cat(out) if out else torch.zeros(0, len(self.task_names))
+
+    def _dot_user(self, user: UserSide) -> torch.Tensor | None:
+        """The user's vectors of the model's dot term ``[T, D]`` (None without one)."""
+        return self.model.dot_user_vectors(user)[0] if self.model.config.dot_term else None
 
     def request_seconds(self, timestamp: int | float | None) -> int:
         imp = self.schema.impressions

@@ -107,7 +107,8 @@ class CandidateScorer(nn.Module):
         self.item_dim = model.item_embedder.out_dim
         self.uses_match = bool(model.match_vocabularies)
         cast = dtype != model.candidate_projection.weight.dtype
-        for name in self.MODULES:
+        self.dot_term = bool(model.config.dot_term)
+        for name in self.MODULES + (("dot_item",) if self.dot_term else ()):
             module = getattr(model, name)
             setattr(self, name, copy.deepcopy(module).to(dtype).eval() if cast else module)
         if cast:
@@ -134,12 +135,19 @@ class CandidateScorer(nn.Module):
         """The match-attention queries ``[B, V·E]`` of the item rows (None without match attention)."""
         return rows[:, self.item_dim :].to(self.dtype) if self.uses_match else None
 
-    def head(self, pooled: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    def head(self, pooled: torch.Tensor, candidate: torch.Tensor, dot_user: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled ``[B, M, D]`` and candidate ``[B, Q]`` → logits ``[B, T]``: dot interaction of the pooled
-        vectors with the projected candidate, cross network, task heads."""
+        vectors with the projected candidate, cross network, task heads; plus, for a model with
+        ``dot_term``, ``<dot_user[t], dot_item(candidate)>`` (``dot_user [T, D]`` float32: the user's
+        vectors, :meth:`SequenceRanker.dot_user_vectors`) before the calibration, as in the model."""
         vectors = torch.cat([pooled, self.candidate_projection(candidate).unsqueeze(1)], dim=1)  # [B, M+1, D]
         x = torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
-        return self.heads(self.cross(x))
+        logits = self.heads.raw(self.cross(x))
+        if self.dot_term:
+            if dot_user is None:
+                raise ValueError("this model has a dot term: pass the user's dot vectors")
+            logits = logits.float() + self.dot_item(candidate).float() @ dot_user.T
+        return self.heads.calibrate(logits)
 
 
 @dataclass
@@ -270,10 +278,11 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
 
 
 def score_candidates(scorer: CandidateScorer, user: PreparedUser, rows: torch.Tensor, context: torch.Tensor | None,
-                     chunk: int | None = None, workspace: Workspace | None = None) -> torch.Tensor:
+                     chunk: int | None = None, workspace: Workspace | None = None, dot_user: torch.Tensor | None = None) -> torch.Tensor:
     """``SequenceRanker.candidate_side`` for one user over cached item rows ``[B, Q_item (+ V·E)]``
     (item embedding, then the match queries) and the request's context ``[1, Q_ctx]`` → float32 logits
-    ``[B, T]``, computed in the scorer's dtype (``user`` prepared in the same dtype)."""
+    ``[B, T]``, computed in the scorer's dtype (``user`` prepared in the same dtype; ``dot_user``: see
+    :meth:`CandidateScorer.head`)."""
     candidate = scorer.candidate(rows, context)
     pooled = pool_candidates(scorer.pooling, user, candidate, scorer.match_query(rows), chunk, workspace)
-    return scorer.head(pooled, candidate).float()
+    return scorer.head(pooled, candidate, dot_user).float()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from eventrec.loader import BatchDataset
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.heads import fit_platt, multitask_loss, request_softmax_loss
+from eventrec.model.heads import fit_platt, in_batch_softmax_loss, multitask_loss, request_softmax_loss
 from eventrec.store import EventStore
 from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
@@ -60,6 +60,9 @@ class TrainConfig(BaseModel):
     listwise_weight: float = Field(
         0.0, ge=0, description="with loss bce: add this weight times the request softmax loss (a listwise term that "
         "sharpens the order within each request while the bce term keeps the scores probabilities); needs request ids")
+    in_batch_weight: float = Field(
+        0.0, ge=0, description="with a model built with dot_term: add this weight times a softmax of the dot term against "
+        "every item of the batch (in-batch negatives, far more than each request's own)")
     stop_on: Literal["ne", "auc", "score"] = Field(
         "ne", description="early stopping on the first task's validation NE or AUC, or on `score`: the value returned by the "
         "`validation_score` function given to train() (higher is better, e.g. a full-catalogue hit rate)")
@@ -162,6 +165,8 @@ def train(
     model in eval mode; returns metrics on validation data (never test), whose ``"score"`` entry
     (higher is better) selects the best weights and drives early stopping. All entries go to the
     history and to ``score_log.csv``."""
+    if config.in_batch_weight and not getattr(model_config, "dot_term", False):
+        raise ValueError("in_batch_weight: trains the dot term; build the model with dot_term: true")
     if config.stop_on == "score" and validation_score is None:
         raise ValueError("stop_on: 'score' needs a validation_score function passed to train()")
     run_dir = Path(run_dir)
@@ -169,6 +174,8 @@ def train(
     seed_everything(config.seed)
     spec = FeatureSpec.from_store(store)
     model = build_model(spec, model_config)
+    if config.in_batch_weight and getattr(model, "item_key_attribute", None) is None:
+        raise ValueError("in_batch_weight: the impressions have no categorical or hashed item attribute to tell items apart")
     optimizers = _optimizers(model, config)
     batch_fn = batch_function(model_config)
     groups = None
@@ -245,13 +252,18 @@ def train(
                     group["lr"] = lr
             if config.needs_requests and batch.request_ids is None:
                 raise ValueError("loss request_softmax / listwise_weight: this model's batches carry no request ids")
-            logits = model(batch)
+            dot_parts: list = []
+            logits = model(batch, dot_parts) if config.in_batch_weight else model(batch)
             if config.loss == "request_softmax":
                 loss, per_task = request_softmax_loss(logits, batch.labels, batch.request_ids)
             else:
                 loss, per_task = multitask_loss(logits, batch.labels, config.task_weights)
                 if config.listwise_weight:
                     loss = loss + config.listwise_weight * request_softmax_loss(logits, batch.labels, batch.request_ids)[0]
+            if config.in_batch_weight:
+                users, items = dot_parts
+                loss = loss + config.in_batch_weight * in_batch_softmax_loss(
+                    users, items, batch.labels, batch.history_index, batch.item[model.item_key_attribute])[0]
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -42,6 +42,12 @@ def served_invariant(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_dot(tmp_path_factory):
+    """The default encoder with the factorised dot term (``dot_term``) added to the logits."""
+    return _train(tmp_path_factory.mktemp("serving_dot"), dot_term=True)
+
+
+@pytest.fixture(scope="session")
 def served_invariant_token(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("serving_inv_tok"), timestamp_encoding=False, time_bias=False, summary_token=True)
 

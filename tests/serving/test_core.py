@@ -51,7 +51,7 @@ def view(t: int, category: str = "shoes") -> dict:
     return {"event_type": "view", "timestamp": t, "category": category, "topics": ["a"]}
 
 
-@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token"])
+@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token", "served_dot"])
 def test_parity_with_predict(fixture, request):
     store, checkpoint, data = request.getfixturevalue(fixture)
     service = RankingService.load(checkpoint, store)

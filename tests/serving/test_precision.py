@@ -174,3 +174,15 @@ def test_bf16_without_native_support_warns_once(served, monkeypatch, caplog):
 def test_native_bf16_detection_runs():
     assert isinstance(scoring.native_bf16(torch.device("cpu")), bool)
     assert scoring.native_bf16(torch.device("meta")) is False
+
+
+def test_bf16_on_a_model_with_a_dot_term(served_dot):
+    """The dot term is added in float32 from the bf16 candidate: close to fp32, same top candidates."""
+    store, checkpoint, _ = served_dot
+    fp32 = RankingService.load(checkpoint, store)
+    bf16 = RankingService.load(checkpoint, store, precision="bf16")
+    for user, t in [(1, 250), (2, 400), ("someone-new", 400)]:
+        a = fp32.rank(user, many_candidates(), {"placement": "feed"}, t).scores
+        b = bf16.rank(user, many_candidates(), {"placement": "feed"}, t).scores
+        assert np.isfinite(b).all() and np.abs(logit(a) - logit(b)).max() < 0.03 * np.abs(logit(a)).max() + 1e-3
+        assert len(top(a, 100) & top(b, 100)) >= 85
