@@ -75,11 +75,13 @@ def prepare_store():
 def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int, listwise_weight: float = 0.0) -> dict[str, list[tuple[np.ndarray, float]]]:
     """Train each model per seed (resumable); ``{name: [(test probabilities [n_test], seconds)]}``.
     ``listwise_weight``: adds that weight times the softmax over each clickout's impressions to the
-    bce loss (``TrainConfig.listwise_weight``)."""
+    bce loss (``TrainConfig.listwise_weight``), and then stops early on validation AUC (the listwise
+    term moves the logits, so NE stops the run before the order has been learned)."""
     from eventrec.experiment import run_comparison
     from eventrec.training.trainer import TrainConfig
 
-    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight)
+    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight,
+                               stop_on="auc" if listwise_weight else "ne")
     out: dict[str, list[tuple[np.ndarray, float]]] = {}
     for name, config in models.items():
         slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
@@ -127,8 +129,8 @@ def main() -> None:
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--ablations", action="store_true", help="also train the ablation table")
     parser.add_argument("--ablation-seeds", type=int, default=2)
-    parser.add_argument("--listwise-weight", type=float, default=0.0,
-                        help="also train the sequence model with bce + this weight times a softmax over each clickout (a row of its own)")
+    parser.add_argument("--listwise-weight", type=float, nargs="*", default=[],
+                        help="also train the sequence model with bce + each weight times a softmax over each clickout (a row each)")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -147,9 +149,9 @@ def main() -> None:
 
     predictions = run_eventrec(store, {"eventrec sequence model": SequenceModelConfig(), "eventrec DLRM (aggregated features)": DlrmConfig()},
                                seeds, WORK / "runs", args.epochs)
-    listwise = f"eventrec sequence model, bce + {args.listwise_weight:g} × clickout softmax"
-    if args.listwise_weight:
-        predictions.update(run_eventrec(store, {listwise: SequenceModelConfig()}, seeds, WORK / "runs", args.epochs, args.listwise_weight))
+    listwise_rows = [f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC" for w in args.listwise_weight]
+    for name, weight in zip(listwise_rows, args.listwise_weight):
+        predictions.update(run_eventrec(store, {name: SequenceModelConfig()}, seeds, WORK / "runs", args.epochs, weight))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]
@@ -163,20 +165,19 @@ def main() -> None:
 
     seq = rows["eventrec sequence model"]
     verdicts = [f"- sequence model vs {other}: {gain_verdict(seq, rows[other], lower_better='ne' if 'ne' in rows[other] else None)}"
-                for other in rows if other != "eventrec sequence model"]
+                for other in rows if other != "eventrec sequence model" and other not in listwise_rows]
     best_rule = "rule: recency, ties by display position"
-    for name in ("eventrec sequence model", listwise):
-        if name in rows:
-            verdicts.append(f"- {name} vs {best_rule}, on MRR: {gain_verdict(rows[name], rows[best_rule], metric='mrr', lower_better=None)}")
-    if listwise in rows:
-        verdicts.append(f"- {listwise} vs eventrec sequence model (bce only): {gain_verdict(rows[listwise], seq)}; "
-                        f"on MRR: {gain_verdict(rows[listwise], seq, metric='mrr', lower_better=None)}")
+    for name in ["eventrec sequence model", *listwise_rows]:
+        verdicts.append(f"- {name} vs {best_rule}, on MRR: {gain_verdict(rows[name], rows[best_rule], metric='mrr', lower_better=None)}")
+    for name in listwise_rows:
+        verdicts.append(f"- {name} vs eventrec sequence model (bce only): {gain_verdict(rows[name], seq)}; "
+                        f"on MRR: {gain_verdict(rows[name], seq, metric='mrr', lower_better=None)}")
     n_test, n_requests = len(test), len(np.unique(requests))
     body = [
         "## trivago clicks (RecSys Challenge 2019 sample)",
         "",
         f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}"
-        + (f" --listwise-weight {args.listwise_weight:g}" if args.listwise_weight else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
+        + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "
