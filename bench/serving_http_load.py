@@ -5,7 +5,7 @@ bounded time, next to the Python core on the same model, store and requests, in 
 
 Setup: the synthetic world of `bench/serving_latency.py` (users with exactly N click events), the default
 `SequenceModelConfig` with random weights saved as a checkpoint (safetensors + JSON), served by
-`eventrec serve --model CKPT --store STORE --threads T` in a subprocess (loopback only; `--redis` serves
+`eventrec serve --model CKPT --store STORE --threads T --precision P` in a subprocess (loopback only; `--redis` serves
 with `--redis-url` on a local `redis-server` started here). Per (N, C) cell:
 
 * core: `RankingService.rank` in this process (cached user and candidates), `--core-repeats` requests,
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--core-repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, core and server")
     parser.add_argument("--redis", action="store_true", help="serve with --redis-url on a local redis-server")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="scoring precision, core and server (eventrec serve --precision)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -133,7 +134,7 @@ def main() -> None:
         spec, config = FeatureSpec.from_store(store), SequenceModelConfig()
         model = SequenceRanker(spec, config).eval()
         save_checkpoint(tmp / "ckpt", model, {"model_config": config.model_dump(mode="json"), "feature_spec": spec.to_json()})
-        service = RankingService.load(tmp / "ckpt", store, max_candidates=max(args.candidates))
+        service = RankingService.load(tmp / "ckpt", store, max_candidates=max(args.candidates), precision=args.precision)
         rng = np.random.default_rng(1)
         pools = {c: [{"ad_id": int(a), "category": CATEGORIES[k]} for a, k in zip(rng.integers(0, 1_000_000, c), rng.integers(0, 50, c))]
                  for c in args.candidates}
@@ -153,7 +154,8 @@ def main() -> None:
 
         port = free_port()
         command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(tmp / "ckpt"), "--store", str(tmp / "world" / "store"),
-                   "--port", str(port), "--max-candidates", str(max(args.candidates)), "--threads", str(args.threads)]
+                   "--port", str(port), "--max-candidates", str(max(args.candidates)), "--threads", str(args.threads),
+                   "--precision", args.precision]
         if args.redis:
             if shutil.which("redis-server") is None:
                 raise SystemExit("--redis: redis-server not found")
@@ -180,7 +182,7 @@ def main() -> None:
 
         metrics = httpx.get(base + "/metrics", timeout=10).text
         print(f"\ntorch {torch.__version__}, {args.threads} torch thread(s) in core and server; {args.duration:.0f} s of load per row; "
-              f"model {model_version(tmp / 'ckpt')}{'; state in Redis' if args.redis else ''}")
+              f"model {model_version(tmp / 'ckpt')}; precision {args.precision}{'; state in Redis' if args.redis else ''}")
         print("\n| N events | C candidates | clients | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n, c, clients, c50, c99, h50, h99, rate, requests, errors, elapsed in rows:

@@ -170,6 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--train-seeds", type=int, nargs="*", default=None,
+                        help="train only these of the seeds in this process (others may run in parallel); the table reports every finished seed")
     parser.add_argument("--negatives", type=int, default=8, help="sampled negatives per training / validation target")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--loss", choices=["request_softmax", "bce"], default="request_softmax",
@@ -207,7 +209,7 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "")
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
-    for seed in range(args.seeds):
+    for seed in range(args.seeds) if args.train_seeds is None else args.train_seeds:
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
         done = run_dir / f"ranking_{len(users)}users.json"  # one per test-user sample (train() writes result.json)
         if done.exists():
@@ -249,9 +251,13 @@ def main() -> None:
                 "train s": [r["train_seconds"] for r in found], "rank s": [r["rank_seconds"] for r in found]}
     this = f"eventrec sequence model ({variant.replace('-', ', ')})"
     rows["rule: most popular in training (same list for everyone)"] = dict(zip(("hr@10", "ndcg@10"), map(lambda v: [v], popularity_rule(sequences, items, users))))
-    peer = sasrec_on_users(work / "sasrec", users)
-    if peer:
-        rows["RecBole SASRec"] = peer
+    peers = []  # one row per SASRec run directory: sasrec (22-minute cap), sasrec_80min, ...
+    for sasrec_dir in sorted(work.glob("sasrec*")):
+        peer = sasrec_on_users(sasrec_dir, users)
+        if peer:
+            cap = sasrec_dir.name.removeprefix("sasrec").strip("_") or "22min"
+            rows[f"RecBole SASRec ({cap.replace('min', '-minute')} training cap)"] = peer
+            peers.append(f"RecBole SASRec ({cap.replace('min', '-minute')} training cap)")
     lines = [f"## {args.dataset}: next item, full-catalogue ranking" + (f" ({len(users):,} sampled test users)" if args.test_users else ""), "",
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "")
@@ -261,12 +267,13 @@ def main() -> None:
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
-    if "RecBole SASRec" in rows:
-        lines.append("")
+    if peers:  # ratios against the strongest SASRec run
+        strongest = max(peers, key=lambda name: mean_std(rows[name]["hr@10"])[0])
+        lines += ["", f"Ratios against the strongest SASRec row, {strongest}:"]
         for name, values in rows.items():
-            if name != "RecBole SASRec":
-                hr = mean_std(values["hr@10"])[0] / mean_std(rows["RecBole SASRec"]["hr@10"])[0]
-                ndcg = mean_std(values["ndcg@10"])[0] / mean_std(rows["RecBole SASRec"]["ndcg@10"])[0]
+            if name not in peers:
+                hr = mean_std(values["hr@10"])[0] / mean_std(rows[strongest]["hr@10"])[0]
+                ndcg = mean_std(values["ndcg@10"])[0] / mean_std(rows[strongest]["ndcg@10"])[0]
                 lines.append(f"- {name} / SASRec: HR@10 {hr:.2f}×, NDCG@10 {ndcg:.2f}× (goal ≥ 1.15×)")
     write_section(f"{args.dataset}-next-item" + (f"-{len(users)}-users" if args.test_users else ""), "\n".join(lines))
     print("\n".join(lines))
