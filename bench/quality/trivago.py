@@ -146,12 +146,14 @@ def main() -> None:
     labels = store.labels[test, 0].astype(np.float64)
     requests = examples["request_id"].to_numpy()[test]
     seeds = list(range(args.seeds))
+    runs_dir = WORK / ("runs" if args.epochs == 1 else f"runs_e{args.epochs}")  # finished runs are reused: one directory per budget
+    section = "trivago" if args.epochs == 1 else f"trivago-e{args.epochs}"
 
     predictions = run_eventrec(store, {"eventrec sequence model": SequenceModelConfig(), "eventrec DLRM (aggregated features)": DlrmConfig()},
-                               seeds, WORK / "runs", args.epochs)
+                               seeds, runs_dir, args.epochs)
     listwise_rows = [f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC" for w in args.listwise_weight]
     for name, weight in zip(listwise_rows, args.listwise_weight):
-        predictions.update(run_eventrec(store, {name: SequenceModelConfig()}, seeds, WORK / "runs", args.epochs, weight))
+        predictions.update(run_eventrec(store, {name: SequenceModelConfig()}, seeds, runs_dir, args.epochs, weight))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]
@@ -174,9 +176,9 @@ def main() -> None:
                         f"on MRR: {gain_verdict(rows[name], seq, metric='mrr', lower_better=None)}")
     n_test, n_requests = len(test), len(np.unique(requests))
     body = [
-        "## trivago clicks (RecSys Challenge 2019 sample)",
+        "## trivago clicks (RecSys Challenge 2019 sample)" + ("" if args.epochs == 1 else f", eventrec trained for up to {args.epochs} epochs"),
         "",
-        f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}"
+        f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}" + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
         + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
@@ -188,7 +190,7 @@ def main() -> None:
         *verdicts,
         "- reference from the issue (same sample, FuxiCTR DIN given two hand-made features: count and recency of the candidate in the history): 0.858 AUC",
     ]
-    write_section("trivago", "\n".join(body))
+    write_section(section, "\n".join(body))
     print("\n".join(body))
 
     if args.ablations:
