@@ -251,13 +251,15 @@ def main() -> None:
                 "train s": [r["train_seconds"] for r in found], "rank s": [r["rank_seconds"] for r in found]}
     this = f"eventrec sequence model ({variant.replace('-', ', ')})"
     rows["rule: most popular in training (same list for everyone)"] = dict(zip(("hr@10", "ndcg@10"), map(lambda v: [v], popularity_rule(sequences, items, users))))
-    peers = []  # one row per SASRec run directory: sasrec (22-minute cap), sasrec_80min, ...
+    peers = []  # one row per SASRec run directory (sasrec, sasrec_60min, ...), named by how its training ended
     for sasrec_dir in sorted(work.glob("sasrec*")):
         peer = sasrec_on_users(sasrec_dir, users)
         if peer:
-            cap = sasrec_dir.name.removeprefix("sasrec").strip("_") or "22min"
-            rows[f"RecBole SASRec ({cap.replace('min', '-minute')} training cap)"] = peer
-            peers.append(f"RecBole SASRec ({cap.replace('min', '-minute')} training cap)")
+            runs = [json.loads(p.read_text()) for p in sorted(sasrec_dir.glob("seed*/result.json"))]
+            how = "; ".join(sorted({f"{r['epochs_trained']} epochs, best {r['best_epoch']}, {r['stop_reason']}" for r in runs}))
+            name = f"RecBole SASRec ({how})"
+            rows[name] = peer
+            peers.append(name)
     lines = [f"## {args.dataset}: next item, full-catalogue ranking" + (f" ({len(users):,} sampled test users)" if args.test_users else ""), "",
              f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "")
@@ -268,7 +270,7 @@ def main() -> None:
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
     if peers:  # ratios against the strongest SASRec run
-        strongest = max(peers, key=lambda name: mean_std(rows[name]["hr@10"])[0])
+        strongest = max(peers, key=lambda name: (mean_std(rows[name]["hr@10"])[0], name.endswith("epochs)") and "early stopping:" in name))  # ties: the early-stopped run
         lines += ["", f"Ratios against the strongest SASRec row, {strongest}:"]
         for name, values in rows.items():
             if name not in peers:
