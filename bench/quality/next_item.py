@@ -21,6 +21,7 @@ Writes the ``<dataset>-next-item`` section of ``docs/results.md``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -128,7 +129,7 @@ def validation_ndcg(store, sequences: pl.DataFrame, items: pl.DataFrame, users: 
     validation items of ``users``, ranked like the test (the test split is never read)."""
     from eventrec.serving import RankingService
 
-    calls = iter(range(1_000_000))
+    calls = itertools.count()
 
     def score(model) -> dict[str, float]:
         service = RankingService(model, store, f"validation-{next(calls)}", max_candidates=max(10_000, items.height))

@@ -35,6 +35,13 @@ class CrossNetwork(nn.Module):
         return x
 
 
+def interaction_input(pooled: torch.Tensor, candidate: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+    """The head's input ``[B, M·D + Q + (M+1)M/2]``: pooled ``[B, M, D]``, the candidate ``[B, Q]``, and
+    the dot products among the pooled vectors and the projected candidate ``[B, D]``."""
+    vectors = torch.cat([pooled, projected.unsqueeze(1)], dim=1)  # [B, M+1, D]
+    return torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
+
+
 def dot_interaction(features: torch.Tensor) -> torch.Tensor:
     """DLRM's pairwise dot products of ``[B, F, E]`` feature vectors → ``[B, F(F-1)/2]``."""
     products = torch.bmm(features, features.transpose(1, 2))

@@ -22,7 +22,7 @@ from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
 from eventrec.model.encoder import JaggedTransformerEncoder
 from eventrec.model.event_model import EventModel
-from eventrec.model.heads import CrossNetwork, TaskHeads, dot_interaction
+from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
 
 
@@ -96,6 +96,14 @@ class SequenceRanker(nn.Module):
             parts.append(self.context_embedder(context))
         return self.candidate_norm(torch.cat(parts, dim=-1))
 
+    def match_queries(self, item: dict) -> torch.Tensor | None:
+        """``[B, V·E]``: the candidate's unit-normalised embeddings in the vocabularies it shares with
+        the events (the target-attention queries); None without match attention."""
+        if not self.match_vocabularies:
+            return None
+        return torch.cat([torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1)
+                          for v, a in zip(self.match_vocabularies, self.match_item_attributes)], dim=-1)
+
     def dot_user_vectors(self, user: UserSide) -> torch.Tensor:
         """``[G, T, D]``: per history and task, the user vector of the dot term, from the history's last
         encoded position (the causal encoder's summary of all its events; the summary token when empty)."""
@@ -108,18 +116,12 @@ class SequenceRanker(nn.Module):
         ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
         candidate = self.candidate_input(item, context)
         if isinstance(self.pooling, KeyedAttentionPooling):
-            match_query = None
-            if self.match_vocabularies:
-                match_query = torch.cat(
-                    [torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1) for v, a in zip(self.match_vocabularies, self.match_item_attributes)], dim=-1
-                )
-            pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, match_query)
+            pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, self.match_queries(item))
         else:
             from eventrec.jagged import JaggedTensor
 
             pooled = self.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
-        vectors = torch.cat([pooled, self.candidate_projection(candidate).unsqueeze(1)], dim=1)  # [B, M+1, D]
-        x = torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
+        x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         dot = None
         if self.config.dot_term:
             users, items = self.dot_user_vectors(user), self.dot_item(candidate)

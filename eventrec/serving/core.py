@@ -448,12 +448,10 @@ class RankingService:
     def embed_items(self, frame: pl.DataFrame) -> torch.Tensor:
         """``[C, Q_item + V·E]`` for candidate records, without the cache: the item embedding, then the
         unit-normalised match queries."""
-        model = self.model
         item = self._group(self.schema.impressions.item_attributes, frame)
-        parts = [model.item_embedder(item)]
-        for vocabulary, attribute in zip(model.match_vocabularies, model.match_item_attributes):
-            parts.append(torch.nn.functional.normalize(model.tables[vocabulary](item[attribute]), dim=-1))
-        return torch.cat(parts, dim=-1)
+        match = self.model.match_queries(item)
+        embedded = self.model.item_embedder(item)
+        return embedded if match is None else torch.cat([embedded, match], dim=-1)
 
     @torch.no_grad()
     def _item_rows(self, frame: pl.DataFrame) -> tuple[torch.Tensor, int, int]:
@@ -485,7 +483,7 @@ class RankingService:
                 return torch.zeros(0, len(self.task_names))
             prepared = self.scorer.prepare_user(model.pooling, user.keys, user.values)
             return score_candidates(self.scorer, prepared, rows, context, self.attention_chunk, self.workspace, self._dot_user(user))
-        scorer = self.reference_scorer
+        scorer, dot_user = self.reference_scorer, self._dot_user(user)
         out = []
         for start in range(0, len(rows), self.candidate_chunk):
             chunk = rows[start : start + self.candidate_chunk]
@@ -495,7 +493,7 @@ class RankingService:
                 pooled = model.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, scorer.match_query(chunk))
             else:
                 pooled = model.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
-            out.append(scorer.head(pooled, candidate, self._dot_user(user)))
+            out.append(scorer.head(pooled, candidate, dot_user))
         return torch.cat(out) if out else torch.zeros(0, len(self.task_names))
 
     def _dot_user(self, user: UserSide) -> torch.Tensor | None:

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from eventrec.model.heads import dot_interaction
+from eventrec.model.heads import interaction_input
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.model.sequence_ranker import SequenceRanker
 
@@ -140,8 +140,7 @@ class CandidateScorer(nn.Module):
         vectors with the projected candidate, cross network, task heads; plus, for a model with
         ``dot_term``, ``<dot_user[t], dot_item(candidate)>`` (``dot_user [T, D]`` float32: the user's
         vectors, :meth:`SequenceRanker.dot_user_vectors`) before the calibration, as in the model."""
-        vectors = torch.cat([pooled, self.candidate_projection(candidate).unsqueeze(1)], dim=1)  # [B, M+1, D]
-        x = torch.cat([pooled.flatten(1), candidate, dot_interaction(vectors)], dim=-1)
+        x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         logits = self.heads.raw(self.cross(x))
         if self.dot_term:
             if dot_user is None:
