@@ -1,12 +1,13 @@
 """HTTP load: the real `eventrec serve` (uvicorn, one process) on 127.0.0.1 under concurrent clients for a
 bounded time, next to the Python core on the same model, store and requests, in the same run.
 
-    .venv/bin/python bench/serving_http_load.py [--events 1024] [--candidates 1000 5000] [--duration 60] [--clients 1 4]
+    .venv/bin/python bench/serving_http_load.py [--events 1024] [--candidates 1000 5000] [--duration 60] [--clients 1 4] [--scoring-slots 1 2]
 
 Setup: the synthetic world of `bench/serving_latency.py` (users with exactly N click events), the default
 `SequenceModelConfig` with random weights saved as a checkpoint (safetensors + JSON), served by
-`eventrec serve --model CKPT --store STORE --threads T --precision P` in a subprocess (loopback only; `--redis` serves
-with `--redis-url` on a local `redis-server` started here). Per (N, C) cell:
+`eventrec serve --model CKPT --store STORE --threads T --precision P --scoring-slots S` in a subprocess, one server per
+value of `--scoring-slots` (loopback only; `--redis` serves with `--redis-url` on a local `redis-server` started here).
+Per (N, C) cell:
 
 * core: `RankingService.rank` in this process (cached user and candidates), `--core-repeats` requests,
   measured before the server starts so the two do not share the CPU;
@@ -14,7 +15,8 @@ with `--redis-url` on a local `redis-server` started here). Per (N, C) cell:
   JSON body (cached user, top_k 100) back to back for `--duration` seconds (at most `--max-requests` in
   all). Latency is client-side (request sent → response parsed). Errors: non-200 answers and exceptions.
 
-Prints a Markdown table: core p50/p99, HTTP p50/p99, requests/s, requests, errors.
+Prints a Markdown table: core p50/p99, HTTP p50/p99, requests/s, requests, errors; each server's request
+counts from its /metrics go to stderr.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, core and server")
     parser.add_argument("--redis", action="store_true", help="serve with --redis-url on a local redis-server")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="scoring precision, core and server (eventrec serve --precision)")
+    parser.add_argument("--scoring-slots", type=int, nargs="+", default=[1],
+                        help="requests the server scores at the same time (eventrec serve --scoring-slots); one server per value, same load")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -152,43 +156,46 @@ def main() -> None:
                 print(f"core N={n} C={c}: {core[(n, c)][0]:.1f} / {core[(n, c)][1]:.1f} ms", file=sys.stderr, flush=True)
         del service
 
-        port = free_port()
-        command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(tmp / "ckpt"), "--store", str(tmp / "world" / "store"),
-                   "--port", str(port), "--max-candidates", str(max(args.candidates)), "--threads", str(args.threads),
-                   "--precision", args.precision]
+        redis_url = None
         if args.redis:
             if shutil.which("redis-server") is None:
                 raise SystemExit("--redis: redis-server not found")
-            redis_process, url = start_redis(tmp)
+            redis_process, redis_url = start_redis(tmp)
             processes.append(redis_process)
-            command += ["--redis-url", url]
-        env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
-        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        processes.append(server)
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(base + "/health", server)
         rows = []
-        for user, n in enumerate(args.events):
-            for c in args.candidates:
-                body = json.dumps({"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}).encode()
-                load(base + "/rank", body, 1, 0.0, 3)  # warm: user state and candidate cache
-                for clients in args.clients:
-                    latencies, requests, errors, elapsed = load(base + "/rank", body, clients, args.duration, args.max_requests)
-                    p50, p99 = percentiles(latencies)
-                    rows.append((n, c, clients, *core[(n, c)], p50, p99, requests / elapsed, requests, errors, elapsed))
-                    print(f"http N={n} C={c} clients={clients}: {p50:.1f} / {p99:.1f} ms, {requests / elapsed:.1f} req/s, {requests} requests, "
-                          f"{errors} errors", file=sys.stderr, flush=True)
-        import httpx
+        for slots in args.scoring_slots:  # one server per value, the same load against each
+            port = free_port()
+            command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(tmp / "ckpt"), "--store", str(tmp / "world" / "store"),
+                       "--port", str(port), "--max-candidates", str(max(args.candidates)), "--threads", str(args.threads),
+                       "--precision", args.precision, "--scoring-slots", str(slots)] + (["--redis-url", redis_url] if redis_url else [])
+            env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
+            server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            processes.append(server)
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base + "/health", server)
+            for user, n in enumerate(args.events):
+                for c in args.candidates:
+                    body = json.dumps({"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}).encode()
+                    load(base + "/rank", body, 1, 0.0, 3)  # warm: user state and candidate cache
+                    for clients in args.clients:
+                        latencies, requests, errors, elapsed = load(base + "/rank", body, clients, args.duration, args.max_requests)
+                        p50, p99 = percentiles(latencies)
+                        rows.append((n, c, slots, clients, *core[(n, c)], p50, p99, requests / elapsed, requests, errors, elapsed))
+                        print(f"http N={n} C={c} slots={slots} clients={clients}: {p50:.1f} / {p99:.1f} ms, {requests / elapsed:.1f} req/s, "
+                              f"{requests} requests, {errors} errors", file=sys.stderr, flush=True)
+            import httpx
 
-        metrics = httpx.get(base + "/metrics", timeout=10).text
+            metrics = httpx.get(base + "/metrics", timeout=10).text
+            served = [line for line in metrics.splitlines() if line.startswith("eventrec_requests_total")]
+            print(f"server with {slots} scoring slot(s), its /metrics: " + "; ".join(served), file=sys.stderr)
+            server.terminate()
+            server.wait(10)
         print(f"\ntorch {torch.__version__}, {args.threads} torch thread(s) in core and server; {args.duration:.0f} s of load per row; "
               f"model {model_version(tmp / 'ckpt')}; precision {args.precision}{'; state in Redis' if args.redis else ''}")
-        print("\n| N events | C candidates | clients | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n, c, clients, c50, c99, h50, h99, rate, requests, errors, elapsed in rows:
-            print(f"| {n} | {c} | {clients} | {c50:.1f} / {c99:.1f} | {h50:.1f} / {h99:.1f} | {rate:.1f} | {requests} | {errors} | {elapsed:.0f} |")
-        served = [line for line in metrics.splitlines() if line.startswith("eventrec_requests_total")]
-        print("\nserver's /metrics: " + "; ".join(served))
+        print("\n| N events | C candidates | scoring slots | clients | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, c, slots, clients, c50, c99, h50, h99, rate, requests, errors, elapsed in rows:
+            print(f"| {n} | {c} | {slots} | {clients} | {c50:.1f} / {c99:.1f} | {h50:.1f} / {h99:.1f} | {rate:.1f} | {requests} | {errors} | {elapsed:.0f} |")
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -272,6 +272,7 @@ def serve(
     precision: Literal["fp32", "bf16"] = typer.Option(
         "fp32", help="fp32 (scores equal `eventrec evaluate`'s) or bf16 (candidate side in bfloat16: about 2x faster on CPUs with "
         "AVX512-BF16 or AMX, probabilities within a few 1e-3; see docs/serving.md)."),
+    scoring_slots: int = typer.Option(1, min=1, help="Requests scored at the same time (the torch threads are shared; 1 suits a few cores)."),
 ) -> None:
     """Serve the ranking API (POST /rank, POST /events, GET /health, GET /metrics; see docs/serving.md)."""
     from eventrec.serving import RankingService
@@ -291,7 +292,8 @@ def serve(
         states, events = redis_stores(redis_url, opened, ttl_s=state_ttl or None, max_entry_bytes=max_state_mb << 20)
         shared, store = {"state_store": states, "event_log": events}, opened
     try:
-        service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, precision=precision, **shared)
+        service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, precision=precision,
+                                      scoring_slots=scoring_slots, **shared)
     except ValueError as error:
         _fail(error)
     where = f"; user state in Redis at {redis_url}" if redis_url else ""

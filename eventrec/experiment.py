@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -86,7 +87,11 @@ def run_comparison(
     top_k: int = 3,
     conversion_given_click: bool = False,
     show_progress: bool = True,
+    validation_score: Callable[[ModelConfig], Callable] | None = None,
 ) -> list[SeedRun]:
+    """Train every model for every seed (resumable: a finished run is read back) and score its test
+    predictions. ``validation_score``: for a ``train_config`` with ``stop_on: score``, builds the
+    ``train(..., validation_score=...)`` function of each model config (its batch function differs)."""
     out_dir = Path(out_dir)
     runs: list[SeedRun] = []
     test = store.split_indices("test")
@@ -97,7 +102,8 @@ def run_comparison(
             if done.exists():  # a killed comparison resumes: finished runs are not repeated
                 runs.append(SeedRun(**json.loads(done.read_text())))
                 continue
-            model, result = train(store, config, train_config.model_copy(update={"seed": seed}), run_dir, show_progress)
+            score = validation_score(config) if validation_score is not None else None
+            model, result = train(store, config, train_config.model_copy(update={"seed": seed}), run_dir, show_progress, validation_score=score)
             probs = predict(model, store, test, batch_function(config), train_config.eval_batch_size)
             np.save(run_dir / "test_predictions.npy", probs, allow_pickle=False)
             run = SeedRun(name, seed, metrics_by_task(store, test, probs), result.best_validation,

@@ -67,12 +67,15 @@ def negative_weights(sequences: pl.DataFrame, catalogue: np.ndarray, sampling: s
 
 
 def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int,
-               sampling: str = "uniform") -> None:
+               sampling: str = "uniform", rounds: int = 1) -> None:
     """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives).
 
     Negatives are drawn from the catalogue uniformly, or (``sampling="popularity"``) in proportion to
     the items' training counts to the power 0.75: harder negatives, closer to the popular items that
-    compete for the top of a full-catalogue ranking."""
+    compete for the top of a full-catalogue ranking. ``rounds``: each training target becomes that
+    many requests, each with its own draw of negatives, so that one pass over the data sees every
+    positive against ``rounds`` different negative sets (fresh negatives, as ``rounds`` epochs with a
+    new draw each would); validation and test targets stay one request each."""
     if (logs / "impressions.parquet").exists():
         return
     logs.mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,11 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
         "user_id", pl.col("unique_time").alias("timestamp"), pl.lit(EVENT_TYPE[dataset]).alias("event_type"), "item_id",
         *([pl.col("rating")] if "rating" in sequences.columns else []), *extra,
     )  # fmt: skip
-    targets = sequences.filter(pl.col("order") >= 1).with_row_index("request_id")
+    targets = sequences.filter(pl.col("order") >= 1)
+    if rounds > 1:
+        copies = pl.when(pl.col("split") == "train").then(rounds).otherwise(1)
+        targets = targets.select(pl.all().repeat_by(copies)).explode(pl.all())
+    targets = targets.with_row_index("request_id")
     catalogue = np.sort(items["item_id"].to_numpy())
     rng = np.random.default_rng(seed)
     weights = negative_weights(sequences, catalogue, sampling)
@@ -185,6 +192,9 @@ def main() -> None:
     parser.add_argument("--validation-users", type=int, default=0, help="with --select ndcg: users whose validation item is ranked (0 = all)")
     parser.add_argument("--in-batch-weight", type=float, default=0.0,
                         help="build the model with dot_term and add this weight times its softmax against every item of the batch")
+    parser.add_argument("--negative-rounds", type=int, default=1,
+                        help="fresh negatives: each training target is written as this many requests with their own negatives; "
+                        "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -208,7 +218,9 @@ def main() -> None:
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
     config = SequenceModelConfig(dot_term=bool(args.in_batch_weight))
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
-        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "")
+        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "")
+    if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
+        parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
     for seed in range(args.seeds) if args.train_seeds is None else args.train_seeds:
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
@@ -216,14 +228,15 @@ def main() -> None:
         if done.exists():
             continue
         earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
-        data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}"
+        data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "")
         logs, store_dir = work / f"logs_{data_variant}", work / f"store_{data_variant}"
-        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling)
+        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds)
         if not (store_dir / "manifest.json").exists():
             build_store(schema, logs, store_dir)
         store = EventStore.open(store_dir)
         leave_one_out_store(store)
-        train_config = TrainConfig(epochs=args.epochs, batch_size=1024, validations_per_epoch=2, patience=args.patience, calibrate=False, seed=seed,
+        rounds = args.negative_rounds  # one trainer epoch over the requests = `rounds` passes over the targets
+        train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=1024, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
                                    in_batch_weight=args.in_batch_weight)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
@@ -266,7 +279,8 @@ def main() -> None:
              + (f" --test-users {args.test_users}" if args.test_users else "")
              + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
-             + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "") + "`. "
+             + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
+             + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]

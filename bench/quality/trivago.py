@@ -72,20 +72,44 @@ def prepare_store():
     return EventStore.open(store_dir), logs
 
 
-def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int, listwise_weight: float = 0.0) -> dict[str, list[tuple[np.ndarray, float]]]:
+def validation_mrr(store, requests: np.ndarray):
+    """``run_comparison``'s ``validation_score``: per model config, a function giving the MRR of the
+    clicked hotel within each validation clickout (``requests``: request id per store example, all
+    splits), computed from the model's validation predictions; the test split is never read."""
+    from eventrec.training.evaluation import predict
+    from eventrec.training.factory import batch_function
+
+    validation = store.split_indices("validation")
+    labels, groups = store.labels[validation, 0].astype(np.float64), requests[validation]
+
+    def for_config(config):
+        batch_fn = batch_function(config)
+
+        def score(model) -> dict[str, float]:
+            mrr = click_metrics(labels, predict(model, store, validation, batch_fn)[:, 0].astype(np.float64), groups)["mrr"]
+            return {"score": mrr, "mrr": mrr}
+
+        return score
+
+    return for_config
+
+
+def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int, listwise_weight: float = 0.0,
+                 select_mrr=None) -> dict[str, list[tuple[np.ndarray, float]]]:
     """Train each model per seed (resumable); ``{name: [(test probabilities [n_test], seconds)]}``.
     ``listwise_weight``: adds that weight times the softmax over each clickout's impressions to the
     bce loss (``TrainConfig.listwise_weight``), and then stops early on validation AUC (the listwise
-    term moves the logits, so NE stops the run before the order has been learned)."""
+    term moves the logits, so NE stops the run before the order has been learned). ``select_mrr``
+    (:func:`validation_mrr`): early stopping and the kept weights on validation MRR instead."""
     from eventrec.experiment import run_comparison
     from eventrec.training.trainer import TrainConfig
 
-    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight,
-                               stop_on="auc" if listwise_weight else "ne")
+    stop_on = "score" if select_mrr is not None else "auc" if listwise_weight else "ne"
+    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight, stop_on=stop_on)
     out: dict[str, list[tuple[np.ndarray, float]]] = {}
     for name, config in models.items():
         slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
-        runs = run_comparison(store, {slug: config}, train_config, seeds, runs_dir, show_progress=False)
+        runs = run_comparison(store, {slug: config}, train_config, seeds, runs_dir, show_progress=False, validation_score=select_mrr)
         out[name] = [(np.load(runs_dir / f"{slug}_seed{r.seed}" / "test_predictions.npy")[:, 0], r.seconds) for r in runs]
     return out
 
@@ -131,6 +155,8 @@ def main() -> None:
     parser.add_argument("--ablation-seeds", type=int, default=2)
     parser.add_argument("--listwise-weight", type=float, nargs="*", default=[],
                         help="also train the sequence model with bce + each weight times a softmax over each clickout (a row each)")
+    parser.add_argument("--select-mrr", action="store_true",
+                        help="also train the sequence model with early stopping and model selection on validation MRR (a row)")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -151,9 +177,13 @@ def main() -> None:
 
     predictions = run_eventrec(store, {"eventrec sequence model": SequenceModelConfig(), "eventrec DLRM (aggregated features)": DlrmConfig()},
                                seeds, runs_dir, args.epochs)
-    listwise_rows = [f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC" for w in args.listwise_weight]
-    for name, weight in zip(listwise_rows, args.listwise_weight):
+    variant_rows = [f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC" for w in args.listwise_weight]
+    for name, weight in zip(variant_rows, args.listwise_weight):
         predictions.update(run_eventrec(store, {name: SequenceModelConfig()}, seeds, runs_dir, args.epochs, weight))
+    if args.select_mrr:
+        variant_rows.append("eventrec sequence model, stop on validation MRR")
+        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.epochs,
+                                        select_mrr=validation_mrr(store, examples["request_id"].to_numpy())))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]
@@ -167,11 +197,11 @@ def main() -> None:
 
     seq = rows["eventrec sequence model"]
     verdicts = [f"- sequence model vs {other}: {gain_verdict(seq, rows[other], lower_better='ne' if 'ne' in rows[other] else None)}"
-                for other in rows if other != "eventrec sequence model" and other not in listwise_rows]
+                for other in rows if other != "eventrec sequence model" and other not in variant_rows]
     best_rule = "rule: recency, ties by display position"
-    for name in ["eventrec sequence model", *listwise_rows]:
+    for name in ["eventrec sequence model", *variant_rows]:
         verdicts.append(f"- {name} vs {best_rule}, on MRR: {gain_verdict(rows[name], rows[best_rule], metric='mrr', lower_better=None)}")
-    for name in listwise_rows:
+    for name in variant_rows:
         verdicts.append(f"- {name} vs eventrec sequence model (bce only): {gain_verdict(rows[name], seq)}; "
                         f"on MRR: {gain_verdict(rows[name], seq, metric='mrr', lower_better=None)}")
     n_test, n_requests = len(test), len(np.unique(requests))
@@ -179,7 +209,8 @@ def main() -> None:
         "## trivago clicks (RecSys Challenge 2019 sample)" + ("" if args.epochs == 1 else f", eventrec trained for up to {args.epochs} epochs"),
         "",
         f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}" + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
-        + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
+        + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "")
+        + (" --select-mrr" if args.select_mrr else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "

@@ -30,6 +30,7 @@ reads a prefix. Tests check both against a full recompute.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class RankingService:
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,
                  attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None,
-                 precision: Precision = "fp32"):
+                 precision: Precision = "fp32", scoring_slots: int = 1):
         """``candidate_chunk``: candidates per pass of the model's own pooling (naive baseline, other
         poolings); ``attention_chunk``: candidates per attention block of the restructured keyed
         pooling (its logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits).
@@ -180,7 +181,12 @@ class RankingService:
         :func:`eventrec.serving.redis_store.redis_stores`). ``precision``: ``"fp32"`` (scores equal
         ``eventrec evaluate``'s within 1e-5) or ``"bf16"`` (the candidate side of the serving path in
         bfloat16 on a copy of its modules; faster where the hardware has bf16, scores within ~1e-2:
-        ``docs/serving.md``)."""
+        ``docs/serving.md``). ``scoring_slots``: requests whose candidates are scored at the same time
+        (each with its own attention buffers; torch's intra-op threads are shared by all, so on a few
+        cores 1 is usually best: ``bench/serving_http_load.py --scoring-slots``); the user side is
+        computed under one lock either way."""
+        if scoring_slots < 1:
+            raise ValueError(f"scoring_slots: must be >= 1, got {scoring_slots}")
         if not isinstance(model, SequenceRanker):
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
         dtype = precision_dtype(precision)
@@ -191,7 +197,10 @@ class RankingService:
         self.schema = store.schema
         self.task_names = list(store.label_names)
         self.max_candidates, self.candidate_chunk, self.attention_chunk = max_candidates, candidate_chunk, attention_chunk
-        self.workspace = Workspace()  # attention buffers, reused across requests (used under self.lock)
+        self.scoring_slots = scoring_slots
+        self.workspaces: queue.LifoQueue[Workspace] = queue.LifoQueue()  # attention buffers, one per scoring slot
+        for _ in range(scoring_slots):
+            self.workspaces.put(Workspace())
         self.restructured_pooling = True  # False: score with the model's own keyed pooling (benchmarks)
         self.precision = precision
         self.reference_scorer = CandidateScorer(model)  # the model's own modules (float32)
@@ -409,6 +418,8 @@ class RankingService:
     def user_side(self, user_id: Any, timestamp: int) -> tuple[UserSide, str]:
         """The user side for a request at ``timestamp`` (seconds) and how it was obtained."""
         with self.lock:
+            if not self.is_known(user_id):
+                self.counters["cold_start"] += 1
             events = self.user_events(user_id)
             window = self._window(events, timestamp)
             key = (self._user_key(user_id), self.version)
@@ -482,7 +493,11 @@ class RankingService:
             if not len(rows):
                 return torch.zeros(0, len(self.task_names))
             prepared = self.scorer.prepare_user(model.pooling, user.keys, user.values)
-            return score_candidates(self.scorer, prepared, rows, context, self.attention_chunk, self.workspace, self._dot_user(user))
+            workspace = self.workspaces.get()  # blocks while every scoring slot is busy
+            try:
+                return score_candidates(self.scorer, prepared, rows, context, self.attention_chunk, workspace, self._dot_user(user))
+            finally:
+                self.workspaces.put(workspace)
         scorer, dot_user = self.reference_scorer, self._dot_user(user)
         out = []
         for start in range(0, len(rows), self.candidate_chunk):
@@ -533,13 +548,10 @@ class RankingService:
         context_vector = self.context_tensor(context)
         seconds = self.request_seconds(timestamp)
         timings = {"encode": time.perf_counter() - started}
-        if not self.is_known(user_id):
-            self.counters["cold_start"] += 1
         side, status = self.user_side(user_id, seconds)
         timings["user_side"] = time.perf_counter() - started - timings["encode"]
         rows, hits, misses = self._item_rows(frame)
-        with self.lock:
-            logits = self._score(side, rows, context_vector)
+        logits = self._score(side, rows, context_vector)  # the model is read-only here: no lock (scoring slots)
         scores = torch.sigmoid(logits).float().numpy()
         order = np.argsort(-scores[:, 0], kind="stable") if len(scores) else np.zeros(0, dtype=np.int64)
         if top_k is not None:

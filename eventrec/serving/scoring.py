@@ -197,15 +197,16 @@ def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tenso
     return tensor if tensor is None or dtype is None else tensor.to(dtype)
 
 
-def folded_match_queries(user: PreparedUser, match_query: torch.Tensor | None, slots: int, batch: int) -> torch.Tensor:
-    """The query dims that meet the folded match rows of ``user.keys_t``: per head h, slot and
-    vocabulary v, ``match_weight[h, v] · E_v[c]``. ``match_query [B, V·E]`` (None: zeros) → ``[H, B·M, V·E]``."""
+def folded_match_queries(user: PreparedUser, match_query: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """The query dims that meet the folded match rows of ``user.keys_t``: per candidate, head h and
+    vocabulary v, ``match_weight[h, v] · E_v[c]`` (the same for every slot). ``match_query [B, V·E]``
+    (None: zeros) → ``[B, H, V·E]``."""
     match_weight = user.match_weight
     heads, vocabularies = match_weight.shape
     if match_query is None:
-        return match_weight.new_zeros(heads, batch * slots, user.keys_t.shape[1] - user.values.shape[2])
-    per_head = match_query.view(1, batch, 1, vocabularies, -1) * match_weight.view(heads, 1, 1, vocabularies, 1)  # [H, B, 1, V, E]
-    return per_head.expand(-1, -1, slots, -1, -1).reshape(heads, batch * slots, -1)
+        return match_weight.new_zeros(batch, heads, user.keys_t.shape[1] - user.values.shape[2])
+    per_head = match_query.view(batch, 1, vocabularies, -1) * match_weight.view(1, heads, vocabularies, 1)  # [B, H, V, E]
+    return per_head.view(batch, heads, -1)
 
 
 class Workspace:
@@ -224,6 +225,29 @@ class Workspace:
         if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = self.buffers[name] = like.new_empty(size)
         return buffer[:size].view(shape)
+
+
+def block_queries(q: torch.Tensor, match: torch.Tensor | None, chunk: int, workspace: "Workspace") -> torch.Tensor:
+    """The attention's queries laid out block by block, so that each block of ``chunk`` candidates is
+    one contiguous ``[H, chunk·M, F]`` tensor (a strided slice of ``[H, B·M, F]`` made every
+    ``bmm`` copy its input: 79 copies per request at C=5000). ``q [B, M, H, d]`` (content), ``match
+    [B, H, V·E]`` (folded match dims, the same for every slot; None: none) → ``[blocks, H, chunk·M,
+    d (+ V·E)]``; rows past the last candidate of the last block are left unset (never read)."""
+    b, m, h, d = q.shape
+    f = d + (0 if match is None else match.shape[-1])
+    blocks = -(-b // chunk)
+    out = workspace.get("queries", (blocks, h, chunk, m, f), q)
+    by_candidate = out.permute(0, 2, 3, 1, 4)  # [blocks, chunk, M, H, F] (a view)
+    full = (b // chunk) * chunk
+    for target, rows in ((by_candidate[: b // chunk], slice(0, full)), (by_candidate[b // chunk :, : b - full], slice(full, b))):
+        count = rows.stop - rows.start
+        if not count:
+            continue
+        per_block = min(chunk, count)
+        target[..., :d].copy_(q[rows].view(count // per_block, per_block, m, h, d))
+        if match is not None:
+            target[..., d:].copy_(match[rows].view(count // per_block, per_block, 1, h, f - d).expand(-1, -1, m, -1, -1))
+    return out.view(blocks, h, chunk * m, f)
 
 
 BLOCK_BYTES = 4 << 20  # logits of one attention block: about this CPU's L2 plus a share of L3
@@ -249,21 +273,20 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
     if n == 0:  # an empty history pools to zeros (then the output projection)
         return pooling.out(candidate.new_zeros(b, m, pooling.model_dim))
     q = (pooling.query(candidate).view(b, m, pooling.model_dim) + pooling.slots).view(b, m, h, d)
-    q = q.permute(2, 0, 1, 3).reshape(h, b * m, d)  # [H, B·M, d]
-    if user.match_folded:
-        q = torch.cat([q, folded_match_queries(user, match_query, m, b)], dim=-1)  # [H, B·M, d + V·E]
+    folded = folded_match_queries(user, match_query, b) if user.match_folded else None  # [B, H, V·E]
     use_match = user.match_keys_t is not None and match_query is not None
     if use_match:
         vocabularies = user.match_keys_t.shape[0]
         match_query = match_query.view(b, vocabularies, -1).transpose(0, 1)  # [V, B, E]
     workspace = workspace if workspace is not None else Workspace()
     chunk = chunk or block_candidates(pooling, n)
+    queries = block_queries(q, folded, chunk, workspace)  # [blocks, H, chunk·M, d (+ V·E)]
     pooled = q.new_empty(h, b * m, d)
-    for start in range(0, b, chunk):
+    for block, start in enumerate(range(0, b, chunk)):
         c = min(chunk, b - start)
         rows = slice(start * m, (start + c) * m)
         logits = workspace.get("logits", (h, c * m, n), q)
-        torch.bmm(q[:, rows], user.keys_t, out=logits)  # [H, c·M, N]
+        torch.bmm(queries[block, :, : c * m], user.keys_t, out=logits)  # [H, c·M, N]
         if use_match:
             cosine = workspace.get("cosine", (vocabularies, c, n), q)
             torch.bmm(match_query[:, start : start + c], user.match_keys_t, out=cosine)  # [V, c, N]

@@ -200,3 +200,23 @@ def test_limits_and_memory_bound(served):
         assert service.users.nbytes <= 3000
     assert service.users.evictions > 0 and 0 < len(service.users) < 33
     assert service.rank("new29", candidates(5), {"placement": "feed"}, 1000).user_state == "hit"  # most recent kept
+
+
+def test_concurrent_requests_score_as_if_alone(served):
+    """Two scoring slots, 4 threads, many users, times and candidate counts at once (user states
+    computed and reused meanwhile): every result equals the same request ranked alone, and a bad slot
+    count is refused with its field named."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, checkpoint, _ = served
+    with pytest.raises(ValueError, match="scoring_slots"):
+        RankingService.load(checkpoint, store, scoring_slots=0)
+    alone = RankingService.load(checkpoint, store)
+    shared = RankingService.load(checkpoint, store, scoring_slots=2)
+    requests = [(user, t, n) for user in (1, 2, 3, "new") for t in (40, 250, 1000) for n in (7, 300)]
+    expected = {r: alone.rank(r[0], candidates(r[2]), {"placement": "feed"}, r[1]).scores for r in requests}
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda r: (r, shared.rank(r[0], candidates(r[2]), {"placement": "feed"}, r[1]).scores), requests * 3))
+    for request, scores in got:
+        np.testing.assert_allclose(scores, expected[request], atol=1e-6, rtol=0)
+    assert shared.workspaces.qsize() == 2  # every slot handed back
