@@ -6,8 +6,11 @@
 Protocol (``bench/quality/next_item_data.py``): leave-one-out by time per user (last item test,
 second-to-last validation). eventrec trains the ad-keyed sequence model as a ranker: every training
 position (the 2nd item onwards) is a request whose positive is the item the user took next and whose
-negatives are ``--negatives`` items drawn uniformly from the catalogue (a fresh draw per seed);
-validation requests alike, for early stopping on their AUC (never the test). The loss is a softmax
+negatives are ``--negatives`` items drawn uniformly from the catalogue (a fresh draw per seed; with
+``--negative-rounds R`` each training target is written R times with its own draw: R passes over
+the targets see R different negative sets); validation requests alike, for early stopping on their AUC (never the
+test), or, with ``--select ndcg``, early stopping and model selection on the full-catalogue NDCG@10
+of the validation items. The loss is a softmax
 over each request's positive and negatives (``--loss request_softmax``, default) or binary
 cross-entropy per candidate (``--loss bce``). At test time each user's request
 at the target's time ranks **every catalogue item** through the serving core
@@ -192,6 +195,8 @@ def main() -> None:
     parser.add_argument("--validation-users", type=int, default=0, help="with --select ndcg: users whose validation item is ranked (0 = all)")
     parser.add_argument("--in-batch-weight", type=float, default=0.0,
                         help="build the model with dot_term and add this weight times its softmax against every item of the batch")
+    parser.add_argument("--attribute-dim", type=int, default=None,
+                        help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
     parser.add_argument("--negative-rounds", type=int, default=1,
                         help="fresh negatives: each training target is written as this many requests with their own negatives; "
                         "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
@@ -216,9 +221,10 @@ def main() -> None:
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
-    config = SequenceModelConfig(dot_term=bool(args.in_batch_weight))
+    config = SequenceModelConfig(dot_term=bool(args.in_batch_weight), **({"attribute_dim": args.attribute_dim} if args.attribute_dim else {}))
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
-        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "")
+        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
+        + (f"-a{args.attribute_dim}" if args.attribute_dim else "")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
@@ -280,7 +286,8 @@ def main() -> None:
              + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
              + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
-             + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "") + "`. "
+             + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
+             + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]

@@ -155,8 +155,12 @@ def main() -> None:
     parser.add_argument("--ablation-seeds", type=int, default=2)
     parser.add_argument("--listwise-weight", type=float, nargs="*", default=[],
                         help="also train the sequence model with bce + each weight times a softmax over each clickout (a row each)")
-    parser.add_argument("--select-mrr", action="store_true",
-                        help="also train the sequence model with early stopping and model selection on validation MRR (a row)")
+    parser.add_argument("--select-mrr", type=int, default=0, metavar="EPOCHS",
+                        help="also train the sequence model for up to EPOCHS epochs with early stopping and model selection on "
+                        "validation MRR (a row; 0: not)")
+    parser.add_argument("--attribute-dim", type=int, nargs="*", default=[],
+                        help="also train the sequence model with each of these attribute embedding sizes (item ids and the "
+                        "match attention's cosine included; the default config has 16): a row each")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -181,9 +185,12 @@ def main() -> None:
     for name, weight in zip(variant_rows, args.listwise_weight):
         predictions.update(run_eventrec(store, {name: SequenceModelConfig()}, seeds, runs_dir, args.epochs, weight))
     if args.select_mrr:
-        variant_rows.append("eventrec sequence model, stop on validation MRR")
-        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.epochs,
+        variant_rows.append(f"eventrec sequence model, up to {args.select_mrr} epochs, stop on validation MRR")
+        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.select_mrr,
                                         select_mrr=validation_mrr(store, examples["request_id"].to_numpy())))
+    for dim in args.attribute_dim:
+        variant_rows.append(f"eventrec sequence model, attribute dim {dim}")
+        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(attribute_dim=dim)}, seeds, runs_dir, args.epochs))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]
@@ -210,7 +217,8 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}" + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
         + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "")
-        + (" --select-mrr" if args.select_mrr else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
+        + (f" --select-mrr {args.select_mrr}" if args.select_mrr else "")
+        + (" --attribute-dim " + " ".join(map(str, args.attribute_dim)) if args.attribute_dim else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "

@@ -167,7 +167,8 @@ class CandidateCache:
 
 
 class RankingService:
-    """Load once, then ``rank`` and ``append_events`` from any thread (one lock around the model)."""
+    """Load once, then ``rank`` and ``append_events`` from any thread: user states and appends under one
+    lock, candidate scoring in up to ``scoring_slots`` requests at once (the model is only read)."""
 
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,

@@ -104,6 +104,7 @@ class CandidateScorer(nn.Module):
     def __init__(self, model: SequenceRanker, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.dtype = dtype
+        self.max_unshifted_logit = EXP_SAFE_LOGIT if dtype == torch.bfloat16 else 0.0  # see pool_candidates
         self.item_dim = model.item_embedder.out_dim
         self.uses_match = bool(model.match_vocabularies)
         cast = dtype != model.candidate_projection.weight.dtype
@@ -262,12 +263,41 @@ def block_candidates(pooling: KeyedAttentionPooling, positions: int, block_bytes
     return max(8, block_bytes // per_candidate)
 
 
+EXP_SAFE_LOGIT = 60.0
+
+
+def logit_bound(user: PreparedUser, q: torch.Tensor, folded: torch.Tensor | None) -> float:
+    """An upper bound of ``|logit|`` over every candidate, slot, head and position of one request
+    (Cauchy–Schwarz): per head the largest query norm times the largest key norm, plus, when the
+    match logit is added separately, the largest it can be (``sum_v |w[h, v]|``: cosines are in
+    [-1, 1]). ``q [B, M, H, d]`` content queries, ``folded [B, H, V·E]`` folded match queries."""
+    query_sq = q.float().square().sum(-1).amax(dim=(0, 1))  # [H]
+    if folded is not None:
+        query_sq = query_sq + folded.float().square().sum(-1).amax(0)
+    key_sq = user.keys_t.float().square().sum(1).amax(-1)  # [H]
+    bound = (query_sq * key_sq).sqrt()
+    if user.match_keys_t is not None:
+        bound = bound + user.match_weight.float().abs().sum(-1)
+    return float(bound.max())
+
+
 def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidate: torch.Tensor, match_query: torch.Tensor | None,
-                    chunk: int | None = None, workspace: Workspace | None = None) -> torch.Tensor:
+                    chunk: int | None = None, workspace: Workspace | None = None, max_unshifted_logit: float = 0.0) -> torch.Tensor:
     """``pooling.pool`` for one user: ``candidate [B, Q]``, ``match_query [B, V·E]`` → ``[B, M, D]``.
 
     The query projection runs over all B candidates at once; the attention (logits ``[H, chunk·M, N]``,
-    softmax, weighted values) runs ``chunk`` candidates at a time so that its logits stay in cache (default: :func:`block_candidates`)."""
+    softmax, weighted values) runs ``chunk`` candidates at a time so that its logits stay in cache (default: :func:`block_candidates`).
+
+    The softmax: with ``max_unshifted_logit > 0`` (:class:`CandidateScorer` passes
+    :data:`EXP_SAFE_LOGIT`, 60, in bfloat16) and every logit of the request provably within that
+    bound (:func:`logit_bound`: then ``exp`` neither overflows nor underflows to zero in float32 or
+    bfloat16, which share its exponent range, even summed over millions of positions), the block's
+    logits are exponentiated in place without the row-max shift and the normalisation is left to the
+    values product: ``exp(logits) @ [values | 1]`` gives each row's weighted sum and its denominator,
+    divided once per row. Same math as the softmax (shift-invariant), one pass over the logits instead
+    of three. Measured at C=5000, N=1024, 2 threads, interleaved: bf16 41.0 against 44.3 ms p50; in
+    float32 it is slower (101 against 85 ms: torch's float32 ``exp`` is the accurate one, the softmax
+    kernel's is faster), so float32 keeps the softmax (the default, ``max_unshifted_logit=0``)."""
     b, m, h, d = len(candidate), pooling.num_slots, pooling.num_heads, pooling.head_dim
     n = user.positions
     if n == 0:  # an empty history pools to zeros (then the output projection)
@@ -281,7 +311,9 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
     workspace = workspace if workspace is not None else Workspace()
     chunk = chunk or block_candidates(pooling, n)
     queries = block_queries(q, folded, chunk, workspace)  # [blocks, H, chunk·M, d (+ V·E)]
-    pooled = q.new_empty(h, b * m, d)
+    unshifted = max_unshifted_logit > 0 and logit_bound(user, q, folded) < max_unshifted_logit
+    values = torch.cat([user.values, user.values.new_ones(h, n, 1)], dim=-1) if unshifted else user.values  # [H, N, d (+ 1)]
+    pooled = q.new_empty(h, b * m, values.shape[-1])
     for block, start in enumerate(range(0, b, chunk)):
         c = min(chunk, b - start)
         rows = slice(start * m, (start + c) * m)
@@ -293,10 +325,15 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
             match = workspace.get("match", (h, c * n), q)
             torch.mm(user.match_weight, cosine.view(vocabularies, c * n), out=match)  # [H, c·N]
             logits.view(h, c, m, n).add_(match.view(h, c, 1, n))
-        weights = workspace.get("weights", (h, c * m, n), q)
-        torch.ops.aten._softmax.out(logits, -1, False, out=weights)
-        torch.bmm(weights, user.values, out=pooled[:, rows])  # [H, c·M, d]
-    return pooling.out(pooled.view(h, b, m, d).permute(1, 2, 0, 3).reshape(b, m, h * d))
+        if unshifted:
+            torch.bmm(logits.exp_(), values, out=pooled[:, rows])  # [H, c·M, d + 1]: weighted sums, denominators
+        else:
+            weights = workspace.get("weights", (h, c * m, n), q)
+            torch.ops.aten._softmax.out(logits, -1, False, out=weights)
+            torch.bmm(weights, values, out=pooled[:, rows])  # [H, c·M, d]
+    if unshifted:
+        pooled = pooled[..., :d] / pooled[..., d:]
+    return pooling.out(pooled.reshape(h, b, m, d).permute(1, 2, 0, 3).reshape(b, m, h * d))
 
 
 def score_candidates(scorer: CandidateScorer, user: PreparedUser, rows: torch.Tensor, context: torch.Tensor | None,
@@ -306,5 +343,5 @@ def score_candidates(scorer: CandidateScorer, user: PreparedUser, rows: torch.Te
     ``[B, T]``, computed in the scorer's dtype (``user`` prepared in the same dtype; ``dot_user``: see
     :meth:`CandidateScorer.head`)."""
     candidate = scorer.candidate(rows, context)
-    pooled = pool_candidates(scorer.pooling, user, candidate, scorer.match_query(rows), chunk, workspace)
+    pooled = pool_candidates(scorer.pooling, user, candidate, scorer.match_query(rows), chunk, workspace, scorer.max_unshifted_logit)
     return scorer.head(pooled, candidate, dot_user).float()

@@ -7,16 +7,18 @@ import torch
 
 from eventrec.jagged import JaggedTensor
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
-from eventrec.serving.scoring import pool_candidates, prepare_user
+from eventrec.serving.scoring import EXP_SAFE_LOGIT, folded_match_queries, logit_bound, pool_candidates, prepare_user
 
 
 @pytest.mark.parametrize("positions", [0, 1, 37, 600])
 @pytest.mark.parametrize("match", [0, 2])
 @pytest.mark.parametrize("fold_match", [False, True])
 @pytest.mark.parametrize("chunk", [None, 100, 7])
-def test_pool_candidates_equals_model_pool(positions, match, fold_match, chunk):
+@pytest.mark.parametrize("unshifted", [True, False])
+def test_pool_candidates_equals_model_pool(positions, match, fold_match, chunk, unshifted):
     """Also with the match embeddings folded into the keys (the bf16 layout), here in fp32; blocks of
-    candidates that divide the 300 candidates (100) or leave a partial last block (7, the default)."""
+    candidates that divide the 300 candidates (100) or leave a partial last block (7, the default);
+    the unshifted exp with the denominators from the values product, and the softmax."""
     torch.manual_seed(positions + match)
     pooling = KeyedAttentionPooling(64, 48, num_slots=4, num_heads=4, match_vocabularies=match, match_dim=16 * match).eval()
     if match:
@@ -28,5 +30,36 @@ def test_pool_candidates_equals_model_pool(positions, match, fold_match, chunk):
     match_query = torch.nn.functional.normalize(torch.randn(300, match, 16), dim=-1).view(300, 16 * match) if match else None
     with torch.no_grad():
         expected = pooling.pool(keys, values, torch.tensor([0, positions]), positions, candidates, torch.zeros(300, dtype=torch.int64), match_query)
-        got = pool_candidates(pooling, prepare_user(pooling, keys, values, fold_match=fold_match), candidates, match_query, chunk)
+        user = prepare_user(pooling, keys, values, fold_match=fold_match)
+        if positions:
+            assert logit_bound(user, *query_parts(pooling, user, candidates, match_query)) < EXP_SAFE_LOGIT  # the fast path is taken
+        got = pool_candidates(pooling, user, candidates, match_query, chunk, max_unshifted_logit=EXP_SAFE_LOGIT if unshifted else 0)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def query_parts(pooling: KeyedAttentionPooling, user, candidates: torch.Tensor, match_query):
+    """The content queries ``[B, M, H, d]`` and folded match queries of :func:`pool_candidates`."""
+    b = len(candidates)
+    q = (pooling.query(candidates).view(b, pooling.num_slots, -1) + pooling.slots).view(b, pooling.num_slots, pooling.num_heads, -1)
+    return q, folded_match_queries(user, match_query, b) if user.match_folded else None
+
+
+@pytest.mark.parametrize("fold_match", [False, True])
+def test_large_logits_fall_back_to_the_softmax(fold_match):
+    """Keys 20x larger: logits of several hundred, whose unshifted exp would overflow; the bound
+    sees it, the softmax runs, and the result still equals the model's pooling (no inf / NaN)."""
+    torch.manual_seed(7)
+    pooling = KeyedAttentionPooling(64, 48, num_slots=4, num_heads=4, match_vocabularies=2, match_dim=32).eval()
+    pooling.key_value.weight.data *= 20
+    encoded = torch.randn(50, 64)
+    match_keys = torch.nn.functional.normalize(torch.randn(50, 2, 16), dim=-1).view(50, 32)
+    keys, values = pooling.keys_values(JaggedTensor(encoded, torch.tensor([0, 50]), 50), match_keys)
+    candidates = torch.randn(20, 48) * 5
+    match_query = torch.nn.functional.normalize(torch.randn(20, 2, 16), dim=-1).view(20, 32)
+    with torch.no_grad():
+        expected = pooling.pool(keys, values, torch.tensor([0, 50]), 50, candidates, torch.zeros(20, dtype=torch.int64), match_query)
+        user = prepare_user(pooling, keys, values, fold_match=fold_match)
+        assert logit_bound(user, *query_parts(pooling, user, candidates, match_query)) > EXP_SAFE_LOGIT
+        got = pool_candidates(pooling, user, candidates, match_query)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
