@@ -1,0 +1,73 @@
+"""The keyed pooling's two softmax paths, interleaved on the same requests: the softmax kernel against
+the unshifted ``exp`` with denominators from the values product (``eventrec/serving/scoring.py``,
+``pool_candidates``), in fp32 and bf16.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/serving_softmax_paths.py --threads 2 [--events 1024] [--candidates 5000] [--repeats 40]
+
+Same world and random default-size model as ``bench/serving_latency.py``; the user state and the
+candidate rows are cached (the core's cached-user column). Prints p50 / p99 per path and precision,
+the ratio, and the largest score difference between the two paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_latency import CATEGORIES, REQUEST_TIME, build_world, percentiles  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1024)
+    parser.add_argument("--candidates", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from eventrec.model.config import SequenceModelConfig
+    from eventrec.model.embeddings import FeatureSpec
+    from eventrec.model.sequence_ranker import SequenceRanker
+    from eventrec.serving import RankingService
+    from eventrec.serving.scoring import EXP_SAFE_LOGIT
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_world(Path(tmp), [args.events])
+    model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig()).eval()
+    rng = np.random.default_rng(1)
+    pool = pl.DataFrame({"ad_id": rng.integers(0, 1_000_000, args.candidates), "category": [CATEGORIES[i] for i in rng.integers(0, 50, args.candidates)]})
+    context = {"placement": "feed"}
+    paths = {"softmax": 0.0, "unshifted exp": EXP_SAFE_LOGIT}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; N={args.events}, C={args.candidates}, {args.repeats} requests per path, interleaved\n")
+    print("| precision | softmax p50 / p99 (ms) | unshifted exp p50 / p99 (ms) | unshifted / softmax (p50) | max abs score diff |")
+    print("|---|---:|---:|---:|---:|")
+    for precision in ("fp32", "bf16"):
+        service = RankingService(model, store, "bench", precision=precision, max_candidates=args.candidates)
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        scores = {}
+        for name, bound in paths.items():  # warm: user state, candidate cache, buffers
+            service.scorer.max_unshifted_logit = bound
+            scores[name] = service.rank(0, pool, context, REQUEST_TIME).scores
+        for _ in range(args.repeats):
+            for name, bound in paths.items():
+                service.scorer.max_unshifted_logit = bound
+                started = time.perf_counter()
+                service.rank(0, pool, context, REQUEST_TIME)
+                samples[name].append(time.perf_counter() - started)
+        (s50, s99), (u50, u99) = (percentiles(samples[name]) for name in paths)
+        gap = float(np.abs(scores["softmax"] - scores["unshifted exp"]).max())
+        print(f"| {precision} | {s50:.1f} / {s99:.1f} | {u50:.1f} / {u99:.1f} | {u50 / s50:.2f} | {gap:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
