@@ -162,6 +162,8 @@ def main() -> None:
                         help="also train the sequence model with each of these attribute embedding sizes (item ids and the "
                         "match attention's cosine included; the default config has 16): a row each")
     args = parser.parse_args()
+    if args.select_mrr < 0:
+        parser.error(f"--select-mrr: epochs must be >= 0, got {args.select_mrr}")
     started = time.perf_counter()
 
     import torch
