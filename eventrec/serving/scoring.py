@@ -263,7 +263,7 @@ def block_candidates(pooling: KeyedAttentionPooling, positions: int, block_bytes
     return max(8, block_bytes // per_candidate)
 
 
-EXP_SAFE_LOGIT = 60.0
+EXP_SAFE_LOGIT = 60.0  # |logit| < 60: exp(logit) in [1e-26, 1e26], so sums over any history stay finite and non-zero
 
 
 def logit_bound(user: PreparedUser, q: torch.Tensor, folded: torch.Tensor | None) -> float:
@@ -295,9 +295,10 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
     logits are exponentiated in place without the row-max shift and the normalisation is left to the
     values product: ``exp(logits) @ [values | 1]`` gives each row's weighted sum and its denominator,
     divided once per row. Same math as the softmax (shift-invariant), one pass over the logits instead
-    of three. Measured at C=5000, N=1024, 2 threads, interleaved: bf16 41.0 against 44.3 ms p50; in
-    float32 it is slower (101 against 85 ms: torch's float32 ``exp`` is the accurate one, the softmax
-    kernel's is faster), so float32 keeps the softmax (the default, ``max_unshifted_logit=0``)."""
+    of three. Measured by ``bench/serving_softmax_paths.py`` (C=5000, N=1024, 2 threads, interleaved):
+    bf16 40.5 against 43.8 ms p50; in float32 it is slower (104.8 against 87.6 ms: torch's float32
+    ``exp`` is the accurate one, the softmax kernel's is faster), so float32 keeps the softmax (the
+    default, ``max_unshifted_logit=0``)."""
     b, m, h, d = len(candidate), pooling.num_slots, pooling.num_heads, pooling.head_dim
     n = user.positions
     if n == 0:  # an empty history pools to zeros (then the output projection)
