@@ -162,6 +162,10 @@ def main() -> None:
                 raise SystemExit("--redis: redis-server not found")
             redis_process, redis_url = start_redis(tmp)
             processes.append(redis_process)
+        import httpx
+
+        bodies = {(user, c): json.dumps({"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}).encode()
+                  for user in range(len(args.events)) for c in args.candidates}
         rows = []
         for slots in args.scoring_slots:  # one server per value, the same load against each
             port = free_port()
@@ -175,7 +179,7 @@ def main() -> None:
             wait_ready(base + "/health", server)
             for user, n in enumerate(args.events):
                 for c in args.candidates:
-                    body = json.dumps({"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}).encode()
+                    body = bodies[(user, c)]
                     load(base + "/rank", body, 1, 0.0, 3)  # warm: user state and candidate cache
                     for clients in args.clients:
                         latencies, requests, errors, elapsed = load(base + "/rank", body, clients, args.duration, args.max_requests)
@@ -183,8 +187,6 @@ def main() -> None:
                         rows.append((n, c, slots, clients, *core[(n, c)], p50, p99, requests / elapsed, requests, errors, elapsed))
                         print(f"http N={n} C={c} slots={slots} clients={clients}: {p50:.1f} / {p99:.1f} ms, {requests / elapsed:.1f} req/s, "
                               f"{requests} requests, {errors} errors", file=sys.stderr, flush=True)
-            import httpx
-
             metrics = httpx.get(base + "/metrics", timeout=10).text
             served = [line for line in metrics.splitlines() if line.startswith("eventrec_requests_total")]
             print(f"server with {slots} scoring slot(s), its /metrics: " + "; ".join(served), file=sys.stderr)

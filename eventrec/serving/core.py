@@ -198,7 +198,6 @@ class RankingService:
         self.schema = store.schema
         self.task_names = list(store.label_names)
         self.max_candidates, self.candidate_chunk, self.attention_chunk = max_candidates, candidate_chunk, attention_chunk
-        self.scoring_slots = scoring_slots
         self.workspaces: queue.LifoQueue[Workspace] = queue.LifoQueue()  # attention buffers, one per scoring slot
         for _ in range(scoring_slots):
             self.workspaces.put(Workspace())

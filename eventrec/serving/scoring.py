@@ -43,6 +43,7 @@ from eventrec.model.sequence_ranker import SequenceRanker
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 log = logging.getLogger(__name__)
+EXP_SAFE_LOGIT = 60.0  # |logit| < 60: exp(logit) in [1e-26, 1e26], so sums over any history stay finite and non-zero
 _warned_slow_bf16 = False
 
 
@@ -261,9 +262,6 @@ def block_candidates(pooling: KeyedAttentionPooling, positions: int, block_bytes
     C=5000, N=1024, 1 thread)."""
     per_candidate = pooling.num_heads * pooling.num_slots * max(1, positions) * 4
     return max(8, block_bytes // per_candidate)
-
-
-EXP_SAFE_LOGIT = 60.0  # |logit| < 60: exp(logit) in [1e-26, 1e26], so sums over any history stay finite and non-zero
 
 
 def logit_bound(user: PreparedUser, q: torch.Tensor, folded: torch.Tensor | None) -> float:
