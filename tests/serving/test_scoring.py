@@ -15,10 +15,12 @@ from eventrec.serving.scoring import EXP_SAFE_LOGIT, folded_match_queries, logit
 @pytest.mark.parametrize("fold_match", [False, True])
 @pytest.mark.parametrize("chunk", [None, 100, 7])
 @pytest.mark.parametrize("unshifted", [True, False])
-def test_pool_candidates_equals_model_pool(positions, match, fold_match, chunk, unshifted):
+@pytest.mark.parametrize("base2", [False, True])
+def test_pool_candidates_equals_model_pool(positions, match, fold_match, chunk, unshifted, base2):
     """Also with the match embeddings folded into the keys (the bf16 layout), here in fp32; blocks of
     candidates that divide the 300 candidates (100) or leave a partial last block (7, the default);
-    the unshifted exp with the denominators from the values product, and the softmax."""
+    the unshifted exp with the denominators from the values product, and the softmax; logits in
+    base-2 units (exp2, and the softmax's rescaling back to base e)."""
     torch.manual_seed(positions + match)
     pooling = KeyedAttentionPooling(64, 48, num_slots=4, num_heads=4, match_vocabularies=match, match_dim=16 * match).eval()
     if match:
@@ -30,7 +32,7 @@ def test_pool_candidates_equals_model_pool(positions, match, fold_match, chunk, 
     match_query = torch.nn.functional.normalize(torch.randn(300, match, 16), dim=-1).view(300, 16 * match) if match else None
     with torch.no_grad():
         expected = pooling.pool(keys, values, torch.tensor([0, positions]), positions, candidates, torch.zeros(300, dtype=torch.int64), match_query)
-        user = prepare_user(pooling, keys, values, fold_match=fold_match)
+        user = prepare_user(pooling, keys, values, fold_match=fold_match, base2=base2)
         if positions:
             assert logit_bound(user, *query_parts(pooling, user, candidates, match_query)) < EXP_SAFE_LOGIT  # the fast path is taken
         got = pool_candidates(pooling, user, candidates, match_query, chunk, max_unshifted_logit=EXP_SAFE_LOGIT if unshifted else 0)
