@@ -33,6 +33,7 @@ import hashlib
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ from eventrec.serving.scoring import CandidateScorer, Precision, Workspace, prec
 from eventrec.serving.state import EncodedState, EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
 from eventrec.store import EventStore, Ragged
 from eventrec.store_builder import AttributeEncoder, BuildReport
+
+CONTEXT_CACHE_ENTRIES = 4096  # distinct request contexts whose encoded vector is kept
 
 
 class ServingError(Exception):
@@ -220,6 +223,8 @@ class RankingService:
         imp = self.schema.impressions
         self.item_columns = [a.source_column for a in imp.item_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
         self.context_columns = [a.source_column for a in imp.context_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+        self.context_vectors: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # LRU of encoded contexts (about 1 ms each)
+        self.context_lock = threading.Lock()
 
     @classmethod
     def load(cls, checkpoint: Path | str, store: Path | str | EventStore, **options) -> "RankingService":
@@ -529,11 +534,26 @@ class RankingService:
         for column in self.context_columns:
             if column not in context:
                 raise InvalidInput(f"context: missing attribute {column!r}", f"context.{column}")
+        key = tuple((type(context[c]).__name__, context[c]) for c in self.context_columns)
+        try:
+            with self.context_lock:
+                vector = self.context_vectors.get(key)
+                if vector is not None:
+                    self.context_vectors.move_to_end(key)
+                    return vector
+        except TypeError:  # an unhashable value (a list): encoded below, not cached
+            key = None
         try:
             frame = pl.DataFrame([{c: context[c] for c in self.context_columns}], infer_schema_length=None)
-            return self.model.context_embedder(self._group(self.schema.impressions.context_attributes, frame))
+            vector = self.model.context_embedder(self._group(self.schema.impressions.context_attributes, frame))
         except (DataError, pl.exceptions.PolarsError, TypeError, ValueError) as error:
             raise InvalidInput(f"context: {error}", "context") from error
+        if key is not None:
+            with self.context_lock:
+                self.context_vectors[key] = vector
+                if len(self.context_vectors) > CONTEXT_CACHE_ENTRIES:
+                    self.context_vectors.popitem(last=False)
+        return vector
 
     def rank(self, user_id: Any, candidates: list[dict] | pl.DataFrame, context: dict | None = None,
              timestamp: int | None = None, top_k: int | None = None) -> RankResult:

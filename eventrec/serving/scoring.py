@@ -275,9 +275,9 @@ def logit_bound(user: PreparedUser, q: torch.Tensor, folded: torch.Tensor | None
     (Cauchy–Schwarz): per head the largest query norm times the largest key norm, plus, when the
     match logit is added separately, the largest it can be (``sum_v |w[h, v]|``: cosines are in
     [-1, 1]). ``q [B, M, H, d]`` content queries, ``folded [B, H, V·E]`` folded match queries."""
-    query_sq = q.float().square().sum(-1).amax(dim=(0, 1))  # [H]
+    query_sq = torch.linalg.vector_norm(q, dim=-1, dtype=torch.float32).amax(dim=(0, 1)).square()  # [H]
     if folded is not None:
-        query_sq = query_sq + folded.float().square().sum(-1).amax(0)
+        query_sq = query_sq + torch.linalg.vector_norm(folded, dim=-1, dtype=torch.float32).amax(0).square()
     key_sq = user.keys_t.float().square().sum(1).amax(-1)  # [H]
     bound = (query_sq * key_sq).sqrt()
     if user.match_keys_t is not None:

@@ -220,3 +220,19 @@ def test_concurrent_requests_score_as_if_alone(served):
     for request, scores in got:
         np.testing.assert_allclose(scores, expected[request], atol=1e-6, rtol=0)
     assert shared.workspaces.qsize() == 2  # every slot handed back
+
+
+def test_encoded_contexts_are_cached_and_keep_parity(served):
+    """The encoded context vector is kept per distinct context (an LRU): a repeated context, a new one
+    and an unseen value (the out-of-vocabulary bucket) each score as `evaluate` does; a missing
+    attribute is still refused with the field named."""
+    store, checkpoint, _ = served
+    service = RankingService.load(checkpoint, store)
+    contexts = [{"placement": "feed"}, {"placement": "search"}, {"placement": "never_seen_placement"}, {"placement": "feed"}]
+    for context in contexts:
+        got = service.rank(1, candidates(), context, 1000).scores
+        np.testing.assert_allclose(got, reference(service, 1, candidates(), context, 1000), atol=1e-5)
+    assert len(service.context_vectors) == 3
+    with pytest.raises(InvalidInput) as error:
+        service.rank(1, candidates(), {}, 1000)
+    assert error.value.field == "context.placement"
