@@ -106,7 +106,7 @@ class CandidateScorer(nn.Module):
     def __init__(self, model: SequenceRanker, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.dtype = dtype
-        self.max_unshifted_logit = EXP_SAFE_LOGIT if dtype == torch.bfloat16 else 0.0  # see pool_candidates
+        self.max_unshifted_logit = EXP_SAFE_LOGIT  # see pool_candidates (0 would force the softmax path)
         self.item_dim = model.item_embedder.out_dim
         self.uses_match = bool(model.match_vocabularies)
         cast = dtype != model.candidate_projection.weight.dtype
@@ -293,16 +293,16 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
     softmax, weighted values) runs ``chunk`` candidates at a time so that its logits stay in cache (default: :func:`block_candidates`).
 
     The softmax: with ``max_unshifted_logit > 0`` (:class:`CandidateScorer` passes
-    :data:`EXP_SAFE_LOGIT`, 60, in bfloat16) and every logit of the request provably within that
-    bound (:func:`logit_bound`: then ``exp`` neither overflows nor underflows to zero in float32 or
-    bfloat16, which share its exponent range, even summed over millions of positions), the block's
+    :data:`EXP_SAFE_LOGIT`, 60) and every logit of the request provably within that bound
+    (:func:`logit_bound`: then ``exp`` / ``exp2`` neither overflows nor underflows to zero in float32
+    or bfloat16, which share its exponent range, even summed over millions of positions), the block's
     logits are exponentiated in place without the row-max shift and the normalisation is left to the
-    values product: ``exp(logits) @ [values | 1]`` gives each row's weighted sum and its denominator,
-    divided once per row. Same math as the softmax (shift-invariant), one pass over the logits instead
-    of three. Measured by ``bench/serving_softmax_paths.py`` (C=5000, N=1024, 2 threads, interleaved):
-    bf16 40.5 against 43.8 ms p50; in float32 it is slower (104.8 against 87.6 ms: torch's float32
-    ``exp`` is the accurate one, the softmax kernel's is faster), so float32 keeps the softmax (the
-    default, ``max_unshifted_logit=0``)."""
+    values product: ``[values | 1]ᵀ @ exp(logits)ᵀ`` gives each row's weighted sum and its
+    denominator, divided once per row. Same math as the softmax (shift-invariant), one pass over the
+    logits instead of three. Larger logits take the softmax (also ``max_unshifted_logit=0``, the
+    default). Measured by ``bench/serving_softmax_paths.py`` (C=5000, N=1024, 2 threads,
+    interleaved, 2026-11-29, with ``exp2`` and the transposed values product): bf16 36.9-37.1 against
+    45.1-45.4 ms p50, fp32 70.8-70.9 against 79.9-80.1 ms (largest fp32 score difference 6e-8)."""
     b, m, h, d = len(candidate), pooling.num_slots, pooling.num_heads, pooling.head_dim
     n = user.positions
     if n == 0:  # an empty history pools to zeros (then the output projection)
