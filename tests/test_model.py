@@ -100,3 +100,19 @@ def test_model_config_errors_name_the_field():
         SequenceModelConfig(model_dim=30, num_heads=4)
     with pytest.raises(ValidationError, match="bottom_mlp"):
         DlrmConfig(attribute_dim=8, bottom_mlp=[16, 4])
+
+
+def test_encoder_dropout_acts_in_training_only():
+    """``dropout`` drops event embeddings and sublayer outputs while training; in eval the encoder is deterministic."""
+    from eventrec.jagged import JaggedTensor
+    from eventrec.model.encoder import JaggedTransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = JaggedTransformerEncoder(SequenceModelConfig(dropout=0.5))
+    events = JaggedTensor(torch.randn(7, 64), torch.tensor([0, 3, 7]), 4)
+    timestamps = torch.arange(7)
+    encoder.train()
+    assert not torch.equal(encoder(events, timestamps).values, encoder(events, timestamps).values)
+    encoder.eval()
+    torch.testing.assert_close(encoder(events, timestamps).values, encoder(events, timestamps).values, rtol=0, atol=0)
+    assert not encoder.input_dropout.training

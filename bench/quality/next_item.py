@@ -197,6 +197,8 @@ def main() -> None:
                         help="build the model with dot_term and add this weight times its softmax against every item of the batch")
     parser.add_argument("--attribute-dim", type=int, default=None,
                         help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="SequenceModelConfig.dropout: on the event embeddings and each encoder sublayer's output (default: the config's, 0)")
     parser.add_argument("--negative-rounds", type=int, default=1,
                         help="fresh negatives: each training target is written as this many requests with their own negatives; "
                         "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
@@ -221,10 +223,14 @@ def main() -> None:
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
-    config = SequenceModelConfig(dot_term=bool(args.in_batch_weight), **({"attribute_dim": args.attribute_dim} if args.attribute_dim is not None else {}))
+    overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout)) if v is not None}
+    try:
+        config = SequenceModelConfig(dot_term=bool(args.in_batch_weight), **overrides)
+    except ValueError as error:
+        parser.error(f"--attribute-dim / --dropout: {error}")
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
-        + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "")
+        + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
@@ -287,7 +293,8 @@ def main() -> None:
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
              + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
              + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
-             + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "") + "`. "
+             + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
+             + (f" --dropout {args.dropout:g}" if args.dropout is not None else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]

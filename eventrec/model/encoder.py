@@ -46,10 +46,11 @@ class JaggedTransformerEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(config.model_dim)
+        self.input_dropout = nn.Dropout(config.dropout)  # on the event embeddings, as SASRec's embedding dropout
 
     def forward(self, events: JaggedTensor, timestamps: torch.Tensor) -> JaggedTensor:
         """``events [sum(N_g), D]`` → encoded ``[sum(N_g), D]`` with the same offsets."""
-        x = events.values
+        x = self.input_dropout(events.values)
         if len(x):
             for layer in self.layers:
                 x = layer(x, events.offsets, events.max_len, timestamps)
