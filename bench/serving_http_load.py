@@ -1,7 +1,7 @@
 """HTTP load: the real `eventrec serve` (uvicorn, one process) on 127.0.0.1 under concurrent clients for a
 bounded time, next to the Python core on the same model, store and requests, in the same run.
 
-    .venv/bin/python bench/serving_http_load.py [--events 1024] [--candidates 1000 5000] [--duration 60] [--clients 1 4] [--scoring-slots 1 2]
+    .venv/bin/python bench/serving_http_load.py [--events 1024] [--candidates 1000 5000] [--duration 60] [--clients 1 4] [--scoring-slots 1 2] [--payload records columns]
 
 Setup: the synthetic world of `bench/serving_latency.py` (users with exactly N click events), the default
 `SequenceModelConfig` with random weights saved as a checkpoint (safetensors + JSON), served by
@@ -14,6 +14,8 @@ Per (N, C) cell:
 * HTTP: for each value of `--clients`, that many threads, each with its own `httpx.Client`, POST /rank with the same pre-encoded
   JSON body (cached user, top_k 100) back to back for `--duration` seconds (at most `--max-requests` in
   all). Latency is client-side (request sent → response parsed). Errors: non-200 answers and exceptions.
+  With `--payload records columns`, each load phase runs once per form of the candidates: records
+  (`[{ad_id, category}, ...]`) and columns (`{ad_id: [...], category: [...]}`), same candidates.
 
 Prints a Markdown table: core p50/p99, HTTP p50/p99, requests/s, requests, errors; each server's request
 counts from its /metrics go to stderr.
@@ -119,6 +121,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, core and server")
     parser.add_argument("--redis", action="store_true", help="serve with --redis-url on a local redis-server")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="scoring precision, core and server (eventrec serve --precision)")
+    parser.add_argument("--payload", nargs="+", choices=["records", "columns"], default=["records"],
+                        help="the form of the candidates in the /rank body (one load phase per value)")
     parser.add_argument("--scoring-slots", type=int, nargs="+", default=[1],
                         help="requests the server scores at the same time (eventrec serve --scoring-slots); one server per value, same load")
     args = parser.parse_args()
@@ -164,8 +168,10 @@ def main() -> None:
             processes.append(redis_process)
         import httpx
 
-        bodies = {(user, c): json.dumps({"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}).encode()
-                  for user in range(len(args.events)) for c in args.candidates}
+        forms = {"records": lambda pool: pool, "columns": lambda pool: {k: [r[k] for r in pool] for k in pool[0]}}
+        bodies = {(user, c, form): json.dumps({"user_id": user, "candidates": forms[form](pools[c]), "context": context, "timestamp": REQUEST_TIME,
+                                               "top_k": 100}).encode()
+                  for user in range(len(args.events)) for c in args.candidates for form in args.payload}
         rows = []
         for slots in args.scoring_slots:  # one server per value, the same load against each
             port = free_port()
@@ -179,14 +185,14 @@ def main() -> None:
             wait_ready(base + "/health", server)
             for user, n in enumerate(args.events):
                 for c in args.candidates:
-                    body = bodies[(user, c)]
-                    load(base + "/rank", body, 1, 0.0, 3)  # warm: user state and candidate cache
+                    load(base + "/rank", bodies[(user, c, args.payload[0])], 1, 0.0, 3)  # warm: user state and candidate cache
                     for clients in args.clients:
-                        latencies, requests, errors, elapsed = load(base + "/rank", body, clients, args.duration, args.max_requests)
-                        p50, p99 = percentiles(latencies)
-                        rows.append((n, c, slots, clients, *core[(n, c)], p50, p99, requests / elapsed, requests, errors, elapsed))
-                        print(f"http N={n} C={c} slots={slots} clients={clients}: {p50:.1f} / {p99:.1f} ms, {requests / elapsed:.1f} req/s, "
-                              f"{requests} requests, {errors} errors", file=sys.stderr, flush=True)
+                        for form in args.payload:
+                            latencies, requests, errors, elapsed = load(base + "/rank", bodies[(user, c, form)], clients, args.duration, args.max_requests)
+                            p50, p99 = percentiles(latencies)
+                            rows.append((n, c, slots, clients, form, *core[(n, c)], p50, p99, requests / elapsed, requests, errors, elapsed))
+                            print(f"http N={n} C={c} slots={slots} clients={clients} payload={form}: {p50:.1f} / {p99:.1f} ms, "
+                                  f"{requests / elapsed:.1f} req/s, {requests} requests, {errors} errors", file=sys.stderr, flush=True)
             metrics = httpx.get(base + "/metrics", timeout=10).text
             served = [line for line in metrics.splitlines() if line.startswith("eventrec_requests_total")]
             print(f"server with {slots} scoring slot(s), its /metrics: " + "; ".join(served), file=sys.stderr)
@@ -194,10 +200,10 @@ def main() -> None:
             server.wait(10)
         print(f"\ntorch {torch.__version__}, {args.threads} torch thread(s) in core and server; {args.duration:.0f} s of load per row; "
               f"model {model_version(tmp / 'ckpt')}; precision {args.precision}{'; state in Redis' if args.redis else ''}")
-        print("\n| N events | C candidates | scoring slots | clients | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n, c, slots, clients, c50, c99, h50, h99, rate, requests, errors, elapsed in rows:
-            print(f"| {n} | {c} | {slots} | {clients} | {c50:.1f} / {c99:.1f} | {h50:.1f} / {h99:.1f} | {rate:.1f} | {requests} | {errors} | {elapsed:.0f} |")
+        print("\n| N events | C candidates | scoring slots | clients | payload | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
+        print("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+        for n, c, slots, clients, form, c50, c99, h50, h99, rate, requests, errors, elapsed in rows:
+            print(f"| {n} | {c} | {slots} | {clients} | {form} | {c50:.1f} / {c99:.1f} | {h50:.1f} / {h99:.1f} | {rate:.1f} | {requests} | {errors} | {elapsed:.0f} |")
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -339,7 +339,22 @@ class RankingService:
         lookups = {k: v for k, v in self.store.item_looked_up.items() if v[0] in columns}
         return _group_tensors(columns, lookups, np.arange(frame.height))
 
-    def candidate_frame(self, candidates: list[dict] | pl.DataFrame) -> pl.DataFrame:
+    def candidate_frame(self, candidates: list[dict] | dict[str, list] | pl.DataFrame) -> pl.DataFrame:
+        """The candidates' item columns as a frame, from records, columns (``{column: [values]}``, one
+        list per item column, all of one length: cheaper to send and to parse than records) or a frame."""
+        if isinstance(candidates, dict):
+            missing = [c for c in self.item_columns if c not in candidates]
+            if missing:
+                raise InvalidInput(f"candidates: missing column(s) {missing}", f"candidates.{missing[0]}")
+            lengths = {c: len(candidates[c]) if isinstance(candidates[c], list) else None for c in self.item_columns}
+            for column, length in lengths.items():
+                if length is None or length != lengths[self.item_columns[0]]:
+                    raise InvalidInput(f"candidates.{column}: every column must be a list of the same length "
+                                       f"({self.item_columns[0]}: {lengths[self.item_columns[0]]}, {column}: {length})", f"candidates.{column}")
+            try:
+                return pl.DataFrame({c: candidates[c] for c in self.item_columns})
+            except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
+                raise InvalidInput(f"candidates: {error}", "candidates") from error
         if isinstance(candidates, pl.DataFrame):
             missing = [c for c in self.item_columns if c not in candidates.columns]
             if missing:
@@ -555,11 +570,17 @@ class RankingService:
                     self.context_vectors.popitem(last=False)
         return vector
 
-    def rank(self, user_id: Any, candidates: list[dict] | pl.DataFrame, context: dict | None = None,
+    def rank(self, user_id: Any, candidates: list[dict] | dict[str, list] | pl.DataFrame, context: dict | None = None,
              timestamp: int | None = None, top_k: int | None = None) -> RankResult:
-        """Scores of every candidate for ``user_id`` at ``timestamp`` (the impressions' unit; default now)."""
+        """Scores of every candidate for ``user_id`` at ``timestamp`` (the impressions' unit; default now).
+        ``candidates``: records, columns or a frame (:meth:`candidate_frame`)."""
         started = time.perf_counter()
-        count = candidates.height if isinstance(candidates, pl.DataFrame) else len(candidates)
+        if isinstance(candidates, pl.DataFrame):
+            count = candidates.height
+        elif isinstance(candidates, dict):
+            count = max((len(v) for v in candidates.values() if isinstance(v, list)), default=0)
+        else:
+            count = len(candidates)
         if count > self.max_candidates:
             raise TooManyCandidates(f"{count} candidates; the limit is {self.max_candidates}", "candidates")
         if top_k is not None and top_k < 1:

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from eventrec.serving.core import RankingService, ServingError
 
@@ -25,10 +25,21 @@ class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: int | str
-    candidates: list[dict[str, Any]] = Field(..., description="ad attribute records (the impressions' item columns)")
+    candidates: list[dict[str, Any]] | dict[str, list[Any]] = Field(
+        ..., description="ad attribute records (the impressions' item columns), or the same as columns: {column: [values]}, "
+        "every list of one length (cheaper to send and parse)")
     context: dict[str, Any] = Field(default_factory=dict, description="the impressions' context columns")
     top_k: int | None = Field(None, ge=1)
     timestamp: int | None = Field(None, ge=0, description="request time in the impressions' unit; default: now")
+
+    @field_validator("candidates", mode="wrap")
+    @classmethod
+    def _records_or_columns(cls, value: Any, handler):
+        """One error at ``candidates`` for a payload that is neither form (not one per union member)."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError("must be a list of records or {column: [values]}") from None
 
 
 class RankedCandidate(BaseModel):

@@ -72,6 +72,28 @@ def test_limits_and_malformed_payloads(server):
         assert [str(x) for x in response.json()["detail"][0]["loc"]] == loc
 
 
+def columns(records: list[dict]) -> dict[str, list]:
+    return {k: [r[k] for r in records] for k in records[0]}
+
+
+def test_columnar_candidates_rank_as_records(server):
+    """``candidates`` as ``{column: [values]}`` ranks exactly as the same candidates as records; its
+    bad shapes get 422 naming the column, and the candidate limit still answers 413."""
+    client, _ = server
+    records = client.post("/rank", json=body()).json()
+    columnar = client.post("/rank", json=body(candidates=columns(body()["candidates"])))
+    assert columnar.status_code == 200, columnar.text
+    assert columnar.json()["ranked"] == records["ranked"]
+    assert client.post("/rank", json=body(candidates=columns(body(51)["candidates"]))).status_code == 413
+    uneven = columns(body()["candidates"]) | {"category": ["hats"]}
+    cases = [(uneven, ["body", "candidates", "category"]), ({"ad_id": [5, 6]}, ["body", "candidates", "category"]),
+             ({"ad_id": [5], "category": "hats"}, ["body", "candidates"])]
+    for candidates, loc in cases:
+        response = client.post("/rank", json=body(candidates=candidates))
+        assert response.status_code == 422, (candidates, response.text)
+        assert [str(x) for x in response.json()["detail"][0]["loc"]][: len(loc)] == loc
+
+
 def test_events_then_metrics(server):
     client, _ = server
     event = {"event_type": "click", "timestamp": 900, "ad_id": 8, "category": "bags", "price": 3.0}
