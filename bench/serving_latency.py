@@ -7,7 +7,8 @@ Setup: a synthetic store whose users have exactly N click events (one stream, ma
 default `SequenceModelConfig` (D=64, 4 heads, 2 layers, 4 pooling slots, match attention) with random
 weights (latency does not depend on training), candidates with random hashed ad ids and categories.
 
-Rows per (N, C):
+Rows per (N, C) (`--scoring-device cuda`: the two "core, cached user" columns score on the GPU; the
+user side, the model's pooling and the baselines stay on the CPU):
 * core, cached user: `RankingService.rank` when the user state is in the cache (repeated requests whose
   recency buckets did not change) and the candidates' item embeddings are cached;
 * core, cached user, model's pooling: the same, scored with the model's own `KeyedAttentionPooling.pool`
@@ -190,6 +191,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2048, help="candidates per pass of the model's pooling (naive, previous path)")
     parser.add_argument("--attention-chunk", type=int, default=None, help="candidates per attention block of the serving path (default: ~4 MiB of logits)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scoring-device", default="cpu",
+                        help="RankingService(scoring_device=) of the core columns, e.g. cuda (the user side, the model's pooling and the baselines stay on the CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -202,7 +205,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = build_world(Path(tmp), args.events)
     model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig()).eval()
-    options = dict(max_candidates=max(args.candidates), candidate_chunk=args.chunk, attention_chunk=args.attention_chunk)
+    options = dict(max_candidates=max(args.candidates), candidate_chunk=args.chunk, attention_chunk=args.attention_chunk, scoring_device=args.scoring_device)
     service = RankingService(model, store, "bench", **options)
     with_bf16 = "bf16" in args.precision
     bf16 = RankingService(model, store, "bench", precision="bf16", **options) if with_bf16 else None
@@ -210,7 +213,7 @@ def main() -> None:
     pools = {c: pl.DataFrame({"ad_id": rng.integers(0, 1_000_000, c), "category": [CATEGORIES[i] for i in rng.integers(0, 50, c)]}) for c in args.candidates}
     context = {"placement": "feed"}
     results = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default SequenceModelConfig; chunk {args.chunk}; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scoring on {service.scoring_device}; default SequenceModelConfig; chunk {args.chunk}; "
           f"precisions {', '.join(['fp32'] + (['bf16'] if with_bf16 else []))}", file=sys.stderr)
     for user, n in enumerate(args.events):
         bst_per_candidate, bst_batch = time_bst(service, user, pools[args.candidates[0]][: args.bst_candidates], context, REQUEST_TIME,

@@ -273,6 +273,7 @@ def serve(
         "fp32", help="fp32 (scores equal `eventrec evaluate`'s) or bf16 (candidate side in bfloat16: about 2x faster on CPUs with "
         "AVX512-BF16 or AMX, probabilities within a few 1e-3; see docs/serving.md)."),
     scoring_slots: int = typer.Option(1, min=1, help="Requests scored at the same time (the torch threads are shared; 1 suits a few cores)."),
+    scoring_device: str = typer.Option("cpu", help="Where candidates are scored: cpu or cuda[:index] (the user side stays on the CPU)."),
 ) -> None:
     """Serve the ranking API (POST /rank, POST /events, GET /health, GET /metrics; see docs/serving.md)."""
     from eventrec.serving import RankingService
@@ -293,11 +294,12 @@ def serve(
         shared, store = {"state_store": states, "event_log": events}, opened
     try:
         service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, precision=precision,
-                                      scoring_slots=scoring_slots, **shared)
+                                      scoring_slots=scoring_slots, scoring_device=scoring_device, **shared)
     except ValueError as error:
         _fail(error)
     where = f"; user state in Redis at {redis_url}" if redis_url else ""
-    typer.echo(f"model {service.version} ({precision}), {service.store.num_users:,} users{where}; listening on http://{host}:{port}")
+    typer.echo(f"model {service.version} ({precision}), scoring on {service.scoring_device}, {service.store.num_users:,} users{where}; "
+               f"listening on http://{host}:{port}")
     run_server(service, host=host, port=port)
 
 

@@ -169,6 +169,20 @@ class CandidateCache:
         return self.keys.nbytes + self.rows.numel() * self.rows.element_size()
 
 
+def scoring_device_of(name: str) -> torch.device:
+    """``RankingService(scoring_device=)`` parsed and checked: a ValueError naming the field for a device
+    this process cannot use."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"scoring_device: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"scoring_device: {name!r} but torch.cuda.is_available() is False (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"scoring_device: 'cpu' or 'cuda[:index]', got {name!r}")
+    return device
+
+
 class RankingService:
     """Load once, then ``rank`` and ``append_events`` from any thread: user states and appends under one
     lock, candidate scoring in up to ``scoring_slots`` requests at once (the model is only read)."""
@@ -176,7 +190,7 @@ class RankingService:
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int = 2048,
                  attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None,
-                 precision: Precision = "fp32", scoring_slots: int = 1):
+                 precision: Precision = "fp32", scoring_slots: int = 1, scoring_device: str = "cpu"):
         """``candidate_chunk``: candidates per pass of the model's own pooling (naive baseline, other
         poolings); ``attention_chunk``: candidates per attention block of the restructured keyed
         pooling (its logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits).
@@ -188,14 +202,19 @@ class RankingService:
         ``docs/serving.md``). ``scoring_slots``: requests whose candidates are scored at the same time
         (each with its own attention buffers; torch's intra-op threads are shared by all, so on a few
         cores 1 is usually best: ``bench/serving_http_load.py --scoring-slots``); the user side is
-        computed under one lock either way."""
+        computed under one lock either way. ``scoring_device``: where the candidates are scored (e.g.
+        ``"cuda"``): a copy of the candidate side lives there, and each request's prepared user, candidate
+        rows and context are copied there; the user side (encoding) and the caches stay on the CPU."""
         if scoring_slots < 1:
             raise ValueError(f"scoring_slots: must be >= 1, got {scoring_slots}")
+        device = scoring_device_of(scoring_device)
         if not isinstance(model, SequenceRanker):
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
         dtype = precision_dtype(precision)
         if dtype != torch.float32 and not isinstance(model.pooling, KeyedAttentionPooling):
             raise ValueError(f"precision: {precision!r} applies to the keyed-attention pooling's serving path; this model pools by mean (use 'fp32')")
+        if device.type != "cpu" and not isinstance(model.pooling, KeyedAttentionPooling):
+            raise ValueError(f"scoring_device: {scoring_device!r} applies to the keyed-attention pooling's serving path; this model pools by mean")
         self.model, self.store, self.version = model.eval(), store, version
         self.config = model.config
         self.schema = store.schema
@@ -207,9 +226,10 @@ class RankingService:
         self.restructured_pooling = True  # False: score with the model's own keyed pooling (benchmarks)
         self.precision = precision
         self.reference_scorer = CandidateScorer(model)  # the model's own modules (float32)
-        self.scorer = CandidateScorer(model, dtype)  # the serving path's: a bf16 copy with precision="bf16"
+        self.scorer = CandidateScorer(model, dtype, device)  # the serving path's: a copy in bf16 and / or on scoring_device
+        self.scoring_device = device
         if dtype != torch.float32:
-            warn_if_slow_bf16(model.candidate_projection.weight.device)
+            warn_if_slow_bf16(device)
         self.users: UserStateStore = state_store if state_store is not None else LruByBytes(user_cache_bytes)
         self.candidates = CandidateCache(candidate_cache_entries)
         self.events: EventLog = event_log if event_log is not None else LocalEventLog()  # appended events (data)
@@ -593,7 +613,7 @@ class RankingService:
         timings["user_side"] = time.perf_counter() - started - timings["encode"]
         rows, hits, misses = self._item_rows(frame)
         logits = self._score(side, rows, context_vector)  # the model is read-only here: no lock (scoring slots)
-        scores = torch.sigmoid(logits).float().numpy()
+        scores = torch.sigmoid(logits).float().cpu().numpy()
         order = np.argsort(-scores[:, 0], kind="stable") if len(scores) else np.zeros(0, dtype=np.int64)
         if top_k is not None:
             order = order[:top_k]

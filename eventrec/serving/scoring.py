@@ -103,40 +103,43 @@ class CandidateScorer(nn.Module):
 
     MODULES = ("candidate_norm", "pooling", "candidate_projection", "cross", "heads")
 
-    def __init__(self, model: SequenceRanker, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: SequenceRanker, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         self.dtype = dtype
+        self.device = torch.device(device) if device is not None else model.candidate_projection.weight.device
         self.max_unshifted_logit = EXP_SAFE_LOGIT  # see pool_candidates (0 would force the softmax path)
         self.item_dim = model.item_embedder.out_dim
         self.uses_match = bool(model.match_vocabularies)
-        cast = dtype != model.candidate_projection.weight.dtype
+        weight = model.candidate_projection.weight
+        cast = dtype != weight.dtype or self.device != weight.device
         self.dot_term = bool(model.config.dot_term)
         for name in self.MODULES + (("dot_item",) if self.dot_term else ()):
             module = getattr(model, name)
-            setattr(self, name, copy.deepcopy(module).to(dtype).eval() if cast else module)
+            setattr(self, name, copy.deepcopy(module).to(device=self.device, dtype=dtype).eval() if cast else module)
         if cast:
-            self.heads.logits = Float32Output(model.heads.logits)
-            self.heads.calibration_scale = model.heads.calibration_scale.clone()
-            self.heads.calibration_bias = model.heads.calibration_bias.clone()
+            self.heads.logits = Float32Output(copy.deepcopy(model.heads.logits).to(self.device))
+            self.heads.calibration_scale = model.heads.calibration_scale.detach().to(self.device, copy=True)
+            self.heads.calibration_bias = model.heads.calibration_bias.detach().to(self.device, copy=True)
 
     def prepare_user(self, pooling: KeyedAttentionPooling, keys: torch.Tensor, values: torch.Tensor) -> "PreparedUser":
         """:func:`prepare_user` in this scorer's dtype (``pooling``: the model's own, float32). In bf16 the
         match part is folded into the keys: a logits product with 32 inner dims instead of 16 costs less
         than the separate match product and broadcast add in bf16 (measured: 13 vs 8 + 21 ms per 5000
         candidates at N=1024, 1 thread); in fp32 the separate path is cheaper and stays (parity)."""
-        return prepare_user(pooling, keys, values, self.dtype, fold_match=self.dtype != torch.float32, base2=self.max_unshifted_logit > 0)
+        return prepare_user(pooling, keys, values, self.dtype, fold_match=self.dtype != torch.float32, base2=self.max_unshifted_logit > 0,
+                            device=self.device)
 
     def candidate(self, rows: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """Item rows ``[B, Q_item (+ V·E)]`` and the request's context ``[1, Q_ctx]`` → normalised
         candidate input ``[B, Q]`` (in this scorer's dtype)."""
-        parts = [rows[:, : self.item_dim].to(self.dtype)]
+        parts = [rows[:, : self.item_dim].to(self.device, self.dtype)]
         if context is not None:
-            parts.append(context.to(self.dtype).expand(len(rows), -1))
+            parts.append(context.to(self.device, self.dtype).expand(len(rows), -1))
         return self.candidate_norm(torch.cat(parts, dim=-1))
 
     def match_query(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The match-attention queries ``[B, V·E]`` of the item rows (None without match attention)."""
-        return rows[:, self.item_dim :].to(self.dtype) if self.uses_match else None
+        return rows[:, self.item_dim :].to(self.device, self.dtype) if self.uses_match else None
 
     def head(self, pooled: torch.Tensor, candidate: torch.Tensor, dot_user: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled ``[B, M, D]`` and candidate ``[B, Q]`` → logits ``[B, T]``: dot interaction of the pooled
@@ -148,7 +151,7 @@ class CandidateScorer(nn.Module):
         if self.dot_term:
             if dot_user is None:
                 raise ValueError("this model has a dot term: pass the user's dot vectors")
-            logits = logits.float() + self.dot_item(candidate).float() @ dot_user.T
+            logits = logits.float() + self.dot_item(candidate).float() @ dot_user.to(self.device).T
         return self.heads.calibrate(logits)
 
 
@@ -179,9 +182,9 @@ class PreparedUser:
 
 
 def prepare_user(pooling: KeyedAttentionPooling, keys: torch.Tensor, values: torch.Tensor, dtype: torch.dtype | None = None,
-                 fold_match: bool = False, base2: bool = False) -> PreparedUser:
+                 fold_match: bool = False, base2: bool = False, device: torch.device | None = None) -> PreparedUser:
     """From the cached keyed-pooling keys/values ``[N, H, d (+ V·E)]`` of one user (the model's own
-    ``pooling``), computed in their dtype and then cast to ``dtype`` (default: unchanged).
+    ``pooling``), computed in their dtype and then cast to ``dtype`` and moved to ``device`` (default: unchanged).
     ``fold_match``: the match embeddings as extra rows of the keys; ``base2``: logits in base-2 units
     (see :class:`PreparedUser`)."""
     d = pooling.head_dim
@@ -198,11 +201,11 @@ def prepare_user(pooling: KeyedAttentionPooling, keys: torch.Tensor, values: tor
             every_head = match_keys_t.reshape(1, pooling.match_dim, len(keys)).expand(pooling.num_heads, -1, -1)
             keys_t, match_keys_t = torch.cat([keys_t, every_head], dim=1), None  # [H, d + V·E, N]
     folded = fold_match and match_weight is not None
-    return PreparedUser(_cast(keys_t, dtype), _cast(content_values, dtype), _cast(match_keys_t, dtype), _cast(match_weight, dtype), folded, base2)
+    return PreparedUser(*(_cast(t, dtype, device) for t in (keys_t, content_values, match_keys_t, match_weight)), folded, base2)
 
 
-def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
-    return tensor if tensor is None or dtype is None else tensor.to(dtype)
+def _cast(tensor: torch.Tensor | None, dtype: torch.dtype | None, device: torch.device | None) -> torch.Tensor | None:
+    return tensor if tensor is None else tensor.to(device=device, dtype=dtype)
 
 
 def folded_match_queries(user: PreparedUser, match_query: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -259,6 +262,7 @@ def block_queries(q: torch.Tensor, match: torch.Tensor | None, chunk: int, works
 
 
 BLOCK_BYTES = 4 << 20  # logits of one attention block: about this CPU's L2 plus a share of L3
+DEVICE_BLOCK_BYTES = 1 << 30  # on a GPU: few large blocks (each block costs kernel launches, not cache misses)
 
 
 def block_candidates(pooling: KeyedAttentionPooling, positions: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -314,7 +318,7 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
         vocabularies = user.match_keys_t.shape[0]
         match_query = match_query.view(b, vocabularies, -1).transpose(0, 1)  # [V, B, E]
     workspace = workspace if workspace is not None else Workspace()
-    chunk = chunk or block_candidates(pooling, n)
+    chunk = min(b, chunk or block_candidates(pooling, n, BLOCK_BYTES if candidate.device.type == "cpu" else DEVICE_BLOCK_BYTES))
     queries = block_queries(q, folded, chunk, workspace)  # [blocks, H, chunk·M, d (+ V·E)]
     unshifted = max_unshifted_logit > 0 and logit_bound(user, q, folded) < max_unshifted_logit
     values_t = torch.cat([user.values_t, user.values_t.new_ones(h, 1, n)], dim=1) if unshifted else user.values_t  # [H, d (+ 1), N]
@@ -339,7 +343,10 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
             torch.ops.aten._softmax.out(logits, -1, False, out=weights)
         # values_t @ weightsᵀ: the same product as weights @ values, transposed; with d + 1 = 17 columns
         # the plain form ran at half speed in bf16 (10.1 vs 5.8 ms per request at C=5000, N=1024)
-        torch.bmm(values_t, weights.transpose(1, 2), out=pooled_t[block, :, :, : c * m])
+        if c == chunk:
+            torch.bmm(values_t, weights.transpose(1, 2), out=pooled_t[block])
+        else:  # the last, partial block: its slice of the buffer is not contiguous
+            pooled_t[block, :, :, : c * m] = torch.bmm(values_t, weights.transpose(1, 2))
     pooled = pooled_t.view(-1, h, f, chunk, m).permute(0, 3, 4, 1, 2).reshape(-1, m, h, f)[:b]  # [B, M, H, d (+ 1)]
     pooled = pooled[..., :d] / pooled[..., d:] if unshifted else pooled
     return pooling.out(pooled.reshape(b, m, h * d))

@@ -236,3 +236,29 @@ def test_encoded_contexts_are_cached_and_keep_parity(served):
     with pytest.raises(InvalidInput) as error:
         service.rank(1, candidates(), {}, 1000)
     assert error.value.field == "context.placement"
+
+
+def test_scoring_device_is_checked_at_load(served):
+    """A scoring device this process cannot use is refused with the field named."""
+    store, checkpoint, _ = served
+    bad = ["tpu", "not a device"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        with pytest.raises(ValueError, match="scoring_device"):
+            RankingService.load(checkpoint, store, scoring_device=device)
+    assert RankingService.load(checkpoint, store, scoring_device="cpu").scoring_device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/device/serving_gpu.sh runs it on the GPU machine)")
+@pytest.mark.parametrize("fixture", ["served", "served_dot"])
+def test_cuda_scoring_equals_cpu(fixture, request):
+    """Candidates scored on the GPU (user side on the CPU) equal the CPU service's scores: fp32 within
+    1e-5 (TF32 off), bf16 within bf16's own tolerance; the cache and model stay on the CPU."""
+    store, checkpoint, _ = request.getfixturevalue(fixture)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu = RankingService.load(checkpoint, store)
+    for precision, atol in (("fp32", 1e-5), ("bf16", 2e-2)):
+        gpu = RankingService.load(checkpoint, store, scoring_device="cuda", precision=precision)
+        for user, t in ((1, 1000), ("new", 1000), (2, 40)):
+            expected = cpu.rank(user, candidates(300), {"placement": "feed"}, t).scores
+            np.testing.assert_allclose(gpu.rank(user, candidates(300), {"placement": "feed"}, t).scores, expected, atol=atol, rtol=0)
+        assert next(gpu.model.parameters()).device.type == "cpu"
