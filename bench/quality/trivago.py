@@ -161,7 +161,12 @@ def main() -> None:
     parser.add_argument("--attribute-dim", type=int, nargs="*", default=[],
                         help="also train the sequence model with each of these attribute embedding sizes (item ids and the "
                         "match attention's cosine included; the default config has 16): a row each")
+    parser.add_argument("--dropout", type=float, nargs="*", default=[],
+                        help="also train the sequence model with each of these dropout rates (event embeddings and the encoder's "
+                        "sublayers; the default config has 0): a row each")
     args = parser.parse_args()
+    if any(not 0 <= d < 1 for d in args.dropout):
+        parser.error(f"--dropout: rates must be in [0, 1), got {args.dropout}")
     if args.select_mrr < 0:
         parser.error(f"--select-mrr: epochs must be >= 0, got {args.select_mrr}")
     started = time.perf_counter()
@@ -193,6 +198,9 @@ def main() -> None:
     for dim in args.attribute_dim:
         variant_rows.append(f"eventrec sequence model, attribute dim {dim}")
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(attribute_dim=dim)}, seeds, runs_dir, args.epochs))
+    for rate in args.dropout:
+        variant_rows.append(f"eventrec sequence model, dropout {rate:g}")
+        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(dropout=rate)}, seeds, runs_dir, args.epochs))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]
@@ -220,7 +228,8 @@ def main() -> None:
         f"Command: `.venv/bin/python bench/quality/trivago.py --seeds {args.seeds}" + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
         + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "")
         + (f" --select-mrr {args.select_mrr}" if args.select_mrr else "")
-        + (" --attribute-dim " + " ".join(map(str, args.attribute_dim)) if args.attribute_dim else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
+        + (" --attribute-dim " + " ".join(map(str, args.attribute_dim)) if args.attribute_dim else "")
+        + (" --dropout " + " ".join(f"{d:g}" for d in args.dropout) if args.dropout else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "
