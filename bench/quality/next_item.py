@@ -199,6 +199,8 @@ def main() -> None:
                         help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="SequenceModelConfig.dropout: on the event embeddings and each encoder sublayer's output (default: the config's, 0)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="impressions per training batch (requests are kept whole)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="TrainConfig.learning_rate (default: the config's, 2e-3)")
     parser.add_argument("--negative-rounds", type=int, default=1,
                         help="fresh negatives: each training target is written as this many requests with their own negatives; "
                         "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
@@ -230,7 +232,10 @@ def main() -> None:
         parser.error(f"--attribute-dim / --dropout: {error}")
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
-        + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "")
+        + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
+        + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "")
+    if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
+        parser.error(f"--batch-size must be >= 1 and --learning-rate > 0, got {args.batch_size} and {args.learning_rate}")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
@@ -248,7 +253,8 @@ def main() -> None:
         store = EventStore.open(store_dir)
         leave_one_out_store(store)
         rounds = args.negative_rounds  # one trainer epoch over the requests = `rounds` passes over the targets
-        train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=1024, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
+        train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=args.batch_size, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
+                                   **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
                                    in_batch_weight=args.in_batch_weight)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
@@ -294,7 +300,9 @@ def main() -> None:
              + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
              + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
-             + (f" --dropout {args.dropout:g}" if args.dropout is not None else "") + "`. "
+             + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
+             + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
+             + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}.", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
