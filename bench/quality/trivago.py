@@ -195,12 +195,11 @@ def main() -> None:
         variant_rows.append(f"eventrec sequence model, up to {args.select_mrr} epochs, stop on validation MRR")
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.select_mrr,
                                         select_mrr=validation_mrr(store, examples["request_id"].to_numpy())))
-    for dim in args.attribute_dim:
-        variant_rows.append(f"eventrec sequence model, attribute dim {dim}")
-        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(attribute_dim=dim)}, seeds, runs_dir, args.epochs))
-    for rate in args.dropout:
-        variant_rows.append(f"eventrec sequence model, dropout {rate:g}")
-        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(dropout=rate)}, seeds, runs_dir, args.epochs))
+    config_variants = [(f"attribute dim {dim}", {"attribute_dim": dim}) for dim in args.attribute_dim] \
+        + [(f"dropout {rate:g}", {"dropout": rate}) for rate in args.dropout]
+    for label, override in config_variants:  # one row per model-config change, trained like the main row
+        variant_rows.append(f"eventrec sequence model, {label}")
+        predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(**override)}, seeds, runs_dir, args.epochs))
     if not args.skip_peers:
         predictions.update(run_peers(export_for_peers(store, logs, WORK / "peers"), seeds))
     recency = recency_scores(examples, item_events(logs))[test]

@@ -309,7 +309,7 @@ def pool_candidates(pooling: KeyedAttentionPooling, user: PreparedUser, candidat
     45.1-45.4 ms p50, fp32 70.8-70.9 against 79.9-80.1 ms (largest fp32 score difference 6e-8)."""
     b, m, h, d = len(candidate), pooling.num_slots, pooling.num_heads, pooling.head_dim
     n = user.positions
-    if n == 0:  # an empty history pools to zeros (then the output projection)
+    if n == 0 or b == 0:  # an empty history pools to zeros (then the output projection); no candidates: an empty batch
         return pooling.out(candidate.new_zeros(b, m, pooling.model_dim))
     q = (pooling.query(candidate).view(b, m, pooling.model_dim) + pooling.slots).view(b, m, h, d)
     folded = folded_match_queries(user, match_query, b) if user.match_folded else None  # [B, H, V·E]

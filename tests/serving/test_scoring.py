@@ -65,3 +65,12 @@ def test_large_logits_fall_back_to_the_softmax(fold_match):
         got = pool_candidates(pooling, user, candidates, match_query)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_no_candidates_pool_to_an_empty_batch():
+    """Zero candidates against a non-empty history: ``[0, M, D]``, no error."""
+    pooling = KeyedAttentionPooling(64, 48, num_slots=4, num_heads=4).eval()
+    keys, values = pooling.keys_values(JaggedTensor(torch.randn(5, 64), torch.tensor([0, 5]), 5))
+    with torch.no_grad():
+        got = pool_candidates(pooling, prepare_user(pooling, keys, values), torch.randn(0, 48), None, max_unshifted_logit=EXP_SAFE_LOGIT)
+    assert got.shape == (0, 4, 64)
