@@ -90,16 +90,17 @@ class EventModel(nn.Module):
         # time order within each history; stable sorts keep stream order, then position, on ties
         order = torch.sort(t, stable=True).indices
         order = order[torch.sort(row[order], stable=True).indices]
-        x, row, t = x[order], row[order], t[order]
-        match = match[order] if match is not None else None
+        x, row, t = x.index_select(0, order), row[order], t[order]  # index_select: the fast backward
+        match = match.index_select(0, order) if match is not None else None
         lengths = torch.bincount(row, minlength=num_histories)
         offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
         torch.cumsum(lengths, 0, out=offsets[1:])
         from_end = offsets[1:][row] - 1 - torch.arange(len(row), device=device)  # 0 = most recent
         keep = from_end < self.max_positions
         if not bool(keep.all()):
-            x, row, t, from_end = x[keep], row[keep], t[keep], from_end[keep]
-            match = match[keep] if match is not None else None
+            kept = keep.nonzero().squeeze(1)
+            x, row, t, from_end = x.index_select(0, kept), row[kept], t[kept], from_end[kept]
+            match = match.index_select(0, kept) if match is not None else None
             lengths = torch.bincount(row, minlength=num_histories)
             torch.cumsum(lengths, 0, out=offsets[1:])
         if self.config.timestamp_encoding:

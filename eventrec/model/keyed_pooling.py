@@ -18,6 +18,7 @@ from torch import nn
 
 from eventrec.jagged import JaggedTensor
 from eventrec.ops import keyed_pooling_attention
+from eventrec.ops.jagged import gather_rows
 
 
 class KeyedAttentionPooling(nn.Module):
@@ -68,7 +69,7 @@ class KeyedAttentionPooling(nn.Module):
         torch.cumsum(counts, 0, out=q_offsets[1:])
         width = q.shape[-1]
         pooled_sorted = keyed_pooling_attention(
-            q[order].reshape(batch * self.num_slots, self.num_heads, width), keys, values, offsets,
+            q.index_select(0, order).reshape(batch * self.num_slots, self.num_heads, width), keys, values, offsets,
             q_offsets=q_offsets, max_len=max_len, scale=head_dim**-0.5,
         )[..., :head_dim].reshape(batch, self.num_slots, self.model_dim)
         pooled = torch.empty_like(pooled_sorted)
@@ -89,4 +90,4 @@ class MeanPooling(nn.Module):
         sums = torch.zeros(len(lengths), encoded.values.shape[1], device=encoded.values.device, dtype=encoded.values.dtype)
         sums.index_add_(0, encoded.row_ids(), encoded.values)
         means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
-        return means[history_index].unsqueeze(1)
+        return gather_rows(means, history_index).unsqueeze(1)

@@ -24,6 +24,7 @@ from eventrec.model.encoder import JaggedTransformerEncoder
 from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
+from eventrec.ops.jagged import gather_rows
 
 
 @dataclass
@@ -125,7 +126,7 @@ class SequenceRanker(nn.Module):
         dot = None
         if self.config.dot_term:
             users, items = self.dot_user_vectors(user), self.dot_item(candidate)
-            dot = (users[history_index] * items.unsqueeze(1)).sum(-1)
+            dot = (gather_rows(users, history_index) * items.unsqueeze(1)).sum(-1)
             if dot_parts is not None:
                 dot_parts.extend([users, items])
         return self.output_logits(x, dot)

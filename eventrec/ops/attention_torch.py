@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eventrec.ops.jagged import padded_index
+from eventrec.ops.jagged import gather_rows, padded_index, select_rows
 from eventrec.ops.time_buckets import time_gap_bucket
 
 DEFAULT_RATIO = 1.5
@@ -47,7 +47,7 @@ def length_groups(lengths: list[int], ratio: float = DEFAULT_RATIO, min_len: int
 
 def _gather(x: Tensor, index: Tensor) -> Tensor:
     """``[T, H, d]`` gathered by ``[G, L]`` row indices -> ``[G, H, L, d]``."""
-    return x[index].permute(0, 2, 1, 3)
+    return gather_rows(x, index).permute(0, 2, 1, 3)
 
 
 def jagged_self_attention_torch(
@@ -91,7 +91,7 @@ def jagged_self_attention_torch(
         if time_bias is not None:
             t = timestamps[index]  # [G, L]
             bucket = time_gap_bucket(t[:, :, None] - t[:, None, :], time_bias.shape[1])  # [G, L, L]
-            mask = time_bias.to(q.dtype)[:, bucket].permute(1, 0, 2, 3)  # [G, H, L, L]
+            mask = gather_rows(time_bias.to(q.dtype), bucket, dim=1).permute(1, 0, 2, 3)  # [G, H, L, L]
             keep = valid[:, None, None, :]
             if causal:
                 keep = keep & torch.ones(pad_len, pad_len, dtype=torch.bool, device=q.device).tril()
@@ -104,7 +104,7 @@ def jagged_self_attention_torch(
         elif not uniform:
             mask = valid[:, None, None, :]
         out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, is_causal=is_causal, scale=scale)
-        outs.append(out.permute(0, 2, 1, 3)[valid])  # [n_rows, H, d]
+        outs.append(select_rows(out.permute(0, 2, 1, 3), valid))  # [n_rows, H, d]
         rows.append(index[valid])
     all_rows = torch.cat(rows)
     inverse = torch.empty_like(all_rows)
@@ -146,7 +146,7 @@ def keyed_pooling_attention_torch(
             users = torch.tensor(group, device=q.device, dtype=torch.int64)
             index, valid = padded_index(offsets, users, lengths[group[0]])
             mask = None if lengths[group[-1]] == lengths[group[0]] else valid[:, None, None, :]
-            qg = q[users].permute(0, 2, 1, 3)  # [G, H, Q, d]
+            qg = gather_rows(q, users).permute(0, 2, 1, 3)  # [G, H, Q, d]
             out = F.scaled_dot_product_attention(qg, _gather(k, index), _gather(v, index), attn_mask=mask,
                                                  scale=scale)
             outs.append(out.permute(0, 2, 1, 3))
@@ -168,7 +168,7 @@ def keyed_pooling_attention_torch(
         q_index, q_valid = padded_index(q_offsets, users, max(max(q_lengths[b] for b in group), 1))
         out = F.scaled_dot_product_attention(_gather(q, q_index), _gather(k, index), _gather(v, index),
                                              attn_mask=valid[:, None, None, :], scale=scale)
-        outs.append(out.permute(0, 2, 1, 3)[q_valid])
+        outs.append(select_rows(out.permute(0, 2, 1, 3), q_valid))
         rows.append(q_index[q_valid])
     for b in empty_users:
         s, e = q_offsets[b].item(), q_offsets[b + 1].item()

@@ -15,6 +15,25 @@ def lengths_from_offsets(offsets: Tensor) -> Tensor:
     return offsets[1:] - offsets[:-1]
 
 
+def gather_rows(x: Tensor, index: Tensor, dim: int = 0) -> Tensor:
+    """``x`` gathered along ``dim`` by an integer ``index`` of any shape: ``x[index]`` for ``dim=0``
+    (``[T, *rest]`` by ``[G, L]`` -> ``[G, L, *rest]``).
+
+    The same values as advanced indexing, through ``index_select``: its backward is an ``index_add``,
+    several times faster on the CPU than the accumulating ``index_put`` that advanced indexing's
+    backward runs (tested against advanced indexing in ``tests/ops/test_jagged_helpers.py``).
+    """
+    picked = x.index_select(dim, index.reshape(-1))
+    return picked.view(*x.shape[:dim], *index.shape, *x.shape[dim + 1 :])
+
+
+def select_rows(x: Tensor, mask: Tensor) -> Tensor:
+    """``x[mask]`` for a boolean ``mask`` over the leading dims of ``x``, with ``index_select``'s
+    fast backward (see :func:`gather_rows`): ``[G, L, *rest]`` by ``[G, L]`` -> ``[count, *rest]``."""
+    flat = x.reshape(-1, *x.shape[mask.dim() :])
+    return flat.index_select(0, mask.reshape(-1).nonzero().squeeze(1))
+
+
 def check_offsets(offsets: Tensor, total: int) -> None:
     """Cheap shape checks on offsets (no device sync). Raises ValueError on a malformed tensor."""
     if offsets.dim() != 1 or offsets.numel() < 1:
