@@ -177,6 +177,30 @@ def sasrec_on_users(sasrec_dir: Path, users: np.ndarray) -> dict[str, list[float
     return out
 
 
+def run_seed_processes(dataset: str, seeds: list[int], jobs: int) -> None:
+    """Train ``seeds`` in worker processes, ``jobs`` at a time: this script with the same arguments,
+    one seed each (``--train-seeds S --jobs 1 --no-report``; the last occurrence of an option wins).
+    Raises if a worker fails; a finished seed is skipped by the workers of a later run."""
+    import subprocess
+
+    base = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]]
+    pending = list(seeds)
+    running: dict[int, subprocess.Popen] = {}
+    failed: list[str] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            seed = pending.pop(0)
+            running[seed] = subprocess.Popen([*base, "--train-seeds", str(seed), "--jobs", "1", "--no-report"])
+        for seed, process in list(running.items()):
+            if process.poll() is not None:
+                del running[seed]
+                if process.returncode != 0:
+                    failed.append(f"seed {seed} (exit status {process.returncode})")
+        time.sleep(0.5)
+    if failed:
+        raise RuntimeError(f"{dataset}: training failed for " + ", ".join(failed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
@@ -205,7 +229,11 @@ def main() -> None:
                         help="fresh negatives: each training target is written as this many requests with their own negatives; "
                         "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train this many seeds at once, each in its own process with --threads threads (on 2 cores, "
+                             "3 one-thread processes finish 3 seeds sooner than one two-thread process: small ops scale poorly)")
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # set on --jobs' worker processes
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -238,10 +266,20 @@ def main() -> None:
         parser.error(f"--batch-size must be >= 1 and --learning-rate > 0, got {args.batch_size} and {args.learning_rate}")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: must be >= 1, got {args.jobs}")
+    seeds = list(range(args.seeds)) if args.train_seeds is None else args.train_seeds
+
+    def done_file(seed: int) -> Path:  # one per test-user sample (train() writes result.json)
+        return work / f"eventrec_{variant}" / f"seed{seed}" / f"ranking_{len(users)}users.json"
+
+    trained = [seed for seed in seeds if not done_file(seed).exists()]
+    if args.jobs > 1:
+        run_seed_processes(args.dataset, trained, args.jobs)
     validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
-    for seed in range(args.seeds) if args.train_seeds is None else args.train_seeds:
+    for seed in trained if args.jobs == 1 else []:
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
-        done = run_dir / f"ranking_{len(users)}users.json"  # one per test-user sample (train() writes result.json)
+        done = done_file(seed)
         if done.exists():
             continue
         earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
@@ -274,6 +312,8 @@ def main() -> None:
         done.write_text(json.dumps(record, indent=1, default=float) + "\n")
         print(record, flush=True)
 
+    if args.no_report:
+        return
     rows: dict[str, dict[str, list[float]]] = {}
     for variant_dir in sorted(work.glob("eventrec_*")):  # every variant run so far, this one included
         found = [json.loads(p.read_text()) for p in sorted(variant_dir.glob(f"seed*/ranking_{len(users)}users.json"))]
@@ -302,9 +342,11 @@ def main() -> None:
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
-             + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "") + "`. "
+             + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
+             + (f" --jobs {args.jobs} --threads {args.threads}" if args.jobs > 1 else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
-             f"test users ranked: {len(users):,}.", "",
+             f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "
+             f"(seeds trained by it: {len(trained)}; train s and rank s below are per seed, in its own process).", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
     if peers:  # ratios against the strongest SASRec run
         strongest = max(peers, key=lambda name: (mean_std(rows[name]["hr@10"])[0], name.endswith("epochs)") and "early stopping:" in name))  # ties: the early-stopped run
