@@ -164,6 +164,9 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, nargs="*", default=[],
                         help="also train the sequence model with each of these dropout rates (event embeddings and the encoder's "
                         "sublayers; the default config has 0): a row each")
+    parser.add_argument("--identity-match", action="store_true",
+                        help="also train the sequence model with identity codes in the match attention (SequenceModelConfig."
+                        "identity_match: an exact-id channel beside the learned embeddings' cosine): a row")
     args = parser.parse_args()
     if any(not 0 <= d < 1 for d in args.dropout):
         parser.error(f"--dropout: rates must be in [0, 1), got {args.dropout}")
@@ -196,7 +199,8 @@ def main() -> None:
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.select_mrr,
                                         select_mrr=validation_mrr(store, examples["request_id"].to_numpy())))
     config_variants = [(f"attribute dim {dim}", {"attribute_dim": dim}) for dim in args.attribute_dim] \
-        + [(f"dropout {rate:g}", {"dropout": rate}) for rate in args.dropout]
+        + [(f"dropout {rate:g}", {"dropout": rate}) for rate in args.dropout] \
+        + ([("identity match", {"identity_match": True})] if args.identity_match else [])
     for label, override in config_variants:  # one row per model-config change, trained like the main row
         variant_rows.append(f"eventrec sequence model, {label}")
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(**override)}, seeds, runs_dir, args.epochs))
@@ -228,7 +232,8 @@ def main() -> None:
         + (" --listwise-weight " + " ".join(f"{w:g}" for w in args.listwise_weight) if args.listwise_weight else "")
         + (f" --select-mrr {args.select_mrr}" if args.select_mrr else "")
         + (" --attribute-dim " + " ".join(map(str, args.attribute_dim)) if args.attribute_dim else "")
-        + (" --dropout " + " ".join(f"{d:g}" for d in args.dropout) if args.dropout else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
+        + (" --dropout " + " ".join(f"{d:g}" for d in args.dropout) if args.dropout else "")
+        + (" --identity-match" if args.identity_match else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "

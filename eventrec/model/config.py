@@ -32,6 +32,10 @@ class SequenceModelConfig(_Config):
     match_attention: bool = Field(
         True, description="add to the pooling scores a learned, per-head weight of the cosine similarity between the "
         "candidate's and each event's embeddings in every vocabulary they share (target attention)")
+    identity_match: bool = Field(
+        False, description="with match_attention: beside each match vocabulary's learned embedding, a fixed pseudo-random "
+        "code of the id (attribute_dim entries of ±1/√attribute_dim; eventrec.model.identity_codes), whose cosine is 1 only for "
+        "the same id: an exact-identity channel of the target attention, with its own learned weight per head")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     cross_layers: int = Field(2, ge=0)
     mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])

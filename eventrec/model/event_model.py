@@ -10,7 +10,8 @@ somewhere to go when no event matches the candidate, and an empty history is not
 
 Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, the events'
 timestamps ``[sum(N_g)]`` int64, and (with match vocabularies) ``[sum(N_g), V·E]``: each event's
-unit-normalised embedding in every vocabulary it shares with the candidate, for target attention.
+unit-normalised embedding in every vocabulary it shares with the candidate, for target attention
+(``[sum(N_g), 2·V·E]`` with ``identity_match``: then each vocabulary's identity code too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from eventrec.batch import EventBatch
 from eventrec.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, id_attributes_only
+from eventrec.model.identity_codes import identity_codes
 from eventrec.ops.time_buckets import time_gap_bucket
 
 
@@ -57,15 +59,23 @@ class EventModel(nn.Module):
             nn.init.normal_(self.recency.weight, std=0.02)
             nn.init.normal_(self.order.weight, std=0.02)
 
+    @property
+    def match_dim(self) -> int:
+        """Width of each event's match keys: ``V·E``, doubled by ``identity_match`` (a code block per vocabulary)."""
+        return len(self.match_vocabularies) * self.tables.dim * (2 if self.config.identity_match else 1)
+
     def match_keys(self, name: str, attributes: dict, count: int, device) -> torch.Tensor:
-        """``[N, V·E]``: the unit-normalised embedding of each match vocabulary (zeros if absent)."""
-        parts = []
+        """``[N, match_dim]``: the unit-normalised embedding of each match vocabulary, then (with
+        ``identity_match``) each one's identity code; zeros where the stream lacks the vocabulary."""
+        embedded, codes = [], []
         for vocabulary, attribute in zip(self.match_vocabularies, self.match_attributes[name]):
             if attribute is None:
-                parts.append(torch.zeros(count, self.tables.dim, device=device))
+                embedded.append(torch.zeros(count, self.tables.dim, device=device))
+                codes.append(embedded[-1])
             else:
-                parts.append(torch.nn.functional.normalize(self.tables[vocabulary](attributes[attribute]), dim=-1))
-        return torch.cat(parts, dim=-1)
+                embedded.append(torch.nn.functional.normalize(self.tables[vocabulary](attributes[attribute]), dim=-1))
+                codes.append(identity_codes(attributes[attribute], self.tables.dim))
+        return torch.cat(embedded + (codes if self.config.identity_match else []), dim=-1)
 
     def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
         device = batch.history_timestamps.device
@@ -81,7 +91,7 @@ class EventModel(nn.Module):
             times.append(stream.timestamps)
             if self.match_vocabularies:
                 matches.append(self.match_keys(name, stream.attributes, len(x), device))
-        match_dim = len(self.match_vocabularies) * self.tables.dim
+        match_dim = self.match_dim
         if not pieces:
             pieces, rows, times = [torch.zeros(0, self.config.model_dim, device=device)], [torch.zeros(0, dtype=torch.int64, device=device)], [torch.zeros(0, dtype=torch.int64, device=device)]
             matches = [torch.zeros(0, match_dim, device=device)] if self.match_vocabularies else []

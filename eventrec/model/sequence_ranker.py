@@ -23,6 +23,7 @@ from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, Featur
 from eventrec.model.encoder import JaggedTransformerEncoder
 from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
+from eventrec.model.identity_codes import identity_codes
 from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
 from eventrec.ops.jagged import gather_rows
 
@@ -63,7 +64,7 @@ class SequenceRanker(nn.Module):
         if config.pooling == "keyed_attention":
             self.pooling: nn.Module = KeyedAttentionPooling(
                 config.model_dim, query_dim, config.pooling_slots, config.num_heads,
-                len(self.match_vocabularies), len(self.match_vocabularies) * config.attribute_dim,
+                len(self.match_vocabularies) * (2 if config.identity_match else 1), self.event_model.match_dim,
             )
             slots = config.pooling_slots
         else:
@@ -99,11 +100,15 @@ class SequenceRanker(nn.Module):
 
     def match_queries(self, item: dict) -> torch.Tensor | None:
         """``[B, V·E]``: the candidate's unit-normalised embeddings in the vocabularies it shares with
-        the events (the target-attention queries); None without match attention."""
+        the events (the target-attention queries), then with ``identity_match`` its identity codes in
+        them (``[B, 2·V·E]``); None without match attention."""
         if not self.match_vocabularies:
             return None
-        return torch.cat([torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1)
-                          for v, a in zip(self.match_vocabularies, self.match_item_attributes)], dim=-1)
+        pairs = list(zip(self.match_vocabularies, self.match_item_attributes))
+        parts = [torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1) for v, a in pairs]
+        if self.config.identity_match:  # in the order of EventModel.match_keys: embeddings, then codes
+            parts += [identity_codes(item[a], self.config.attribute_dim) for _, a in pairs]
+        return torch.cat(parts, dim=-1)
 
     def dot_user_vectors(self, user: UserSide) -> torch.Tensor:
         """``[G, T, D]``: per history and task, the user vector of the dot term, from the history's last

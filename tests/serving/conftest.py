@@ -48,6 +48,12 @@ def served_dot(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_identity(tmp_path_factory):
+    """The default encoder with the identity codes in the match attention (``identity_match``)."""
+    return _train(tmp_path_factory.mktemp("serving_identity"), identity_match=True)
+
+
+@pytest.fixture(scope="session")
 def served_invariant_token(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("serving_inv_tok"), timestamp_encoding=False, time_bias=False, summary_token=True)
 
