@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--identity-match", action="store_true",
                         help="also train the sequence model with identity codes in the match attention (SequenceModelConfig."
                         "identity_match: an exact-id channel beside the learned embeddings' cosine): a row")
+    parser.add_argument("--identity-listwise-weight", type=float, nargs="*", default=[],
+                        help="also train the sequence model with identity_match and bce + each weight times a softmax over "
+                        "each clickout (a row each)")
     args = parser.parse_args()
     if any(not 0 <= d < 1 for d in args.dropout):
         parser.error(f"--dropout: rates must be in [0, 1), got {args.dropout}")
@@ -191,9 +194,12 @@ def main() -> None:
 
     predictions = run_eventrec(store, {"eventrec sequence model": SequenceModelConfig(), "eventrec DLRM (aggregated features)": DlrmConfig()},
                                seeds, runs_dir, args.epochs)
-    variant_rows = [f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC" for w in args.listwise_weight]
-    for name, weight in zip(variant_rows, args.listwise_weight):
-        predictions.update(run_eventrec(store, {name: SequenceModelConfig()}, seeds, runs_dir, args.epochs, weight))
+    listwise_rows = [(f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC", SequenceModelConfig(), w) for w in args.listwise_weight] \
+        + [(f"eventrec sequence model, identity match, bce + {w:g} × clickout softmax, stop on AUC", SequenceModelConfig(identity_match=True), w)
+           for w in args.identity_listwise_weight]
+    variant_rows = [name for name, _, _ in listwise_rows]
+    for name, config, weight in listwise_rows:
+        predictions.update(run_eventrec(store, {name: config}, seeds, runs_dir, args.epochs, weight))
     if args.select_mrr:
         variant_rows.append(f"eventrec sequence model, up to {args.select_mrr} epochs, stop on validation MRR")
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.select_mrr,
@@ -233,7 +239,9 @@ def main() -> None:
         + (f" --select-mrr {args.select_mrr}" if args.select_mrr else "")
         + (" --attribute-dim " + " ".join(map(str, args.attribute_dim)) if args.attribute_dim else "")
         + (" --dropout " + " ".join(f"{d:g}" for d in args.dropout) if args.dropout else "")
-        + (" --identity-match" if args.identity_match else "") + "` (peers: `bash bench/quality/setup_peers.sh` first). "
+        + (" --identity-match" if args.identity_match else "")
+        + (" --identity-listwise-weight " + " ".join(f"{w:g}" for w in args.identity_listwise_weight) if args.identity_listwise_weight else "")
+        + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "
