@@ -176,9 +176,11 @@ def test_native_bf16_detection_runs():
     assert scoring.native_bf16(torch.device("meta")) is False
 
 
-def test_bf16_on_a_model_with_a_dot_term(served_dot):
-    """The dot term is added in float32 from the bf16 candidate: close to fp32, same top candidates."""
-    store, checkpoint, _ = served_dot
+@pytest.mark.parametrize("fixture", ["served_dot", "served_identity"])
+def test_bf16_on_a_model_with_a_dot_term_or_identity_codes(fixture, request):
+    """The dot term is added in float32 from the bf16 candidate; the identity codes (±1/√E) are exact
+    in bf16 and folded into the logits like the learned match part: close to fp32, same top candidates."""
+    store, checkpoint, _ = request.getfixturevalue(fixture)
     fp32 = RankingService.load(checkpoint, store)
     bf16 = RankingService.load(checkpoint, store, precision="bf16")
     for user, t in [(1, 250), (2, 400), ("someone-new", 400)]:
