@@ -67,14 +67,15 @@ class EventModel(nn.Module):
     def match_keys(self, name: str, attributes: dict, count: int, device) -> torch.Tensor:
         """``[N, match_dim]``: the unit-normalised embedding of each match vocabulary, then (with
         ``identity_match``) each one's identity code; zeros where the stream lacks the vocabulary."""
+        dim = self.tables.dim
         embedded, codes = [], []
         for vocabulary, attribute in zip(self.match_vocabularies, self.match_attributes[name]):
             if attribute is None:
-                embedded.append(torch.zeros(count, self.tables.dim, device=device))
+                embedded.append(torch.zeros(count, dim, device=device))
                 codes.append(embedded[-1])
             else:
                 embedded.append(torch.nn.functional.normalize(self.tables[vocabulary](attributes[attribute]), dim=-1))
-                codes.append(identity_codes(attributes[attribute], self.tables.dim))
+                codes.append(identity_codes(attributes[attribute], dim) if self.config.identity_match else None)
         return torch.cat(embedded + (codes if self.config.identity_match else []), dim=-1)
 
     def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
