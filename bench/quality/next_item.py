@@ -187,16 +187,20 @@ def run_seed_processes(dataset: str, seeds: list[int], jobs: int) -> None:
     pending = list(seeds)
     running: dict[int, subprocess.Popen] = {}
     failed: list[str] = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            seed = pending.pop(0)
-            running[seed] = subprocess.Popen([*base, "--train-seeds", str(seed), "--jobs", "1", "--no-report"])
-        for seed, process in list(running.items()):
-            if process.poll() is not None:
-                del running[seed]
-                if process.returncode != 0:
-                    failed.append(f"seed {seed} (exit status {process.returncode})")
-        time.sleep(0.5)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                running[seed] = subprocess.Popen([*base, "--train-seeds", str(seed), "--jobs", "1", "--no-report"])
+            for seed, process in list(running.items()):
+                if process.poll() is not None:
+                    del running[seed]
+                    if process.returncode != 0:
+                        failed.append(f"seed {seed} (exit status {process.returncode})")
+            time.sleep(0.5)
+    finally:  # interrupted: stop the workers too (each resumes from its last checkpoint when run again)
+        for process in running.values():
+            process.terminate()
     if failed:
         raise RuntimeError(f"{dataset}: training failed for " + ", ".join(failed))
 
