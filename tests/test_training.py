@@ -225,3 +225,34 @@ def test_dot_term_trains_with_in_batch_negatives_and_scores_alike(tiny_store, tm
     loaded = load_trained_model(tmp_path / "run" / "best")[0]
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(batch), logits)
+
+
+def test_logq_column_corrects_the_request_softmax_only(tiny_store, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="logq_column"):
+        TrainConfig(logq_column="log_q")  # the bce loss has no sampler to correct
+    config = TRAIN.model_copy(update={"loss": "request_softmax", "calibrate": False, "epochs": 1})
+    with pytest.raises(ValueError, match="logq_column: 'log_q' is not an extra column"):
+        train(tiny_store, MODEL, config.model_copy(update={"logq_column": "log_q"}), tmp_path / "missing", show_progress=False)
+    labels = tiny_store.labels[:, 0]
+    monkeypatch.setitem(tiny_store.extras, "log_q", np.where(labels > 0.5, 1.5, -0.25))  # the positives' items were "likelier"
+    seen: dict[str, list] = {"plain": [], "corrected": []}
+    listwise = trainer_module.request_softmax_loss
+    for name, logq_column in (("plain", None), ("corrected", "log_q")):
+        def record(logits, labels, groups, name=name):
+            seen[name].append((logits.detach().clone(), labels.clone()))
+            return listwise(logits, labels, groups)
+
+        monkeypatch.setattr(trainer_module, "request_softmax_loss", record)
+        train(tiny_store, MODEL, config.model_copy(update={"logq_column": logq_column}), tmp_path / name, show_progress=False)
+    # the same first batch and weights: the softmax saw the logits minus each row's log q
+    (plain, batch_labels), (corrected, _) = seen["plain"][0], seen["corrected"][0]
+    expected_shift = torch.where(batch_labels[:, :1] > 0.5, torch.tensor(1.5), torch.tensor(-0.25))  # from the first task's label
+    torch.testing.assert_close(plain - corrected, expected_shift.expand_as(plain))
+    # a log q that is constant within each request changes nothing (the softmax is shift-invariant)
+    requests = tiny_store.request_ids.astype(np.float64)
+    monkeypatch.setitem(tiny_store.extras, "log_q", requests * 0.7 - 3.0)
+    monkeypatch.setattr(trainer_module, "request_softmax_loss", listwise)
+    shifted, _ = train(tiny_store, MODEL, config.model_copy(update={"logq_column": "log_q"}), tmp_path / "shifted", show_progress=False)
+    plain_model, _ = train(tiny_store, MODEL, config, tmp_path / "plain_again", show_progress=False)
+    for key, value in _weights(plain_model).items():
+        torch.testing.assert_close(_weights(shifted)[key], value, rtol=1e-4, atol=1e-5)

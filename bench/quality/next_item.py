@@ -70,7 +70,7 @@ def negative_weights(sequences: pl.DataFrame, catalogue: np.ndarray, sampling: s
 
 
 def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int,
-               sampling: str = "uniform", rounds: int = 1) -> None:
+               sampling: str = "uniform", rounds: int = 1, with_logq: bool = False) -> None:
     """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives).
 
     Negatives are drawn from the catalogue uniformly, or (``sampling="popularity"``) in proportion to
@@ -78,7 +78,9 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     compete for the top of a full-catalogue ranking. ``rounds``: each training target becomes that
     many requests, each with its own draw of negatives, so that one pass over the data sees every
     positive against ``rounds`` different negative sets (fresh negatives, as ``rounds`` epochs with a
-    new draw each would); validation and test targets stay one request each."""
+    new draw each would); validation and test targets stay one request each. ``with_logq``: an extra
+    column ``log_q`` = log(negatives · q(item)) per row (positives included), q the sampler's
+    distribution over the catalogue, for the sampled-softmax correction (``TrainConfig.logq_column``)."""
     if (logs / "impressions.parquet").exists():
         return
     logs.mkdir(parents=True, exist_ok=True)
@@ -110,6 +112,10 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     positive_rows = base.with_columns(pl.Series("item_id", positives), pl.lit(1, dtype=pl.Int8).alias("target"))
     rows = pl.concat([positive_rows, negative_rows])
     impressions = rows.join(items, on="item_id", how="left").sort(["request_id", "target"], descending=[False, True])
+    if with_logq:
+        q = np.full(len(catalogue), 1.0 / len(catalogue)) if weights is None else weights
+        log_expected = pl.DataFrame({"item_id": catalogue, "log_q": np.log(negatives * q)})
+        impressions = impressions.join(log_expected, on="item_id", how="left")
     events.write_parquet(logs / "events.parquet")
     impressions.write_parquet(logs / "impressions.parquet.tmp")
     (logs / "impressions.parquet.tmp").replace(logs / "impressions.parquet")
@@ -216,6 +222,9 @@ def main() -> None:
     parser.add_argument("--loss", choices=["request_softmax", "bce"], default="request_softmax",
                         help="softmax over each request's positive and negatives (listwise), or binary cross-entropy")
     parser.add_argument("--sampling", choices=["uniform", "popularity"], default="uniform", help="how negatives are drawn")
+    parser.add_argument("--logq", action="store_true",
+                        help="subtract log(negatives · q(item)) from every row's logit inside the training softmax (the sampled-softmax "
+                        "correction for the sampler q; with --sampling popularity the loss then estimates a full-catalogue softmax)")
     parser.add_argument("--test-users", type=int, default=0, help="rank for this many users drawn at random (0 = all)")
     parser.add_argument("--select", choices=["auc", "ndcg"], default="auc",
                         help="model selection and early stopping: AUC of the sampled validation requests, or full-catalogue "
@@ -257,6 +266,11 @@ def main() -> None:
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
+    if args.logq:
+        if args.loss != "request_softmax":
+            parser.error("--logq: corrects the request softmax; use --loss request_softmax")
+        impressions = schema.impressions.model_copy(update={"extra_columns": [*schema.impressions.extra_columns, "log_q"]})
+        schema = schema.model_copy(update={"impressions": impressions})
     overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout)) if v is not None}
     try:
         config = SequenceModelConfig(dot_term=bool(args.in_batch_weight), **overrides)
@@ -265,7 +279,8 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
-        + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "")
+        + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
+        + ("-logq" if args.logq else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
         parser.error(f"--batch-size must be >= 1 and --learning-rate > 0, got {args.batch_size} and {args.learning_rate}")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
@@ -287,9 +302,10 @@ def main() -> None:
         if done.exists():
             continue
         earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
-        data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "")
+        data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
+            + ("_logq" if args.logq else "")
         logs, store_dir = work / f"logs_{data_variant}", work / f"store_{data_variant}"
-        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds)
+        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds, args.logq)
         if not (store_dir / "manifest.json").exists():
             build_store(schema, logs, store_dir)
         store = EventStore.open(store_dir)
@@ -298,7 +314,7 @@ def main() -> None:
         train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=args.batch_size, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
                                    **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
-                                   in_batch_weight=args.in_batch_weight)
+                                   in_batch_weight=args.in_batch_weight, logq_column="log_q" if args.logq else None)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
         t0 = time.perf_counter()
         _, result = train(store, config, train_config, run_dir, show_progress=False, validation_score=selection)
@@ -347,6 +363,7 @@ def main() -> None:
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
+             + (" --logq" if args.logq else "")
              + (f" --jobs {args.jobs} --threads {args.threads}" if args.jobs > 1 else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "

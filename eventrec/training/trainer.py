@@ -63,6 +63,11 @@ class TrainConfig(BaseModel):
     in_batch_weight: float = Field(
         0.0, ge=0, description="with a model built with dot_term: add this weight times a softmax of the dot term against "
         "every item of the batch (in-batch negatives, far more than each request's own)")
+    logq_column: str | None = Field(
+        None, description="with loss request_softmax: an extra column of the impressions (schema extra_columns) holding, per "
+        "row, log of the expected count of its item under the negative sampler (log(K·q(item)) for K negatives drawn from q); "
+        "subtracted from the logits inside the softmax only (the sampled-softmax correction: with negatives drawn by "
+        "popularity the loss then estimates a softmax over the whole catalogue; scores and evaluation are unchanged)")
     stop_on: Literal["ne", "auc", "score"] = Field(
         "ne", description="early stopping on the first task's validation NE or AUC, or on `score`: the value returned by the "
         "`validation_score` function given to train() (higher is better, e.g. a full-catalogue hit rate)")
@@ -71,6 +76,8 @@ class TrainConfig(BaseModel):
     def _softmax_needs_no_calibration(self) -> "TrainConfig":
         if self.loss == "request_softmax" and self.calibrate:
             raise ValueError("calibrate: Platt scaling assumes the bce loss; set calibrate: false with loss: request_softmax")
+        if self.logq_column is not None and self.loss != "request_softmax":
+            raise ValueError("logq_column: corrects the request softmax for the negative sampler; set loss: request_softmax")
         if self.loss == "request_softmax" and self.listwise_weight:
             raise ValueError("listwise_weight: adds the request softmax to the bce loss; with loss: request_softmax leave it 0")
         return self
@@ -183,6 +190,13 @@ def train(
         if store.request_ids is None or store.request_ids.dtype.kind not in "iu":
             raise ValueError("loss request_softmax (or listwise_weight > 0) needs integer request ids (impressions.request_column)")
         groups = store.request_ids[store.split_indices("train")]
+    logq = None
+    if config.logq_column is not None:
+        if config.logq_column not in store.extras:
+            raise ValueError(f"logq_column: {config.logq_column!r} is not an extra column of this store ({sorted(store.extras)})")
+        logq = store.extras[config.logq_column]
+        if not np.isfinite(logq[store.split_indices("train")]).all():
+            raise ValueError(f"logq_column: {config.logq_column!r} has missing or non-finite values in the train split")
     dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn, groups=groups)
     validation = store.split_indices("validation")
     steps_per_epoch = len(dataset) if config.max_steps_per_epoch is None else min(len(dataset), config.max_steps_per_epoch)
@@ -255,7 +269,10 @@ def train(
             dot_parts: list = []
             logits = model(batch, dot_parts) if config.in_batch_weight else model(batch)
             if config.loss == "request_softmax":
-                loss, per_task = request_softmax_loss(logits, batch.labels, batch.request_ids)
+                corrected = logits
+                if logq is not None:  # sampled-softmax correction, inside the loss only
+                    corrected = logits - torch.from_numpy(logq[batch.example_indices.numpy()]).to(logits.dtype).unsqueeze(1)
+                loss, per_task = request_softmax_loss(corrected, batch.labels, batch.request_ids)
             else:
                 loss, per_task = multitask_loss(logits, batch.labels, config.task_weights)
                 if config.listwise_weight:
