@@ -271,7 +271,7 @@ def train(
             if config.loss == "request_softmax":
                 corrected = logits
                 if logq is not None:  # sampled-softmax correction, inside the loss only
-                    corrected = logits - torch.from_numpy(logq[batch.example_indices.numpy()]).to(logits.dtype).unsqueeze(1)
+                    corrected = logits - torch.from_numpy(logq[batch.example_indices.cpu().numpy()]).to(logits.device, logits.dtype).unsqueeze(1)
                 loss, per_task = request_softmax_loss(corrected, batch.labels, batch.request_ids)
             else:
                 loss, per_task = multitask_loss(logits, batch.labels, config.task_weights)
