@@ -68,15 +68,12 @@ class EventModel(nn.Module):
         """``[N, match_dim]``: the unit-normalised embedding of each match vocabulary, then (with
         ``identity_match``) each one's identity code; zeros where the stream lacks the vocabulary."""
         dim = self.tables.dim
-        embedded, codes = [], []
-        for vocabulary, attribute in zip(self.match_vocabularies, self.match_attributes[name]):
-            if attribute is None:
-                embedded.append(torch.zeros(count, dim, device=device))
-                codes.append(embedded[-1])
-            else:
-                embedded.append(torch.nn.functional.normalize(self.tables[vocabulary](attributes[attribute]), dim=-1))
-                codes.append(identity_codes(attributes[attribute], dim) if self.config.identity_match else None)
-        return torch.cat(embedded + (codes if self.config.identity_match else []), dim=-1)
+        pairs = list(zip(self.match_vocabularies, self.match_attributes[name]))
+        absent = torch.zeros(count, dim, device=device)
+        blocks = [absent if a is None else torch.nn.functional.normalize(self.tables[v](attributes[a]), dim=-1) for v, a in pairs]
+        if self.config.identity_match:
+            blocks += [absent if a is None else identity_codes(attributes[a], dim) for _, a in pairs]
+        return torch.cat(blocks, dim=-1)
 
     def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
         device = batch.history_timestamps.device

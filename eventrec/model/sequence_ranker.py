@@ -64,7 +64,7 @@ class SequenceRanker(nn.Module):
         if config.pooling == "keyed_attention":
             self.pooling: nn.Module = KeyedAttentionPooling(
                 config.model_dim, query_dim, config.pooling_slots, config.num_heads,
-                len(self.match_vocabularies) * (2 if config.identity_match else 1), self.event_model.match_dim,
+                self.event_model.match_dim // config.attribute_dim, self.event_model.match_dim,  # blocks of E dims: embeddings (+ codes)
             )
             slots = config.pooling_slots
         else:
