@@ -60,6 +60,25 @@ def _group_tensors(columns: dict, looked_up: dict, index: np.ndarray) -> dict:
     return out
 
 
+def catalogue_items(store: EventStore, example_indices: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Every distinct item shown in the given examples: their ids ``[C]`` (sorted, the store's raw
+    item ids) and their item attribute tensors ``[C]``, each from the item's first example."""
+    ids = store.item_ids[np.asarray(example_indices, dtype=np.int64)]
+    distinct, first = np.unique(ids, return_index=True)
+    item_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.item}
+    return distinct, _group_tensors(store.item, item_lookups, np.asarray(example_indices, dtype=np.int64)[first])
+
+
+def catalogue_positions(catalogue_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """Position ``[B]`` of each of ``item_ids`` in the sorted ``catalogue_ids``; raises if one is absent."""
+    positions = np.searchsorted(catalogue_ids, item_ids)
+    found = positions < len(catalogue_ids)
+    found[found] = catalogue_ids[positions[found]] == item_ids[found]
+    if not found.all():
+        raise KeyError(f"items not in the catalogue: {np.unique(item_ids[~found])[:5].tolist()}")
+    return positions
+
+
 def distinct_histories(store: EventStore, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One representative example per distinct (user row, request time), in first-seen order.
 

@@ -227,6 +227,86 @@ def test_dot_term_trains_with_in_batch_negatives_and_scores_alike(tiny_store, tm
         torch.testing.assert_close(loaded.eval()(batch), logits)
 
 
+def test_catalogue_softmax_matches_a_loop():
+    from eventrec.model.heads import catalogue_softmax_loss
+
+    g, b, t, c, d = 3, 8, 2, 6, 4
+    users, catalogue = torch.randn(g, t, d, dtype=torch.float64), torch.randn(c, d, dtype=torch.float64)
+    history = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    positive_item = torch.tensor([4, 0, 5, 2, 2, 1, 3, 0])
+    labels = torch.zeros(b, t, dtype=torch.float64)
+    labels[[0, 3, 5], 0] = 1
+    labels[[4, 7], 1] = 1
+    labels[1, 1] = float("nan")
+    total, per_task = catalogue_softmax_loss(users, catalogue, labels, history, positive_item)
+    expected = []
+    for task in range(t):
+        losses = []
+        for p in range(b):
+            if labels[p, task] == 1:
+                s = torch.stack([users[history[p], task] @ catalogue[i] for i in range(c)])  # every item, none left out
+                losses.append(torch.logsumexp(s, 0) - s[positive_item[p]])
+        expected.append(torch.stack(losses).mean())
+    torch.testing.assert_close(per_task, torch.stack(expected))
+    torch.testing.assert_close(total, per_task.sum())
+
+
+def test_catalogue_items_and_positions(tiny_store):
+    from eventrec.batching import catalogue_items, catalogue_positions, make_batch
+
+    train_rows = tiny_store.split_indices("train")
+    ids, item = catalogue_items(tiny_store, train_rows)
+    assert ids.tolist() == sorted(set(tiny_store.item_ids[train_rows].tolist()))
+    positions = catalogue_positions(ids, tiny_store.item_ids[train_rows])
+    np.testing.assert_array_equal(ids[positions], tiny_store.item_ids[train_rows])
+    shown = make_batch(tiny_store, train_rows).item  # every row's attributes equal its catalogue entry's
+    for name, values in item.items():
+        torch.testing.assert_close(values[torch.from_numpy(positions)], shown[name])
+    with pytest.raises(KeyError, match="not in the catalogue"):
+        catalogue_positions(ids, np.array([ids[0], ids.max() + 1]))
+
+
+def test_dot_term_trains_with_the_catalogue_softmax(tiny_world, tiny_store, tmp_path, monkeypatch):
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+
+    config = TRAIN.model_copy(update={"catalogue_weight": 1.0, "batch_size": 8, "epochs": 1})
+    with pytest.raises(ValueError, match="catalogue_weight: trains the dot term"):
+        train(tiny_store, MODEL, config, tmp_path / "no", show_progress=False)
+    model_config = MODEL.model_copy(update={"dot_term": True})
+    with pytest.raises(ValueError, match="catalogue_weight: the candidates have context attributes"):
+        train(tiny_store, model_config, config, tmp_path / "context", show_progress=False)
+    schema_path, data = tiny_world
+    schema = load_schema(schema_path)
+    schema = schema.model_copy(update={"impressions": schema.impressions.model_copy(update={"context_attributes": []})})
+    build_store(schema, data, tmp_path / "no_context")
+    store = EventStore.open(tmp_path / "no_context")
+    seen, bce_seen = [], []
+    full_softmax, bce = trainer_module.catalogue_softmax_loss, trainer_module.multitask_loss
+
+    def spy(users, catalogue, labels, history_index, positive_item):
+        out = full_softmax(users, catalogue, labels, history_index, positive_item)
+        seen.append((catalogue.shape, out[0].item()))
+        return out
+
+    def bce_spy(*args):
+        out = bce(*args)
+        bce_seen.append(out[0].item())
+        return out
+
+    monkeypatch.setattr(trainer_module, "catalogue_softmax_loss", spy)
+    monkeypatch.setattr(trainer_module, "multitask_loss", bce_spy)
+    model, result = train(store, model_config, config, tmp_path / "run", show_progress=False)
+    distinct = len(np.unique(store.item_ids[store.split_indices("train")]))
+    assert result.steps == len(seen) > 0
+    assert all(shape == (distinct, MODEL.model_dim) for shape, _ in seen)  # the whole catalogue at every step
+    logged = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
+    assert len(logged) == len(bce_seen) == len(seen)
+    for total, plain, (_, part) in zip(logged, bce_seen, seen):  # the bce loss plus the catalogue term
+        assert part > 0 and total == pytest.approx(plain + part, rel=1e-5)
+
+
 def test_logq_column_corrects_the_request_softmax_only(tiny_store, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="logq_column"):
         TrainConfig(logq_column="log_q")  # the bce loss has no sampler to correct

@@ -232,6 +232,9 @@ def main() -> None:
     parser.add_argument("--validation-users", type=int, default=0, help="with --select ndcg: users whose validation item is ranked (0 = all)")
     parser.add_argument("--in-batch-weight", type=float, default=0.0,
                         help="build the model with dot_term and add this weight times its softmax against every item of the batch")
+    parser.add_argument("--catalogue-weight", type=float, default=0.0,
+                        help="build the model with dot_term and add this weight times its full softmax over the whole catalogue "
+                             "(TrainConfig.catalogue_weight: SASRec's loss, on the dot term)")
     parser.add_argument("--attribute-dim", type=int, default=None,
                         help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
     parser.add_argument("--dropout", type=float, default=None,
@@ -273,11 +276,11 @@ def main() -> None:
         schema = schema.model_copy(update={"impressions": impressions})
     overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout)) if v is not None}
     try:
-        config = SequenceModelConfig(dot_term=bool(args.in_batch_weight), **overrides)
+        config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight), **overrides)
     except ValueError as error:
         parser.error(f"--attribute-dim / --dropout: {error}")
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
-        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
+        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
         + ("-logq" if args.logq else "")
@@ -314,7 +317,7 @@ def main() -> None:
         train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=args.batch_size, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
                                    **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
-                                   in_batch_weight=args.in_batch_weight, logq_column="log_q" if args.logq else None)
+                                   in_batch_weight=args.in_batch_weight, catalogue_weight=args.catalogue_weight, logq_column="log_q" if args.logq else None)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
         t0 = time.perf_counter()
         _, result = train(store, config, train_config, run_dir, show_progress=False, validation_score=selection)
@@ -358,6 +361,7 @@ def main() -> None:
              + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
              + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
+             + (f" --catalogue-weight {args.catalogue_weight:g}" if args.catalogue_weight else "")
              + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")

@@ -145,6 +145,29 @@ def in_batch_softmax_loss(users: torch.Tensor, items: torch.Tensor, labels: torc
     return stacked.sum(), stacked.detach()
 
 
+def catalogue_softmax_loss(users: torch.Tensor, catalogue: torch.Tensor, labels: torch.Tensor, history_index: torch.Tensor,
+                           positive_item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full softmax of a factorised score over a whole catalogue of items, per task.
+
+    ``users [G, T, D]`` (one per history), ``catalogue [C, D]`` (one vector per catalogue item),
+    ``labels [B, T]``, ``history_index [B]`` (the history of each row), ``positive_item [B]`` (each
+    row's position in the catalogue). For each positive row p of history g:
+    ``-(s_g,c(p) - logsumexp_c s_gc)`` with ``s_gc = <users[g, t], catalogue[c]>`` over all C items
+    (SASRec's training loss: every other item is a negative, no sampling). The per-task loss is the
+    mean over positives. Returns (sum over tasks, per-task ``[T]``)."""
+    per_task = []
+    for t in range(labels.shape[1]):
+        positive = (~torch.isnan(labels[:, t])) & (labels[:, t] > 0.5)
+        rows = positive.nonzero().squeeze(1)  # [P]
+        if rows.numel() == 0:
+            per_task.append(catalogue.sum() * 0.0)
+            continue
+        scores = users[history_index[rows], t] @ catalogue.T  # [P, C]
+        per_task.append(F.cross_entropy(scores, positive_item[rows]))
+    stacked = torch.stack(per_task)
+    return stacked.sum(), stacked.detach()
+
+
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary cross-entropy per task over the labels that are present (NaN = missing).
 

@@ -116,6 +116,13 @@ class SequenceRanker(nn.Module):
         last = user.encoded[user.offsets[1:] - 1]
         return self.dot_user(last).view(len(last), self.num_tasks, -1)
 
+    def dot_item_vectors(self, item: dict) -> torch.Tensor:
+        """``[C, D]``: the dot term's item vectors of C items (attribute tensors ``[C]``), for a model
+        whose candidates have no context attributes (the vector then depends on the item alone)."""
+        if self.context_embedder is not None:
+            raise ValueError("dot_item_vectors: the candidates have context attributes; an item's vector depends on its request")
+        return self.dot_item(self.candidate_input(item, {}))
+
     def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor,
                        dot_parts: list | None = None) -> torch.Tensor:
         """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,

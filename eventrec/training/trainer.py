@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from eventrec.loader import BatchDataset
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.heads import fit_platt, in_batch_softmax_loss, multitask_loss, request_softmax_loss
+from eventrec.batching import catalogue_items, catalogue_positions
+from eventrec.model.heads import catalogue_softmax_loss, fit_platt, in_batch_softmax_loss, multitask_loss, request_softmax_loss
 from eventrec.store import EventStore
 from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
@@ -63,6 +64,10 @@ class TrainConfig(BaseModel):
     in_batch_weight: float = Field(
         0.0, ge=0, description="with a model built with dot_term: add this weight times a softmax of the dot term against "
         "every item of the batch (in-batch negatives, far more than each request's own)")
+    catalogue_weight: float = Field(
+        0.0, ge=0, description="with a model built with dot_term: add this weight times a full softmax of the dot term over "
+        "every distinct item of the train split's impressions (the catalogue; no sampling, as SASRec's loss). Each step scores "
+        "all C items' dot vectors, cheap next to the keyed pooling; needs candidates without context attributes")
     logq_column: str | None = Field(
         None, description="with loss request_softmax: an extra column of the impressions (schema extra_columns) holding, per "
         "row, log of the expected count of its item under the negative sampler (log(K·q(item)) for K negatives drawn from q); "
@@ -172,8 +177,9 @@ def train(
     model in eval mode; returns metrics on validation data (never test), whose ``"score"`` entry
     (higher is better) selects the best weights and drives early stopping. All entries go to the
     history and to ``score_log.csv``."""
-    if config.in_batch_weight and not getattr(model_config, "dot_term", False):
-        raise ValueError("in_batch_weight: trains the dot term; build the model with dot_term: true")
+    for name in ("in_batch_weight", "catalogue_weight"):
+        if getattr(config, name) and not getattr(model_config, "dot_term", False):
+            raise ValueError(f"{name}: trains the dot term; build the model with dot_term: true")
     if config.stop_on == "score" and validation_score is None:
         raise ValueError("stop_on: 'score' needs a validation_score function passed to train()")
     run_dir = Path(run_dir)
@@ -197,6 +203,15 @@ def train(
         logq = store.extras[config.logq_column]
         if not np.isfinite(logq[store.split_indices("train")]).all():
             raise ValueError(f"logq_column: {config.logq_column!r} has missing or non-finite values in the train split")
+    catalogue = None
+    if config.catalogue_weight:
+        if store.schema.impressions.context_attributes:
+            raise ValueError("catalogue_weight: the candidates have context attributes, so an item's dot vector depends on its request")
+        train_rows = store.split_indices("train")
+        if store.item_ids.dtype.kind not in "iuU":
+            raise ValueError("catalogue_weight: the impressions need an item column with an id on every row (impressions.item_column)")
+        catalogue_ids, catalogue_item = catalogue_items(store, train_rows)
+        catalogue = (catalogue_ids, {k: v.to(next(model.parameters()).device) for k, v in catalogue_item.items()})
     dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn, groups=groups)
     validation = store.split_indices("validation")
     steps_per_epoch = len(dataset) if config.max_steps_per_epoch is None else min(len(dataset), config.max_steps_per_epoch)
@@ -267,7 +282,7 @@ def train(
             if config.needs_requests and batch.request_ids is None:
                 raise ValueError("loss request_softmax / listwise_weight: this model's batches carry no request ids")
             dot_parts: list = []
-            logits = model(batch, dot_parts) if config.in_batch_weight else model(batch)
+            logits = model(batch, dot_parts) if config.in_batch_weight or config.catalogue_weight else model(batch)
             if config.loss == "request_softmax":
                 corrected = logits
                 if logq is not None:  # sampled-softmax correction, inside the loss only
@@ -281,6 +296,12 @@ def train(
                 users, items = dot_parts
                 loss = loss + config.in_batch_weight * in_batch_softmax_loss(
                     users, items, batch.labels, batch.history_index, batch.item[model.item_key_attribute])[0]
+            if catalogue is not None:
+                catalogue_ids, catalogue_item = catalogue
+                positive_item = catalogue_positions(catalogue_ids, store.item_ids[batch.example_indices.cpu().numpy()])
+                loss = loss + config.catalogue_weight * catalogue_softmax_loss(
+                    dot_parts[0], model.dot_item_vectors(catalogue_item), batch.labels, batch.history_index,
+                    torch.from_numpy(positive_item).to(logits.device))[0]
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
