@@ -86,7 +86,7 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     logs.mkdir(parents=True, exist_ok=True)
     extra = [c for c in items.columns if c != "item_id"]
     events = sequences.join(items, on="item_id", how="left").select(
-        "user_id", pl.col("unique_time").alias("timestamp"), pl.lit(EVENT_TYPE[dataset]).alias("event_type"), "item_id",
+        "user_id", pl.col("event_time").alias("timestamp"), pl.lit(EVENT_TYPE[dataset]).alias("event_type"), "item_id",
         *([pl.col("rating")] if "rating" in sequences.columns else []), *extra,
     )  # fmt: skip
     targets = sequences.filter(pl.col("order") >= 1)
@@ -103,7 +103,7 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     while clash.any():  # redraw negatives equal to the positive
         draws[clash] = rng.choice(catalogue, size=int(clash.sum()), p=weights)
         clash = draws == positives[:, None]
-    base = targets.select("request_id", "user_id", pl.col("unique_time").alias("timestamp"), pl.col("split").replace_strict(SPLIT_CODES).alias("split_code"))
+    base = targets.select("request_id", "user_id", pl.col("event_time").alias("timestamp"), pl.col("split").replace_strict(SPLIT_CODES).alias("split_code"))
     negative_rows = (
         pl.DataFrame({"_r": np.repeat(np.arange(targets.height, dtype=np.int64), negatives), "item_id": draws.reshape(-1)})
         .join(base.with_row_index("_r").with_columns(pl.col("_r").cast(pl.Int64)), on="_r")
@@ -121,6 +121,22 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     (logs / "impressions.parquet.tmp").replace(logs / "impressions.parquet")
 
 
+def with_exact_item_ids(schema):
+    """The schema with its hashed ``item_id`` attributes (events and candidates) made categorical: one
+    embedding per item instead of hash buckets that two items may share. The vocabulary (the training
+    period's items) holds the whole catalogue here, since every item is drawn as a negative."""
+    from eventrec.schema import CategoricalAttribute
+
+    def exact(attributes):
+        return [CategoricalAttribute(kind="categorical", name=a.name, column=a.column, vocabulary=a.vocabulary)
+                if a.kind == "hashed" and a.name == "item_id" else a for a in attributes]
+
+    streams = [s.model_copy(update={"attributes": exact(s.attributes)}) for s in schema.streams]
+    impressions = schema.impressions.model_copy(update={"item_attributes": exact(schema.impressions.item_attributes)})
+    changed = schema.model_copy(update={"streams": streams, "impressions": impressions})
+    return type(schema).model_validate(changed.model_dump())  # the schema's own checks, on the new attributes
+
+
 def leave_one_out_store(store) -> None:
     """Replace the store's time split (in memory) by the leave-one-out split of ``split_code``."""
     store.splits = store.extras["split_code"].astype(np.int8)
@@ -129,7 +145,7 @@ def leave_one_out_store(store) -> None:
 def full_catalogue_ranks(service, sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndarray, split: str = "test") -> np.ndarray:
     """Pessimistic 1-based rank of each user's ``split`` item (test or validation) among all catalogue
     items ``[U]``, ranked by ``service`` (a ``RankingService``) at the item's time."""
-    targets = sequences.filter(pl.col("split") == split).select("user_id", "item_id", "unique_time")
+    targets = sequences.filter(pl.col("split") == split).select("user_id", "item_id", "event_time")
     targets = targets.filter(pl.col("user_id").is_in(users.tolist())).sort("user_id")
     catalogue = items.sort("item_id")
     index = {item: i for i, item in enumerate(catalogue["item_id"].to_list())}
@@ -235,6 +251,9 @@ def main() -> None:
     parser.add_argument("--catalogue-weight", type=float, default=0.0,
                         help="build the model with dot_term and add this weight times its full softmax over the whole catalogue "
                              "(TrainConfig.catalogue_weight: SASRec's loss, on the dot term)")
+    parser.add_argument("--item-ids", choices=["exact", "hashed"], default="exact",
+                        help="item ids as a vocabulary (one embedding per item), or hashed into the schema's 100,003 buckets "
+                             "(about 9%% of Amazon's items then share a bucket; the runs before 2026-11-29's fifth session)")
     parser.add_argument("--attribute-dim", type=int, default=None,
                         help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
     parser.add_argument("--dropout", type=float, default=None,
@@ -269,6 +288,8 @@ def main() -> None:
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
+    if args.item_ids == "exact":
+        schema = with_exact_item_ids(schema)
     if args.logq:
         if args.loss != "request_softmax":
             parser.error("--logq: corrects the request softmax; use --loss request_softmax")
@@ -283,7 +304,7 @@ def main() -> None:
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
-        + ("-logq" if args.logq else "")
+        + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
         parser.error(f"--batch-size must be >= 1 and --learning-rate > 0, got {args.batch_size} and {args.learning_rate}")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
@@ -307,7 +328,8 @@ def main() -> None:
         earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
         data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
             + ("_logq" if args.logq else "")
-        logs, store_dir = work / f"logs_{data_variant}", work / f"store_{data_variant}"
+        logs = work / f"logs_{data_variant}"  # the same raw rows either way; the store encodes item ids per --item-ids
+        store_dir = work / (f"store_{data_variant}" + ("_exact" if args.item_ids == "exact" else ""))
         write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds, args.logq)
         if not (store_dir / "manifest.json").exists():
             build_store(schema, logs, store_dir)
@@ -367,7 +389,7 @@ def main() -> None:
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
-             + (" --logq" if args.logq else "")
+             + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")
              + (f" --jobs {args.jobs} --threads {args.threads}" if args.jobs > 1 else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "

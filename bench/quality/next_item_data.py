@@ -6,9 +6,13 @@ target, the rest is training; users with fewer than 3 interactions are dropped (
 
 ``sequences.parquet`` columns: ``user_id, item_id, timestamp`` (original unit), ``order`` (0-based
 position in the user's sequence), ``unique_time`` (strictly increasing within a user, in
-milliseconds: ``timestamp * 1000 + rank within the tie``, so "events strictly before" means exactly
-"earlier in the sequence" for every model), ``split`` (train / validation / test); MovieLens also keeps ``rating`` (an attribute of each past
-event, never of the target).
+milliseconds: ``timestamp * 1000 + rank within the tie``; RecBole orders by it), ``event_time``
+(strictly increasing within a user, in **seconds**: the smallest such sequence with ``event_time >=
+timestamp``, i.e. each tied event one second after the one before it; eventrec's stores keep whole
+seconds, so this is what makes "events strictly before the request" mean exactly "earlier in the
+sequence" for eventrec too; ``unique_time`` floored to seconds would put a whole tie in one second
+and hide the tie's earlier events from every later one), ``split`` (train / validation / test);
+MovieLens also keeps ``rating`` (an attribute of each past event, never of the target).
 
 For RecBole the same sequences are written as the atomic file ``<name>.inter`` with
 ``timestamp:float`` = ``unique_time``; RecBole's ``LS: valid_and_test`` with ``order: TO`` then
@@ -58,6 +62,8 @@ def leave_one_out(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     out = kept.select(
         "user_id", "item_id", "timestamp", "order", *(["rating"] if "rating" in kept.columns else []),
         (pl.col("timestamp") * 1000 + pl.col("_tie")).alias("unique_time"),
+        # t_i = i + max_{j<=i}(timestamp_j - j): the least strictly increasing sequence >= timestamp
+        ((pl.col("timestamp") - pl.col("order")).cum_max().over("user_id") + pl.col("order")).alias("event_time"),
         split.alias("split"),
     )  # fmt: skip
     stats = {
@@ -76,7 +82,7 @@ def prepare_next_item(dataset: str, out_dir: Path) -> tuple[pl.DataFrame, dict]:
     raw, catalogue = read_interactions(dataset)
     sequences, stats = leave_one_out(raw)
     stats["catalogue"] = catalogue
-    if not path.exists():
+    if not path.exists() or "event_time" not in pl.read_parquet_schema(path):  # files from before event_time: rewritten
         sequences.write_parquet(path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
         recbole_dir = out_dir / "recbole" / dataset

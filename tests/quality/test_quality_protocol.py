@@ -66,6 +66,10 @@ def test_leave_one_out_holds_out_the_last_two_in_time_with_file_row_ties():
     assert stats["dropped_users_under_3"] == 1 and 3 not in by_user
     for _, g in by_user.items():
         assert g["unique_time"].is_unique().all() and g["unique_time"].diff().drop_nulls().min() > 0
+        # whole seconds, strictly increasing, never before the real time: "strictly before" = "earlier in the sequence"
+        assert g["event_time"].diff().drop_nulls().min() >= 1 and (g["event_time"] >= g["timestamp"]).all()
+    assert by_user[1]["event_time"].to_list() == [3, 5, 6, 9]  # the tie at 5: one second apart
+    assert by_user[2]["event_time"].to_list() == [1, 2, 3]
 
 
 def test_recency_rule_only_reads_events_strictly_before_the_clickout():
@@ -87,3 +91,49 @@ def test_gain_rule_and_sections(tmp_path):
     write_section("a", "replaced", path)
     text = path.read_text()
     assert "replaced" in text and "first" not in text and text.index("replaced") < text.index("second")
+
+
+def test_exact_item_ids_give_every_item_its_own_embedding_row():
+    from bench.quality.next_item import with_exact_item_ids
+    from eventrec.schema import load_schema
+    from eventrec.vocab import build_vocabulary
+
+    schema = load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml")
+    exact = with_exact_item_ids(schema)
+    for attributes in ([a for s in exact.streams for a in s.attributes], exact.impressions.item_attributes):
+        kinds = {a.name: a.kind for a in attributes}
+        assert kinds == {"item_id": "categorical", "category": "categorical"}
+        assert {a.vocabulary_name for a in attributes} == {"item_id", "category"}  # still one shared item table
+    items = pl.Series(np.arange(5_000, dtype=np.int64) * 7919)
+    codes = build_vocabulary("item_id", items).encode(items).to_numpy()
+    assert len(np.unique(codes)) == 5_000  # distinct ids, distinct rows (hashing shares some)
+
+
+def test_each_target_sees_every_earlier_item_of_its_sequence_even_within_a_tie(tmp_path):
+    """The eventrec store's history of every request is exactly the earlier part of the user's
+    sequence (ties included), as SASRec's is: same-day Amazon baskets, same-second MovieLens ratings."""
+    from bench.quality.next_item import leave_one_out_store, with_exact_item_ids, write_logs
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+
+    day = 86_400
+    frame = pl.DataFrame({  # user 1: a basket of 3 on day 2 then one more on the same day; user 2: all tied
+        "user_id": [1, 1, 1, 1, 1, 2, 2, 2, 2],
+        "item_id": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        "timestamp": [day, 2 * day, 2 * day, 2 * day, 2 * day, 3 * day, 3 * day, 3 * day, 3 * day],
+    }).with_row_index("_row")  # fmt: skip
+    sequences, _ = leave_one_out(frame)
+    items = pl.DataFrame({"item_id": list(range(1, 12)), "category": ["a", "b"] * 5 + ["a"]})
+    write_logs("amazon_grocery", sequences, items, tmp_path / "logs", negatives=2, seed=0)
+    schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
+    build_store(schema, tmp_path / "logs", tmp_path / "store")
+    store = EventStore.open(tmp_path / "store")
+    leave_one_out_store(store)
+    impressions = pl.read_parquet(tmp_path / "logs" / "impressions.parquet")
+    order = dict(zip(sequences["event_time"].to_list(), sequences["order"].to_list()))
+    rows = np.arange(store.num_examples)
+    starts, ends = store.history_bounds("purchase", rows)
+    requests = dict(zip(impressions["request_id"].to_list(), impressions["timestamp"].to_list()))
+    for row, length in zip(rows, ends - starts):
+        assert length == order[requests[int(store.request_ids[row])]]  # all earlier items, none later
