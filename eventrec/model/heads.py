@@ -130,17 +130,22 @@ def in_batch_softmax_loss(users: torch.Tensor, items: torch.Tensor, labels: torc
     positive row p of history g: ``-(s_gp - logsumexp_r s_gr)`` with ``s_gr = <users[g, t], items[r]>``
     over all B rows r, leaving out the other rows that show p's item (they are not negatives). The
     per-task loss is the mean over positives. Returns (sum over tasks, per-task ``[T]``)."""
-    per_task = []
-    for t in range(labels.shape[1]):
-        positive = (~torch.isnan(labels[:, t])) & (labels[:, t] > 0.5)
-        rows = positive.nonzero().squeeze(1)  # [P]
-        if rows.numel() == 0:
-            per_task.append(items.sum() * 0.0)
-            continue
+    def loss(t: int, rows: torch.Tensor) -> torch.Tensor:
         scores = users[history_index[rows], t] @ items.T  # [P, B]
         same_item = (item_keys[rows].unsqueeze(1) == item_keys.unsqueeze(0)) & (rows.unsqueeze(1) != torch.arange(len(items), device=items.device))
         scores = scores.masked_fill(same_item, -torch.inf)
-        per_task.append((torch.logsumexp(scores, dim=1) - scores[torch.arange(len(rows)), rows]).mean())
+        return (torch.logsumexp(scores, dim=1) - scores[torch.arange(len(rows)), rows]).mean()
+
+    return _mean_over_positives(labels, loss, items)
+
+
+def _mean_over_positives(labels: torch.Tensor, loss, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per task t, ``loss(t, rows)`` over the rows ``[P]`` with a positive label (0, still attached to
+    ``source``'s graph, when there is none). Returns (sum over tasks, per-task ``[T]``)."""
+    per_task = []
+    for t in range(labels.shape[1]):
+        rows = ((~torch.isnan(labels[:, t])) & (labels[:, t] > 0.5)).nonzero().squeeze(1)
+        per_task.append(loss(t, rows) if rows.numel() else source.sum() * 0.0)
     stacked = torch.stack(per_task)
     return stacked.sum(), stacked.detach()
 
@@ -155,17 +160,10 @@ def catalogue_softmax_loss(users: torch.Tensor, catalogue: torch.Tensor, labels:
     ``-(s_g,c(p) - logsumexp_c s_gc)`` with ``s_gc = <users[g, t], catalogue[c]>`` over all C items
     (SASRec's training loss: every other item is a negative, no sampling). The per-task loss is the
     mean over positives. Returns (sum over tasks, per-task ``[T]``)."""
-    per_task = []
-    for t in range(labels.shape[1]):
-        positive = (~torch.isnan(labels[:, t])) & (labels[:, t] > 0.5)
-        rows = positive.nonzero().squeeze(1)  # [P]
-        if rows.numel() == 0:
-            per_task.append(catalogue.sum() * 0.0)
-            continue
-        scores = users[history_index[rows], t] @ catalogue.T  # [P, C]
-        per_task.append(F.cross_entropy(scores, positive_item[rows]))
-    stacked = torch.stack(per_task)
-    return stacked.sum(), stacked.detach()
+    def loss(t: int, rows: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(users[history_index[rows], t] @ catalogue.T, positive_item[rows])  # scores [P, C]
+
+    return _mean_over_positives(labels, loss, catalogue)
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
