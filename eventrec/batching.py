@@ -63,10 +63,14 @@ def _group_tensors(columns: dict, looked_up: dict, index: np.ndarray) -> dict:
 def catalogue_items(store: EventStore, example_indices: np.ndarray) -> tuple[np.ndarray, dict]:
     """Every distinct item shown in the given examples: their ids ``[C]`` (sorted, the store's raw
     item ids) and their item attribute tensors ``[C]``, each from the item's first example."""
-    ids = store.item_ids[np.asarray(example_indices, dtype=np.int64)]
-    distinct, first = np.unique(ids, return_index=True)
-    item_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.item}
-    return distinct, _group_tensors(store.item, item_lookups, np.asarray(example_indices, dtype=np.int64)[first])
+    index = np.asarray(example_indices, dtype=np.int64)
+    distinct, first = np.unique(store.item_ids[index], return_index=True)
+    return distinct, _group_tensors(store.item, _lookups_of(store, store.item), index[first])
+
+
+def _lookups_of(store: EventStore, group: dict) -> dict:
+    """The store's looked-up attributes (side tables) whose key is a column of ``group`` (item or context)."""
+    return {k: v for k, v in store.item_looked_up.items() if v[0] in group}
 
 
 def catalogue_positions(catalogue_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
@@ -100,8 +104,6 @@ def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
     for name, data in store.streams.items():
         starts, ends = store.history_bounds(name, representatives)
         streams[name] = gather_stream(data, starts, ends)
-    item_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.item}
-    context_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.context}
     return EventBatch(
         example_indices=torch.from_numpy(index),
         user_rows=torch.from_numpy(store.user_rows[index]),
@@ -109,8 +111,8 @@ def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
         history_index=torch.from_numpy(history_index),
         history_timestamps=torch.from_numpy(store.timestamps[representatives]),
         streams=streams,
-        item=_group_tensors(store.item, item_lookups, index),
-        context=_group_tensors(store.context, context_lookups, index),
+        item=_group_tensors(store.item, _lookups_of(store, store.item), index),
+        context=_group_tensors(store.context, _lookups_of(store, store.context), index),
         labels=torch.from_numpy(store.labels[index]),
         label_names=list(store.label_names),
         request_ids=None if store.request_ids is None or store.request_ids.dtype.kind not in "iu" else torch.from_numpy(store.request_ids[index].astype(np.int64)),
