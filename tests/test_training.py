@@ -305,6 +305,11 @@ def test_dot_term_trains_with_the_catalogue_softmax(tiny_world, tiny_store, tmp_
     assert len(logged) == len(bce_seen) == len(seen)
     for total, plain, (_, part) in zip(logged, bce_seen, seen):  # the bce loss plus the catalogue term
         assert part > 0 and total == pytest.approx(plain + part, rel=1e-5)
+    monkeypatch.setattr(store, "item_ids", store.item_ids.astype(str).astype(object))  # string ids, as Parquet gives them
+    train(store, model_config, config, tmp_path / "strings", show_progress=False)
+    monkeypatch.setattr(store, "item_ids", np.full(len(store.item_ids), None, dtype=object))
+    with pytest.raises(ValueError, match="catalogue_weight: the impressions need an item column"):
+        train(store, model_config, config, tmp_path / "null_ids", show_progress=False)
 
 
 def test_logq_column_corrects_the_request_softmax_only(tiny_store, tmp_path, monkeypatch):

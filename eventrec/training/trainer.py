@@ -208,7 +208,8 @@ def train(
         if store.schema.impressions.context_attributes:
             raise ValueError("catalogue_weight: the candidates have context attributes, so an item's dot vector depends on its request")
         train_rows = store.split_indices("train")
-        if store.item_ids.dtype.kind not in "iuU":
+        ids = store.item_ids[train_rows]  # ints, or strings (numpy object arrays); null ids cannot be told apart
+        if ids.dtype.kind not in "iuUO" or (ids.dtype.kind == "O" and any(v is None for v in ids)):
             raise ValueError("catalogue_weight: the impressions need an item column with an id on every row (impressions.item_column)")
         catalogue_ids, catalogue_item = catalogue_items(store, train_rows)
         catalogue = (catalogue_ids, {k: v.to(next(model.parameters()).device) for k, v in catalogue_item.items()})
