@@ -19,6 +19,8 @@ CONFIGS = {
     "bidirectional": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, causal=False, time_bias=False, mlp_dims=[8]),
     "mean_pool": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling="mean", mlp_dims=[8]),
     "identity_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], identity_match=True),
+    "transition_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], identity_match=True,
+                                            transition_match=True),
 }
 
 

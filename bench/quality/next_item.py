@@ -256,6 +256,9 @@ def main() -> None:
                              "(about 9%% of Amazon's items then share a bucket; the runs before 2026-11-29's fifth session)")
     parser.add_argument("--attribute-dim", type=int, default=None,
                         help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
+    parser.add_argument("--transition-match", action="store_true",
+                        help="SequenceModelConfig.transition_match: a directed item-to-item channel in the target attention ('from' "
+                             "embeddings of the events against 'to' embeddings of the candidate)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="SequenceModelConfig.dropout: on the event embeddings and each encoder sublayer's output (default: the config's, 0)")
     parser.add_argument("--batch-size", type=int, default=1024, help="impressions per training batch (requests are kept whole)")
@@ -296,6 +299,8 @@ def main() -> None:
         impressions = schema.impressions.model_copy(update={"extra_columns": [*schema.impressions.extra_columns, "log_q"]})
         schema = schema.model_copy(update={"impressions": impressions})
     overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout)) if v is not None}
+    if args.transition_match:
+        overrides["transition_match"] = True
     try:
         config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight), **overrides)
     except ValueError as error:
@@ -303,6 +308,7 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
+        + ("-trans" if args.transition_match else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
         + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
@@ -387,6 +393,7 @@ def main() -> None:
              + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
+             + (" --transition-match" if args.transition_match else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
              + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")

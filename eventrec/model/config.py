@@ -36,6 +36,11 @@ class SequenceModelConfig(_Config):
         False, description="with match_attention: beside each match vocabulary's learned embedding, a fixed pseudo-random "
         "code of the id (attribute_dim entries of ±1/√attribute_dim; eventrec.model.identity_codes), whose cosine is 1 only for "
         "the same id: an exact-identity channel of the target attention, with its own learned weight per head")
+    transition_match: bool = Field(
+        False, description="with match_attention: a directed item-to-item channel in the target attention. Each match "
+        "vocabulary gets two more learned tables: a 'from' embedding on the event side and a 'to' embedding on the candidate "
+        "side, whose cosine (learned weight per head) says how likely the candidate follows the event, which a symmetric "
+        "similarity cannot say (the items of one basket, what comes after what)")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     cross_layers: int = Field(2, ge=0)
     mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])
@@ -48,6 +53,8 @@ class SequenceModelConfig(_Config):
     def _heads_divide(self) -> "SequenceModelConfig":
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.transition_match and not (self.match_attention and self.pooling == "keyed_attention"):
+            raise ValueError("transition_match: a channel of the match attention; it needs match_attention: true and pooling: keyed_attention")
         return self
 
 

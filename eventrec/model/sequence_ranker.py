@@ -55,7 +55,12 @@ class SequenceRanker(nn.Module):
         use_match = config.match_attention and config.pooling == "keyed_attention"
         self.match_vocabularies = sorted(v for v in item_ids if v in stream_vocabularies) if use_match else []
         self.match_item_attributes = [item_ids[v] for v in self.match_vocabularies]
-        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies)
+        # the transition channel: a "from" table read by the events, a "to" table read by the candidates
+        self.transition_from = self.transition_to = None
+        if config.transition_match and self.match_vocabularies:
+            self.transition_from = EmbeddingTables(spec, config.attribute_dim, set(self.match_vocabularies))
+            self.transition_to = EmbeddingTables(spec, config.attribute_dim, set(self.match_vocabularies))
+        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies, self.transition_from)
         self.encoder = JaggedTransformerEncoder(config)
         self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
         self.context_embedder = AttributeEmbedder(imp.context_attributes, self.tables) if imp.context_attributes else None
@@ -101,13 +106,16 @@ class SequenceRanker(nn.Module):
     def match_queries(self, item: dict) -> torch.Tensor | None:
         """``[B, V·E]``: the candidate's unit-normalised embeddings in the vocabularies it shares with
         the events (the target-attention queries), then with ``identity_match`` its identity codes in
-        them (``[B, 2·V·E]``); None without match attention."""
+        them, then with ``transition_match`` its unit-normalised "to" embeddings (``V·E`` more each, in
+        the order of :meth:`EventModel.match_keys`); None without match attention."""
         if not self.match_vocabularies:
             return None
         pairs = list(zip(self.match_vocabularies, self.match_item_attributes))
         parts = [torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1) for v, a in pairs]
         if self.config.identity_match:  # in the order of EventModel.match_keys: embeddings, then codes
             parts += [identity_codes(item[a], self.config.attribute_dim) for _, a in pairs]
+        if self.transition_to is not None:
+            parts += [torch.nn.functional.normalize(self.transition_to[v](item[a]), dim=-1) for v, a in pairs]
         return torch.cat(parts, dim=-1)
 
     def dot_user_vectors(self, user: UserSide) -> torch.Tensor:

@@ -54,6 +54,12 @@ def served_identity(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_transition(tmp_path_factory):
+    """Identity codes and the directed transition channel in the match attention (``transition_match``)."""
+    return _train(tmp_path_factory.mktemp("serving_transition"), identity_match=True, transition_match=True)
+
+
+@pytest.fixture(scope="session")
 def served_invariant_token(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("serving_inv_tok"), timestamp_encoding=False, time_bias=False, summary_token=True)
 

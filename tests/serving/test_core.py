@@ -51,7 +51,7 @@ def view(t: int, category: str = "shoes") -> dict:
     return {"event_type": "view", "timestamp": t, "category": category, "topics": ["a"]}
 
 
-@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity"])
+@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_transition"])
 def test_parity_with_predict(fixture, request):
     store, checkpoint, data = request.getfixturevalue(fixture)
     service = RankingService.load(checkpoint, store)
@@ -249,7 +249,7 @@ def test_scoring_device_is_checked_at_load(served):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/device/serving_gpu.sh runs it on the GPU machine)")
-@pytest.mark.parametrize("fixture", ["served", "served_dot", "served_identity"])
+@pytest.mark.parametrize("fixture", ["served", "served_dot", "served_identity", "served_transition"])
 def test_cuda_scoring_equals_cpu(fixture, request):
     """Candidates scored on the GPU (user side on the CPU) equal the CPU service's scores: fp32 within
     1e-5 (TF32 off), bf16 within bf16's own tolerance; the cache and model stay on the CPU."""
