@@ -230,6 +230,9 @@ def run_seed_processes(dataset: str, seeds: list[int], jobs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
+    parser.add_argument("--ties", choices=["row", "shuffled"], default="row",
+                        help="order of same-time interactions: file row, or one seeded shuffle shared by every model "
+                             "(bench/quality/next_item_data.leave_one_out; its own output folder, <dataset>-ties-shuffled)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train-seeds", type=int, nargs="*", default=None,
                         help="train only these of the seeds in this process (others may run in parallel); the table reports every finished seed")
@@ -285,8 +288,8 @@ def main() -> None:
     from eventrec.store_builder import build_store
     from eventrec.training.trainer import TrainConfig, train
 
-    work = ROOT / "bench" / "out" / "quality" / args.dataset
-    sequences, stats = prepare_next_item(args.dataset, work)
+    work = ROOT / "bench" / "out" / "quality" / (args.dataset + ("" if args.ties == "row" else f"-ties-{args.ties}"))
+    sequences, stats = prepare_next_item(args.dataset, work, args.ties)
     items = item_table(args.dataset, work)
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
@@ -383,8 +386,9 @@ def main() -> None:
             name = f"RecBole SASRec ({how})"
             rows[name] = peer
             peers.append(name)
-    lines = [f"## {args.dataset}: next item, full-catalogue ranking" + (f" ({len(users):,} sampled test users)" if args.test_users else ""), "",
-             f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset} --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
+    lines = [f"## {args.dataset}: next item, full-catalogue ranking" + (f" ({len(users):,} sampled test users)" if args.test_users else "")
+             + ("" if args.ties == "row" else f", ties {args.ties}"), "",
+             f"Command (row \"{this}\"): `.venv/bin/python bench/quality/next_item.py --dataset {args.dataset}" + ("" if args.ties == "row" else f" --ties {args.ties}") + f" --seeds {args.seeds} --negatives {args.negatives} --epochs {args.epochs} --loss {args.loss} --sampling {args.sampling}"
              + (f" --test-users {args.test_users}" if args.test_users else "")
              + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
@@ -410,7 +414,8 @@ def main() -> None:
                 hr = mean_std(values["hr@10"])[0] / mean_std(rows[strongest]["hr@10"])[0]
                 ndcg = mean_std(values["ndcg@10"])[0] / mean_std(rows[strongest]["ndcg@10"])[0]
                 lines.append(f"- {name} / SASRec: HR@10 {hr:.2f}×, NDCG@10 {ndcg:.2f}× (goal ≥ 1.15×)")
-    write_section(f"{args.dataset}-next-item" + (f"-{len(users)}-users" if args.test_users else ""), "\n".join(lines))
+    write_section(f"{args.dataset}-next-item" + (f"-{len(users)}-users" if args.test_users else "") + ("" if args.ties == "row" else f"-ties-{args.ties}"),
+                  "\n".join(lines))
     print("\n".join(lines))
     print(f"{time.perf_counter() - started:.0f} s")
 

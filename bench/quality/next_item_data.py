@@ -1,7 +1,11 @@
 """Next-item benchmark data (MovieLens-100K, Amazon grocery): one leave-one-out split for every model.
 
 Each user's interactions are put in time order, ties (same second in MovieLens, same day in Amazon)
-broken by file row. The last interaction is the test target, the second-to-last the validation
+broken by file row (``ties="row"``) or by a seeded random order (``ties="shuffled"``). File row is
+not neutral in Amazon grocery: its file lists each day's items in increasing item id (every one of
+the 31,116 tied pairs), so with row ties the later item of a same-day basket always has the larger
+id, and a model that learns the ids' order is told something about a same-day target; in MovieLens
+the later id is the larger in 50.2% of tied pairs. The last interaction is the test target, the second-to-last the validation
 target, the rest is training; users with fewer than 3 interactions are dropped (counted).
 
 ``sequences.parquet`` columns: ``user_id, item_id, timestamp`` (original unit), ``order`` (0-based
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from eventrec.adapters import default_data_dir
@@ -43,9 +48,19 @@ def read_interactions(dataset: str) -> tuple[pl.DataFrame, int]:
     return frame.with_row_index("_row"), frame["item_id"].n_unique()
 
 
-def leave_one_out(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Time order per user (ties by file row), last = test, second-to-last = validation."""
-    frame = frame.sort(["user_id", "timestamp", "_row"])
+TIES = ("row", "shuffled")
+TIE_SEED = 20261129  # the one shuffle every model of a "shuffled" benchmark shares
+
+
+def leave_one_out(frame: pl.DataFrame, ties: str = "row") -> tuple[pl.DataFrame, dict]:
+    """Time order per user (ties by file row, or with ``ties="shuffled"`` in a random order drawn
+    once with :data:`TIE_SEED`), last = test, second-to-last = validation."""
+    if ties not in TIES:
+        raise ValueError(f"ties: one of {TIES}, got {ties!r}")
+    if ties == "shuffled":
+        rng = np.random.default_rng(TIE_SEED)
+        frame = frame.with_columns(pl.Series("_tie_key", rng.permutation(frame.height)))
+    frame = frame.sort(["user_id", "timestamp", "_tie_key" if ties == "shuffled" else "_row"])
     frame = frame.with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).over("user_id").alias("order"),
         pl.len().over("user_id").alias("_n"),
@@ -75,12 +90,13 @@ def leave_one_out(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     return out, stats
 
 
-def prepare_next_item(dataset: str, out_dir: Path) -> tuple[pl.DataFrame, dict]:
-    """Write ``sequences.parquet``, ``recbole/<dataset>/<dataset>.inter`` and ``split.json``."""
+def prepare_next_item(dataset: str, out_dir: Path, ties: str = "row") -> tuple[pl.DataFrame, dict]:
+    """Write ``sequences.parquet``, ``recbole/<dataset>/<dataset>.inter`` and ``split.json`` (``ties``:
+    see :func:`leave_one_out`; one ``out_dir`` per tie rule)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "sequences.parquet"
     raw, catalogue = read_interactions(dataset)
-    sequences, stats = leave_one_out(raw)
+    sequences, stats = leave_one_out(raw, ties)
     stats["catalogue"] = catalogue
     if not path.exists() or "event_time" not in pl.read_parquet_schema(path):  # files from before event_time: rewritten
         sequences.write_parquet(path.with_suffix(".tmp"))

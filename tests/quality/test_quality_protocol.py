@@ -72,6 +72,35 @@ def test_leave_one_out_holds_out_the_last_two_in_time_with_file_row_ties():
     assert by_user[2]["event_time"].to_list() == [1, 2, 3]
 
 
+def test_shuffled_ties_reorder_only_within_a_tie_and_are_drawn_once():
+    """Ties in increasing item id, as in Amazon's file: the shuffle takes that order away, keeps time
+    order between different times, and is the same on every call (every model gets one split)."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(40), 6)
+    frame = pl.DataFrame({
+        "user_id": users, "item_id": np.tile(np.arange(6), 40) + 100 * users,
+        "timestamp": np.tile([1, 2, 2, 2, 2, 3], 40) * 86_400 + rng.integers(0, 2, len(users)) * 10 * 86_400,
+    }).sort(["user_id", "timestamp", "item_id"]).with_row_index("_row")  # fmt: skip
+    row, _ = leave_one_out(frame)
+    shuffled, _ = leave_one_out(frame, ties="shuffled")
+    assert shuffled.equals(leave_one_out(frame, ties="shuffled")[0])
+    key = ["user_id", "order"]
+    row, shuffled = row.sort(key), shuffled.sort(key)
+    assert shuffled["timestamp"].to_list() == row["timestamp"].to_list()  # same times at the same positions
+    assert shuffled.group_by("user_id", "timestamp").agg(pl.col("item_id").sort()).sort("user_id", "timestamp").equals(
+        row.group_by("user_id", "timestamp").agg(pl.col("item_id").sort()).sort("user_id", "timestamp"))  # same items per tie
+
+    def tied_pairs(out: pl.DataFrame) -> pl.DataFrame:  # (item, the item before it) where both share a time
+        previous = [pl.col(c).shift(1).over("user_id").alias(f"previous_{c}") for c in ("item_id", "timestamp")]
+        return out.with_columns(previous).filter(pl.col("timestamp") == pl.col("previous_timestamp"))
+
+    assert (tied_pairs(row)["item_id"] > tied_pairs(row)["previous_item_id"]).all()  # file row: increasing ids
+    assert 0.3 < (tied_pairs(shuffled)["item_id"] > tied_pairs(shuffled)["previous_item_id"]).mean() < 0.7  # the id order is gone
+    assert shuffled.filter(pl.col("split") == "test")["item_id"].to_list() != row.filter(pl.col("split") == "test")["item_id"].to_list()
+    with pytest.raises(ValueError, match="ties"):
+        leave_one_out(frame, ties="random")
+
+
 def test_recency_rule_only_reads_events_strictly_before_the_clickout():
     examples = pl.DataFrame({"example": [0, 1, 2], "user_id": ["a", "a", "b"], "item_id": [7, 8, 7], "timestamp": [100, 100, 100]})
     events = pl.DataFrame({"user_id": ["a", "a", "a", "b"], "item_id": [7, 7, 8, 7], "timestamp": [40, 90, 100, 150]})
