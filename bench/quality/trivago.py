@@ -170,6 +170,12 @@ def main() -> None:
     parser.add_argument("--identity-listwise-weight", type=float, nargs="*", default=[],
                         help="also train the sequence model with identity_match and bce + each weight times a softmax over "
                         "each clickout (a row each)")
+    parser.add_argument("--transition-match", action="store_true",
+                        help="also train the sequence model with identity codes and the directed transition channel in the match "
+                        "attention (SequenceModelConfig.transition_match): a row")
+    parser.add_argument("--transition-listwise-weight", type=float, nargs="*", default=[],
+                        help="also train the sequence model with identity_match, transition_match and bce + each weight times a "
+                        "softmax over each clickout (a row each)")
     args = parser.parse_args()
     if any(not 0 <= d < 1 for d in args.dropout):
         parser.error(f"--dropout: rates must be in [0, 1), got {args.dropout}")
@@ -196,7 +202,9 @@ def main() -> None:
                                seeds, runs_dir, args.epochs)
     listwise_rows = [(f"eventrec sequence model, bce + {w:g} × clickout softmax, stop on AUC", SequenceModelConfig(), w) for w in args.listwise_weight] \
         + [(f"eventrec sequence model, identity match, bce + {w:g} × clickout softmax, stop on AUC", SequenceModelConfig(identity_match=True), w)
-           for w in args.identity_listwise_weight]
+           for w in args.identity_listwise_weight] \
+        + [(f"eventrec sequence model, id+transition match, bce + {w:g} × clickout softmax, stop on AUC",
+            SequenceModelConfig(identity_match=True, transition_match=True), w) for w in args.transition_listwise_weight]
     variant_rows = [name for name, _, _ in listwise_rows]
     for name, config, weight in listwise_rows:
         predictions.update(run_eventrec(store, {name: config}, seeds, runs_dir, args.epochs, weight))
@@ -206,7 +214,8 @@ def main() -> None:
                                         select_mrr=validation_mrr(store, examples["request_id"].to_numpy())))
     config_variants = [(f"attribute dim {dim}", {"attribute_dim": dim}) for dim in args.attribute_dim] \
         + [(f"dropout {rate:g}", {"dropout": rate}) for rate in args.dropout] \
-        + ([("identity match", {"identity_match": True})] if args.identity_match else [])
+        + ([("identity match", {"identity_match": True})] if args.identity_match else []) \
+        + ([("id+transition match", {"identity_match": True, "transition_match": True})] if args.transition_match else [])
     for label, override in config_variants:  # one row per model-config change, trained like the main row
         variant_rows.append(f"eventrec sequence model, {label}")
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig(**override)}, seeds, runs_dir, args.epochs))
@@ -241,6 +250,8 @@ def main() -> None:
         + (" --dropout " + " ".join(f"{d:g}" for d in args.dropout) if args.dropout else "")
         + (" --identity-match" if args.identity_match else "")
         + (" --identity-listwise-weight " + " ".join(f"{w:g}" for w in args.identity_listwise_weight) if args.identity_listwise_weight else "")
+        + (" --transition-match" if args.transition_match else "")
+        + (" --transition-listwise-weight " + " ".join(f"{w:g}" for w in args.transition_listwise_weight) if args.transition_listwise_weight else "")
         + "` (peers: `bash bench/quality/setup_peers.sh` first). "
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
