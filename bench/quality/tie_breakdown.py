@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--test-users", type=int, default=0, help="the sample of bench/quality/next_item.py --test-users (0 = all)")
     args = parser.parse_args()
     work = ROOT / "bench" / "out" / "quality" / (args.dataset + ("" if args.ties == "row" else f"-ties-{args.ties}"))
+    if not (work / "sequences.parquet").exists():
+        parser.error(f"{work / 'sequences.parquet'} is missing: run bench/quality/next_item.py --dataset {args.dataset} --ties {args.ties} first")
     sequences = pl.read_parquet(work / "sequences.parquet")
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
     users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
@@ -98,6 +100,9 @@ def main() -> None:
         for seed_dir in sorted(run.glob("seed*")):
             if (seed_dir / "test_ranks.npy").exists():
                 rank_of = dict(zip(np.load(seed_dir / "test_users.npy").astype(str).tolist(), np.load(seed_dir / "test_ranks.npy").tolist()))
+                missing = [u for u in wanted.tolist() if str(u) not in rank_of]
+                if missing:
+                    raise RuntimeError(f"{seed_dir}: no test rank for {len(missing)} of the {len(wanted)} users (first: {missing[0]})")
                 found.append(np.array([rank_of[str(u)] for u in wanted.tolist()]))
         if found:
             rows[f"RecBole SASRec ({run.name})"] = split_metrics(found, tied)
