@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from bench.quality.next_item_data import prepare_next_item  # noqa: E402
+from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 from bench.quality.report import markdown_table, mean_std, write_section  # noqa: E402
 
@@ -182,18 +182,23 @@ def popularity_rule(sequences: pl.DataFrame, items: pl.DataFrame, users: np.ndar
     return hit_rate_and_ndcg(ranks, 10)
 
 
+def sasrec_ranks(seed_dir: Path, users: np.ndarray) -> np.ndarray:
+    """SASRec's saved test rank of each of ``users``, in their order ``[U]``; raises if any is missing."""
+    rank_of = dict(zip(np.load(seed_dir / "test_users.npy").astype(str).tolist(), np.load(seed_dir / "test_ranks.npy").tolist()))
+    found = [rank_of.get(str(u)) for u in users.tolist()]
+    missing = sum(r is None for r in found)
+    if missing:
+        raise RuntimeError(f"{seed_dir}: SASRec ranked {len(users) - missing} of the {len(users)} test users")
+    return np.array(found, dtype=np.int64)
+
+
 def sasrec_on_users(sasrec_dir: Path, users: np.ndarray) -> dict[str, list[float]]:
     """SASRec's HR@10 / NDCG@10 per seed over ``users``, from its saved per-user test ranks."""
     out: dict[str, list[float]] = {}
-    wanted = {str(u) for u in users.tolist()}
     for seed_dir in sorted(sasrec_dir.glob("seed*")):
         if not (seed_dir / "test_ranks.npy").exists():
             continue
-        ranks = np.load(seed_dir / "test_ranks.npy")
-        keep = np.array([u in wanted for u in np.load(seed_dir / "test_users.npy").tolist()])
-        if keep.sum() != len(users):
-            raise RuntimeError(f"{seed_dir}: SASRec ranked {keep.sum()} of the {len(users)} test users")
-        hr, ndcg = hit_rate_and_ndcg(ranks[keep], 10)
+        hr, ndcg = hit_rate_and_ndcg(sasrec_ranks(seed_dir, users), 10)
         out.setdefault("hr@10", []).append(hr)
         out.setdefault("ndcg@10", []).append(ndcg)
     return out
@@ -288,7 +293,7 @@ def main() -> None:
     from eventrec.store_builder import build_store
     from eventrec.training.trainer import TrainConfig, train
 
-    work = ROOT / "bench" / "out" / "quality" / (args.dataset + ("" if args.ties == "row" else f"-ties-{args.ties}"))
+    work = work_dir(ROOT / "bench" / "out" / "quality", args.dataset, args.ties)
     sequences, stats = prepare_next_item(args.dataset, work, args.ties)
     items = item_table(args.dataset, work)
     all_users = np.sort(sequences["user_id"].unique().to_numpy())

@@ -90,6 +90,11 @@ def leave_one_out(frame: pl.DataFrame, ties: str = "row") -> tuple[pl.DataFrame,
     return out, stats
 
 
+def work_dir(root: Path, dataset: str, ties: str = "row") -> Path:
+    """The benchmark's folder under ``root`` (``bench/out/quality``): one per dataset and tie rule."""
+    return root / (dataset + ("" if ties == "row" else f"-ties-{ties}"))
+
+
 def prepare_next_item(dataset: str, out_dir: Path, ties: str = "row") -> tuple[pl.DataFrame, dict]:
     """Write ``sequences.parquet``, ``recbole/<dataset>/<dataset>.inter`` and ``split.json`` (``ties``:
     see :func:`leave_one_out`; one ``out_dir`` per tie rule)."""

@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from bench.quality.next_item import sasrec_ranks  # noqa: E402
+from bench.quality.next_item_data import work_dir  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 from bench.quality.report import markdown_table, write_section  # noqa: E402
 
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("--ties", choices=["row", "shuffled"], default="row")
     parser.add_argument("--test-users", type=int, default=0, help="the sample of bench/quality/next_item.py --test-users (0 = all)")
     args = parser.parse_args()
-    work = ROOT / "bench" / "out" / "quality" / (args.dataset + ("" if args.ties == "row" else f"-ties-{args.ties}"))
+    work = work_dir(ROOT / "bench" / "out" / "quality", args.dataset, args.ties)
     if not (work / "sequences.parquet").exists():
         parser.error(f"{work / 'sequences.parquet'} is missing: run bench/quality/next_item.py --dataset {args.dataset} --ties {args.ties} first")
     sequences = pl.read_parquet(work / "sequences.parquet")
@@ -96,14 +98,7 @@ def main() -> None:
             rows[f"eventrec ({run.name.removeprefix('eventrec_')})"] = split_metrics(found, tied)
     wanted = targets["user_id"].to_numpy()
     for run in sorted(work.glob("sasrec*")):
-        found = []
-        for seed_dir in sorted(run.glob("seed*")):
-            if (seed_dir / "test_ranks.npy").exists():
-                rank_of = dict(zip(np.load(seed_dir / "test_users.npy").astype(str).tolist(), np.load(seed_dir / "test_ranks.npy").tolist()))
-                missing = [u for u in wanted.tolist() if str(u) not in rank_of]
-                if missing:
-                    raise RuntimeError(f"{seed_dir}: no test rank for {len(missing)} of the {len(wanted)} users (first: {missing[0]})")
-                found.append(np.array([rank_of[str(u)] for u in wanted.tolist()]))
+        found = [sasrec_ranks(seed_dir, wanted) for seed_dir in sorted(run.glob("seed*")) if (seed_dir / "test_ranks.npy").exists()]
         if found:
             rows[f"RecBole SASRec ({run.name})"] = split_metrics(found, tied)
     rows["rule: most frequent successor of the last item"] = split_metrics([successor_ranks(sequences, targets, True)], tied)
