@@ -341,3 +341,88 @@ def test_logq_column_corrects_the_request_softmax_only(tiny_store, tmp_path, mon
     plain_model, _ = train(tiny_store, MODEL, config, tmp_path / "plain_again", show_progress=False)
     for key, value in _weights(plain_model).items():
         torch.testing.assert_close(_weights(shifted)[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_average_follows_its_formula_and_swaps_back_exactly():
+    from eventrec.training.weight_average import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+        average.update()
+    raw = [p.detach().clone() for p in model.parameters()]
+    with average.applied():
+        for p, e in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.detach(), e)
+    for p, r in zip(model.parameters(), raw):
+        assert torch.equal(p.detach(), r)
+    with pytest.raises(RuntimeError), average.applied():
+        raise RuntimeError("validation failed")
+    for p, r in zip(model.parameters(), raw):
+        assert torch.equal(p.detach(), r)  # restored on an error too
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_weight_average_is_what_validation_sees_and_what_is_kept(tiny_store, tmp_path, monkeypatch):
+    from eventrec.training.weight_average import WeightAverage
+
+    config = TRAIN.model_copy(update={"weight_average_decay": 0.5})
+    seen = []
+    original = trainer_module.predict
+
+    def spy(model, *args, **kwargs):
+        seen.append(_weights(model))
+        return original(model, *args, **kwargs)
+
+    averages = []
+    original_update = WeightAverage.update
+
+    def record(self):
+        original_update(self)
+        averages.append([a.clone() for a in self.average])
+
+    monkeypatch.setattr(trainer_module, "predict", spy)
+    monkeypatch.setattr(WeightAverage, "update", record)
+    model, result = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
+    assert len(seen) == 3 and len(averages) == 6  # one validation per epoch of two steps
+    names = [n for n, p in model.named_parameters() if p.is_floating_point()]
+    for validation, step in zip(seen, (2, 4, 6)):  # validation reads the average after that step
+        for name, avg in zip(names, averages[step - 1]):
+            torch.testing.assert_close(validation[name], avg)
+    raw, _ = train(tiny_store, MODEL, TRAIN, tmp_path / "raw", show_progress=False)  # same seed, no average
+    assert any(not torch.equal(raw.state_dict()[n], model.state_dict()[n]) for n in names)
+
+
+def test_killed_run_with_a_weight_average_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
+    config = TRAIN.model_copy(update={"weight_average_decay": 0.5})
+    reference, _ = train(tiny_store, MODEL, config, tmp_path / "straight", show_progress=False)
+    original = trainer_module.multitask_loss
+
+    def killed_at_step_four(run_dir, train_config):
+        calls = {"n": 0}
+
+        def dies_at_step_four(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt("killed")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, "multitask_loss", dies_at_step_four)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_store, MODEL, train_config, run_dir, show_progress=False)
+        monkeypatch.setattr(trainer_module, "multitask_loss", original)
+
+    killed_at_step_four(tmp_path / "killed", config)
+    resumed, _ = train(tiny_store, MODEL, config, tmp_path / "killed", show_progress=False)
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[key], value)
+    killed_at_step_four(tmp_path / "raw", TRAIN)  # a run written without an average cannot resume with one
+    with pytest.raises(ValueError, match="weight_average_decay"):
+        train(tiny_store, MODEL, config, tmp_path / "raw", show_progress=False)

@@ -94,21 +94,29 @@ def validation_mrr(store, requests: np.ndarray):
     return for_config
 
 
+RUN_NAMES: dict[str, str] = {}  # run folder slug -> the row name that owns it
+
+
 def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: int, listwise_weight: float = 0.0,
-                 select_mrr=None) -> dict[str, list[tuple[np.ndarray, float]]]:
+                 select_mrr=None, weight_average_decay: float = 0.0) -> dict[str, list[tuple[np.ndarray, float]]]:
     """Train each model per seed (resumable); ``{name: [(test probabilities [n_test], seconds)]}``.
     ``listwise_weight``: adds that weight times the softmax over each clickout's impressions to the
     bce loss (``TrainConfig.listwise_weight``), and then stops early on validation AUC (the listwise
     term moves the logits, so NE stops the run before the order has been learned). ``select_mrr``
-    (:func:`validation_mrr`): early stopping and the kept weights on validation MRR instead."""
+    (:func:`validation_mrr`): early stopping and the kept weights on validation MRR instead.
+    ``weight_average_decay``: validate and keep a moving average of the weights
+    (``TrainConfig.weight_average_decay``)."""
     from eventrec.experiment import run_comparison
     from eventrec.training.trainer import TrainConfig
 
     stop_on = "score" if select_mrr is not None else "auc" if listwise_weight else "ne"
-    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight, stop_on=stop_on)
+    train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=listwise_weight, stop_on=stop_on,
+                                weight_average_decay=weight_average_decay)
     out: dict[str, list[tuple[np.ndarray, float]]] = {}
     for name, config in models.items():
         slug = "".join(c if c.isalnum() else "_" for c in name)[:60]
+        if RUN_NAMES.setdefault(slug, name) != name:  # runs are found by slug: two rows must not share one
+            raise RuntimeError(f"rows {RUN_NAMES[slug]!r} and {name!r} would share the run folder {slug}; make their first 60 characters differ")
         runs = run_comparison(store, {slug: config}, train_config, seeds, runs_dir, show_progress=False, validation_score=select_mrr)
         out[name] = [(np.load(runs_dir / f"{slug}_seed{r.seed}" / "test_predictions.npy")[:, 0], r.seconds) for r in runs]
     return out
@@ -176,7 +184,15 @@ def main() -> None:
     parser.add_argument("--transition-listwise-weight", type=float, nargs="*", default=[],
                         help="also train the sequence model with identity_match, transition_match and bce + each weight times a "
                         "softmax over each clickout (a row each)")
+    parser.add_argument("--weight-average", type=float, nargs="*", default=[], metavar="DECAY",
+                        help="also train the sequence model with identity_match, bce + --weight-average-listwise times the "
+                        "clickout softmax, validating and keeping a moving average of the weights with each decay "
+                        "(TrainConfig.weight_average_decay): a row each")
+    parser.add_argument("--weight-average-listwise", type=float, default=0.3, metavar="W",
+                        help="the clickout softmax weight of the --weight-average rows")
     args = parser.parse_args()
+    if any(not 0 < d < 1 for d in args.weight_average):
+        parser.error(f"--weight-average: decays must be in (0, 1), got {args.weight_average}")
     if any(not 0 <= d < 1 for d in args.dropout):
         parser.error(f"--dropout: rates must be in [0, 1), got {args.dropout}")
     if args.select_mrr < 0:
@@ -208,6 +224,11 @@ def main() -> None:
     variant_rows = [name for name, _, _ in listwise_rows]
     for name, config, weight in listwise_rows:
         predictions.update(run_eventrec(store, {name: config}, seeds, runs_dir, args.epochs, weight))
+    for decay in args.weight_average:
+        name = f"eventrec sequence model, weight average {decay:g}, identity match, bce + {args.weight_average_listwise:g} × clickout softmax"
+        variant_rows.append(name)
+        predictions.update(run_eventrec(store, {name: SequenceModelConfig(identity_match=True)}, seeds, runs_dir, args.epochs,
+                                        args.weight_average_listwise, weight_average_decay=decay))
     if args.select_mrr:
         variant_rows.append(f"eventrec sequence model, up to {args.select_mrr} epochs, stop on validation MRR")
         predictions.update(run_eventrec(store, {variant_rows[-1]: SequenceModelConfig()}, seeds, runs_dir, args.select_mrr,

@@ -5,7 +5,9 @@ gradient clipping, evaluation on the *validation* split after each epoch with ea
 primary task's NE, its AUC, or a caller's validation score (the test split is never read here), deterministic seeds and data order, a tqdm
 progress bar with the running loss, CSV logs, and checkpoints (safetensors + JSON): ``last/`` every
 ``checkpoint_every`` steps and at each epoch end (a killed run resumes from it, losing only the
-steps since), ``best/`` with the best validation weights.
+steps since), ``best/`` with the best validation weights. With ``weight_average_decay`` the
+validated and kept weights are an exponential moving average of the trained ones
+(:mod:`eventrec.training.weight_average`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from eventrec.store import EventStore
 from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
 from eventrec.training.factory import ModelConfig, batch_function, build_model
+from eventrec.training.weight_average import WeightAverage
 
 
 class TrainConfig(BaseModel):
@@ -73,6 +76,9 @@ class TrainConfig(BaseModel):
         "row, log of the expected count of its item under the negative sampler (log(K·q(item)) for K negatives drawn from q); "
         "subtracted from the logits inside the softmax only (the sampled-softmax correction: with negatives drawn by "
         "popularity the loss then estimates a softmax over the whole catalogue; scores and evaluation are unchanged)")
+    weight_average_decay: float = Field(
+        0.0, ge=0, lt=1, description="0: off; else validate, early-stop and keep as 'best' an exponential moving average of "
+        "the weights with this decay per step (eventrec.training.weight_average; e.g. 0.99), while training the raw weights")
     stop_on: Literal["ne", "auc", "score"] = Field(
         "ne", description="early stopping on the first task's validation NE or AUC, or on `score`: the value returned by the "
         "`validation_score` function given to train() (higher is better, e.g. a full-catalogue hit rate)")
@@ -220,18 +226,29 @@ def train(
     info_base = {"model_config": model_config.model_dump(mode="json"), "feature_spec": spec.to_json(), "train_config": config.model_dump(mode="json")}
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ne": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "best_validation": {}}
+    average = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay else None
     last = run_dir / "last"
     if (last / "checkpoint.json").exists() or last.with_name(".last.old").exists():
         info, extra = load_checkpoint(last, model, optimizers)
         state = info["state"]
         torch.set_rng_state(extra["rng.torch"])
+        if average is not None:
+            average.load(extra)
         print(f"resumed from {last} at epoch {state['epoch']}, batch {state['batch_in_epoch']} (step {state['step']})", file=sys.stderr)
 
     def checkpoint(directory: Path, with_optimizers: bool) -> None:
-        save_checkpoint(directory, model, info_base | {"state": state}, optimizers if with_optimizers else None, {"rng.torch": torch.get_rng_state()})
+        extra = {"rng.torch": torch.get_rng_state()} | (average.tensors() if with_optimizers and average is not None else {})
+        save_checkpoint(directory, model, info_base | {"state": state}, optimizers if with_optimizers else None, extra)
 
     def validate(epoch: int) -> bool:
-        """Validation (never test); keeps the best weights; True when early stopping says stop."""
+        """Validation (never test) of the weights kept ("best"): the raw weights, or with
+        ``weight_average_decay`` their average; True when early stopping says stop."""
+        if average is None:
+            return validate_weights(epoch)
+        with average.applied():
+            return validate_weights(epoch)
+
+    def validate_weights(epoch: int) -> bool:
         probs = predict(model, store, validation, batch_fn, config.eval_batch_size)
         metrics = metrics_by_task(store, validation, probs)
         for task, m in metrics.items():
@@ -310,6 +327,8 @@ def train(
             torch.nn.utils.clip_grad_norm_(dense, config.clip_norm)
             for optimizer in optimizers.values():
                 optimizer.step()
+            if average is not None:
+                average.update()
             state["step"] += 1
             state["batch_in_epoch"] += 1
             value = loss.item()
