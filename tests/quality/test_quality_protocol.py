@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.quality.next_item_data import leave_one_out  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, mean_reciprocal_rank, target_ranks  # noqa: E402
 from bench.quality.report import gain_verdict, write_section  # noqa: E402
+from bench.quality.trivago_breakdown import GROUPS, clickout_groups, group_mrr  # noqa: E402
 from bench.quality.trivago_data import recency_scores  # noqa: E402
 
 
@@ -39,6 +40,17 @@ def test_mrr_matches_a_per_request_loop(seed):
     labels = (rng.random(n) < 0.1).astype(np.int8)
     scores = rng.integers(0, 8, n).astype(np.float64)  # many ties
     assert mean_reciprocal_rank(labels, scores, requests) == pytest.approx(brute_mrr(labels, scores, requests))
+
+
+def test_clickout_groups_follow_what_was_touched_and_split_the_mrr():
+    requests = np.array([7, 7, 7, 3, 3, 3, 5, 5])
+    labels = np.array([0, 1, 0, 1, 0, 0, 0, 1])
+    touched = np.array([1, 1, 0, 0, 1, 0, 0, 0], dtype=bool)  # 7: the clicked hotel; 3: another one; 5: none
+    groups = clickout_groups(labels, touched, requests)
+    assert groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    scores = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.1, 0.3, 0.3])  # ranks: 2, 2, 2 (pessimistic tie)
+    by_group = group_mrr(labels, scores, requests, groups)
+    assert [by_group[g] for g in GROUPS] == [0.5, 0.5, 0.5] and by_group["all"] == 0.5
 
 
 def test_ranks_are_pessimistic_and_hr_ndcg_follow():
