@@ -34,9 +34,8 @@ def test_checkpoint_is_safetensors_and_json(tiny_store, tmp_path):
     assert result.steps == 6 and len(result.history) == 3
 
 
-def test_killed_run_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
-    reference, _ = train(tiny_store, MODEL, TRAIN, tmp_path / "straight", show_progress=False)
-
+def _killed_at_step_four(store, run_dir, config, monkeypatch) -> None:
+    """Train until the loss of step 4 is computed, then die (as a killed process would)."""
     calls = {"n": 0}
     original = trainer_module.multitask_loss
 
@@ -48,8 +47,13 @@ def test_killed_run_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatc
 
     monkeypatch.setattr(trainer_module, "multitask_loss", dies_at_step_four)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_store, MODEL, TRAIN, tmp_path / "killed", show_progress=False)
+        train(store, MODEL, config, run_dir, show_progress=False)
     monkeypatch.setattr(trainer_module, "multitask_loss", original)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
+    reference, _ = train(tiny_store, MODEL, TRAIN, tmp_path / "straight", show_progress=False)
+    _killed_at_step_four(tiny_store, tmp_path / "killed", TRAIN, monkeypatch)
     info = json.loads((tmp_path / "killed" / "last" / "checkpoint.json").read_text())
     assert info["state"]["step"] == 3  # nothing lost but the step in flight
     resumed, result = train(tiny_store, MODEL, TRAIN, tmp_path / "killed", show_progress=False)
@@ -403,26 +407,10 @@ def test_weight_average_is_what_validation_sees_and_what_is_kept(tiny_store, tmp
 def test_killed_run_with_a_weight_average_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
     config = TRAIN.model_copy(update={"weight_average_decay": 0.5})
     reference, _ = train(tiny_store, MODEL, config, tmp_path / "straight", show_progress=False)
-    original = trainer_module.multitask_loss
-
-    def killed_at_step_four(run_dir, train_config):
-        calls = {"n": 0}
-
-        def dies_at_step_four(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt("killed")
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(trainer_module, "multitask_loss", dies_at_step_four)
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_store, MODEL, train_config, run_dir, show_progress=False)
-        monkeypatch.setattr(trainer_module, "multitask_loss", original)
-
-    killed_at_step_four(tmp_path / "killed", config)
+    _killed_at_step_four(tiny_store, tmp_path / "killed", config, monkeypatch)
     resumed, _ = train(tiny_store, MODEL, config, tmp_path / "killed", show_progress=False)
     for key, value in _weights(reference).items():
         torch.testing.assert_close(resumed.state_dict()[key], value)
-    killed_at_step_four(tmp_path / "raw", TRAIN)  # a run written without an average cannot resume with one
+    _killed_at_step_four(tiny_store, tmp_path / "raw", TRAIN, monkeypatch)  # a run written without an average cannot resume with one
     with pytest.raises(ValueError, match="weight_average_decay"):
         train(tiny_store, MODEL, config, tmp_path / "raw", show_progress=False)
