@@ -1,6 +1,7 @@
 """trivago: MRR of every saved run and of the rules, split by what the user touched before the clickout.
 
-    .venv/bin/python bench/quality/trivago_breakdown.py      # after bench/quality/trivago.py
+    .venv/bin/python bench/quality/trivago_breakdown.py                     # after bench/quality/trivago.py
+    .venv/bin/python bench/quality/trivago_breakdown.py --split validation  # the same on validation
 
 Three kinds of test clickout, by the user's hotel events strictly before it (the same events as the
 recency rule, ``bench/quality/trivago_data.recency_scores``):
@@ -12,11 +13,15 @@ recency rule, ``bench/quality/trivago_data.recency_scores``):
 Where the clicked hotel was touched, "the most recently touched first" is nearly always right; in
 the other two groups a model has to know better than recency and position. Reads the test
 predictions of ``bench/out/quality/trivago/runs/`` (one row per run folder, mean ± std over its
-seeds) and writes the ``trivago-breakdown`` section of ``docs/results.md``.
+seeds) and writes the ``trivago-breakdown`` section of ``docs/results.md``. With ``--split
+validation`` it predicts the validation split with each run's kept weights (``best/``) instead and
+writes ``trivago-breakdown-validation``: the split on which to choose between the rows, since every
+row of the test table has been looked at.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections import defaultdict
@@ -49,7 +54,22 @@ def group_mrr(labels: np.ndarray, scores: np.ndarray, requests: np.ndarray, grou
     return out
 
 
+def run_scores(run_dir: Path, store, split_rows: np.ndarray, split: str) -> np.ndarray:
+    """``[n]`` scores of one run on the split's rows: its saved test predictions, or, for validation,
+    those of its kept weights (``best/``; Platt scaling is monotone, so the ranks are the model's)."""
+    if split == "test":
+        return np.load(run_dir / "test_predictions.npy")[:, 0]
+    from eventrec.training.evaluation import predict
+    from eventrec.training.factory import batch_function, load_trained_model
+
+    model, config, _, _ = load_trained_model(run_dir / "best")
+    return predict(model, store, split_rows, batch_function(config))[:, 0]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", choices=["test", "validation"], default="test")
+    args = parser.parse_args()
     from bench.quality.trivago import WORK, prepare_store
     from bench.quality.trivago_data import examples_in_store_order, item_events, recency_scores
 
@@ -58,11 +78,11 @@ def main() -> None:
         raise SystemExit(f"no runs in {runs}: run bench/quality/trivago.py first")
     store, logs = prepare_store()
     examples = examples_in_store_order(store, logs)
-    test = store.split_indices("test")
-    labels = store.labels[test, 0].astype(np.float64)
-    requests = examples["request_id"].to_numpy()[test]
-    recency = recency_scores(examples, item_events(logs))[test]
-    position = examples["position"].to_numpy()[test].astype(np.float64)
+    rows_of_split = store.split_indices(args.split)
+    labels = store.labels[rows_of_split, 0].astype(np.float64)
+    requests = examples["request_id"].to_numpy()[rows_of_split]
+    recency = recency_scores(examples, item_events(logs))[rows_of_split]
+    position = examples["position"].to_numpy()[rows_of_split].astype(np.float64)
     groups = clickout_groups(labels, recency > 0, requests)
     counts = {name: len(np.unique(requests[groups == g])) for g, name in enumerate(GROUPS)}
 
@@ -71,27 +91,28 @@ def main() -> None:
                          "rule: display position alone": 1.0 / (1.0 + position)}.items():
         rows[name] = {k: [v] for k, v in group_mrr(labels, scores, requests, groups).items()}
     by_run: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(runs.glob("*_seed*/test_predictions.npy")):
+    for path in sorted(runs.glob("*_seed*/test_predictions.npy")):  # finished runs only
         run = re.sub(r"_seed\d+$", "", path.parent.name)
-        scores = np.load(path)[:, 0]
+        scores = run_scores(path.parent, store, rows_of_split, args.split)
         if len(scores) != len(labels):
-            raise SystemExit(f"{path}: {len(scores)} predictions for {len(labels)} test rows (a run of another split?)")
+            raise SystemExit(f"{path.parent}: {len(scores)} predictions for {len(labels)} {args.split} rows (a run of another split?)")
         for k, v in group_mrr(labels, scores, requests, groups).items():
             by_run[f"`{run}`"][k].append(v)
     rows.update(by_run)
 
     header = {name: f"MRR, {name} ({counts[name]:,})" for name in GROUPS} | {"all": f"MRR, all ({len(np.unique(requests)):,})"}
+    flag = "" if args.split == "test" else f" --split {args.split}"
     body = "\n".join([
-        "## trivago: test MRR by what the user touched before the clickout",
+        f"## trivago: {args.split} MRR by what the user touched before the clickout",
         "",
-        "Command: `.venv/bin/python bench/quality/trivago_breakdown.py` (after `bench/quality/trivago.py`). One row per run "
+        f"Command: `.venv/bin/python bench/quality/trivago_breakdown.py{flag}` (after `bench/quality/trivago.py`). One row per run "
         "folder of `bench/out/quality/trivago/runs/` (mean ± std over its seeds; folder names are the first 60 characters of "
-        "the trivago table's row names). Groups of test clickouts by the user's hotel events strictly before the clickout: "
+        "the trivago table's row names). Groups of clickouts by the user's hotel events strictly before the clickout: "
         "the clicked hotel touched; another listed hotel touched but not the clicked one; no listed hotel touched.",
         "",
         markdown_table(rows, [*GROUPS, "all"], header),
     ])
-    write_section("trivago-breakdown", body)
+    write_section("trivago-breakdown" + ("" if args.split == "test" else f"-{args.split}"), body)
     print(body)
 
 
