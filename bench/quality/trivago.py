@@ -202,7 +202,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench.quality.trivago_data import examples_in_store_order, export_for_peers, item_events, recency_scores
+    from bench.quality.trivago_data import examples_in_store_order, export_for_peers, item_events, recency_scores, recency_then_position
     from eventrec.model.config import DlrmConfig, SequenceModelConfig
 
     store, logs = prepare_store()
@@ -245,7 +245,7 @@ def main() -> None:
     recency = recency_scores(examples, item_events(logs))[test]
     position = examples["position"].to_numpy()[test].astype(np.float64)
     rule_scores = {"rule: recency of the user's last touch of the hotel": recency,
-                   "rule: recency, ties by display position": recency + 1e-9 / (1.0 + position)}
+                   "rule: recency, ties by display position": recency_then_position(recency, position)}
     rows = score_table(predictions, labels, requests)
     for name, scores in rule_scores.items():
         metrics = click_metrics(labels, scores, requests)

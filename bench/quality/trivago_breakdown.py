@@ -39,7 +39,8 @@ GROUPS = ("clicked hotel touched", "another listed hotel touched", "no listed ho
 
 
 def clickout_groups(labels: np.ndarray, touched: np.ndarray, requests: np.ndarray) -> np.ndarray:
-    """``[n]`` group index (into :data:`GROUPS`) of each test row's clickout."""
+    """``[n]`` group index (into :data:`GROUPS`) of each row's clickout (``touched [n]``: the user had
+    touched the row's hotel before the clickout)."""
     _, clickout = np.unique(requests, return_inverse=True)
     clicked_touched = np.bincount(clickout, weights=labels.astype(bool) & touched) > 0
     any_touched = np.bincount(clickout, weights=touched) > 0
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     args = parser.parse_args()
     from bench.quality.trivago import WORK, prepare_store
-    from bench.quality.trivago_data import examples_in_store_order, item_events, recency_scores
+    from bench.quality.trivago_data import examples_in_store_order, item_events, recency_scores, recency_then_position
 
     runs = WORK / "runs"
     if not runs.is_dir():
@@ -87,7 +88,7 @@ def main() -> None:
     counts = {name: len(np.unique(requests[groups == g])) for g, name in enumerate(GROUPS)}
 
     rows: dict[str, dict[str, list[float]]] = {}
-    for name, scores in {"rule: recency, ties by display position": recency + 1e-9 / (1.0 + position),
+    for name, scores in {"rule: recency, ties by display position": recency_then_position(recency, position),
                          "rule: display position alone": 1.0 / (1.0 + position)}.items():
         rows[name] = {k: [v] for k, v in group_mrr(labels, scores, requests, groups).items()}
     by_run: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

@@ -89,6 +89,12 @@ def recency_scores(examples: pl.DataFrame, events: pl.DataFrame) -> np.ndarray:
     return scores
 
 
+def recency_then_position(recency: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """The strongest rule's ``[n]`` scores: :func:`recency_scores`, ties (hotels never touched
+    included) broken by display position, the first listed first."""
+    return recency + 1e-9 / (1.0 + position)
+
+
 def export_for_peers(store: EventStore, logs: Path, out_dir: Path) -> dict[str, Path]:
     """Write ``{train,validation,test}.parquet`` for the peers (skipped if present); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
