@@ -414,3 +414,6 @@ def test_killed_run_with_a_weight_average_resumes_to_the_same_weights(tiny_store
     _killed_at_step_four(tiny_store, tmp_path / "raw", TRAIN, monkeypatch)  # a run written without an average cannot resume with one
     with pytest.raises(ValueError, match="weight_average_decay"):
         train(tiny_store, MODEL, config, tmp_path / "raw", show_progress=False)
+    _killed_at_step_four(tiny_store, tmp_path / "averaged", config, monkeypatch)  # nor the other way round
+    with pytest.raises(ValueError, match="weight_average_decay"):
+        train(tiny_store, MODEL, TRAIN, tmp_path / "averaged", show_progress=False)

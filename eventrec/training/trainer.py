@@ -37,6 +37,7 @@ from eventrec.store import EventStore
 from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
 from eventrec.training.factory import ModelConfig, batch_function, build_model
+from eventrec.training.weight_average import PREFIX as WEIGHT_AVERAGE_PREFIX
 from eventrec.training.weight_average import WeightAverage
 
 
@@ -234,6 +235,8 @@ def train(
         torch.set_rng_state(extra["rng.torch"])
         if average is not None:
             average.load(extra)
+        elif any(k.startswith(WEIGHT_AVERAGE_PREFIX) for k in extra):
+            raise ValueError("weight_average_decay: the checkpoint to resume from holds a weight average; resume with the same TrainConfig")
         print(f"resumed from {last} at epoch {state['epoch']}, batch {state['batch_in_epoch']} (step {state['step']})", file=sys.stderr)
 
     def checkpoint(directory: Path, with_optimizers: bool) -> None:
