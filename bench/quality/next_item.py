@@ -269,6 +269,9 @@ def main() -> None:
                              "embeddings of the events against 'to' embeddings of the candidate)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="SequenceModelConfig.dropout: on the event embeddings and each encoder sublayer's output (default: the config's, 0)")
+    parser.add_argument("--weight-average", type=float, default=0.0,
+                        help="TrainConfig.weight_average_decay: validate, select and rank with an exponential moving average of the "
+                             "weights with this decay per step (0 = off)")
     parser.add_argument("--batch-size", type=int, default=1024, help="impressions per training batch (requests are kept whole)")
     parser.add_argument("--learning-rate", type=float, default=None, help="TrainConfig.learning_rate (default: the config's, 2e-3)")
     parser.add_argument("--negative-rounds", type=int, default=1,
@@ -316,13 +319,15 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
-        + ("-trans" if args.transition_match else "") \
+        + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
         + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
         parser.error(f"--batch-size must be >= 1 and --learning-rate > 0, got {args.batch_size} and {args.learning_rate}")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
+    if not 0 <= args.weight_average < 1:
+        parser.error(f"--weight-average: a decay in [0, 1) (0 = off), got {args.weight_average}")
     if args.jobs < 1:
         parser.error(f"--jobs: must be >= 1, got {args.jobs}")
     seeds = list(range(args.seeds)) if args.train_seeds is None else args.train_seeds
@@ -353,7 +358,8 @@ def main() -> None:
         train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=args.batch_size, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
                                    **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
-                                   in_batch_weight=args.in_batch_weight, catalogue_weight=args.catalogue_weight, logq_column="log_q" if args.logq else None)
+                                   in_batch_weight=args.in_batch_weight, catalogue_weight=args.catalogue_weight, logq_column="log_q" if args.logq else None,
+                                   weight_average_decay=args.weight_average)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
         t0 = time.perf_counter()
         _, result = train(store, config, train_config, run_dir, show_progress=False, validation_score=selection)
@@ -403,6 +409,7 @@ def main() -> None:
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
              + (" --transition-match" if args.transition_match else "")
+             + (f" --weight-average {args.weight_average:g}" if args.weight_average else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
              + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")
