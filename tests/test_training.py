@@ -417,3 +417,31 @@ def test_killed_run_with_a_weight_average_resumes_to_the_same_weights(tiny_store
     _killed_at_step_four(tiny_store, tmp_path / "averaged", config, monkeypatch)  # nor the other way round
     with pytest.raises(ValueError, match="weight_average_decay"):
         train(tiny_store, MODEL, TRAIN, tmp_path / "averaged", show_progress=False)
+
+
+def test_resuming_with_another_configuration_is_refused_naming_each_field(tiny_store, tmp_path, monkeypatch):
+    _killed_at_step_four(tiny_store, tmp_path / "killed", TRAIN, monkeypatch)
+    changed_lr = TRAIN.model_copy(update={"learning_rate": 1e-2, "seed": 3})
+    with pytest.raises(ValueError, match=r"train_config\.learning_rate: 0\.002 → 0\.01; train_config\.seed: 0 → 3"):
+        train(tiny_store, MODEL, changed_lr, tmp_path / "killed", show_progress=False)
+    with_dropout = MODEL.model_copy(update={"dropout": 0.2})  # same shapes: loading the weights alone would not notice
+    with pytest.raises(ValueError, match=r"model_config\.dropout: 0\.0 → 0\.2"):
+        train(tiny_store, with_dropout, TRAIN, tmp_path / "killed", show_progress=False)
+    info = json.loads((tmp_path / "killed" / "last" / "checkpoint.json").read_text())
+    assert info["state"]["step"] == 3  # the refused attempts wrote nothing
+    # fields that cannot change a weight may differ; the resumed run still ends as a straight one
+    neutral = TRAIN.model_copy(update={"checkpoint_every": 2, "eval_batch_size": 7, "num_workers": 0})
+    resumed, result = train(tiny_store, MODEL, neutral, tmp_path / "killed", show_progress=False)
+    reference, _ = train(tiny_store, MODEL, TRAIN, tmp_path / "straight", show_progress=False)
+    assert result.steps == 6
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[key], value)
+
+
+def test_a_field_missing_from_an_older_checkpoint_counts_as_its_default():
+    from eventrec.training.resume_check import changed_fields
+
+    saved = TRAIN.model_dump(mode="json")
+    del saved["weight_average_decay"]  # written before the field existed
+    assert changed_fields(saved, TRAIN) == []
+    assert changed_fields(saved, TRAIN.model_copy(update={"weight_average_decay": 0.9})) == ["weight_average_decay: 0.0 → 0.9"]

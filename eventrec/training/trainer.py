@@ -34,10 +34,10 @@ from eventrec.model.embeddings import FeatureSpec
 from eventrec.batching import catalogue_items, catalogue_positions
 from eventrec.model.heads import catalogue_softmax_loss, fit_platt, in_batch_softmax_loss, multitask_loss, request_softmax_loss
 from eventrec.store import EventStore
-from eventrec.training.checkpoint import load_checkpoint, save_checkpoint
+from eventrec.training.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
 from eventrec.training.factory import ModelConfig, batch_function, build_model
-from eventrec.training.weight_average import PREFIX as WEIGHT_AVERAGE_PREFIX
+from eventrec.training.resume_check import check_resume
 from eventrec.training.weight_average import WeightAverage
 
 
@@ -230,13 +230,12 @@ def train(
     average = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay else None
     last = run_dir / "last"
     if (last / "checkpoint.json").exists() or last.with_name(".last.old").exists():
+        check_resume(read_checkpoint_info(last), config, model_config, str(last))
         info, extra = load_checkpoint(last, model, optimizers)
         state = info["state"]
         torch.set_rng_state(extra["rng.torch"])
-        if average is not None:
+        if average is not None:  # check_resume made sure the checkpoint was written with the same decay
             average.load(extra)
-        elif any(k.startswith(WEIGHT_AVERAGE_PREFIX) for k in extra):
-            raise ValueError("weight_average_decay: the checkpoint to resume from holds a weight average; resume with the same TrainConfig")
         print(f"resumed from {last} at epoch {state['epoch']}, batch {state['batch_in_epoch']} (step {state['step']})", file=sys.stderr)
 
     def checkpoint(directory: Path, with_optimizers: bool) -> None:
