@@ -21,6 +21,7 @@ CONFIGS = {
     "identity_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], identity_match=True),
     "transition_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], identity_match=True,
                                             transition_match=True),
+    "low_rank_cross": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], cross_rank=3),
 }
 
 
@@ -119,3 +120,35 @@ def test_encoder_dropout_acts_in_training_only():
     encoder.eval()
     torch.testing.assert_close(encoder(events, timestamps).values, encoder(events, timestamps).values, rtol=0, atol=0)
     assert not encoder.input_dropout.training
+
+
+def test_low_rank_cross_equals_a_full_rank_cross_with_the_product_weight():
+    from eventrec.model.heads import CrossNetwork
+
+    torch.manual_seed(0)
+    low = CrossNetwork(12, 2, rank=3)
+    assert sum(p.numel() for p in low.parameters()) == 2 * (12 * 3 + 3 * 12 + 12)
+    for layer in low.layers:  # starts as the identity
+        assert torch.count_nonzero(layer[1].weight) == 0
+        torch.nn.init.normal_(layer[1].weight)
+        torch.nn.init.normal_(layer[1].bias)
+    full = CrossNetwork(12, 2)
+    with torch.no_grad():
+        for f, (down, up) in zip(full.layers, low.layers):
+            f.weight.copy_(up.weight @ down.weight)  # W = U V
+            f.bias.copy_(up.bias)
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(low(x), full(x))
+    assert isinstance(CrossNetwork(12, 1, rank=12).layers[0], torch.nn.Linear)  # rank >= F: full rank
+    with pytest.raises(ValueError, match="rank"):
+        CrossNetwork(12, 1, rank=0)
+
+
+def test_cross_rank_is_validated_and_builds_the_low_rank_head():
+    from pydantic import ValidationError
+
+    from eventrec.model.config import SequenceModelConfig
+
+    with pytest.raises(ValidationError, match="cross_rank"):
+        SequenceModelConfig(cross_rank=0)
+    assert SequenceModelConfig().cross_rank is None

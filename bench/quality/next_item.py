@@ -269,6 +269,8 @@ def main() -> None:
                              "embeddings of the events against 'to' embeddings of the candidate)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="SequenceModelConfig.dropout: on the event embeddings and each encoder sublayer's output (default: the config's, 0)")
+    parser.add_argument("--cross-rank", type=int, default=None,
+                        help="SequenceModelConfig.cross_rank: low-rank cross layers in the head (default: full rank; bench/cross_rank.py times them)")
     parser.add_argument("--weight-average", type=float, default=0.0,
                         help="TrainConfig.weight_average_decay: validate, select and rank with an exponential moving average of the "
                              "weights with this decay per step (0 = off)")
@@ -309,17 +311,18 @@ def main() -> None:
             parser.error("--logq: corrects the request softmax; use --loss request_softmax")
         impressions = schema.impressions.model_copy(update={"extra_columns": [*schema.impressions.extra_columns, "log_q"]})
         schema = schema.model_copy(update={"impressions": impressions})
-    overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout)) if v is not None}
+    overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout), ("cross_rank", args.cross_rank)) if v is not None}
     if args.transition_match:
         overrides["transition_match"] = True
     try:
         config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight), **overrides)
     except ValueError as error:
-        parser.error(f"--attribute-dim / --dropout: {error}")
+        parser.error(f"--attribute-dim / --dropout / --cross-rank: {error}")
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
         + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
+        + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
         + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
@@ -410,6 +413,7 @@ def main() -> None:
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
              + (" --transition-match" if args.transition_match else "")
              + (f" --weight-average {args.weight_average:g}" if args.weight_average else "")
+             + (f" --cross-rank {args.cross_rank}" if args.cross_rank is not None else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
              + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")

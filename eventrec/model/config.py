@@ -43,6 +43,10 @@ class SequenceModelConfig(_Config):
         "similarity cannot say (the items of one basket, what comes after what)")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     cross_layers: int = Field(2, ge=0)
+    cross_rank: int | None = Field(
+        None, ge=1, description="None: full-rank cross layers (F x F weights on the head's F inputs); r: each weight is "
+        "a product of [F, r] and [r, F] matrices (DCNv2's low-rank cross), 2·F·r instead of F² multiply-adds per "
+        "candidate; the cross layers are most of the ranking time of a wide model (docs/models.md)")
     mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])
     dot_term: bool = Field(
         False, description="add to each task's logit a factorised term <user vector, item vector>: the user vector from "

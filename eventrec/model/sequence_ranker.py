@@ -79,7 +79,7 @@ class SequenceRanker(nn.Module):
         # products of two inputs poorly, and "does this candidate match what the user did" is one
         self.candidate_projection = nn.Linear(query_dim, config.model_dim)
         head_in = slots * config.model_dim + query_dim + (slots + 1) * slots // 2
-        self.cross = CrossNetwork(head_in, config.cross_layers)
+        self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.labels))
         if config.dot_term:
             self.num_tasks = len(imp.labels)

@@ -60,6 +60,12 @@ def served_transition(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_low_rank_cross(tmp_path_factory):
+    """The default encoder with low-rank cross layers in the head (``cross_rank``)."""
+    return _train(tmp_path_factory.mktemp("serving_low_rank_cross"), cross_rank=4)
+
+
+@pytest.fixture(scope="session")
 def served_invariant_token(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("serving_inv_tok"), timestamp_encoding=False, time_bias=False, summary_token=True)
 

@@ -51,7 +51,8 @@ def view(t: int, category: str = "shoes") -> dict:
     return {"event_type": "view", "timestamp": t, "category": category, "topics": ["a"]}
 
 
-@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_transition"])
+@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_transition",
+                                     "served_low_rank_cross"])
 def test_parity_with_predict(fixture, request):
     store, checkpoint, data = request.getfixturevalue(fixture)
     service = RankingService.load(checkpoint, store)
