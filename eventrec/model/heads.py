@@ -29,19 +29,17 @@ class CrossNetwork(nn.Module):
         super().__init__()
         if rank is not None and not 1 <= rank:
             raise ValueError(f"rank must be >= 1 (or None for full rank), got {rank}")
-        self.layers = nn.ModuleList(self._layer(dim, rank) for _ in range(num_layers))
-
-    @staticmethod
-    def _layer(dim: int, rank: int | None) -> nn.Module:
-        if rank is None or rank >= dim:
-            layer = nn.Linear(dim, dim)
-            nn.init.zeros_(layer.bias)
-            nn.init.normal_(layer.weight, std=0.01)
-            return layer
-        down, up = nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim)  # x → V x → U (V x) + b
-        nn.init.zeros_(up.weight)
-        nn.init.zeros_(up.bias)
-        return nn.Sequential(down, up)
+        low_rank = rank is not None and rank < dim
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim)) if low_rank else nn.Linear(dim, dim)  # x → V x → U (V x) + b
+            for _ in range(num_layers))
+        for layer in self.layers:  # after creating them all: the random draws of a full-rank network as before cross_rank existed
+            up = layer[1] if low_rank else layer
+            nn.init.zeros_(up.bias)
+            if low_rank:
+                nn.init.zeros_(up.weight)
+            else:
+                nn.init.normal_(up.weight, std=0.01)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         x = x0
