@@ -152,3 +152,25 @@ def test_cross_rank_is_validated_and_builds_the_low_rank_head():
     with pytest.raises(ValidationError, match="cross_rank"):
         SequenceModelConfig(cross_rank=0)
     assert SequenceModelConfig().cross_rank is None
+
+
+@pytest.mark.parametrize("name", ["causal", "identity_match", "transition_match"])
+def test_match_term_as_score_bias_equals_the_folded_form(tiny_store, name):
+    """On the CPU the target-attention term enters the keyed pooling as a score bias per candidate;
+    the Triton kernels get it folded into more query and key dimensions. Same scores and gradients."""
+    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+
+    def run(form: str):
+        model = _model(tiny_store, CONFIGS[name].model_copy(update={"dropout": 0.0}))
+        model.pooling.match_form = form  # on this CPU the op runs its torch path either way
+        logits = model(batch)
+        loss, _ = multitask_loss(logits, batch.labels)
+        loss.backward()
+        return logits.detach(), {n: p.grad.to_dense() for n, p in model.named_parameters() if p.grad is not None}
+
+    folded, folded_grads = run("folded")
+    biased, biased_grads = run("bias")
+    torch.testing.assert_close(biased, folded, rtol=1e-5, atol=1e-6)
+    assert biased_grads.keys() == folded_grads.keys()
+    for n in folded_grads:
+        torch.testing.assert_close(biased_grads[n], folded_grads[n], rtol=1e-4, atol=1e-6, msg=n)

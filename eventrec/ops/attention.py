@@ -53,6 +53,26 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError("q, k, v must share a dtype")
 
 
+def auto_backend(x: Tensor) -> str:
+    """The backend ``backend="auto"`` picks for tensors like ``x``: ``"triton"`` or ``"torch"``."""
+    return _pick("auto", x)
+
+
+def _check_bias(bias: Tensor, group: int, q: Tensor, offsets: Tensor, dense: bool, chosen: str) -> None:
+    """Validate keyed pooling's additive ``bias`` (see :func:`keyed_pooling_attention`)."""
+    if chosen == "triton":
+        raise ValueError("bias: not supported by the Triton kernels (use backend='torch' or fold it into q and k)")
+    if dense:
+        raise ValueError("bias: needs jagged q (q_offsets)")
+    if group < 1 or q.shape[0] % group:
+        raise ValueError(f"bias_group must be >= 1 and divide the {q.shape[0]} query rows, got {group}")
+    longest = int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
+    if bias.dim() != 3 or bias.shape[0] != q.shape[0] // group or bias.shape[1] != q.shape[1] or bias.shape[2] < longest:
+        raise ValueError(f"bias must be [{q.shape[0] // group}, {q.shape[1]}, >= {longest}], got {tuple(bias.shape)}")
+    if bias.dtype != q.dtype:
+        raise ValueError(f"bias must have q's dtype {q.dtype}, got {bias.dtype}")
+
+
 def jagged_self_attention(
     q: Tensor,
     k: Tensor,
@@ -124,6 +144,8 @@ def keyed_pooling_attention(
     q_offsets: Tensor | None = None,
     max_q_len: int | None = None,
     scale: float | None = None,
+    bias: Tensor | None = None,
+    bias_group: int = 1,
     backend: Backend = "auto",
 ) -> Tensor:
     """Candidate-keyed pooling: each user's query slots attend over that user's events.
@@ -138,6 +160,12 @@ def keyed_pooling_attention(
         max_q_len: typical ``Q_b`` of a jagged q, if known (only picks the query block size of the kernels;
             any value is correct). Default: the average ``sum(Q_b) / B``.
         scale: default ``1 / sqrt(d)``.
+        bias: optional additive score bias ``[sum(Q_b) / bias_group, H, L]`` (jagged q only, L at
+            least the longest history; torch and reference backends): query row ``i`` adds
+            ``bias[i // bias_group, h, j]`` to its score for its user's ``j``-th event. The model passes
+            its target-attention match term this way on the CPU, once per candidate for its M slots
+            (``bias_group = M``), instead of as ``V·E`` more dimensions of every query and key.
+        bias_group: consecutive query rows that share one bias row.
         backend: as :func:`jagged_self_attention`.
 
     Returns:
@@ -153,6 +181,8 @@ def keyed_pooling_attention(
     if not dense:
         check_offsets(q_offsets, q.shape[0])
     chosen = _pick(backend, q)
+    if bias is not None:
+        _check_bias(bias, bias_group, q, offsets, dense, chosen)
     if chosen == "triton":
         from eventrec.ops.attention_triton import triton_jagged_attention
 
@@ -166,7 +196,7 @@ def keyed_pooling_attention(
             max_q_len = -(-q.shape[0] // max(1, num_users))
         return triton_jagged_attention(q, k, v, q_offsets, offsets, scale=scale, max_q_len=max_q_len)
     if chosen == "torch":
-        return keyed_pooling_attention_torch(q, k, v, offsets, q_offsets, scale)
+        return keyed_pooling_attention_torch(q, k, v, offsets, q_offsets, scale, bias=bias, bias_group=bias_group)
     if chosen == "reference":
-        return keyed_pooling_attention_reference(q, k, v, offsets, q_offsets, scale)
+        return keyed_pooling_attention_reference(q, k, v, offsets, q_offsets, scale, bias=bias, bias_group=bias_group)
     raise ValueError(f"unknown backend {backend!r}")

@@ -76,8 +76,10 @@ def keyed_pooling_attention_reference(
     offsets: Tensor,
     q_offsets: Tensor | None = None,
     scale: float | None = None,
+    bias: Tensor | None = None,
+    bias_group: int = 1,
 ) -> Tensor:
-    """Each user's query slots attend over that user's events (no mask inside a user, no bias).
+    """Each user's query slots attend over that user's events (no mask inside a user).
 
     Args:
         q: dense ``[B, Q, H, d]`` (Q = candidates x slots per user), or jagged ``[sum(Q_b), H, d]``
@@ -86,6 +88,10 @@ def keyed_pooling_attention_reference(
         offsets: ``[B+1]`` int64 offsets of k and v.
         q_offsets: ``[B+1]`` int64 offsets of a jagged q; None for dense q.
         scale: score scale, default ``1 / sqrt(d)``.
+        bias: optional ``[sum(Q_b) / bias_group, H, >= max N_b]`` (jagged q only): the score of query
+            row ``i`` (head ``h``) for its user's ``j``-th event is
+            ``scale * <q[i, h], k[j, h]> + bias[i // bias_group, h, j]``.
+        bias_group: consecutive query rows sharing one bias row (e.g. the M slots of a candidate).
 
     Returns:
         Same shape as q. Users with no events get zeros.
@@ -98,6 +104,8 @@ def keyed_pooling_attention_reference(
         if q.dim() != 4 or q.shape[0] != num_users:
             raise ValueError("dense q must be [B, Q, H, d] with B = len(offsets) - 1")
         q_slices = [q[b] for b in range(num_users)]
+        if bias is not None:
+            raise ValueError("bias: needs jagged q (q_offsets)")
     else:
         qb_bounds = q_offsets.tolist()
         q_slices = [q[s:e] for s, e in zip(qb_bounds[:-1], qb_bounds[1:])]
@@ -109,7 +117,11 @@ def keyed_pooling_attention_reference(
             pieces.append(torch.zeros_like(q_slices[b]) + 0.0 * qb.sum())
             continue
         kb, vb = k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)
-        probs = torch.softmax(torch.matmul(qb, kb.transpose(-1, -2)) * scale, dim=-1)
+        scores = torch.matmul(qb, kb.transpose(-1, -2)) * scale  # [H, Q_b, N_b]
+        if bias is not None:
+            rows = torch.arange(qb_bounds[b], qb_bounds[b + 1], device=q.device) // bias_group
+            scores = scores + bias[rows, :, : end - start].transpose(0, 1)
+        probs = torch.softmax(scores, dim=-1)
         pieces.append(torch.matmul(probs, vb).transpose(0, 1))  # [Q_b, H, d]
     if q_offsets is None:
         return torch.stack(pieces, dim=0) if pieces else q.new_zeros(q.shape)

@@ -121,6 +121,8 @@ def keyed_pooling_attention_torch(
     scale: float | None = None,
     ratio: float = DEFAULT_RATIO,
     min_len: int = DEFAULT_MIN_LEN,
+    bias: Tensor | None = None,
+    bias_group: int = 1,
 ) -> Tensor:
     """Keyed pooling by users grouped on history length; contract of
     :func:`eventrec.ops.attention_reference.keyed_pooling_attention_reference`.
@@ -128,6 +130,9 @@ def keyed_pooling_attention_torch(
     Args:
         q: dense ``[B, Q, H, d]`` or jagged ``[sum(Q_b), H, d]`` with ``q_offsets``.
         k, v: ``[sum(N_b), H, d]``; offsets ``[B+1]``.
+        bias, bias_group: optional additive score bias ``[sum(Q_b) / bias_group, H, >= max N_b]``
+            (jagged q only): query row ``i`` adds ``bias[i // bias_group, h, j]`` to its score for its
+            user's ``j``-th event. Gets a gradient.
 
     Returns:
         Same shape as q; zeros for users without events.
@@ -141,6 +146,8 @@ def keyed_pooling_attention_torch(
     if q_offsets is None:
         if q.dim() != 4 or q.shape[0] != num_users:
             raise ValueError("dense q must be [B, Q, H, d] with B = len(offsets) - 1")
+        if bias is not None:
+            raise ValueError("bias: needs jagged q (q_offsets)")
         outs, order = [], []
         for group in groups:
             users = torch.tensor(group, device=q.device, dtype=torch.int64)
@@ -166,8 +173,12 @@ def keyed_pooling_attention_torch(
         users = torch.tensor(group, device=q.device, dtype=torch.int64)
         index, valid = padded_index(offsets, users, lengths[group[0]])
         q_index, q_valid = padded_index(q_offsets, users, max(max(q_lengths[b] for b in group), 1))
+        mask = valid[:, None, None, :]
+        if bias is not None:  # [G, Qpad, H, L] -> [G, H, Qpad, L], -inf on padded keys
+            rows_bias = gather_rows(bias[:, :, : index.shape[1]], torch.div(q_index, bias_group, rounding_mode="floor"))
+            mask = rows_bias.permute(0, 2, 1, 3).masked_fill(~mask, float("-inf"))
         out = F.scaled_dot_product_attention(_gather(q, q_index), _gather(k, index), _gather(v, index),
-                                             attn_mask=valid[:, None, None, :], scale=scale)
+                                             attn_mask=mask, scale=scale)
         outs.append(select_rows(out.permute(0, 2, 1, 3), q_valid))
         rows.append(q_index[q_valid])
     for b in empty_users:

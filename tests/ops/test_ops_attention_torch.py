@@ -98,6 +98,64 @@ def test_keyed_pooling_torch_matches_reference(jagged_q):
         assert torch.all(out[empty] == 0) and torch.all(q.grad[empty] == 0)
 
 
+def _biased_case(group: int = 3):
+    """Jagged keyed pooling with a score bias shared by ``group`` consecutive query rows."""
+    lengths = skewed_lengths(6, 40, include=(0, 1))
+    off = offsets_from(lengths, CPU)
+    b, h, d = len(lengths), 2, 16
+    k, v = (torch.randn(int(off[-1]), h, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    q_off = offsets_from([group * n for n in torch.randint(0, 4, (b,)).tolist()], CPU)
+    q = torch.randn(int(q_off[-1]), h, d, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(int(q_off[-1]) // group, h, max(lengths) + 2, dtype=torch.float64, requires_grad=True)
+    return q, k, v, off, q_off, bias
+
+
+def test_keyed_pooling_bias_torch_matches_reference():
+    q, k, v, off, q_off, bias = _biased_case()
+    grad_out = torch.randn(q.shape, dtype=torch.float64)
+    ref = keyed_pooling_attention(q, k, v, off, q_offsets=q_off, bias=bias, bias_group=3, backend="reference")
+    ref_grads = _grads(ref, [q, k, v, bias], grad_out)
+    out = keyed_pooling_attention(q, k, v, off, q_offsets=q_off, bias=bias, bias_group=3, backend="torch")
+    grads = _grads(out, [q, k, v, bias], grad_out)
+    assert rel_err(out, ref) < 1e-12
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) < 1e-12
+    assert torch.all(bias.grad[:, :, max(off.diff().tolist()):] == 0)  # entries past every history: unused
+
+
+def test_keyed_pooling_bias_is_an_additive_score():
+    """A bias that is a dot product of extra query and key dimensions equals appending them to q and k."""
+    q, k, v, off, q_off, _ = _biased_case(group=1)
+    extra_q, extra_k = torch.randn(q.shape[0], 2, 5, dtype=torch.float64), torch.randn(k.shape[0], 2, 5, dtype=torch.float64)
+    scale = 0.25
+    rows = []  # bias[i, h, j] = scale * <extra_q[i, h], extra_k[j-th event of i's user, h]>
+    width = max(off.diff().tolist())
+    for user in range(len(off) - 1):
+        keys = extra_k[off[user]:off[user + 1]]  # [N, H, 5]
+        for i in range(int(q_off[user]), int(q_off[user + 1])):
+            score = scale * torch.einsum("hx,nhx->hn", extra_q[i], keys)
+            rows.append(torch.nn.functional.pad(score, (0, width - score.shape[1])))
+    bias = torch.stack(rows)
+    folded = keyed_pooling_attention(torch.cat([q, extra_q], -1), torch.cat([k, extra_k], -1), torch.cat([v, torch.zeros_like(extra_k)], -1),
+                                     off, q_offsets=q_off, scale=scale, backend="torch")[..., :16]
+    biased = keyed_pooling_attention(q, k, v, off, q_offsets=q_off, scale=scale, bias=bias, backend="torch")
+    assert rel_err(biased, folded) < 1e-12
+
+
+def test_keyed_pooling_bias_is_checked():
+    q, k, v, off, q_off, bias = _biased_case()
+    with pytest.raises(ValueError, match="bias must be"):
+        keyed_pooling_attention(q, k, v, off, q_offsets=q_off, bias=bias[:, :, :1], bias_group=3)
+    with pytest.raises(ValueError, match="bias_group"):
+        keyed_pooling_attention(q, k, v, off, q_offsets=q_off, bias=bias, bias_group=0)
+    with pytest.raises(ValueError, match="dtype"):
+        keyed_pooling_attention(q, k, v, off, q_offsets=q_off, bias=bias.float(), bias_group=3)
+    with pytest.raises(ValueError, match="jagged q"):
+        keyed_pooling_attention(q[:6].view(6, 1, 2, 16), k, v, off, bias=bias, bias_group=3)
+    with pytest.raises(ValueError, match="Triton"):
+        keyed_pooling_attention(q, k, v, off, q_offsets=q_off, bias=bias, bias_group=3, backend="triton")
+
+
 def test_dispatch_picks_torch_on_cpu():
     x = torch.zeros(1, 1, 1)
     assert _pick("auto", x) == "torch"

@@ -61,10 +61,12 @@ def test_parity_with_predict(fixture, request):
     for i, row in enumerate(impressions.iter_rows(named=True)):
         result = service.rank(row["user_id"], [{"ad_id": row["ad_id"], "category": row["category"]}], {"placement": row["placement"]}, row["timestamp"])
         np.testing.assert_allclose(result.scores[0], expected[i], atol=1e-5, rtol=0)
-    # many candidates at once, with unseen ids (hashed: identity kept) and an OOV category
+    # many candidates at once, with unseen ids (hashed: identity kept) and an OOV category. float32: the
+    # cached user side (appended event by event) and the reference's full recomputation sum in other
+    # orders; the fixtures' logits reach about ±40, so a probability near 0.5 moves by up to ~1e-5
     for user, t in [(1, 250), (1, 40), (2, 400), (3, 160)]:
         got = service.rank(user, candidates(), {"placement": "feed"}, t).scores
-        np.testing.assert_allclose(got, reference(service, user, candidates(), {"placement": "feed"}, t), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got, reference(service, user, candidates(), {"placement": "feed"}, t), atol=3e-5, rtol=0)
 
 
 def test_user_side_computed_once_for_many_candidates(served):
