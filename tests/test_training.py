@@ -154,6 +154,29 @@ def test_stops_on_a_custom_validation_score(tiny_store, tmp_path):
     assert (tmp_path / "run" / "score_log.csv").read_text().count("\n") == 3
 
 
+def test_impression_validation_off_skips_that_pass_and_changes_no_weight(tiny_store, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="impression_validation"):
+        TrainConfig(impression_validation=False, stop_on="auc")
+    config = TRAIN.model_copy(update={"stop_on": "score"})
+    runs = {}
+    for on in (True, False):
+        passes = []
+        real_predict = trainer_module.predict
+        monkeypatch.setattr(trainer_module, "predict", lambda *a, **k: passes.append(1) or real_predict(*a, **k))
+        values = iter([0.1, 0.3, 0.2])
+        model, result = train(tiny_store, MODEL, config.model_copy(update={"impression_validation": on}), tmp_path / f"run{on}",
+                              show_progress=False, validation_score=lambda m: {"score": next(values)})
+        runs[on] = (_weights(model), result, len(passes))
+    (kept_on, result_on, passes_on), (kept_off, result_off, passes_off) = runs[True], runs[False]
+    assert passes_on == 3 and passes_off == 0
+    assert result_on.best_epoch == result_off.best_epoch == 1
+    assert set(result_on.best_validation) == {*tiny_store.label_names, "score"}
+    assert result_off.best_validation == {"score": {"score": 0.3}}
+    assert (tmp_path / "runFalse" / "eval_log.csv").read_text().count("\n") == 1  # the header only
+    for name in kept_on:
+        torch.testing.assert_close(kept_off[name], kept_on[name], rtol=0, atol=0)
+
+
 def test_listwise_weight_adds_the_request_softmax_to_the_bce(tiny_store, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="listwise_weight"):
         TrainConfig(loss="request_softmax", calibrate=False, listwise_weight=0.5)

@@ -280,6 +280,8 @@ def main() -> None:
                         help="fresh negatives: each training target is written as this many requests with their own negatives; "
                         "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
     parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
+    parser.add_argument("--validations-per-epoch", type=int, default=2,
+                        help="validations per pass over the training targets (each ranks the validation users' items against the whole catalogue with --select ndcg)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     parser.add_argument("--jobs", type=int, default=1,
                         help="train this many seeds at once, each in its own process with --threads threads (on 2 cores, "
@@ -322,7 +324,7 @@ def main() -> None:
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
         + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
-        + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") \
+        + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") + (f"-v{args.validations_per_epoch}" if args.validations_per_epoch != 2 else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
         + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
@@ -331,8 +333,8 @@ def main() -> None:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     if not 0 <= args.weight_average < 1:
         parser.error(f"--weight-average: a decay in [0, 1) (0 = off), got {args.weight_average}")
-    if args.jobs < 1:
-        parser.error(f"--jobs: must be >= 1, got {args.jobs}")
+    if args.jobs < 1 or args.validations_per_epoch < 1:
+        parser.error(f"--jobs and --validations-per-epoch: must be >= 1, got {args.jobs} and {args.validations_per_epoch}")
     seeds = list(range(args.seeds)) if args.train_seeds is None else args.train_seeds
 
     def done_file(seed: int) -> Path:  # one per test-user sample (train() writes result.json)
@@ -358,7 +360,8 @@ def main() -> None:
         store = EventStore.open(store_dir)
         leave_one_out_store(store)
         rounds = args.negative_rounds  # one trainer epoch over the requests = `rounds` passes over the targets
-        train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=args.batch_size, validations_per_epoch=2 * rounds, patience=args.patience, calibrate=False, seed=seed,
+        train_config = TrainConfig(epochs=args.epochs // rounds, batch_size=args.batch_size, validations_per_epoch=args.validations_per_epoch * rounds,
+                                   patience=args.patience, calibrate=False, seed=seed, impression_validation=args.select != "ndcg",  # the sampled pass selects nothing then
                                    **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
                                    in_batch_weight=args.in_batch_weight, catalogue_weight=args.catalogue_weight, logq_column="log_q" if args.logq else None,
@@ -414,6 +417,7 @@ def main() -> None:
              + (" --transition-match" if args.transition_match else "")
              + (f" --weight-average {args.weight_average:g}" if args.weight_average else "")
              + (f" --cross-rank {args.cross_rank}" if args.cross_rank is not None else "")
+             + (f" --validations-per-epoch {args.validations_per_epoch}" if args.validations_per_epoch != 2 else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
              + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-RESULT_NEUTRAL_FIELDS = frozenset({"num_workers", "checkpoint_every", "eval_batch_size"})
+RESULT_NEUTRAL_FIELDS = frozenset({"num_workers", "checkpoint_every", "eval_batch_size", "impression_validation"})
 """TrainConfig fields a run may resume with changed: how data is loaded, how often ``last/`` is
-written and the batch size of the validation pass. None of them changes a weight."""
+written, the batch size of the validation pass and whether it scores the validation impressions
+(allowed off only when they select nothing). None of them changes a weight."""
 
 
 def changed_fields(saved: dict, current: BaseModel, neutral: frozenset[str] = frozenset()) -> list[str]:

@@ -83,6 +83,10 @@ class TrainConfig(BaseModel):
     stop_on: Literal["ne", "auc", "score"] = Field(
         "ne", description="early stopping on the first task's validation NE or AUC, or on `score`: the value returned by the "
         "`validation_score` function given to train() (higher is better, e.g. a full-catalogue hit rate)")
+    impression_validation: bool = Field(
+        True, description="at each validation, also score the validation split's impressions (NE, AUC, gAUC, logloss, "
+        "calibration per task: eval_log.csv and the history). stop_on ne / auc select on them; with stop_on score they "
+        "select nothing, and false skips that pass over the validation impressions (it changes no weight)")
 
     @model_validator(mode="after")
     def _softmax_needs_no_calibration(self) -> "TrainConfig":
@@ -92,6 +96,8 @@ class TrainConfig(BaseModel):
             raise ValueError("logq_column: corrects the request softmax for the negative sampler; set loss: request_softmax")
         if self.loss == "request_softmax" and self.listwise_weight:
             raise ValueError("listwise_weight: adds the request softmax to the bce loss; with loss: request_softmax leave it 0")
+        if not self.impression_validation and self.stop_on != "score":
+            raise ValueError(f"impression_validation: stop_on {self.stop_on!r} selects on the validation impressions; keep it true, or stop_on: score")
         return self
 
     @property
@@ -251,11 +257,12 @@ def train(
             return validate_weights(epoch)
 
     def validate_weights(epoch: int) -> bool:
-        probs = predict(model, store, validation, batch_fn, config.eval_batch_size)
-        metrics = metrics_by_task(store, validation, probs)
+        metrics: dict = {}
+        if config.impression_validation:
+            probs = predict(model, store, validation, batch_fn, config.eval_batch_size)
+            metrics = metrics_by_task(store, validation, probs)
         for task, m in metrics.items():
             eval_log.write({"step": state["step"], "epoch": epoch, "task": task, **m})
-        primary = metrics[store.label_names[0]]
         custom = None
         if validation_score is not None:
             model.eval()
@@ -270,7 +277,11 @@ def train(
                   + (f", score {custom}" if custom else ""), file=sys.stderr)
         model.train()
         # "best_ne" holds the stopping metric, sign-flipped when higher is better (AUC, score)
-        score = {"ne": primary["ne"], "auc": -primary["auc"], "score": -(custom or {}).get("score", 0.0)}[config.stop_on]
+        if config.stop_on == "score":
+            score = -custom["score"]
+        else:
+            primary = metrics[store.label_names[0]]
+            score = primary["ne"] if config.stop_on == "ne" else -primary["auc"]
         if state["best_ne"] is None or score < state["best_ne"]:
             state.update(best_ne=score, best_epoch=epoch, bad_epochs=0, best_validation=metrics | ({"score": custom} if custom else {}))
             checkpoint(run_dir / "best", with_optimizers=False)
