@@ -69,8 +69,24 @@ def negative_weights(sequences: pl.DataFrame, catalogue: np.ndarray, sampling: s
     return weights / weights.sum()
 
 
+def history_negatives(sequences: pl.DataFrame, targets: pl.DataFrame, count: int, seed: int) -> pl.DataFrame:
+    """``request_id, item_id``: for each target (``targets``: ``request_id, user_id, order, item_id``) up
+    to ``count`` of its user's earlier items (strictly earlier in the sequence), drawn at random
+    without replacement among them, never the target's own item; fewer when the history is shorter."""
+    earlier = (
+        targets.select("request_id", "user_id", pl.col("order").alias("_target_order"), pl.col("item_id").alias("_positive"))
+        .join(sequences.select("user_id", "order", "item_id"), on="user_id")
+        .filter((pl.col("order") < pl.col("_target_order")) & (pl.col("item_id") != pl.col("_positive")))
+        .unique(["request_id", "item_id"])
+        .sort(["request_id", "item_id"])
+    )
+    earlier = earlier.with_columns(pl.Series("_key", np.random.default_rng(seed).random(earlier.height)))
+    return (earlier.with_columns(pl.col("_key").rank("ordinal").over("request_id").alias("_pick"))
+            .filter(pl.col("_pick") <= count).select("request_id", "item_id"))
+
+
 def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int,
-               sampling: str = "uniform", rounds: int = 1, with_logq: bool = False) -> None:
+               sampling: str = "uniform", rounds: int = 1, with_logq: bool = False, history: int = 0) -> None:
     """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives).
 
     Negatives are drawn from the catalogue uniformly, or (``sampling="popularity"``) in proportion to
@@ -80,7 +96,11 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     positive against ``rounds`` different negative sets (fresh negatives, as ``rounds`` epochs with a
     new draw each would); validation and test targets stay one request each. ``with_logq``: an extra
     column ``log_q`` = log(negatives · q(item)) per row (positives included), q the sampler's
-    distribution over the catalogue, for the sampled-softmax correction (``TrainConfig.logq_column``)."""
+    distribution over the catalogue, for the sampled-softmax correction (``TrainConfig.logq_column``).
+    ``history``: each request also gets up to that many of the user's earlier items as negatives
+    (:func:`history_negatives`): in a full-catalogue ranking they are candidates like any other, and
+    uniform draws almost never show them to the model (with ``with_logq`` they get the sampler's
+    ``log_q`` of their item, as if drawn)."""
     if (logs / "impressions.parquet").exists():
         return
     logs.mkdir(parents=True, exist_ok=True)
@@ -109,6 +129,9 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
         .join(base.with_row_index("_r").with_columns(pl.col("_r").cast(pl.Int64)), on="_r")
         .select(*base.columns, "item_id", pl.lit(0, dtype=pl.Int8).alias("target"))
     )
+    if history:
+        from_history = history_negatives(sequences, targets, history, seed + 1)
+        negative_rows = pl.concat([negative_rows, from_history.join(base, on="request_id").select(negative_rows.columns)])
     positive_rows = base.with_columns(pl.Series("item_id", positives), pl.lit(1, dtype=pl.Int8).alias("target"))
     rows = pl.concat([positive_rows, negative_rows])
     impressions = rows.join(items, on="item_id", how="left").sort(["request_id", "target"], descending=[False, True])
@@ -276,6 +299,8 @@ def main() -> None:
                              "weights with this decay per step (0 = off)")
     parser.add_argument("--batch-size", type=int, default=1024, help="impressions per training batch (requests are kept whole)")
     parser.add_argument("--learning-rate", type=float, default=None, help="TrainConfig.learning_rate (default: the config's, 2e-3)")
+    parser.add_argument("--history-negatives", type=int, default=0,
+                        help="each request also gets up to this many of the user's earlier items as negatives (see write_logs)")
     parser.add_argument("--negative-rounds", type=int, default=1,
                         help="fresh negatives: each training target is written as this many requests with their own negatives; "
                         "--epochs stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
@@ -325,6 +350,7 @@ def main() -> None:
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
         + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
         + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") + (f"-v{args.validations_per_epoch}" if args.validations_per_epoch != 2 else "") \
+        + (f"-h{args.history_negatives}" if args.history_negatives else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
         + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
@@ -333,6 +359,8 @@ def main() -> None:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     if not 0 <= args.weight_average < 1:
         parser.error(f"--weight-average: a decay in [0, 1) (0 = off), got {args.weight_average}")
+    if args.history_negatives < 0:
+        parser.error(f"--history-negatives: must be >= 0, got {args.history_negatives}")
     if args.jobs < 1 or args.validations_per_epoch < 1:
         parser.error(f"--jobs and --validations-per-epoch: must be >= 1, got {args.jobs} and {args.validations_per_epoch}")
     seeds = list(range(args.seeds)) if args.train_seeds is None else args.train_seeds
@@ -351,10 +379,10 @@ def main() -> None:
             continue
         earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
         data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
-            + ("_logq" if args.logq else "")
+            + ("_logq" if args.logq else "") + (f"_h{args.history_negatives}" if args.history_negatives else "")
         logs = work / f"logs_{data_variant}"  # the same raw rows either way; the store encodes item ids per --item-ids
         store_dir = work / (f"store_{data_variant}" + ("_exact" if args.item_ids == "exact" else ""))
-        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds, args.logq)
+        write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds, args.logq, args.history_negatives)
         if not (store_dir / "manifest.json").exists():
             build_store(schema, logs, store_dir)
         store = EventStore.open(store_dir)
@@ -418,6 +446,7 @@ def main() -> None:
              + (f" --weight-average {args.weight_average:g}" if args.weight_average else "")
              + (f" --cross-rank {args.cross_rank}" if args.cross_rank is not None else "")
              + (f" --validations-per-epoch {args.validations_per_epoch}" if args.validations_per_epoch != 2 else "")
+             + (f" --history-negatives {args.history_negatives}" if args.history_negatives else "")
              + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
              + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
              + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")

@@ -178,3 +178,19 @@ def test_each_target_sees_every_earlier_item_of_its_sequence_even_within_a_tie(t
     requests = dict(zip(impressions["request_id"].to_list(), impressions["timestamp"].to_list()))
     for row, length in zip(rows, ends - starts):
         assert length == order[requests[int(store.request_ids[row])]]  # all earlier items, none later
+
+
+def test_history_negatives_are_earlier_items_of_the_user_never_the_positive():
+    from bench.quality.next_item import history_negatives
+
+    sequences = pl.DataFrame({"user_id": [1, 1, 1, 1, 1, 2, 2], "order": [0, 1, 2, 3, 4, 0, 1], "item_id": [10, 11, 12, 11, 13, 20, 21]})
+    targets = sequences.filter(pl.col("order") >= 1).with_row_index("request_id")
+    picked = history_negatives(sequences, targets, count=2, seed=0)
+    for request in targets.iter_rows(named=True):
+        earlier = set(sequences.filter((pl.col("user_id") == request["user_id"]) & (pl.col("order") < request["order"]))["item_id"].to_list())
+        mine = picked.filter(pl.col("request_id") == request["request_id"])["item_id"].to_list()
+        assert len(mine) == len(set(mine)) == min(2, len(earlier - {request["item_id"]}))
+        assert set(mine) <= earlier - {request["item_id"]}
+    # user 1's 4th item (11 again) has earlier items {10, 11, 12}: 11 is its positive, so only 10 and 12
+    assert sorted(picked.filter(pl.col("request_id") == 2)["item_id"].to_list()) == [10, 12]
+    assert picked.equals(history_negatives(sequences, targets, count=2, seed=0))  # seeded
