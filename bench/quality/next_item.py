@@ -131,7 +131,8 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     )
     if history:
         from_history = history_negatives(sequences, targets, history, seed + 1)
-        negative_rows = pl.concat([negative_rows, from_history.join(base, on="request_id").select(negative_rows.columns)])
+        from_history = from_history.join(base, on="request_id").with_columns(pl.lit(0, dtype=pl.Int8).alias("target"))
+        negative_rows = pl.concat([negative_rows, from_history.select(negative_rows.columns)])
     positive_rows = base.with_columns(pl.Series("item_id", positives), pl.lit(1, dtype=pl.Int8).alias("target"))
     rows = pl.concat([positive_rows, negative_rows])
     impressions = rows.join(items, on="item_id", how="left").sort(["request_id", "target"], descending=[False, True])

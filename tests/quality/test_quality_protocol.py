@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,34 @@ def test_history_negatives_are_earlier_items_of_the_user_never_the_positive():
     # user 1's 4th item (11 again) has earlier items {10, 11, 12}: 11 is its positive, so only 10 and 12
     assert sorted(picked.filter(pl.col("request_id") == 2)["item_id"].to_list()) == [10, 12]
     assert picked.equals(history_negatives(sequences, targets, count=2, seed=0))  # seeded
+
+
+def test_written_requests_carry_their_history_negatives(tmp_path):
+    """``write_logs(history=H)``: each request keeps its positive and uniform draws, plus up to H of
+    the user's earlier items as more negatives (target 0), and the store builds from them."""
+    from bench.quality.next_item import with_exact_item_ids, write_logs
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+
+    day = 86_400
+    frame = pl.DataFrame({"user_id": [1, 1, 1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 4, 5, 6, 7, 8],
+                          "timestamp": [day * t for t in (1, 2, 3, 4, 5, 1, 2, 3)]}).with_row_index("_row")
+    sequences, _ = leave_one_out(frame)
+    items = pl.DataFrame({"item_id": list(range(1, 12)), "category": ["a", "b"] * 5 + ["a"]})
+    write_logs("amazon_grocery", sequences, items, tmp_path / "plain", negatives=2, seed=0)
+    write_logs("amazon_grocery", sequences, items, tmp_path / "logs", negatives=2, seed=0, history=2)
+    plain, rows = (pl.read_parquet(tmp_path / name / "impressions.parquet") for name in ("plain", "logs"))
+    targets = sequences.filter(pl.col("order") >= 1).sort(["user_id", "order"])
+    for request, target in enumerate(targets.iter_rows(named=True)):
+        mine, before = rows.filter(pl.col("request_id") == request), plain.filter(pl.col("request_id") == request)
+        earlier = sequences.filter((pl.col("user_id") == target["user_id"]) & (pl.col("order") < target["order"]))["item_id"].to_list()
+        added = Counter(mine.filter(pl.col("target") == 0)["item_id"].to_list())
+        added.subtract(Counter(before.filter(pl.col("target") == 0)["item_id"].to_list()))  # the same uniform draws, plus:
+        assert set(added.values()) <= {0, 1}
+        from_history = {item for item, n in added.items() if n == 1}
+        assert len(from_history) == min(2, len(earlier)) and from_history <= set(earlier) - {target["item_id"]}
+        assert mine.filter(pl.col("target") == 1)["item_id"].to_list() == [target["item_id"]]
+    schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
+    build_store(schema, tmp_path / "logs", tmp_path / "store")
+    assert EventStore.open(tmp_path / "store").num_examples == rows.height
