@@ -288,6 +288,8 @@ def main() -> None:
                              "(about 9%% of Amazon's items then share a bucket; the runs before 2026-11-29's fifth session)")
     parser.add_argument("--attribute-dim", type=int, default=None,
                         help="SequenceModelConfig.attribute_dim: the size of each attribute embedding, item ids included (default: the config's)")
+    parser.add_argument("--identity-match", action="store_true",
+                        help="SequenceModelConfig(identity_match=True): identity codes in the target attention, a sharp 'this very item' signal")
     parser.add_argument("--transition-match", action="store_true",
                         help="SequenceModelConfig.transition_match: a directed item-to-item channel in the target attention ('from' "
                              "embeddings of the events against 'to' embeddings of the candidate)")
@@ -342,6 +344,8 @@ def main() -> None:
     overrides = {k: v for k, v in (("attribute_dim", args.attribute_dim), ("dropout", args.dropout), ("cross_rank", args.cross_rank)) if v is not None}
     if args.transition_match:
         overrides["transition_match"] = True
+    if args.identity_match:
+        overrides["identity_match"] = True
     try:
         config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight), **overrides)
     except ValueError as error:
@@ -349,7 +353,7 @@ def main() -> None:
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
         + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
-        + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
+        + ("-ident" if args.identity_match else "") + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
         + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") + (f"-v{args.validations_per_epoch}" if args.validations_per_epoch != 2 else "") \
         + (f"-h{args.history_negatives}" if args.history_negatives else "") \
         + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
@@ -443,7 +447,7 @@ def main() -> None:
              + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
-             + (" --transition-match" if args.transition_match else "")
+             + (" --identity-match" if args.identity_match else "") + (" --transition-match" if args.transition_match else "")
              + (f" --weight-average {args.weight_average:g}" if args.weight_average else "")
              + (f" --cross-rank {args.cross_rank}" if args.cross_rank is not None else "")
              + (f" --validations-per-epoch {args.validations_per_epoch}" if args.validations_per_epoch != 2 else "")
