@@ -38,7 +38,7 @@ import polars as pl  # noqa: E402
 
 from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
-from bench.quality.report import markdown_table, mean_std, write_section  # noqa: E402
+from bench.quality.report import KEPT, cell_mean, kept_rows, markdown_table, mean_std, section_table, write_section  # noqa: E402
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 EVENT_TYPE = {"ml100k": "rating", "amazon_grocery": "purchase"}
@@ -427,6 +427,7 @@ def main() -> None:
                 "train s": [r["train_seconds"] for r in found], "rank s": [r["rank_seconds"] for r in found]}
     this = f"eventrec sequence model ({variant.replace('-', ', ')})"
     rows["rule: most popular in training (same list for everyone)"] = dict(zip(("hr@10", "ndcg@10"), map(lambda v: [v], popularity_rule(sequences, items, users))))
+    section = f"{args.dataset}-next-item" + (f"-{len(users)}-users" if args.test_users else "") + ("" if args.ties == "row" else f"-ties-{args.ties}")
     peers = []  # one row per SASRec run directory (sasrec, sasrec_60min, ...), named by how its training ended
     for sasrec_dir in sorted(work.glob("sasrec*")):
         peer = sasrec_on_users(sasrec_dir, users)
@@ -460,16 +461,21 @@ def main() -> None:
              f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "
              f"(seeds trained by it: {len(trained)}; train s and rank s below are per seed, in its own process).", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
+    # rows of the section as written whose run folders are not here (a fresh checkout): kept, marked
+    earlier = {name: cells for name, cells in section_table(section).items() if name not in rows}
+    if earlier:
+        lines[-1] += "\n" + "\n".join(kept_rows(earlier, set(rows)))
+        lines[2] += f" Rows marked \"{KEPT.strip()}\" are copied from this section as it was before this invocation."
+        peers += [name for name in earlier if name.startswith("RecBole SASRec")]
+    means = {name: (mean_std(v["hr@10"])[0], mean_std(v["ndcg@10"])[0]) for name, v in rows.items()}
+    means |= {name: (cell_mean(cells[1]), cell_mean(cells[2])) for name, cells in earlier.items()}  # cells: seeds, HR@10, NDCG@10, ...
     if peers:  # ratios against the strongest SASRec run
-        strongest = max(peers, key=lambda name: (mean_std(rows[name]["hr@10"])[0], name.endswith("epochs)") and "early stopping:" in name))  # ties: the early-stopped run
+        strongest = max(peers, key=lambda name: (means[name][0], name.endswith("epochs)") and "early stopping:" in name))  # ties: the early-stopped run
         lines += ["", f"Ratios against the strongest SASRec row, {strongest}:"]
-        for name, values in rows.items():
+        for name, (hr, ndcg) in means.items():
             if name not in peers:
-                hr = mean_std(values["hr@10"])[0] / mean_std(rows[strongest]["hr@10"])[0]
-                ndcg = mean_std(values["ndcg@10"])[0] / mean_std(rows[strongest]["ndcg@10"])[0]
-                lines.append(f"- {name} / SASRec: HR@10 {hr:.2f}×, NDCG@10 {ndcg:.2f}× (goal ≥ 1.15×)")
-    write_section(f"{args.dataset}-next-item" + (f"-{len(users)}-users" if args.test_users else "") + ("" if args.ties == "row" else f"-ties-{args.ties}"),
-                  "\n".join(lines))
+                lines.append(f"- {name} / SASRec: HR@10 {hr / means[strongest][0]:.2f}×, NDCG@10 {ndcg / means[strongest][1]:.2f}× (goal ≥ 1.15×)")
+    write_section(section, "\n".join(lines))
     print("\n".join(lines))
     print(f"{time.perf_counter() - started:.0f} s")
 

@@ -55,6 +55,38 @@ def gain_verdict(ours: dict[str, list[float]], other: dict[str, list[float]], me
     return text + " → no clear difference"
 
 
+KEPT = " [earlier run, folder not in this checkout]"
+
+
+def section_table(name: str, path: Path = RESULTS) -> dict[str, list[str]]:
+    """The first markdown table of the ``name`` section as written: ``{model: [the other cells]}``
+    (model names without :data:`KEPT`); empty when the section or its table is missing."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else ""
+    if begin not in text or end not in text:
+        return {}
+    rows: dict[str, list[str]] = {}
+    for line in text.split(begin, 1)[1].split(end, 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if not cells or cells[0] == "model" or set(cells[0]) <= set("-:"):
+            if rows and not cells:
+                break  # the table ended
+            continue
+        rows[cells[0].removesuffix(KEPT)] = cells[1:]
+    return rows
+
+
+def kept_rows(earlier: dict[str, list[str]], regenerated: set[str]) -> list[str]:
+    """Table lines for the rows of ``earlier`` (:func:`section_table`) that this run did not
+    regenerate (their run folders are gone, e.g. in a fresh checkout): kept as written, marked."""
+    return [f"| {name}{KEPT} | " + " | ".join(cells) + " |" for name, cells in earlier.items() if name not in regenerated]
+
+
+def cell_mean(text: str) -> float:
+    """The mean of a table cell written by :func:`cell` (``"0.1012 ± 0.0039"`` or ``"0.1012"``)."""
+    return float(text.split("±")[0])
+
+
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the ``name`` section of ``docs/results.md``, atomically."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

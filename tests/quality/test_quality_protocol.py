@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.quality.next_item_data import leave_one_out  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, mean_reciprocal_rank, target_ranks  # noqa: E402
-from bench.quality.report import gain_verdict, write_section  # noqa: E402
+from bench.quality.report import KEPT, cell_mean, gain_verdict, kept_rows, markdown_table, section_table, write_section  # noqa: E402
 from bench.quality.trivago_breakdown import GROUPS, clickout_groups, group_mrr  # noqa: E402
 from bench.quality.trivago_data import recency_scores  # noqa: E402
 
@@ -133,6 +133,21 @@ def test_gain_rule_and_sections(tmp_path):
     write_section("a", "replaced", path)
     text = path.read_text()
     assert "replaced" in text and "first" not in text and text.index("replaced") < text.index("second")
+
+
+def test_a_section_keeps_the_rows_whose_run_folders_are_gone(tmp_path):
+    """A table regenerated in a checkout without some run folders keeps those rows as written."""
+    path = tmp_path / "results.md"
+    first = markdown_table({"kept model": {"hr@10": [0.1, 0.2]}, "rerun model": {"hr@10": [0.3]}}, ["hr@10"])
+    write_section("a", "Command: x.\n\n" + first + "\n\nRatios:\n- not a row", path)
+    earlier = section_table("a", path)
+    assert earlier == {"kept model": ["2", "0.1500 ± 0.0707"], "rerun model": ["1", "0.3000"]}
+    lines = kept_rows(earlier, {"rerun model"})
+    assert lines == [f"| kept model{KEPT} | 2 | 0.1500 ± 0.0707 |"]
+    write_section("a", markdown_table({"rerun model": {"hr@10": [0.4]}}, ["hr@10"]) + "\n" + "\n".join(lines), path)
+    assert section_table("a", path) == {"rerun model": ["1", "0.4000"], "kept model": ["2", "0.1500 ± 0.0707"]}  # marked, read back by name
+    assert cell_mean("0.1500 ± 0.0707") == 0.15 and cell_mean("0.3000") == 0.3
+    assert section_table("missing", path) == {}
 
 
 def test_exact_item_ids_give_every_item_its_own_embedding_row():
