@@ -38,7 +38,7 @@ import polars as pl  # noqa: E402
 
 from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
-from bench.quality.report import KEPT, cell_mean, kept_rows, markdown_table, mean_std, section_table, write_section  # noqa: E402
+from bench.quality.report import KEPT_NOTE, cell_mean, markdown_table, mean_std, with_kept_rows, write_section  # noqa: E402
 
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
 EVENT_TYPE = {"ml100k": "rating", "amazon_grocery": "purchase"}
@@ -461,11 +461,9 @@ def main() -> None:
              f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "
              f"(seeds trained by it: {len(trained)}; train s and rank s below are per seed, in its own process).", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
-    # rows of the section as written whose run folders are not here (a fresh checkout): kept, marked
-    earlier = {name: cells for name, cells in section_table(section).items() if name not in rows}
+    lines[-1], earlier = with_kept_rows(section, lines[-1], set(rows))  # rows whose run folders are not here (a fresh checkout)
     if earlier:
-        lines[-1] += "\n" + "\n".join(kept_rows(earlier, set(rows)))
-        lines[2] += f" Rows marked \"{KEPT.strip()}\" are copied from this section as it was before this invocation."
+        lines[2] += KEPT_NOTE
         peers += [name for name in earlier if name.startswith("RecBole SASRec")]
     means = {name: (mean_std(v["hr@10"])[0], mean_std(v["ndcg@10"])[0]) for name, v in rows.items()}
     means |= {name: (cell_mean(cells[1]), cell_mean(cells[2])) for name, cells in earlier.items()}  # cells: seeds, HR@10, NDCG@10, ...

@@ -82,6 +82,16 @@ def kept_rows(earlier: dict[str, list[str]], regenerated: set[str]) -> list[str]
     return [f"| {name}{KEPT} | " + " | ".join(cells) + " |" for name, cells in earlier.items() if name not in regenerated]
 
 
+KEPT_NOTE = f" Rows marked \"{KEPT.strip()}\" are copied from this section as it was before this invocation."
+
+
+def with_kept_rows(section: str, table: str, regenerated: set[str], path: Path = RESULTS) -> tuple[str, dict[str, list[str]]]:
+    """``table`` with the rows of ``section``'s table as written that are not in ``regenerated``
+    appended (:func:`kept_rows`), and those rows (:func:`section_table`); say so with :data:`KEPT_NOTE`."""
+    earlier = {name: cells for name, cells in section_table(section, path).items() if name not in regenerated}
+    return (table + "\n" + "\n".join(kept_rows(earlier, regenerated)) if earlier else table), earlier
+
+
 def cell_mean(text: str) -> float:
     """The mean of a table cell written by :func:`cell` (``"0.1012 ± 0.0039"`` or ``"0.1012"``)."""
     return float(text.split("±")[0])

@@ -26,7 +26,7 @@ import polars as pl  # noqa: E402
 from bench.quality.next_item import sasrec_ranks  # noqa: E402
 from bench.quality.next_item_data import work_dir  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
-from bench.quality.report import KEPT, kept_rows, markdown_table, section_table, write_section  # noqa: E402
+from bench.quality.report import KEPT_NOTE, markdown_table, with_kept_rows, write_section  # noqa: E402
 
 
 def test_targets(sequences: pl.DataFrame, users: np.ndarray) -> pl.DataFrame:
@@ -115,10 +115,9 @@ def main() -> None:
              "next-item table); the rules are computed here from the training pairs.", "",
              markdown_table(rows, metrics, header)]
     section = f"{args.dataset}-tie-breakdown" + ("" if args.ties == "row" else f"-ties-{args.ties}")
-    earlier = section_table(section)  # rows whose run folders are not here (a fresh checkout): kept as written, marked
-    if set(earlier) - set(rows):
-        lines[-1] += "\n" + "\n".join(kept_rows(earlier, set(rows)))
-        lines[2] += f" Rows marked \"{KEPT.strip()}\" are copied from this section as it was before this invocation."
+    lines[-1], earlier = with_kept_rows(section, lines[-1], set(rows))  # rows whose run folders are not here (a fresh checkout)
+    if earlier:
+        lines[2] += KEPT_NOTE
     write_section(section, "\n".join(lines))
     print("\n".join(lines))
 
