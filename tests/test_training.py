@@ -4,6 +4,8 @@ early stopping reads the validation split only."""
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -468,3 +470,104 @@ def test_a_field_missing_from_an_older_checkpoint_counts_as_its_default():
     del saved["weight_average_decay"]  # written before the field existed
     assert changed_fields(saved, TRAIN) == []
     assert changed_fields(saved, TRAIN.model_copy(update={"weight_average_decay": 0.9})) == ["weight_average_decay: 0.0 → 0.9"]
+
+
+def test_dot_sampled_catalogue_loss_estimates_the_full_softmax():
+    from eventrec.model.heads import dot_sampled_catalogue_loss
+
+    generator = torch.Generator().manual_seed(0)
+    catalogue, draws, positive = 40, 50_000, 7
+    dot = 2 * torch.randn(catalogue, dtype=torch.float64, generator=generator)
+    residual = torch.randn(catalogue, dtype=torch.float64, generator=generator)
+    whole = residual + dot
+    drawn = torch.multinomial(torch.softmax(dot, 0), draws, replacement=True, generator=generator)
+    estimate = dot_sampled_catalogue_loss(whole[positive].view(1), torch.logsumexp(dot, 0).view(1), residual[drawn].view(1, draws),
+                                          (drawn != positive).view(1, draws))
+    assert estimate.item() == pytest.approx((torch.logsumexp(whole, 0) - whole[positive]).item(), rel=2e-3)
+    # the exact formula on a few draws, against a loop
+    drawn = drawn[:5].view(1, 5)
+    kept = drawn != positive
+    kept[0, 1] = False  # as if a draw of the positive
+    terms = [whole[positive]] + [residual[c] + torch.logsumexp(dot, 0) - math.log(5) for j, c in enumerate(drawn[0]) if kept[0, j]]
+    expected = torch.logsumexp(torch.stack(terms), 0) - whole[positive]
+    got = dot_sampled_catalogue_loss(whole[positive].view(1), torch.logsumexp(dot, 0).view(1), residual[drawn], kept)
+    torch.testing.assert_close(got, expected)
+    nothing_kept = dot_sampled_catalogue_loss(whole[:1], dot[:1], residual[:3].view(1, 3), torch.zeros(1, 3, dtype=torch.bool))
+    assert nothing_kept.item() == 0.0  # only the positive is left in its own softmax
+
+
+@pytest.fixture(scope="module")
+def one_task_store(tmp_path_factory):
+    """A small synthetic world's store with one task (click) and no context attributes (a catalogue)."""
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+    from eventrec.synthetic import generate_world
+
+    root = tmp_path_factory.mktemp("one_task")
+    generate_world(root / "world", num_users=200, days=3, num_candidate_requests=10, seed=0)
+    schema = load_schema(Path(__file__).resolve().parents[1] / "eventrec" / "schemas" / "synthetic.yaml")
+    schema = schema.model_copy(update={"impressions": schema.impressions.model_copy(update={"context_attributes": [], "labels": ["click"]})})
+    build_store(schema, root / "world", root / "store")
+    return EventStore.open(root / "store")
+
+
+def test_sampled_catalogue_logit_loss_estimates_the_whole_logits_full_softmax(one_task_store):
+    from eventrec.batching import catalogue_items, catalogue_positions, make_batch
+    from eventrec.model.embeddings import FeatureSpec
+    from eventrec.training.catalogue_sampling import sampled_catalogue_logit_loss
+    from eventrec.training.factory import build_model
+
+    store = one_task_store
+    torch.manual_seed(0)
+    model = build_model(FeatureSpec.from_store(store), MODEL.model_copy(update={"dot_term": True})).eval()
+    rows = store.split_indices("train")
+    ids, catalogue_item = catalogue_items(store, rows)
+    rows = rows[np.isin(np.arange(len(rows)), np.flatnonzero(store.labels[rows, 0] > 0.5)[:3]) | (np.arange(len(rows)) < 20)]
+    batch = make_batch(store, rows)
+    assert len(ids) >= 20 and (batch.labels[:, 0] > 0.5).sum() >= 2  # several items and positives (several histories)
+    positive_item = torch.from_numpy(catalogue_positions(ids, store.item_ids[rows]))
+    with torch.no_grad():
+        dot_parts: list = []
+        user = model.user_side(batch)
+        logits = model.candidate_side(user, batch.item, batch.context, batch.history_index, dot_parts)
+        vectors = model.dot_item_vectors(catalogue_item)
+        estimate = sampled_catalogue_logit_loss(model, user, batch, logits, dot_parts[0], vectors, catalogue_item, positive_item, 20_000)
+        expected = []  # every catalogue item scored by the whole model, for each positive row's history
+        for p in (batch.labels[:, 0] > 0.5).nonzero().squeeze(1).tolist():
+            every = model.candidate_side(user, catalogue_item, {}, batch.history_index[p].repeat(len(ids)))[:, 0]
+            expected.append(torch.logsumexp(every, 0) - logits[p, 0])
+    assert estimate.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-2)
+
+
+def test_whole_logit_trains_with_the_sampled_catalogue_softmax(tiny_store, one_task_store, tmp_path, monkeypatch):
+    config = TRAIN.model_copy(update={"catalogue_logit_weight": 1.0, "catalogue_logit_draws": 4, "batch_size": 32, "epochs": 1,
+                                      "max_steps_per_epoch": 3})
+    with pytest.raises(ValueError, match="catalogue_logit_weight: trains the dot term"):
+        train(tiny_store, MODEL, config, tmp_path / "no", show_progress=False)
+    model_config = MODEL.model_copy(update={"dot_term": True})
+    with pytest.raises(ValueError, match="catalogue_logit_weight: draws items for one task"):
+        train(tiny_store, model_config, config, tmp_path / "two_tasks", show_progress=False)
+    store = one_task_store
+    seen, bce_seen = [], []
+    sampled, bce = trainer_module.sampled_catalogue_logit_loss, trainer_module.multitask_loss
+
+    def spy(model, user, batch, logits, dot_users, vectors, items, positive_item, draws):
+        out = sampled(model, user, batch, logits, dot_users, vectors, items, positive_item, draws)
+        seen.append((draws, vectors.shape[0], out.item()))
+        return out
+
+    def bce_spy(*args):
+        out = bce(*args)
+        bce_seen.append(out[0].item())
+        return out
+
+    monkeypatch.setattr(trainer_module, "sampled_catalogue_logit_loss", spy)
+    monkeypatch.setattr(trainer_module, "multitask_loss", bce_spy)
+    _, result = train(store, model_config, config, tmp_path / "run", show_progress=False)
+    distinct = len(np.unique(store.item_ids[store.split_indices("train")]))
+    assert result.steps == len(seen) > 0 and all(d == 4 and c == distinct for d, c, _ in seen)
+    logged = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
+    for total, plain, (_, _, part) in zip(logged, bce_seen, seen, strict=True):  # the bce loss plus the sampled term
+        assert part >= 0 and total == pytest.approx(plain + part, rel=1e-5)
+    assert any(part > 0 for _, _, part in seen)  # (a batch without a positive adds 0)

@@ -283,6 +283,9 @@ def main() -> None:
     parser.add_argument("--catalogue-weight", type=float, default=0.0,
                         help="build the model with dot_term and add this weight times its full softmax over the whole catalogue "
                              "(TrainConfig.catalogue_weight: SASRec's loss, on the dot term)")
+    parser.add_argument("--catalogue-logit-weight", type=float, default=0.0,
+                        help="TrainConfig.catalogue_logit_weight: the whole logit's full-catalogue softmax, sampled from the dot term (0 = off)")
+    parser.add_argument("--catalogue-logit-draws", type=int, default=32, help="TrainConfig.catalogue_logit_draws: items drawn per positive")
     parser.add_argument("--item-ids", choices=["exact", "hashed"], default="exact",
                         help="item ids as a vocabulary (one embedding per item), or hashed into the schema's 100,003 buckets "
                              "(about 9%% of Amazon's items then share a bucket; the runs before 2026-11-29's fifth session)")
@@ -347,11 +350,12 @@ def main() -> None:
     if args.identity_match:
         overrides["identity_match"] = True
     try:
-        config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight), **overrides)
+        config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight or args.catalogue_logit_weight), **overrides)
     except ValueError as error:
         parser.error(f"--attribute-dim / --dropout / --cross-rank: {error}")
     variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
-        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
+        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") \
+        + (f"-clw{args.catalogue_logit_weight:g}" + (f"d{args.catalogue_logit_draws}" if args.catalogue_logit_draws != 32 else "") if args.catalogue_logit_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
         + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
         + ("-ident" if args.identity_match else "") + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
         + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") + (f"-v{args.validations_per_epoch}" if args.validations_per_epoch != 2 else "") \
@@ -364,6 +368,8 @@ def main() -> None:
         parser.error(f"--negative-rounds: must be >= 1 and divide --epochs ({args.epochs}), got {args.negative_rounds}")
     if not 0 <= args.weight_average < 1:
         parser.error(f"--weight-average: a decay in [0, 1) (0 = off), got {args.weight_average}")
+    if args.catalogue_logit_weight < 0 or args.catalogue_logit_draws < 1:
+        parser.error(f"--catalogue-logit-weight must be >= 0 and --catalogue-logit-draws >= 1, got {args.catalogue_logit_weight} and {args.catalogue_logit_draws}")
     if args.history_negatives < 0:
         parser.error(f"--history-negatives: must be >= 0, got {args.history_negatives}")
     if args.jobs < 1 or args.validations_per_epoch < 1:
@@ -397,7 +403,8 @@ def main() -> None:
                                    patience=args.patience, calibrate=False, seed=seed, impression_validation=args.select != "ndcg",  # the sampled pass selects nothing then
                                    **({"learning_rate": args.learning_rate} if args.learning_rate is not None else {}),
                                    loss=args.loss, stop_on="auc" if args.select == "auc" else "score",
-                                   in_batch_weight=args.in_batch_weight, catalogue_weight=args.catalogue_weight, logq_column="log_q" if args.logq else None,
+                                   in_batch_weight=args.in_batch_weight, catalogue_weight=args.catalogue_weight,
+                                   catalogue_logit_weight=args.catalogue_logit_weight, catalogue_logit_draws=args.catalogue_logit_draws, logq_column="log_q" if args.logq else None,
                                    weight_average_decay=args.weight_average)
         selection = validation_ndcg(store, sequences, items, validation_users) if args.select == "ndcg" else None
         t0 = time.perf_counter()
@@ -445,6 +452,8 @@ def main() -> None:
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
              + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
              + (f" --catalogue-weight {args.catalogue_weight:g}" if args.catalogue_weight else "")
+             + (f" --catalogue-logit-weight {args.catalogue_logit_weight:g}" + (f" --catalogue-logit-draws {args.catalogue_logit_draws}" if args.catalogue_logit_draws != 32 else "")
+                if args.catalogue_logit_weight else "")
              + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
              + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
              + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -177,6 +179,25 @@ def catalogue_softmax_loss(users: torch.Tensor, catalogue: torch.Tensor, labels:
         return F.cross_entropy(users[history_index[rows], t] @ catalogue.T, positive_item[rows])  # scores [P, C]
 
     return _mean_over_positives(labels, loss, catalogue)
+
+
+def dot_sampled_catalogue_loss(positive: torch.Tensor, log_normalizer: torch.Tensor, residuals: torch.Tensor,
+                               kept: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of a whole logit ``z = r + d`` over a whole catalogue, estimated from S
+    items drawn from the softmax of its dot term ``d`` alone (importance sampling: the proposal
+    ``q_c = exp(d_c) / Z_d`` is known exactly, so each drawn item's ``exp(z_c) / q_c`` is
+    ``Z_d·exp(r_c)``). Per positive p:
+
+        ``-z_p + log(exp(z_p) + Z_d/S · Σ_j kept_j · exp(r_j))``
+
+    ``positive [P]``: the positives' whole logits; ``log_normalizer [P]``: ``log Z_d`` over the
+    catalogue; ``residuals [P, S]``: ``z - d`` of the drawn items; ``kept [P, S]`` (bool): false for a
+    draw of the positive itself (left out: the sum then estimates every other item's term, unbiased).
+    Returns the mean over positives (a scalar)."""
+    draws = residuals.shape[1]
+    corrected = residuals + (log_normalizer - math.log(draws)).unsqueeze(1)
+    corrected = corrected.masked_fill(~kept, -torch.inf)
+    return (torch.logsumexp(torch.cat([positive.unsqueeze(1), corrected], dim=1), dim=1) - positive).mean()
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor, weights: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

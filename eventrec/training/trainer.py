@@ -34,6 +34,7 @@ from eventrec.model.embeddings import FeatureSpec
 from eventrec.batching import catalogue_items, catalogue_positions
 from eventrec.model.heads import catalogue_softmax_loss, fit_platt, in_batch_softmax_loss, multitask_loss, request_softmax_loss
 from eventrec.store import EventStore
+from eventrec.training.catalogue_sampling import sampled_catalogue_logit_loss
 from eventrec.training.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from eventrec.training.evaluation import metrics_by_task, predict
 from eventrec.training.factory import ModelConfig, batch_function, build_model
@@ -72,6 +73,13 @@ class TrainConfig(BaseModel):
         0.0, ge=0, description="with a model built with dot_term: add this weight times a full softmax of the dot term over "
         "every distinct item of the train split's impressions (the catalogue; no sampling, as SASRec's loss). Each step scores "
         "all C items' dot vectors, cheap next to the keyed pooling; needs candidates without context attributes")
+    catalogue_logit_weight: float = Field(
+        0.0, ge=0, description="with a model built with dot_term and one task: add this weight times a full-catalogue softmax "
+        "of the whole logit (pooling, heads and dot term), estimated from catalogue_logit_draws items per positive drawn from "
+        "the dot term's softmax over the catalogue and scored by the whole model (eventrec.training.catalogue_sampling): it "
+        "trains the heads against the items the dot term ranks high, which the logged negatives seldom are")
+    catalogue_logit_draws: int = Field(
+        32, ge=1, description="with catalogue_logit_weight: items drawn per positive (each costs one more candidate row)")
     logq_column: str | None = Field(
         None, description="with loss request_softmax: an extra column of the impressions (schema extra_columns) holding, per "
         "row, log of the expected count of its item under the negative sampler (log(K·q(item)) for K negatives drawn from q); "
@@ -190,7 +198,7 @@ def train(
     model in eval mode; returns metrics on validation data (never test), whose ``"score"`` entry
     (higher is better) selects the best weights and drives early stopping. All entries go to the
     history and to ``score_log.csv``."""
-    for name in ("in_batch_weight", "catalogue_weight"):
+    for name in ("in_batch_weight", "catalogue_weight", "catalogue_logit_weight"):
         if getattr(config, name) and not getattr(model_config, "dot_term", False):
             raise ValueError(f"{name}: trains the dot term; build the model with dot_term: true")
     if config.stop_on == "score" and validation_score is None:
@@ -216,14 +224,17 @@ def train(
         logq = store.extras[config.logq_column]
         if not np.isfinite(logq[store.split_indices("train")]).all():
             raise ValueError(f"logq_column: {config.logq_column!r} has missing or non-finite values in the train split")
+    if config.catalogue_logit_weight and len(store.label_names) != 1:
+        raise ValueError(f"catalogue_logit_weight: draws items for one task; this store has {len(store.label_names)} ({store.label_names})")
     catalogue = None
-    if config.catalogue_weight:
+    if config.catalogue_weight or config.catalogue_logit_weight:
+        name = "catalogue_weight" if config.catalogue_weight else "catalogue_logit_weight"
         if store.schema.impressions.context_attributes:
-            raise ValueError("catalogue_weight: the candidates have context attributes, so an item's dot vector depends on its request")
+            raise ValueError(f"{name}: the candidates have context attributes, so an item's dot vector depends on its request")
         train_rows = store.split_indices("train")
         ids = store.item_ids[train_rows]  # ints, or strings (numpy object arrays); null ids cannot be told apart
         if ids.dtype.kind not in "iuUO" or (ids.dtype.kind == "O" and any(v is None for v in ids)):
-            raise ValueError("catalogue_weight: the impressions need an item column with an id on every row (impressions.item_column)")
+            raise ValueError(f"{name}: the impressions need an item column with an id on every row (impressions.item_column)")
         catalogue_ids, catalogue_item = catalogue_items(store, train_rows)
         catalogue = (catalogue_ids, {k: v.to(next(model.parameters()).device) for k, v in catalogue_item.items()})
     dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=batch_fn, groups=groups)
@@ -313,7 +324,11 @@ def train(
             if config.needs_requests and batch.request_ids is None:
                 raise ValueError("loss request_softmax / listwise_weight: this model's batches carry no request ids")
             dot_parts: list = []
-            logits = model(batch, dot_parts) if config.in_batch_weight or config.catalogue_weight else model(batch)
+            if config.catalogue_logit_weight:  # the user side is needed again for the drawn items
+                user = model.user_side(batch)
+                logits = model.candidate_side(user, batch.item, batch.context, batch.history_index, dot_parts)
+            else:
+                logits = model(batch, dot_parts) if config.in_batch_weight or config.catalogue_weight else model(batch)
             if config.loss == "request_softmax":
                 corrected = logits
                 if logq is not None:  # sampled-softmax correction, inside the loss only
@@ -329,10 +344,14 @@ def train(
                     users, items, batch.labels, batch.history_index, batch.item[model.item_key_attribute])[0]
             if catalogue is not None:
                 catalogue_ids, catalogue_item = catalogue
-                positive_item = catalogue_positions(catalogue_ids, store.item_ids[batch.example_indices.cpu().numpy()])
-                loss = loss + config.catalogue_weight * catalogue_softmax_loss(
-                    dot_parts[0], model.dot_item_vectors(catalogue_item), batch.labels, batch.history_index,
-                    torch.from_numpy(positive_item).to(logits.device))[0]
+                positive_item = torch.from_numpy(catalogue_positions(catalogue_ids, store.item_ids[batch.example_indices.cpu().numpy()])).to(logits.device)
+                catalogue_vectors = model.dot_item_vectors(catalogue_item)
+                if config.catalogue_weight:
+                    loss = loss + config.catalogue_weight * catalogue_softmax_loss(
+                        dot_parts[0], catalogue_vectors, batch.labels, batch.history_index, positive_item)[0]
+                if config.catalogue_logit_weight:
+                    loss = loss + config.catalogue_logit_weight * sampled_catalogue_logit_loss(
+                        model, user, batch, logits, dot_parts[0], catalogue_vectors, catalogue_item, positive_item, config.catalogue_logit_draws)
             for optimizer in optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
