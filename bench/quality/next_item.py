@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
+from bench.quality.next_item_variant import option_flags, variant_tag  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 from bench.quality.report import KEPT_NOTE, cell_mean, markdown_table, mean_std, with_kept_rows, write_section  # noqa: E402
 
@@ -256,7 +257,8 @@ def run_seed_processes(dataset: str, seeds: list[int], jobs: int) -> None:
         raise RuntimeError(f"{dataset}: training failed for " + ", ".join(failed))
 
 
-def main() -> None:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="ml100k")
     parser.add_argument("--ties", choices=["row", "shuffled"], default="row",
@@ -318,6 +320,11 @@ def main() -> None:
                         help="train this many seeds at once, each in its own process with --threads threads (on 2 cores, "
                              "3 one-thread processes finish 3 seeds sooner than one two-thread process: small ops scale poorly)")
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # set on --jobs' worker processes
+    return parser
+
+
+def main() -> None:
+    parser = argument_parser()
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -353,15 +360,7 @@ def main() -> None:
         config = SequenceModelConfig(dot_term=bool(args.in_batch_weight or args.catalogue_weight or args.catalogue_logit_weight), **overrides)
     except ValueError as error:
         parser.error(f"--attribute-dim / --dropout / --cross-rank: {error}")
-    variant = f"{args.loss}-n{args.negatives}-{args.sampling}-e{args.epochs}" + ("" if args.select == "auc" else f"-sel{args.select}") \
-        + (f"-dot{args.in_batch_weight:g}" if args.in_batch_weight else "") + (f"-cat{args.catalogue_weight:g}" if args.catalogue_weight else "") \
-        + (f"-clw{args.catalogue_logit_weight:g}" + (f"d{args.catalogue_logit_draws}" if args.catalogue_logit_draws != 32 else "") if args.catalogue_logit_weight else "") + (f"-r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
-        + (f"-a{args.attribute_dim}" if args.attribute_dim is not None else "") + (f"-d{args.dropout:g}" if args.dropout is not None else "") \
-        + ("-ident" if args.identity_match else "") + ("-trans" if args.transition_match else "") + (f"-wa{args.weight_average:g}" if args.weight_average else "") \
-        + (f"-cr{args.cross_rank}" if args.cross_rank is not None else "") + (f"-v{args.validations_per_epoch}" if args.validations_per_epoch != 2 else "") \
-        + (f"-h{args.history_negatives}" if args.history_negatives else "") \
-        + (f"-b{args.batch_size}" if args.batch_size != 1024 else "") + (f"-lr{args.learning_rate:g}" if args.learning_rate is not None else "") \
-        + ("-logq" if args.logq else "") + ("-exact" if args.item_ids == "exact" else "")
+    variant = variant_tag(args, parser)
     if args.batch_size < 1 or (args.learning_rate is not None and not args.learning_rate > 0):
         parser.error(f"--batch-size must be >= 1 and --learning-rate > 0, got {args.batch_size} and {args.learning_rate}")
     if args.negative_rounds < 1 or args.epochs % args.negative_rounds:
@@ -450,21 +449,7 @@ def main() -> None:
              + (f" --test-users {args.test_users}" if args.test_users else "")
              + (f" --select {args.select} --patience {args.patience}" if args.select != "auc" else "")
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
-             + (f" --in-batch-weight {args.in_batch_weight:g}" if args.in_batch_weight else "")
-             + (f" --catalogue-weight {args.catalogue_weight:g}" if args.catalogue_weight else "")
-             + (f" --catalogue-logit-weight {args.catalogue_logit_weight:g}" + (f" --catalogue-logit-draws {args.catalogue_logit_draws}" if args.catalogue_logit_draws != 32 else "")
-                if args.catalogue_logit_weight else "")
-             + (f" --negative-rounds {args.negative_rounds}" if args.negative_rounds > 1 else "")
-             + (f" --attribute-dim {args.attribute_dim}" if args.attribute_dim is not None else "")
-             + (f" --dropout {args.dropout:g}" if args.dropout is not None else "")
-             + (" --identity-match" if args.identity_match else "") + (" --transition-match" if args.transition_match else "")
-             + (f" --weight-average {args.weight_average:g}" if args.weight_average else "")
-             + (f" --cross-rank {args.cross_rank}" if args.cross_rank is not None else "")
-             + (f" --validations-per-epoch {args.validations_per_epoch}" if args.validations_per_epoch != 2 else "")
-             + (f" --history-negatives {args.history_negatives}" if args.history_negatives else "")
-             + (f" --batch-size {args.batch_size}" if args.batch_size != 1024 else "")
-             + (f" --learning-rate {args.learning_rate:g}" if args.learning_rate is not None else "")
-             + (" --logq" if args.logq else "") + (" --item-ids hashed" if args.item_ids == "hashed" else "")
+             + option_flags(args, parser)
              + (f" --jobs {args.jobs} --threads {args.threads}" if args.jobs > 1 else "") + "`. "
              f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
              f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "

@@ -241,3 +241,32 @@ def test_written_requests_carry_their_history_negatives(tmp_path):
     schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
     build_store(schema, tmp_path / "logs", tmp_path / "store")
     assert EventStore.open(tmp_path / "store").num_examples == rows.height
+
+
+def test_variant_tags_and_flags_reproduce_the_documented_runs():
+    import re
+    import shlex
+
+    from bench.quality.next_item import argument_parser
+    from bench.quality.next_item_variant import option_flags, variant_tag
+
+    parser = argument_parser()
+    results = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
+    documented = re.findall(r'Command \(row "eventrec sequence model \(([^)"]*)\)"\): `([^`]*)`', results)
+    checked = 0
+    for row, command in documented:
+        tag = row.replace(", ", "-")
+        if not tag.endswith("-exact"):  # written when hashed ids were the default: their flags no longer name them
+            continue
+        args = parser.parse_args(shlex.split(command.split("next_item.py", 1)[1]))
+        assert variant_tag(args, parser) == tag
+        assert option_flags(args, parser) in command
+        checked += 1
+    assert checked >= 3
+    args = parser.parse_args(["--negatives", "8", "--catalogue-weight", "0.3", "--catalogue-logit-weight", "1", "--catalogue-logit-draws", "24",
+                              "--identity-match", "--batch-size", "279", "--item-ids", "hashed", "--select", "ndcg"])
+    assert variant_tag(args, parser) == "request_softmax-n8-uniform-e4-selndcg-cat0.3-clw1d24-ident-b279"
+    assert option_flags(args, parser) == (" --catalogue-weight 0.3 --catalogue-logit-weight 1 --catalogue-logit-draws 24 --identity-match"
+                                          " --batch-size 279 --item-ids hashed")
+    args = parser.parse_args(["--catalogue-logit-draws", "24"])  # the draws name nothing while the term is off
+    assert variant_tag(args, parser) == "request_softmax-n8-uniform-e4-exact" and option_flags(args, parser) == ""
