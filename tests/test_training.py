@@ -256,6 +256,21 @@ def test_dot_term_trains_with_in_batch_negatives_and_scores_alike(tiny_store, tm
         torch.testing.assert_close(loaded.eval()(batch), logits)
 
 
+def _record_calls(monkeypatch, name: str, keep) -> list:
+    """Wrap the trainer's ``name`` (a loss function) so that each call appends ``keep(args, result)``
+    to the returned list; the result is passed on unchanged."""
+    seen: list = []
+    original = getattr(trainer_module, name)
+
+    def spy(*args):
+        out = original(*args)
+        seen.append(keep(args, out))
+        return out
+
+    monkeypatch.setattr(trainer_module, name, spy)
+    return seen
+
+
 def test_catalogue_softmax_matches_a_loop():
     from eventrec.model.heads import catalogue_softmax_loss
 
@@ -311,21 +326,8 @@ def test_dot_term_trains_with_the_catalogue_softmax(tiny_world, tiny_store, tmp_
     schema = schema.model_copy(update={"impressions": schema.impressions.model_copy(update={"context_attributes": []})})
     build_store(schema, data, tmp_path / "no_context")
     store = EventStore.open(tmp_path / "no_context")
-    seen, bce_seen = [], []
-    full_softmax, bce = trainer_module.catalogue_softmax_loss, trainer_module.multitask_loss
-
-    def spy(users, catalogue, labels, history_index, positive_item):
-        out = full_softmax(users, catalogue, labels, history_index, positive_item)
-        seen.append((catalogue.shape, out[0].item()))
-        return out
-
-    def bce_spy(*args):
-        out = bce(*args)
-        bce_seen.append(out[0].item())
-        return out
-
-    monkeypatch.setattr(trainer_module, "catalogue_softmax_loss", spy)
-    monkeypatch.setattr(trainer_module, "multitask_loss", bce_spy)
+    seen = _record_calls(monkeypatch, "catalogue_softmax_loss", lambda args, out: (args[1].shape, out[0].item()))  # (catalogue shape, loss)
+    bce_seen = _record_calls(monkeypatch, "multitask_loss", lambda args, out: out[0].item())
     model, result = train(store, model_config, config, tmp_path / "run", show_progress=False)
     distinct = len(np.unique(store.item_ids[store.split_indices("train")]))
     assert result.steps == len(seen) > 0
@@ -549,21 +551,8 @@ def test_whole_logit_trains_with_the_sampled_catalogue_softmax(tiny_store, one_t
     with pytest.raises(ValueError, match="catalogue_logit_weight: draws items for one task"):
         train(tiny_store, model_config, config, tmp_path / "two_tasks", show_progress=False)
     store = one_task_store
-    seen, bce_seen = [], []
-    sampled, bce = trainer_module.sampled_catalogue_logit_loss, trainer_module.multitask_loss
-
-    def spy(model, user, batch, logits, dot_users, vectors, items, positive_item, draws):
-        out = sampled(model, user, batch, logits, dot_users, vectors, items, positive_item, draws)
-        seen.append((draws, vectors.shape[0], out.item()))
-        return out
-
-    def bce_spy(*args):
-        out = bce(*args)
-        bce_seen.append(out[0].item())
-        return out
-
-    monkeypatch.setattr(trainer_module, "sampled_catalogue_logit_loss", spy)
-    monkeypatch.setattr(trainer_module, "multitask_loss", bce_spy)
+    seen = _record_calls(monkeypatch, "sampled_catalogue_logit_loss", lambda args, out: (args[8], args[5].shape[0], out.item()))  # (draws, C, loss)
+    bce_seen = _record_calls(monkeypatch, "multitask_loss", lambda args, out: out[0].item())
     _, result = train(store, model_config, config, tmp_path / "run", show_progress=False)
     distinct = len(np.unique(store.item_ids[store.split_indices("train")]))
     assert result.steps == len(seen) > 0 and all(d == 4 and c == distinct for d, c, _ in seen)

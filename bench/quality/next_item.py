@@ -257,6 +257,14 @@ def run_seed_processes(dataset: str, seeds: list[int], jobs: int) -> None:
         raise RuntimeError(f"{dataset}: training failed for " + ", ".join(failed))
 
 
+def data_dirs(work: Path, args: argparse.Namespace, seed: int) -> tuple[Path, Path]:
+    """The logs and the store a seed of this run trains on: ``logs_n32_uniform_seed0`` (+ ``_r2``,
+    ``_logq``, ``_h8``), and its store (+ ``_exact`` with exact item ids; the same raw rows either way)."""
+    name = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
+        + ("_logq" if args.logq else "") + (f"_h{args.history_negatives}" if args.history_negatives else "")
+    return work / f"logs_{name}", work / (f"store_{name}" + ("_exact" if args.item_ids == "exact" else ""))
+
+
 def argument_parser() -> argparse.ArgumentParser:
     """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,10 +396,7 @@ def main() -> None:
         if done.exists():
             continue
         earlier = [json.loads(p.read_text()) for p in run_dir.glob("ranking_*users.json")]
-        data_variant = f"n{args.negatives}_{args.sampling}_seed{seed}" + (f"_r{args.negative_rounds}" if args.negative_rounds > 1 else "") \
-            + ("_logq" if args.logq else "") + (f"_h{args.history_negatives}" if args.history_negatives else "")
-        logs = work / f"logs_{data_variant}"  # the same raw rows either way; the store encodes item ids per --item-ids
-        store_dir = work / (f"store_{data_variant}" + ("_exact" if args.item_ids == "exact" else ""))
+        logs, store_dir = data_dirs(work, args, seed)
         write_logs(args.dataset, sequences, items, logs, args.negatives, seed, args.sampling, args.negative_rounds, args.logq, args.history_negatives)
         if not (store_dir / "manifest.json").exists():
             build_store(schema, logs, store_dir)

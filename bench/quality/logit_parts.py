@@ -1,0 +1,103 @@
+"""Where a trained next-item model's full-catalogue ranking comes from: its dot term or the rest.
+
+    .venv/bin/python bench/quality/logit_parts.py --seed 0 --users 1000 --dataset amazon_grocery --ties shuffled \\
+        --test-users 3000 --select ndcg --negatives 32 --attribute-dim 64 --catalogue-weight 0.3 --weight-average 0.999 \\
+        --cross-rank 32 --validations-per-epoch 1
+
+A model built with ``dot_term`` scores ``z = r + d``: ``d = <user, item>`` (factorised), ``r`` the
+keyed pooling, cross layers and heads. Given a finished run's ``next_item.py`` options (which name its
+folder and store), for the first ``--users`` of that run's test users, this ranks the whole catalogue through the serving
+core as ``next_item.py`` does, records ``d`` apart from ``z`` for every item, and prints HR@10 and
+NDCG@10 when ranking by ``z`` (the benchmark's figure on these users), by ``d`` alone, by ``r = z − d``
+alone, and by ``r + a·d`` for a few ``a``. Reads a finished run of ``next_item.py`` (its ``best/``
+weights and its store); writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from bench.quality.next_item import argument_parser, data_dirs, item_table, leave_one_out_store  # noqa: E402
+from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
+from bench.quality.next_item_variant import variant_tag  # noqa: E402
+from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
+
+
+def record_dot_term(scorer, parts: list) -> None:
+    """Wrap ``scorer.head`` (a ``CandidateScorer``) so that each call appends ``(z, d)`` of its
+    candidates, ``[B]`` each (first task), to ``parts``; the scores it returns are unchanged."""
+    head = scorer.head
+
+    def recording(pooled, candidate, dot_user=None):
+        whole = head(pooled, candidate, dot_user)
+        dot = scorer.dot_item(candidate).float() @ dot_user.to(scorer.device).T
+        parts.append((whole[:, 0].detach().float(), dot[:, 0].detach()))
+        return whole
+
+    scorer.head = recording
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Every other option is the run's own next_item.py option (they name its folder and store).")
+    parser.add_argument("--seed", type=int, default=0, help="which seed of the run")
+    parser.add_argument("--users", type=int, default=1000, help="rank the first this many of the run's test users")
+    args, rest = parser.parse_known_args()
+    run_parser = argument_parser()
+    run_parser.allow_abbrev = False
+    run = run_parser.parse_args(rest)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from eventrec.serving import RankingService
+    from eventrec.store import EventStore
+
+    work = work_dir(ROOT / "bench" / "out" / "quality", run.dataset, run.ties)
+    sequences, _ = prepare_next_item(run.dataset, work, run.ties)
+    items = item_table(run.dataset, work).sort("item_id")
+    all_users = np.sort(sequences["user_id"].unique().to_numpy())
+    users = all_users if not run.test_users else np.sort(np.random.default_rng(0).choice(all_users, run.test_users, replace=False))
+    users = users[: args.users]
+    tag = variant_tag(run, run_parser)
+    run_dir = work / f"eventrec_{tag}" / f"seed{args.seed}"
+    store_dir = data_dirs(work, run, args.seed)[1]
+    if not (run_dir / "best").exists() or not store_dir.exists():
+        raise SystemExit(f"no finished run {run_dir} or no store {store_dir} (run next_item.py with these options first)")
+    store = EventStore.open(store_dir)
+    leave_one_out_store(store)
+    service = RankingService.load(run_dir / "best", store, max_candidates=max(10_000, items.height))
+    if not service.model.config.dot_term:
+        raise SystemExit(f"{tag}: the model has no dot term")
+    parts: list = []
+    record_dot_term(service.scorer, parts)
+    record_dot_term(service.reference_scorer, parts)
+    targets = sequences.filter((pl.col("split") == "test") & pl.col("user_id").is_in(users.tolist())).sort("user_id")
+    index = {item: i for i, item in enumerate(items["item_id"].to_list())}
+    whole, dot, target = [], [], []
+    started = time.perf_counter()
+    for user, item, when in targets.select("user_id", "item_id", "event_time").iter_rows():
+        parts.clear()
+        service.rank(user, items, timestamp=int(when))
+        whole.append(torch.cat([z for z, _ in parts]).numpy())
+        dot.append(torch.cat([d for _, d in parts]).numpy())
+        target.append(index[item])
+    z, d, t = np.array(whole, dtype=np.float64), np.array(dot, dtype=np.float64), np.array(target)
+    print(f"{len(t)} test users of {tag} seed {args.seed}, {z.shape[1]:,} items each, {time.perf_counter() - started:.0f} s")
+    print("| ranked by | HR@10 | NDCG@10 |\n|---|---:|---:|")
+    for name, scores in [("whole logit z", z), ("dot term d", d), ("rest r = z − d", z - d)] + [(f"r + {a:g}·d", z + (a - 1) * d) for a in (0.5, 2, 4)]:
+        hr, ndcg = hit_rate_and_ndcg(target_ranks(scores, t), 10)
+        print(f"| {name} | {hr:.4f} | {ndcg:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
