@@ -97,6 +97,20 @@ def cell_mean(text: str) -> float:
     return float(text.split("±")[0])
 
 
+def summary_values(cells: list[str], metrics: list[str]) -> dict[str, list[float]]:
+    """A kept row's cells as written (``[seeds, one cell per metric]``, :func:`section_table`) turned
+    into values for :func:`gain_verdict`, which reads only a mean and a sample std: ``"m ± s"`` gives
+    the two values ``m ∓ s/√2`` (mean m, sample std s), ``"m"`` gives ``[m]``, ``"-"`` nothing."""
+    out: dict[str, list[float]] = {}
+    for metric, text in zip(metrics, cells[1:]):
+        if text.strip() == "-":
+            continue
+        mean, _, std = text.partition("±")
+        half = float(std) / np.sqrt(2) if std else None
+        out[metric] = [float(mean)] if half is None else [float(mean) - half, float(mean) + half]
+    return out
+
+
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the ``name`` section of ``docs/results.md``, atomically."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bench.quality.ranking_metrics import click_metrics  # noqa: E402
-from bench.quality.report import gain_verdict, markdown_table, write_section  # noqa: E402
+from bench.quality.report import KEPT_NOTE, gain_verdict, markdown_table, summary_values, with_kept_rows, write_section  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "quality" / "trivago"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
@@ -251,6 +251,12 @@ def main() -> None:
         metrics = click_metrics(labels, scores, requests)
         rows[name] = {k: [metrics[k]] for k in ("auc", "gauc", "mrr")}
 
+    table, earlier = with_kept_rows(section, markdown_table(rows, METRICS + ["seconds"], {**HEADER, "seconds": "train s"}, {"seconds": 0}),
+                                    set(rows))  # rows whose runs are not in this checkout (e.g. the peers'), kept as written
+    for name, cells in earlier.items():  # in the verdicts too, from their written mean ± std
+        rows[name] = summary_values(cells, METRICS + ["seconds"])
+        if name.startswith("eventrec sequence model,"):
+            variant_rows.append(name)
     seq = rows["eventrec sequence model"]
     verdicts = [f"- sequence model vs {other}: {gain_verdict(seq, rows[other], lower_better='ne' if 'ne' in rows[other] else None)}"
                 for other in rows if other != "eventrec sequence model" and other not in variant_rows]
@@ -277,9 +283,9 @@ def main() -> None:
         f"Test split: {n_test:,} impressions in {n_requests:,} clickouts, click rate {labels.mean():.4f}; "
         f"train {len(store.split_indices('train')):,} / validation {len(store.split_indices('validation')):,} impressions. "
         "Rules have no seeds and output scores, not probabilities (no NE / calibration). "
-        "Training seconds are per seed, 1 thread, on a 2-core machine shared with other jobs.",
+        "Training seconds are per seed, 1 thread, on a 2-core machine shared with other jobs." + (KEPT_NOTE if earlier else ""),
         "",
-        markdown_table(rows, METRICS + ["seconds"], {**HEADER, "seconds": "train s"}, {"seconds": 0}),
+        table,
         "",
         *verdicts,
         "- reference from the issue (same sample, FuxiCTR DIN given two hand-made features: count and recency of the candidate in the history): 0.858 AUC",

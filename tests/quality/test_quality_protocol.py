@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.quality.next_item_data import leave_one_out  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, mean_reciprocal_rank, target_ranks  # noqa: E402
-from bench.quality.report import KEPT, cell_mean, gain_verdict, kept_rows, markdown_table, section_table, write_section  # noqa: E402
+from bench.quality.report import KEPT, cell_mean, gain_verdict, kept_rows, markdown_table, mean_std, section_table, write_section  # noqa: E402
 from bench.quality.trivago_breakdown import GROUPS, clickout_groups, group_mrr  # noqa: E402
 from bench.quality.trivago_data import recency_scores  # noqa: E402
 
@@ -270,3 +270,16 @@ def test_variant_tags_and_flags_reproduce_the_documented_runs():
                                           " --batch-size 279 --item-ids hashed")
     args = parser.parse_args(["--catalogue-logit-draws", "24"])  # the draws name nothing while the term is off
     assert variant_tag(args, parser) == "request_softmax-n8-uniform-e4-exact" and option_flags(args, parser) == ""
+
+
+def test_kept_rows_give_the_verdict_their_written_figures():
+    from bench.quality.report import summary_values
+
+    values = summary_values(["3", "0.8693 ± 0.0016", "-", "0.6004"], ["auc", "ne", "mrr"])
+    assert set(values) == {"auc", "mrr"} and values["mrr"] == [0.6004]
+    mean, std = mean_std(values["auc"])
+    assert mean == pytest.approx(0.8693) and std == pytest.approx(0.0016)
+    seeds = {"auc": [0.8675, 0.8693, 0.8711]}  # the same verdict from the seeds and from their written cell
+    written = summary_values(["3", markdown_table({"m": seeds}, ["auc"]).splitlines()[-1].split("|")[3]], ["auc"])
+    other = {"auc": [0.8600, 0.8610, 0.8620]}
+    assert gain_verdict(written, other, lower_better=None) == gain_verdict(seeds, other, lower_better=None)
