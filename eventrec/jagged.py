@@ -49,6 +49,18 @@ class JaggedTensor:
         """``[sum(N_i)]`` int64: each value's position within its row (0..N_i-1)."""
         return torch.arange(len(self.values), device=self.offsets.device) - self.offsets[:-1][self.row_ids()]
 
+    def select_rows(self, rows: torch.Tensor) -> "JaggedTensor":
+        """Rows ``rows [R]`` (int64, any order, repeats allowed) as a new jagged tensor: values
+        ``[sum of their N_i, *feature_shape]``, offsets ``[R+1]``."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.int64, device=self.offsets.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        total = int(offsets[-1])
+        row_of = torch.repeat_interleave(torch.arange(len(rows), device=self.offsets.device), lengths, output_size=total)
+        index = starts[row_of] + torch.arange(total, device=self.offsets.device) - offsets[:-1][row_of]
+        return JaggedTensor(self.values[index], offsets, int(lengths.max()) if len(rows) else 0)
+
     def to_padded(self, padding_value: float = 0.0, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``[B, L, *feature_shape]`` padded values and ``[B, L]`` bool mask (True = real), L = max_len.
 

@@ -35,6 +35,17 @@ def test_jagged_conversions_roundtrip():
     assert jagged.positions().tolist() == [0, 1, 0, 1, 2, 0]
 
 
+def test_jagged_select_rows_matches_a_loop():
+    jagged = JaggedTensor.from_numpy(np.arange(20, dtype=np.float32).reshape(10, 2), np.array([3, 0, 2, 4, 1]))
+    rows = torch.tensor([3, 1, 0, 3, 4])  # any order, an empty row, a repeat
+    selected = jagged.select_rows(rows)
+    expected = [jagged.values[jagged.offsets[r]:jagged.offsets[r + 1]] for r in rows.tolist()]
+    assert selected.lengths().tolist() == [len(e) for e in expected] and selected.max_len == 4
+    torch.testing.assert_close(selected.values, torch.cat(expected))
+    empty = jagged.select_rows(torch.tensor([], dtype=torch.int64))
+    assert empty.batch_size == 0 and empty.values.shape == (0, 2) and empty.max_len == 0
+
+
 def test_batch_histories_are_truncated_most_recent_first(tiny_store):
     batch = make_batch(tiny_store, np.arange(7))
     click = batch.streams["click"]

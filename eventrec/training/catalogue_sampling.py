@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from eventrec.batch import EventBatch
+from eventrec.jagged import JaggedTensor
 from eventrec.model.heads import dot_sampled_catalogue_loss
 
 
@@ -37,7 +38,9 @@ def sampled_catalogue_logit_loss(model, user, batch: EventBatch, logits: torch.T
     scores = dot_users[histories, 0] @ catalogue_vectors.T  # [P, C]
     with torch.no_grad():
         drawn = torch.multinomial(torch.softmax(scores.float(), dim=1), draws, replacement=True)  # [P, S]
-    drawn_item = {name: values[drawn.reshape(-1)] for name, values in catalogue_item.items()}
+    flat = drawn.reshape(-1)
+    drawn_item = {name: values.select_rows(flat) if isinstance(values, JaggedTensor) else values[flat]  # multi-valued: jagged
+                  for name, values in catalogue_item.items()}
     drawn_logits = model.candidate_side(user, drawn_item, {}, histories.repeat_interleave(draws))[:, 0].view(len(rows), draws)
     residuals = drawn_logits - scores.gather(1, drawn)  # z - d of each drawn item
     kept = drawn != positive_item[rows].unsqueeze(1)

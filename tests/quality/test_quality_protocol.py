@@ -283,3 +283,36 @@ def test_kept_rows_give_the_verdict_their_written_figures():
     written = summary_values(["3", markdown_table({"m": seeds}, ["auc"]).splitlines()[-1].split("|")[3]], ["auc"])
     other = {"auc": [0.8600, 0.8610, 0.8620]}
     assert gain_verdict(written, other, lower_better=None) == gain_verdict(seeds, other, lower_better=None)
+
+
+def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
+    """Items with a multi-valued attribute (MovieLens genres) are drawn from the catalogue as jagged rows."""
+    from bench.quality.next_item import leave_one_out_store, with_exact_item_ids, write_logs
+    from eventrec.model.config import SequenceModelConfig
+    from eventrec.schema import load_schema
+    from eventrec.store import EventStore
+    from eventrec.store_builder import build_store
+    from eventrec.training.trainer import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    users, per_user = 12, 8
+    frame = pl.DataFrame({
+        "user_id": np.repeat(np.arange(1, users + 1), per_user),
+        "item_id": rng.integers(1, 21, users * per_user),
+        "rating": rng.integers(1, 6, users * per_user),
+        "timestamp": np.tile(np.arange(per_user) * 3_600, users) + 1_000_000,
+    }).with_row_index("_row")  # fmt: skip
+    sequences, _ = leave_one_out(frame)
+    items = pl.DataFrame({"item_id": list(range(1, 21)), "genres": [["drama", "comedy"][: 1 + i % 2] if i % 3 else [] for i in range(20)],
+                          "year": [1990 + i % 4 for i in range(20)]})
+    write_logs("ml100k", sequences, items, tmp_path / "logs", negatives=2, seed=0)
+    schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "ml100k_next_item.yaml"))
+    build_store(schema, tmp_path / "logs", tmp_path / "store")
+    store = EventStore.open(tmp_path / "store")
+    leave_one_out_store(store)
+    model = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], dot_term=True)
+    config = TrainConfig(epochs=1, batch_size=12, warmup_steps=1, calibrate=False, loss="request_softmax", catalogue_weight=0.3,
+                         catalogue_logit_weight=1.0, catalogue_logit_draws=5)
+    _, result = train(store, model, config, tmp_path / "run", show_progress=False)
+    losses = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
+    assert result.steps == len(losses) > 0 and all(np.isfinite(losses))
