@@ -36,7 +36,7 @@ def test_checkpoint_is_safetensors_and_json(tiny_store, tmp_path):
     assert result.steps == 6 and len(result.history) == 3
 
 
-def _killed_at_step_four(store, run_dir, config, monkeypatch) -> None:
+def _killed_at_step_four(store, run_dir, config, monkeypatch, model_config=MODEL) -> None:
     """Train until the loss of step 4 is computed, then die (as a killed process would)."""
     calls = {"n": 0}
     original = trainer_module.multitask_loss
@@ -49,7 +49,7 @@ def _killed_at_step_four(store, run_dir, config, monkeypatch) -> None:
 
     monkeypatch.setattr(trainer_module, "multitask_loss", dies_at_step_four)
     with pytest.raises(KeyboardInterrupt):
-        train(store, MODEL, config, run_dir, show_progress=False)
+        train(store, model_config, config, run_dir, show_progress=False)
     monkeypatch.setattr(trainer_module, "multitask_loss", original)
 
 
@@ -560,3 +560,16 @@ def test_whole_logit_trains_with_the_sampled_catalogue_softmax(tiny_store, one_t
     for total, plain, (_, _, part) in zip(logged, bce_seen, seen, strict=True):  # the bce loss plus the sampled term
         assert part >= 0 and total == pytest.approx(plain + part, rel=1e-5)
     assert any(part > 0 for _, _, part in seen)  # (a batch without a positive adds 0)
+
+
+def test_a_killed_run_with_the_sampled_catalogue_term_resumes_to_the_same_weights(one_task_store, tmp_path, monkeypatch):
+    """The draws come from torch's generator, whose state the checkpoints keep: the same draws after a resume."""
+    model_config = MODEL.model_copy(update={"dot_term": True})
+    config = TRAIN.model_copy(update={"catalogue_logit_weight": 1.0, "catalogue_logit_draws": 4, "batch_size": 32, "epochs": 2,
+                                      "max_steps_per_epoch": 3})
+    reference, _ = train(one_task_store, model_config, config, tmp_path / "straight", show_progress=False)
+    _killed_at_step_four(one_task_store, tmp_path / "killed", config, monkeypatch, model_config)
+    resumed, result = train(one_task_store, model_config, config, tmp_path / "killed", show_progress=False)
+    assert result.steps == 6
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[key], value)
