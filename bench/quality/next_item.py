@@ -456,7 +456,7 @@ def main() -> None:
              + (f" --validation-users {args.validation_users}" if args.select != "auc" and args.validation_users else "")
              + option_flags(args, parser)
              + (f" --jobs {args.jobs} --threads {args.threads}" if args.jobs > 1 else "") + "`. "
-             f"{stats['users']:,} users, {stats['interactions']:,} interactions, catalogue {stats['catalogue']:,} items (all ranked); "
+             f"{stats['users']:,} users, {stats['interactions']:,} interactions, {stats['catalogue']:,} items with interactions, {items.height:,} ranked (every item of the item file); "
              f"test users ranked: {len(users):,}. This invocation took {time.perf_counter() - started:,.0f} s of wall time "
              f"(seeds trained by it: {len(trained)}; train s and rank s below are per seed, in its own process).", "",
              markdown_table(rows, ["hr@10", "ndcg@10", "train s", "rank s"], {"hr@10": "HR@10", "ndcg@10": "NDCG@10"}, {"train s": 0, "rank s": 0})]
