@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from bench.quality.next_item import argument_parser, data_dirs, item_table, leave_one_out_store  # noqa: E402
-from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
+from bench.quality.next_item_data import TEST_USERS_SEED, prepare_next_item, user_sample, work_dir  # noqa: E402
 from bench.quality.next_item_variant import variant_tag  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
     sequences, _ = prepare_next_item(run.dataset, work, run.ties)
     items = item_table(run.dataset, work).sort("item_id")
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
-    users = all_users if not run.test_users else np.sort(np.random.default_rng(0).choice(all_users, run.test_users, replace=False))
+    users = user_sample(all_users, run.test_users, TEST_USERS_SEED)
     users = users[: args.users]
     tag = variant_tag(run, run_parser)
     run_dir = work / f"eventrec_{tag}" / f"seed{args.seed}"

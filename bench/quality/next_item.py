@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from bench.quality.next_item_data import prepare_next_item, work_dir  # noqa: E402
+from bench.quality.next_item_data import TEST_USERS_SEED, VALIDATION_USERS_SEED, prepare_next_item, user_sample, work_dir  # noqa: E402
 from bench.quality.next_item_variant import option_flags, variant_tag  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 from bench.quality.report import KEPT_NOTE, cell_mean, markdown_table, mean_std, with_kept_rows, write_section  # noqa: E402
@@ -350,7 +350,7 @@ def main() -> None:
     sequences, stats = prepare_next_item(args.dataset, work, args.ties)
     items = item_table(args.dataset, work)
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
-    users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
+    users = user_sample(all_users, args.test_users, TEST_USERS_SEED)
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{args.dataset}_next_item.yaml")
     if args.item_ids == "exact":
         schema = with_exact_item_ids(schema)
@@ -389,7 +389,7 @@ def main() -> None:
     trained = [seed for seed in seeds if not done_file(seed).exists()]
     if args.jobs > 1:
         run_seed_processes(args.dataset, trained, args.jobs)
-    validation_users = all_users if not args.validation_users else np.sort(np.random.default_rng(1).choice(all_users, args.validation_users, replace=False))
+    validation_users = user_sample(all_users, args.validation_users, VALIDATION_USERS_SEED)
     for seed in trained if args.jobs == 1 else []:
         run_dir = work / f"eventrec_{variant}" / f"seed{seed}"
         done = done_file(seed)

@@ -116,3 +116,12 @@ def prepare_next_item(dataset: str, out_dir: Path, ties: str = "row") -> tuple[p
         inter.write_csv(recbole_dir / f"{dataset}.inter", separator="\t")
         (out_dir / "split.json").write_text(json.dumps(stats, indent=1) + "\n")
     return sequences, stats
+
+
+TEST_USERS_SEED, VALIDATION_USERS_SEED = 0, 1
+
+
+def user_sample(all_users: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` of ``all_users`` (sorted) drawn without replacement with ``seed``, sorted; all of them
+    for ``count`` 0. The same draw in every script that ranks a run's test (or validation) users."""
+    return all_users if not count else np.sort(np.random.default_rng(seed).choice(all_users, count, replace=False))

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from bench.quality.next_item import sasrec_ranks  # noqa: E402
-from bench.quality.next_item_data import work_dir  # noqa: E402
+from bench.quality.next_item_data import TEST_USERS_SEED, user_sample, work_dir  # noqa: E402
 from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
 from bench.quality.report import KEPT_NOTE, markdown_table, with_kept_rows, write_section  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
         parser.error(f"{work / 'sequences.parquet'} is missing: run bench/quality/next_item.py --dataset {args.dataset} --ties {args.ties} first")
     sequences = pl.read_parquet(work / "sequences.parquet")
     all_users = np.sort(sequences["user_id"].unique().to_numpy())
-    users = all_users if not args.test_users else np.sort(np.random.default_rng(0).choice(all_users, args.test_users, replace=False))
+    users = user_sample(all_users, args.test_users, TEST_USERS_SEED)
     targets = test_targets(sequences, users)
     tied = targets["tied"].to_numpy()
     rows: dict[str, dict[str, list[float]]] = {}

@@ -316,3 +316,14 @@ def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
     _, result = train(store, model, config, tmp_path / "run", show_progress=False)
     losses = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
     assert result.steps == len(losses) > 0 and all(np.isfinite(losses))
+
+
+def test_every_script_draws_the_same_users():
+    from bench.quality.next_item_data import TEST_USERS_SEED, user_sample
+
+    users = np.arange(100, 200)
+    drawn = user_sample(users, 30, TEST_USERS_SEED)
+    assert len(drawn) == 30 and len(set(drawn.tolist())) == 30 and set(drawn.tolist()) <= set(users.tolist())
+    np.testing.assert_array_equal(drawn, np.sort(drawn))
+    np.testing.assert_array_equal(drawn, user_sample(users, 30, TEST_USERS_SEED))  # seeded: the same draw each time
+    assert user_sample(users, 0, TEST_USERS_SEED) is users  # 0: every user
