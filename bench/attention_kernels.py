@@ -53,7 +53,7 @@ from eventrec.ops.attention_reference import (  # noqa: E402
     keyed_pooling_attention_reference,
 )
 from eventrec.ops.attention_triton import KernelConfig, default_config, triton_jagged_attention  # noqa: E402
-from eventrec.ops.jagged import padded_index  # noqa: E402
+from eventrec.ops.jagged_helpers import padded_index  # noqa: E402
 from eventrec.ops.time_buckets import relative_timestamps_int32  # noqa: E402
 
 DEV = torch.device("cuda")

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 from eventrec.serving import RankingService
 
 POSITIONS_PER_PASS = 4096  # B·(N+1) per encoder pass: 63 sequences at N=64, 15 at N=256, 3 at N=1024, 1 at N=4096

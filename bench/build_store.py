@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 def _eventrec(world: Path, out: Path) -> dict:
     from eventrec.schema import builtin_schema_path, load_schema
-    from eventrec.store_builder import build_store
+    from eventrec.store.build import build_store
 
     stages: list[list] = []  # [stage name, seconds], from build_store's progress messages
 

@@ -37,12 +37,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from eventrec.adapters import ADAPTERS, default_data_dir
-    from eventrec.experiment import format_table, run_comparison, summarize
+    from eventrec.evaluation.experiment import format_table, run_comparison, summarize
     from eventrec.model.config import DlrmConfig, SequenceModelConfig
-    from eventrec.plots import write_plots
+    from eventrec.evaluation.plots import write_plots
     from eventrec.schema import builtin_schema_path, load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
     from eventrec.training.trainer import TrainConfig
 
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"

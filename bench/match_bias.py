@@ -50,7 +50,7 @@ def inputs(lengths: list[int], candidates_each: int, generator: torch.Generator)
 
 
 def run(pooling: KeyedAttentionPooling, x: dict, backward: bool) -> None:
-    from eventrec.jagged import JaggedTensor
+    from eventrec.data.jagged import JaggedTensor
 
     encoded = x["encoded"].requires_grad_(backward)
     keys, values = pooling.keys_values(JaggedTensor(encoded, x["offsets"], x["max_len"]), x["match_keys"])

@@ -73,8 +73,8 @@ REQUEST_TIME = 9_000_000
 
 def build_world(directory: Path, sizes: list[int], seed: int = 0):
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     rng = np.random.default_rng(seed)
     rows = []

@@ -12,7 +12,7 @@ from typing import Iterator, Literal, Optional
 import typer
 from tqdm import tqdm
 
-from eventrec.raw_logs import DataError
+from eventrec.store.raw_logs import DataError
 from eventrec.schema import SchemaError, builtin_schema_path, load_schema
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rank items by learning from people's raw event sequences.")
@@ -87,7 +87,7 @@ def build(
     out: Path = typer.Option(..., help="Store directory (replaced atomically)."),
 ) -> None:
     """Build the people-centric event store and point-in-time examples from raw logs."""
-    from eventrec.store_builder import build_store
+    from eventrec.store.build import build_store
 
     try:
         parsed = load_schema(_schema_path(schema))
@@ -105,8 +105,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Users, events per stream, history-length percentiles and label rates of a store."""
-    from eventrec.inspect_store import format_statistics, store_statistics
-    from eventrec.store import EventStore, StoreError
+    from eventrec.store.inspect import format_statistics, store_statistics
+    from eventrec.store.reader import EventStore, StoreError
 
     try:
         stats = store_statistics(EventStore.open(store))
@@ -160,10 +160,10 @@ def train(
 ) -> None:
     """Train a model on the store's train split, early-stopping on validation."""
     _set_threads(threads)
-    from eventrec.store import EventStore
+    from eventrec.store.reader import EventStore
     from eventrec.training.trainer import train as run_training
 
-    from eventrec.store import StoreError
+    from eventrec.store.reader import StoreError
 
     model_config, train_config = _load_configs(model, config, {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed})
     try:
@@ -186,11 +186,11 @@ def evaluate(
     import numpy as np
     import polars as pl
 
-    from eventrec.store import EventStore
-    from eventrec.training.evaluation import metrics_by_segment, metrics_by_task, predict
+    from eventrec.store.reader import EventStore
+    from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict
     from eventrec.training.factory import batch_function, load_trained_model
 
-    from eventrec.store import StoreError
+    from eventrec.store.reader import StoreError
 
     try:
         loaded = EventStore.open(store)
@@ -220,12 +220,12 @@ def demo(
     DLRM baseline over seeds, print the comparison table and the offline A/B, write plots."""
     import polars as pl
 
-    from eventrec.experiment import format_table, run_comparison, summarize
-    from eventrec.inspect_store import format_statistics, store_statistics
+    from eventrec.evaluation.experiment import format_table, run_comparison, summarize
+    from eventrec.store.inspect import format_statistics, store_statistics
     from eventrec.model.config import DlrmConfig, SequenceModelConfig
-    from eventrec.plots import write_plots
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.evaluation.plots import write_plots
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
     from eventrec.synthetic import generate_world
     from eventrec.training.trainer import TrainConfig
 
@@ -281,7 +281,7 @@ def serve(
 
     import torch
 
-    from eventrec.store import EventStore
+    from eventrec.store.reader import EventStore
 
     if threads:
         torch.set_num_threads(threads)

@@ -22,8 +22,8 @@ def tiny_world(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture()
 def tiny_store(tiny_world, tmp_path: Path):
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     schema_path, data = tiny_world
     build_store(load_schema(schema_path), data, tmp_path / "store")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from eventrec.batching import make_batch
-from eventrec.dlrm_features import DlrmFeatureBuilder, distinct_counts
-from eventrec.jagged import JaggedTensor
-from eventrec.loader import make_loader
-from eventrec.sampling import most_recent, ranges_to_indices
+from eventrec.data.gather import make_batch
+from eventrec.data.dlrm_features import DlrmFeatureBuilder, distinct_counts
+from eventrec.data.jagged import JaggedTensor
+from eventrec.data.loader import make_loader
+from eventrec.data.sampling import most_recent, ranges_to_indices
 
 
 def test_ranges_to_indices_and_most_recent():
@@ -90,7 +90,7 @@ def test_loader_is_deterministic_and_covers_the_split(tiny_store):
 
 
 def test_batch_moves_and_pins():
-    from eventrec.batch import StreamBatch
+    from eventrec.data.batch import StreamBatch
 
     sb = StreamBatch(offsets=torch.tensor([0, 1]), max_len=1, timestamps=torch.tensor([5]), attributes={"x": torch.tensor([1.0])})
     moved = sb.to("cpu")

@@ -7,10 +7,10 @@ import numpy as np
 
 from eventrec.model.config import DlrmConfig, SequenceModelConfig
 from eventrec.schema import builtin_schema_path, load_schema
-from eventrec.store import EventStore
-from eventrec.store_builder import build_store
+from eventrec.store.reader import EventStore
+from eventrec.store.build import build_store
 from eventrec.synthetic import generate_world
-from eventrec.training.evaluation import metrics_by_task, predict
+from eventrec.evaluation.predict import metrics_by_task, predict
 from eventrec.training.factory import batch_function
 from eventrec.training.trainer import TrainConfig, train
 

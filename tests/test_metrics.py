@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from eventrec.metrics import auc, calibration, group_auc, logloss, normalized_entropy, task_metrics
+from eventrec.evaluation.metrics import auc, calibration, group_auc, logloss, normalized_entropy, task_metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eventrec.batching import make_batch
-from eventrec.dlrm_features import DlrmFeatureBuilder
+from eventrec.data.gather import make_batch
+from eventrec.data.dlrm_features import DlrmFeatureBuilder
 from eventrec.model.config import DlrmConfig, SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.heads import multitask_loss
@@ -108,7 +108,7 @@ def test_model_config_errors_name_the_field():
 
 def test_encoder_dropout_acts_in_training_only():
     """``dropout`` drops event embeddings and sublayer outputs while training; in eval the encoder is deterministic."""
-    from eventrec.jagged import JaggedTensor
+    from eventrec.data.jagged import JaggedTensor
     from eventrec.model.encoder import JaggedTransformerEncoder
 
     torch.manual_seed(0)

@@ -8,12 +8,12 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventrec.batching import make_batch
-from eventrec.dlrm_features import DlrmFeatureBuilder
-from eventrec.point_in_time import SegmentedTimeIndex, count_before_reference
+from eventrec.data.gather import make_batch
+from eventrec.data.dlrm_features import DlrmFeatureBuilder
+from eventrec.store.point_in_time import SegmentedTimeIndex, count_before_reference
 from eventrec.schema import parse_schema
-from eventrec.store import EventStore
-from eventrec.store_builder import build_store
+from eventrec.store.reader import EventStore
+from eventrec.store.build import build_store
 
 MAX_LEN = {"a": 3, "b": 5}
 

@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from eventrec.raw_logs import DataError
+from eventrec.store.raw_logs import DataError
 from eventrec.schema import load_schema
-from eventrec.store import EventStore, StoreError
-from eventrec.store_builder import build_store
-from eventrec.vocab import MISSING_ID, OOV_ID, Vocabulary
+from eventrec.store.reader import EventStore, StoreError
+from eventrec.store.build import build_store
+from eventrec.store.vocab import MISSING_ID, OOV_ID, Vocabulary
 
 
 def _digest(directory: Path) -> dict[str, str]:
@@ -100,7 +100,7 @@ def test_failed_build_leaves_previous_store_intact(tiny_world, tmp_path, monkeyp
     build_store(schema, data, out)
     before = _digest(out)
 
-    import eventrec.store_builder as builder
+    import eventrec.store.build as builder
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-build")
@@ -218,7 +218,7 @@ def test_store_of_another_schema_version_asks_for_a_rebuild(tiny_store):
 
 
 def test_duplicate_events_with_vectors_are_detected(tmp_path):
-    from eventrec.store_builder import ROW, TIME, USER, _drop_exact_duplicates
+    from eventrec.store.build import ROW, TIME, USER, _drop_exact_duplicates
 
     frame = pl.DataFrame(
         {ROW: [0, 1, 2], USER: [1, 1, 1], TIME: [5, 5, 5], "v": [[1.0, 2.0], [1.0, 2.0], [1.5, 2.0]]},

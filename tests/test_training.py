@@ -111,7 +111,7 @@ def test_request_softmax_loss_equals_a_per_request_log_softmax():
 
 
 def test_grouped_batches_keep_requests_whole_and_cover_each_example_once(tiny_store):
-    from eventrec.loader import BatchDataset
+    from eventrec.data.loader import BatchDataset
 
     train_rows = tiny_store.split_indices("train")
     groups = np.arange(len(train_rows)) // 3  # requests of 3
@@ -296,7 +296,7 @@ def test_catalogue_softmax_matches_a_loop():
 
 
 def test_catalogue_items_and_positions(tiny_store):
-    from eventrec.batching import catalogue_items, catalogue_positions, make_batch
+    from eventrec.data.gather import catalogue_items, catalogue_positions, make_batch
 
     train_rows = tiny_store.split_indices("train")
     ids, item = catalogue_items(tiny_store, train_rows)
@@ -312,8 +312,8 @@ def test_catalogue_items_and_positions(tiny_store):
 
 def test_dot_term_trains_with_the_catalogue_softmax(tiny_world, tiny_store, tmp_path, monkeypatch):
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     config = TRAIN.model_copy(update={"catalogue_weight": 1.0, "batch_size": 8, "epochs": 1})
     with pytest.raises(ValueError, match="catalogue_weight: trains the dot term"):
@@ -502,8 +502,8 @@ def test_dot_sampled_catalogue_loss_estimates_the_full_softmax():
 def one_task_store(tmp_path_factory):
     """A small synthetic world's store with one task (click) and no context attributes (a catalogue)."""
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
     from eventrec.synthetic import generate_world
 
     root = tmp_path_factory.mktemp("one_task")
@@ -515,7 +515,7 @@ def one_task_store(tmp_path_factory):
 
 
 def test_sampled_catalogue_logit_loss_estimates_the_whole_logits_full_softmax(one_task_store):
-    from eventrec.batching import catalogue_items, catalogue_positions, make_batch
+    from eventrec.data.gather import catalogue_items, catalogue_positions, make_batch
     from eventrec.model.embeddings import FeatureSpec
     from eventrec.training.catalogue_sampling import sampled_catalogue_logit_loss
     from eventrec.training.factory import build_model

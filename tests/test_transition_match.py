@@ -54,7 +54,7 @@ def test_the_channel_is_directed(tiny_store):
 
 def test_the_channel_moves_the_score(tiny_store):
     """Through the whole model: a candidate's logit changes when only its "to" embedding does."""
-    from eventrec.batching import make_batch
+    from eventrec.data.gather import make_batch
 
     torch.manual_seed(0)
     model = build_model(FeatureSpec.from_store(tiny_store), CONFIG).eval()

@@ -60,7 +60,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from eventrec.serving import RankingService
-    from eventrec.store import EventStore
+    from eventrec.store.reader import EventStore
 
     work = work_dir(ROOT / "bench" / "out" / "quality", run.dataset, run.ties)
     sequences, _ = prepare_next_item(run.dataset, work, run.ties)

@@ -342,8 +342,8 @@ def main() -> None:
     from eventrec.model.config import SequenceModelConfig
     from eventrec.schema import load_schema
     from eventrec.serving import RankingService
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
     from eventrec.training.trainer import TrainConfig, train
 
     work = work_dir(ROOT / "bench" / "out" / "quality", args.dataset, args.ties)

@@ -1,4 +1,4 @@
-"""Metrics of the quality benchmark that the library's ``eventrec.metrics`` does not have.
+"""Metrics of the quality benchmark that the library's ``eventrec.evaluation.metrics`` does not have.
 
 * MRR of the clicked item within each list (trivago): per request with exactly one or more
   positives, 1 / (rank of the best-ranked positive), ranks 1-based, ties broken pessimistically
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eventrec.metrics import task_metrics
+from eventrec.evaluation.metrics import task_metrics
 
 
 def mean_reciprocal_rank(labels: np.ndarray, scores: np.ndarray, requests: np.ndarray) -> float:

@@ -61,8 +61,8 @@ def ablation_configs() -> dict:
 def prepare_store():
     from eventrec.adapters import ADAPTERS, default_data_dir
     from eventrec.schema import builtin_schema_path, load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     logs, store_dir = WORK / "logs", WORK / "store"
     if not (logs / "impressions.parquet").exists():
@@ -76,7 +76,7 @@ def validation_mrr(store, requests: np.ndarray):
     """``run_comparison``'s ``validation_score``: per model config, a function giving the MRR of the
     clicked hotel within each validation clickout (``requests``: request id per store example, all
     splits), computed from the model's validation predictions; the test split is never read."""
-    from eventrec.training.evaluation import predict
+    from eventrec.evaluation.predict import predict
     from eventrec.training.factory import batch_function
 
     validation = store.split_indices("validation")
@@ -106,7 +106,7 @@ def run_eventrec(store, models: dict, seeds: list[int], runs_dir: Path, epochs: 
     (:func:`validation_mrr`): early stopping and the kept weights on validation MRR instead.
     ``weight_average_decay``: validate and keep a moving average of the weights
     (``TrainConfig.weight_average_decay``)."""
-    from eventrec.experiment import run_comparison
+    from eventrec.evaluation.experiment import run_comparison
     from eventrec.training.trainer import TrainConfig
 
     stop_on = "score" if select_mrr is not None else "auc" if listwise_weight else "ne"

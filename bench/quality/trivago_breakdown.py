@@ -60,7 +60,7 @@ def run_scores(run_dir: Path, store, split_rows: np.ndarray, split: str) -> np.n
     those of its kept weights (``best/``; Platt scaling is monotone, so the ranks are the model's)."""
     if split == "test":
         return np.load(run_dir / "test_predictions.npy")[:, 0]
-    from eventrec.training.evaluation import predict
+    from eventrec.evaluation.predict import predict
     from eventrec.training.factory import batch_function, load_trained_model
 
     model, config, _, _ = load_trained_model(run_dir / "best")

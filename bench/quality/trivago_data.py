@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from eventrec.store import EventStore
+from eventrec.store.reader import EventStore
 
 HISTORY_LENGTH = 64
 SPLITS = ("train", "validation", "test")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eventrec.dlrm_features import DlrmBatch
+from eventrec.data.dlrm_features import DlrmBatch
 from eventrec.model.config import DlrmConfig
 from eventrec.model.embeddings import EmbeddingTables, FeatureSpec, vocabularies_used
 from eventrec.model.heads import TaskHeads, dot_interaction, mlp

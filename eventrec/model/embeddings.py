@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 from eventrec.schema import Schema
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.ops import jagged_self_attention
 

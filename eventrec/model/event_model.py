@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eventrec.batch import EventBatch
-from eventrec.jagged import JaggedTensor
+from eventrec.data.batch import EventBatch
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, id_attributes_only
 from eventrec.model.identity_codes import identity_codes

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 from eventrec.ops import keyed_pooling_attention
 from eventrec.ops.attention import auto_backend
-from eventrec.ops.jagged import gather_rows, padded_index, select_rows
+from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
 
 
 class KeyedAttentionPooling(nn.Module):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eventrec.batch import EventBatch
+from eventrec.data.batch import EventBatch
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
 from eventrec.model.encoder import JaggedTransformerEncoder
@@ -25,7 +25,7 @@ from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
 from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
-from eventrec.ops.jagged import gather_rows
+from eventrec.ops.jagged_helpers import gather_rows
 
 
 @dataclass
@@ -139,7 +139,7 @@ class SequenceRanker(nn.Module):
         if isinstance(self.pooling, KeyedAttentionPooling):
             pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, self.match_queries(item))
         else:
-            from eventrec.jagged import JaggedTensor
+            from eventrec.data.jagged import JaggedTensor
 
             pooled = self.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from eventrec.ops.attention_reference import jagged_self_attention_reference, keyed_pooling_attention_reference
 from eventrec.ops.attention_torch import jagged_self_attention_torch, keyed_pooling_attention_torch
-from eventrec.ops.jagged import check_offsets
+from eventrec.ops.jagged_helpers import check_offsets
 from eventrec.ops.time_buckets import relative_timestamps_int32
 
 Backend = Literal["auto", "triton", "torch", "reference"]

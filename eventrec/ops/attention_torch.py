@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eventrec.ops.jagged import gather_rows, padded_index, select_rows
+from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
 from eventrec.ops.time_buckets import time_gap_bucket
 
 DEFAULT_RATIO = 1.5

@@ -9,7 +9,7 @@ One kernel family serves both ops of this package:
   or jagged) over that user's jagged keys and values, never causal, no bias.
 
 Layout: every tensor is ``[rows, H, d]`` with unit stride on ``d``. A program takes one block of rows of
-one sequence and one head; programs come from a work list (:func:`eventrec.ops.jagged.block_table`)
+one sequence and one head; programs come from a work list (:func:`eventrec.ops.jagged_helpers.block_table`)
 built on the device, longest sequences first, so there is no host sync and no ``B x max_len`` grid.
 
 Forward: FlashAttention-2 style online softmax in the log2 domain, fp32 accumulators, the log-sum-exp
@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from eventrec.ops.jagged import block_table
+from eventrec.ops.jagged_helpers import block_table
 
 LOG2E = 1.4426950408889634
 

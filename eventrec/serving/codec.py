@@ -18,7 +18,7 @@ from safetensors.torch import load as load_torch
 from safetensors.torch import save as save_torch
 
 from eventrec.serving.state import EncodedState, UserEvents
-from eventrec.store import EventStore, Ragged, StreamData
+from eventrec.store.reader import EventStore, Ragged, StreamData
 
 STATE_FORMAT = "eventrec.user_state.v1"
 EVENTS_FORMAT = "eventrec.user_events.v1"

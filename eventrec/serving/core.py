@@ -42,18 +42,18 @@ import numpy as np
 import polars as pl
 import torch
 
-from eventrec.batch import EventBatch
-from eventrec.batching import _group_tensors, gather_stream
-from eventrec.jagged import JaggedTensor
+from eventrec.data.batch import EventBatch
+from eventrec.data.gather import _group_tensors, gather_stream
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.ops import jagged_self_attention, time_gap_bucket
-from eventrec.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
+from eventrec.store.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
 from eventrec.schema import EmbeddingAttribute
 from eventrec.serving.scoring import CandidateScorer, Precision, Workspace, precision_dtype, score_candidates, warn_if_slow_bf16
 from eventrec.serving.state import EncodedState, EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
-from eventrec.store import EventStore, Ragged
-from eventrec.store_builder import AttributeEncoder, BuildReport
+from eventrec.store.reader import EventStore, Ragged
+from eventrec.store.build import AttributeEncoder, BuildReport
 
 CONTEXT_CACHE_ENTRIES = 4096  # distinct request contexts whose encoded vector is kept
 

@@ -30,7 +30,7 @@ import redis
 from eventrec.serving.codec import CorruptEntry, decode_events, decode_state, encode_events, encode_state, store_fingerprint
 from eventrec.serving.core import StoreUnavailable
 from eventrec.serving.state import EncodedState, EventLog, UserEvents, UserStateStore
-from eventrec.store import EventStore
+from eventrec.store.reader import EventStore
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 

@@ -20,7 +20,7 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 
-from eventrec.store import EventStore, Ragged, StreamData
+from eventrec.store.reader import EventStore, Ragged, StreamData
 
 
 def _slice_column(column: np.ndarray | Ragged, start: int, end: int) -> np.ndarray | Ragged:

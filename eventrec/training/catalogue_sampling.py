@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from eventrec.batch import EventBatch
-from eventrec.jagged import JaggedTensor
+from eventrec.data.batch import EventBatch
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.heads import dot_sampled_catalogue_loss
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from pydantic import TypeAdapter
 from torch import nn
 
-from eventrec.batching import make_batch
-from eventrec.dlrm_features import DlrmFeatureBuilder
+from eventrec.data.gather import make_batch
+from eventrec.data.dlrm_features import DlrmFeatureBuilder
 from eventrec.model.config import DlrmConfig, SequenceModelConfig
 from eventrec.model.dlrm import DlrmModel
 from eventrec.model.embeddings import FeatureSpec

@@ -29,14 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from eventrec.loader import BatchDataset
+from eventrec.data.loader import BatchDataset
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.batching import catalogue_items, catalogue_positions
+from eventrec.data.gather import catalogue_items, catalogue_positions
 from eventrec.model.heads import catalogue_softmax_loss, fit_platt, in_batch_softmax_loss, multitask_loss, request_softmax_loss
-from eventrec.store import EventStore
+from eventrec.store.reader import EventStore
 from eventrec.training.catalogue_sampling import sampled_catalogue_logit_loss
 from eventrec.training.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
-from eventrec.training.evaluation import metrics_by_task, predict
+from eventrec.evaluation.predict import metrics_by_task, predict
 from eventrec.training.factory import ModelConfig, batch_function, build_model
 from eventrec.training.resume_check import check_resume
 from eventrec.training.weight_average import WeightAverage

@@ -81,9 +81,9 @@ def files_bytes(out_dir: Path) -> dict[str, bytes]:
 
 def check_store_and_batch(out_dir: Path, schema: Schema, store_dir: Path, impressions: int) -> None:
     """Build the store from the adapter's output and draw one batch; histories precede the request."""
-    from eventrec.batching import make_batch
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.data.gather import make_batch
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     manifest = build_store(schema, out_dir, store_dir)
     assert manifest["drops"] == {}, manifest["drops"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from eventrec.ops.jagged import gather_rows, select_rows
+from eventrec.ops.jagged_helpers import gather_rows, select_rows
 
 
 def _value_and_grad(fn, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

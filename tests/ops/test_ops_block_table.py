@@ -1,6 +1,6 @@
 import torch
 
-from eventrec.ops.jagged import block_table, padded_index
+from eventrec.ops.jagged_helpers import block_table, padded_index
 
 from ops_cases import offsets_from, skewed_lengths
 

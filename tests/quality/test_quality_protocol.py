@@ -153,7 +153,7 @@ def test_a_section_keeps_the_rows_whose_run_folders_are_gone(tmp_path):
 def test_exact_item_ids_give_every_item_its_own_embedding_row():
     from bench.quality.next_item import with_exact_item_ids
     from eventrec.schema import load_schema
-    from eventrec.vocab import build_vocabulary
+    from eventrec.store.vocab import build_vocabulary
 
     schema = load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml")
     exact = with_exact_item_ids(schema)
@@ -171,8 +171,8 @@ def test_each_target_sees_every_earlier_item_of_its_sequence_even_within_a_tie(t
     sequence (ties included), as SASRec's is: same-day Amazon baskets, same-second MovieLens ratings."""
     from bench.quality.next_item import leave_one_out_store, with_exact_item_ids, write_logs
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     day = 86_400
     frame = pl.DataFrame({  # user 1: a basket of 3 on day 2 then one more on the same day; user 2: all tied
@@ -217,8 +217,8 @@ def test_written_requests_carry_their_history_negatives(tmp_path):
     the user's earlier items as more negatives (target 0), and the store builds from them."""
     from bench.quality.next_item import with_exact_item_ids, write_logs
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
 
     day = 86_400
     frame = pl.DataFrame({"user_id": [1, 1, 1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 4, 5, 6, 7, 8],
@@ -290,8 +290,8 @@ def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
     from bench.quality.next_item import leave_one_out_store, with_exact_item_ids, write_logs
     from eventrec.model.config import SequenceModelConfig
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
     from eventrec.training.trainer import TrainConfig, train
 
     rng = np.random.default_rng(0)

@@ -15,8 +15,8 @@ MODEL = dict(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_di
 def _train(tmp: Path, **overrides):
     from eventrec.model.config import SequenceModelConfig
     from eventrec.schema import load_schema
-    from eventrec.store import EventStore
-    from eventrec.store_builder import build_store
+    from eventrec.store.reader import EventStore
+    from eventrec.store.build import build_store
     from eventrec.training.trainer import TrainConfig, train
 
     data = tmp / "tiny"

@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 import torch
 
-from eventrec.requests import store_for_requests
+from eventrec.data.requests import store_for_requests
 from eventrec.serving import InvalidInput, OutOfOrderEvents, RankingService, TooManyCandidates
-from eventrec.training.evaluation import predict
-from eventrec.batching import make_batch
+from eventrec.evaluation.predict import predict
+from eventrec.data.gather import make_batch
 
 CATEGORIES = ["shoes", "hats", "bags", "new", "never_seen_category"]
 ADS = [5, 6, 7, 8, 9, 123457]  # 123457: never seen anywhere (hashed: keeps its identity)

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from eventrec.cli import app
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.sequence_ranker import SequenceRanker

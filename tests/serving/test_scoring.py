@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.serving.scoring import EXP_SAFE_LOGIT, folded_match_queries, logit_bound, pool_candidates, prepare_user
 

@@ -1,4 +1,4 @@
-"""Reading a built event store into flat arrays (see :mod:`eventrec.store_builder` for the layout).
+"""Reading a built event store into flat arrays (see :mod:`eventrec.store.build` for the layout).
 
 Each stream becomes flat numpy arrays over all users' events, sorted by (user row, time), with
 ``user_offsets [U+1]`` giving each user's segment: ``timestamps [E]``, per attribute ``[E]`` (ids
@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eventrec.point_in_time import SegmentedTimeIndex
+from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.schema import EmbeddingAttribute, Schema, SchemaError, parse_schema
-from eventrec.store_builder import FORMAT_VERSION, SPLIT_NAMES, recover_interrupted_swap
-from eventrec.vocab import Vocabulary
+from eventrec.store.build import FORMAT_VERSION, SPLIT_NAMES, recover_interrupted_swap
+from eventrec.store.vocab import Vocabulary
 
 
 class StoreError(ValueError):

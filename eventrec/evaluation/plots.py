@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from eventrec.experiment import SeedRun  # noqa: E402
-from eventrec.store import EventStore  # noqa: E402
+from eventrec.evaluation.experiment import SeedRun  # noqa: E402
+from eventrec.store.reader import EventStore  # noqa: E402
 
 
 def training_curves(out_dir: Path, runs: list[SeedRun], path: Path) -> None:

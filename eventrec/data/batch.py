@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from eventrec.jagged import JaggedTensor
+from eventrec.data.jagged import JaggedTensor
 
 
 def _move(value: Any, fn) -> Any:

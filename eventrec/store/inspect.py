@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from eventrec.store import EventStore
-from eventrec.store_builder import SPLIT_NAMES
+from eventrec.store.reader import EventStore
+from eventrec.store.build import SPLIT_NAMES
 
 PERCENTILES = (50, 90, 99, 100)
 

@@ -17,9 +17,9 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from eventrec.raw_logs import ROW, DataError, RawTable
-from eventrec.store import EventStore, Ragged
-from eventrec.store_builder import AttributeEncoder, BuildReport
+from eventrec.store.raw_logs import ROW, DataError, RawTable
+from eventrec.store.reader import EventStore, Ragged
+from eventrec.store.build import AttributeEncoder, BuildReport
 from eventrec.schema import EmbeddingAttribute
 
 
@@ -37,7 +37,7 @@ def store_for_requests(store: EventStore, frame: pl.DataFrame, source: str = "<r
     frame = frame.with_row_index(ROW)
     if frame[imp.timestamp_column].null_count():
         raise DataError(f"{source}: column {imp.timestamp_column!r}: null timestamp")
-    from eventrec.raw_logs import TIMESTAMP_SCALE
+    from eventrec.store.raw_logs import TIMESTAMP_SCALE
 
     times = frame[imp.timestamp_column].cast(pl.Int64).to_numpy() // TIMESTAMP_SCALE[imp.timestamp_unit]
     # user rows: known users by id, unknown users share one extra, empty row (cold start)

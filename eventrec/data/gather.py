@@ -1,4 +1,4 @@
-"""Gather point-in-time histories from the store into an :class:`~eventrec.batch.EventBatch`.
+"""Gather point-in-time histories from the store into an :class:`~eventrec.data.batch.EventBatch`.
 
 For each example and stream, the candidate events are the user's events before the example's cut
 (strictly before the impression); the stream's sampling policy picks at most ``max_length`` of them.
@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from eventrec.batch import EventBatch, StreamBatch
-from eventrec.jagged import JaggedTensor
-from eventrec.sampling import SAMPLING_POLICIES, ranges_to_indices
-from eventrec.store import EventStore, Ragged, StreamData
+from eventrec.data.batch import EventBatch, StreamBatch
+from eventrec.data.jagged import JaggedTensor
+from eventrec.data.sampling import SAMPLING_POLICIES, ranges_to_indices
+from eventrec.store.reader import EventStore, Ragged, StreamData
 
 
 def _ragged_rows(ragged: Ragged, rows: np.ndarray) -> JaggedTensor:

@@ -15,7 +15,7 @@ The shapes of the batch::
 
     sparse["{stream}.{attribute}.{window}"]   KeyedBag(ids [sum K_i] int64, weights [sum K_i] float32, offsets [B+1])
     dense                         [B, F] float32 with names ``dense_names``
-    item, context, labels         as in :class:`~eventrec.batch.EventBatch`
+    item, context, labels         as in :class:`~eventrec.data.batch.EventBatch`
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from eventrec.batch import _Movable
-from eventrec.batching import _group_tensors
-from eventrec.jagged import JaggedTensor
-from eventrec.sampling import ranges_to_indices
-from eventrec.store import EventStore, Ragged
+from eventrec.data.batch import _Movable
+from eventrec.data.gather import _group_tensors
+from eventrec.data.jagged import JaggedTensor
+from eventrec.data.sampling import ranges_to_indices
+from eventrec.store.reader import EventStore, Ragged
 
 DAY = 86_400
 DEFAULT_WINDOWS: dict[str, int | None] = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "all": None}

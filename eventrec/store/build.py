@@ -33,8 +33,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eventrec.point_in_time import SegmentedTimeIndex
-from eventrec.raw_logs import (
+from eventrec.store.point_in_time import SegmentedTimeIndex
+from eventrec.store.raw_logs import (
     ROW,
     DataError,
     RawTable,
@@ -52,7 +52,7 @@ from eventrec.schema import (
     Stream,
     boundary_to_seconds,
 )
-from eventrec.vocab import NumericStatistics, Vocabulary, build_vocabulary_from_counts, normalize, numeric_statistics, value_counts
+from eventrec.store.vocab import NumericStatistics, Vocabulary, build_vocabulary_from_counts, normalize, numeric_statistics, value_counts
 
 FORMAT_VERSION = 1
 USER = "_user"

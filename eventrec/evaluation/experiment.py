@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from eventrec.store import EventStore
-from eventrec.training.evaluation import metrics_by_segment, metrics_by_task, predict
+from eventrec.store.reader import EventStore
+from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict
 from eventrec.training.factory import ModelConfig, batch_function
 from eventrec.training.trainer import TrainConfig, train
 
@@ -52,7 +52,7 @@ def offline_ab(store: EventStore, model, model_config: ModelConfig, candidates: 
     candidate; the model ranks candidates by its predicted click probability for clicks, and by its
     predicted conversion probability per impression for conversions.
     """
-    from eventrec.requests import store_for_requests
+    from eventrec.data.requests import store_for_requests
 
     view = store_for_requests(store, candidates, "candidates.parquet")
     probs = predict(model, view, np.arange(view.num_examples), batch_function(model_config))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from eventrec.batching import make_batch
-from eventrec.store import EventStore
+from eventrec.data.gather import make_batch
+from eventrec.store.reader import EventStore
 
 
 class BatchDataset(Dataset):
@@ -124,8 +124,8 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader yielding ``batch_fn(store, indices)`` batches (default :class:`EventBatch`) of a split.
 
-    ``batch_fn`` is :func:`eventrec.batching.make_batch` for the sequence model and
-    :class:`eventrec.dlrm_features.DlrmFeatureBuilder` for the DLRM baseline.
+    ``batch_fn`` is :func:`eventrec.data.gather.make_batch` for the sequence model and
+    :class:`eventrec.data.dlrm_features.DlrmFeatureBuilder` for the DLRM baseline.
 
     Call ``loader.dataset.set_epoch(e)`` before each epoch to reshuffle deterministically.
     """

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eventrec.metrics import task_metrics
-from eventrec.store import EventStore
+from eventrec.evaluation.metrics import task_metrics
+from eventrec.store.reader import EventStore
 
 LENGTH_BUCKETS = (0, 1, 5, 20, 100, 10**9)
 

@@ -1,0 +1,1 @@
+"""Evaluation: predictions, metrics (NE, AUC, gAUC, calibration), seeds comparison, plots, offline A/B."""
