@@ -105,7 +105,7 @@ def test_failed_build_leaves_previous_store_intact(tiny_world, tmp_path, monkeyp
     def explode(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-build")
 
-    monkeypatch.setattr(builder, "_write_json", explode)
+    monkeypatch.setattr(builder, "write_json", explode)
     with pytest.raises(KeyboardInterrupt):
         build_store(schema, data, out)
     assert _digest(out) == before

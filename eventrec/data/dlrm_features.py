@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from eventrec.data.batch import _Movable
-from eventrec.data.gather import _group_tensors
+from eventrec.data.gather import attribute_tensors
 from eventrec.data.jagged import JaggedTensor
 from eventrec.data.sampling import ranges_to_indices
 from eventrec.store.reader import EventStore, Ragged
@@ -125,8 +125,8 @@ class DlrmFeatureBuilder:
             sparse=sparse,
             dense=torch.from_numpy(np.stack(dense, axis=1)),
             dense_names=self.dense_names(store),
-            item=_group_tensors(store.item, item_lookups, index),
-            context=_group_tensors(store.context, {}, index),
+            item=attribute_tensors(store.item, item_lookups, index),
+            context=attribute_tensors(store.context, {}, index),
             labels=torch.from_numpy(store.labels[index]),
             label_names=list(store.label_names),
         )

@@ -50,7 +50,11 @@ def gather_stream(data: StreamData, starts: np.ndarray, ends: np.ndarray) -> Str
     return batch
 
 
-def _group_tensors(columns: dict, looked_up: dict, index: np.ndarray) -> dict:
+def attribute_tensors(columns: dict, looked_up: dict, index: np.ndarray) -> dict:
+    """Tensors of the rows ``index [B]`` of encoded attribute ``columns`` (item, context or records
+    encoded by :meth:`~eventrec.store.encoding.AttributeEncoder.encode_records`): ``[B]`` ids or
+    numbers, ``[B, dim]`` vectors, :class:`JaggedTensor` multi-valued ids; plus each side-table
+    attribute of ``looked_up`` (name → (key column, matrix ``[ids, dim]``)) whose key is a column."""
     out: dict = {}
     for name, column in columns.items():
         out[name] = _ragged_rows(column, index) if isinstance(column, Ragged) else _column_tensor(column[index])
@@ -65,7 +69,7 @@ def catalogue_items(store: EventStore, example_indices: np.ndarray) -> tuple[np.
     item ids) and their item attribute tensors ``[C]``, each from the item's first example."""
     index = np.asarray(example_indices, dtype=np.int64)
     distinct, first = np.unique(store.item_ids[index], return_index=True)
-    return distinct, _group_tensors(store.item, _lookups_of(store, store.item), index[first])
+    return distinct, attribute_tensors(store.item, _lookups_of(store, store.item), index[first])
 
 
 def _lookups_of(store: EventStore, group: dict) -> dict:
@@ -111,8 +115,8 @@ def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
         history_index=torch.from_numpy(history_index),
         history_timestamps=torch.from_numpy(store.timestamps[representatives]),
         streams=streams,
-        item=_group_tensors(store.item, _lookups_of(store, store.item), index),
-        context=_group_tensors(store.context, _lookups_of(store, store.context), index),
+        item=attribute_tensors(store.item, _lookups_of(store, store.item), index),
+        context=attribute_tensors(store.context, _lookups_of(store, store.context), index),
         labels=torch.from_numpy(store.labels[index]),
         label_names=list(store.label_names),
         request_ids=None if store.request_ids is None or store.request_ids.dtype.kind not in "iu" else torch.from_numpy(store.request_ids[index].astype(np.int64)),

@@ -17,9 +17,9 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 
-from eventrec.store.raw_logs import ROW, DataError, RawTable
-from eventrec.store.reader import EventStore, Ragged
-from eventrec.store.build import AttributeEncoder, BuildReport
+from eventrec.store.encoding import AttributeEncoder
+from eventrec.store.raw_logs import ROW, TIMESTAMP_SCALE, DataError
+from eventrec.store.reader import EventStore
 from eventrec.schema import EmbeddingAttribute
 
 
@@ -37,8 +37,6 @@ def store_for_requests(store: EventStore, frame: pl.DataFrame, source: str = "<r
     frame = frame.with_row_index(ROW)
     if frame[imp.timestamp_column].null_count():
         raise DataError(f"{source}: column {imp.timestamp_column!r}: null timestamp")
-    from eventrec.store.raw_logs import TIMESTAMP_SCALE
-
     times = frame[imp.timestamp_column].cast(pl.Int64).to_numpy() // TIMESTAMP_SCALE[imp.timestamp_unit]
     # user rows: known users by id, unknown users share one extra, empty row (cold start)
     known = pl.DataFrame({"_user": store.user_ids, "_user_row": np.arange(store.num_users, dtype=np.int64)})
@@ -59,15 +57,8 @@ def store_for_requests(store: EventStore, frame: pl.DataFrame, source: str = "<r
         extended = np.concatenate([data.user_offsets, data.user_offsets[-1:]])
         view.streams[name] = replace(data, user_offsets=extended)
     encoder = AttributeEncoder.fitted(store.schema, store.manifest["splits"]["train_end"], store.vocabularies, store.statistics)
-    table = RawTable(frame.lazy(), source)  # type: ignore[arg-type]
-    report = BuildReport()
-    view.item, view.context = {}, {}
-    for target, attributes in ((view.item, imp.item_attributes), (view.context, imp.context_attributes)):
-        for attribute in attributes:
-            encoded = encoder.encode("impressions", attribute, frame, report, table)
-            if not encoded:
-                continue
-            target[attribute.name] = Ragged(encoded["values"].astype(np.int64), encoded["offsets"]) if "offsets" in encoded else encoded["values"]
+    view.item = encoder.encode_records("impressions", imp.item_attributes, frame, source)
+    view.context = encoder.encode_records("impressions", imp.context_attributes, frame, source)
     view.user_rows = rows
     view.timestamps = times.astype(np.int64)
     view.splits = np.full(len(rows), 2, dtype=np.int8)

@@ -18,20 +18,16 @@ The same input gives byte-identical output. See ``docs/store.md``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.store.raw_logs import (
@@ -52,31 +48,11 @@ from eventrec.schema import (
     Stream,
     boundary_to_seconds,
 )
-from eventrec.store.vocab import NumericStatistics, Vocabulary, build_vocabulary_from_counts, normalize, numeric_statistics, value_counts
+from eventrec.store.encoding import AttributeEncoder, BuildReport
+from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, TIME, USER, recover_interrupted_swap, schema_fingerprint, swap_into_place, write_json, write_parquet
 
-FORMAT_VERSION = 1
-USER = "_user"
-TIME = "_t"
-SPLIT_NAMES = ("train", "validation", "test")
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class BuildReport:
-    """What the build did, including every counted drop (nothing is lost silently)."""
-
-    counts: dict[str, Any] = field(default_factory=dict)
-    drops: dict[str, int] = field(default_factory=dict)
-    nulls: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, key: str, n: int) -> None:
-        if n:
-            self.drops[key] = self.drops.get(key, 0) + int(n)
-
-    def null(self, key: str, n: int) -> None:
-        if n:
-            self.nulls[key] = self.nulls.get(key, 0) + int(n)
 
 
 def _source_columns(attributes: list) -> dict[str, str]:
@@ -199,107 +175,6 @@ def _resolve_splits(schema: Schema, impression_times: np.ndarray) -> tuple[int, 
     return train_end, validation_end
 
 
-class AttributeEncoder:
-    """Learns vocabularies and numeric statistics from the training period, then encodes."""
-
-    def __init__(self, schema: Schema, train_end: int):
-        self.schema = schema
-        self.train_end = train_end
-        self.vocabularies: dict[str, Vocabulary] = {}
-        self.statistics: dict[str, NumericStatistics] = {}
-
-    @classmethod
-    def fitted(cls, schema: Schema, train_end: int, vocabularies: dict[str, Vocabulary], statistics: dict[str, dict]) -> "AttributeEncoder":
-        """An encoder with a built store's vocabularies and statistics (to encode new rows alike)."""
-        encoder = cls(schema, train_end)
-        encoder.vocabularies = dict(vocabularies)
-        encoder.statistics = {k: NumericStatistics(v["mean"], v["std"], v["transform"]) for k, v in statistics.items()}
-        return encoder
-
-    def fit(self, places: list[tuple[str, list, pl.DataFrame, list[str]]]) -> None:
-        """``places``: (place name, attributes, raw frame with ``_t``, order) for every stream and
-        impressions. Numeric statistics are computed over the training rows sorted by ``order``
-        (e.g. the file row), so that their floating-point sums do not depend on the frame's order."""
-        # categorical values are counted per place (lazily, only the needed column of the training
-        # rows), and the counts summed per vocabulary: never all the training values at once
-        def value_dtype(frame: pl.DataFrame, attribute: Any) -> pl.DataType:
-            dtype = frame.schema[attribute.source_column]
-            if attribute.kind == "multi_categorical" and isinstance(dtype, (pl.List, pl.Array)):
-                dtype = dtype.inner
-            return pl.String if dtype == pl.Categorical else dtype
-
-        dtypes: dict[str, set] = {}
-        for _, attributes, frame, _ in places:
-            for attribute in attributes:
-                if attribute.kind in ("categorical", "multi_categorical"):
-                    dtypes.setdefault(attribute.vocabulary_name, set()).add(value_dtype(frame, attribute))
-        training: dict[str, list[pl.DataFrame]] = {}
-        options: dict[str, tuple[int, int | None]] = {}
-        for place, attributes, frame, order in places:
-            train = frame.lazy().filter(pl.col(TIME) < self.train_end)
-            numeric = sorted({a.source_column for a in attributes if a.kind == "numeric"} - set(order))
-            if numeric:
-                numeric_train = train.select(*order, *numeric).collect()
-                numeric_train = numeric_train.sort(order) if order else numeric_train
-            for attribute in attributes:
-                if attribute.kind in ("categorical", "multi_categorical"):
-                    values = pl.col(attribute.source_column)
-                    if attribute.kind == "multi_categorical":
-                        values = values.explode()
-                    if value_dtype(frame, attribute) == pl.String or len(dtypes[attribute.vocabulary_name]) > 1:
-                        values = values.cast(pl.String)
-                    training.setdefault(attribute.vocabulary_name, []).append(value_counts(train.select(values.alias("value"))))
-                    min_count, max_size = options.get(attribute.vocabulary_name, (attribute.min_count, attribute.max_size))
-                    options[attribute.vocabulary_name] = (max(min_count, attribute.min_count), max_size or attribute.max_size)
-                elif attribute.kind == "numeric":
-                    self.statistics[f"{place}.{attribute.name}"] = numeric_statistics(numeric_train[attribute.source_column], attribute.transform)
-        for name, parts in training.items():
-            min_count, max_size = options[name]
-            self.vocabularies[name] = build_vocabulary_from_counts(name, parts, min_count, max_size)
-        for _, attribute in self.schema.all_attributes():
-            if attribute.kind == "hashed":
-                self.vocabularies[attribute.vocabulary_name] = Vocabulary(attribute.vocabulary_name, buckets=self.schema.hash_buckets(attribute.vocabulary_name))
-
-    def encode(self, place: str, attribute: Any, frame: pl.DataFrame, report: BuildReport, table: RawTable) -> dict[str, np.ndarray]:
-        """Encoded arrays of one attribute over ``frame``'s rows (keys: "values", maybe "offsets")."""
-        key = f"{place}.{attribute.name}"
-        if attribute.kind in ("categorical", "hashed"):
-            values = frame[attribute.source_column]
-            report.null(key, values.null_count())
-            ids = self.vocabularies[attribute.vocabulary_name].encode(values).to_numpy()
-            return {"values": ids.astype(np.int32 if ids.max(initial=0) < 2**31 else np.int64)}
-        if attribute.kind == "multi_categorical":
-            column = frame[attribute.source_column]
-            report.null(key, column.null_count())
-            lengths = column.list.len().fill_null(0).to_numpy().astype(np.int64)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            ids = self.vocabularies[attribute.vocabulary_name].encode_lists(column)  # elements of non-null lists
-            if len(ids) != offsets[-1]:
-                raise DataError(f"{table.path}: column {attribute.source_column!r}: could not flatten the lists")
-            return {"values": ids, "offsets": offsets}
-        if attribute.kind == "numeric":
-            values, bad = normalize(frame[attribute.source_column], self.statistics[key])
-            report.null(key, bad)
-            return {"values": values}
-        if isinstance(attribute, EmbeddingAttribute) and attribute.table is None:
-            column = frame[attribute.source_column]
-            lengths = column.list.len() if isinstance(column.dtype, pl.List) else pl.Series([attribute.dim] * len(column))
-            wrong = (lengths != attribute.dim) | column.is_null()
-            if wrong.any():
-                position = int(np.argmax(wrong.to_numpy()))
-                raise DataError(
-                    f"{table.path}: column {attribute.source_column!r}, row {int(frame[ROW][position])}: "
-                    f"expected a vector of {attribute.dim} floats, got {column[position]!r}"
-                )
-            matrix = np.asarray(column.cast(pl.Array(pl.Float32, attribute.dim)).to_numpy(), dtype=np.float32).reshape(-1, attribute.dim)
-            bad = ~np.isfinite(matrix).all(axis=1)
-            matrix[bad] = 0.0
-            report.null(key, int(bad.sum()))
-            return {"values": matrix}
-        return {}  # table-looked-up embeddings are gathered at batch time from the content matrix
-
-
 def _arrow_list(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
 
@@ -311,37 +186,6 @@ def _arrow_values(encoded: dict[str, np.ndarray]) -> pa.Array:
     if values.ndim == 2:
         return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
     return pa.array(values)
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, compression="zstd", row_group_size=65_536, write_statistics=True, store_schema=False)
-
-
-def _write_json(data: Any, path: Path) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-
-
-def schema_fingerprint(schema: Schema) -> str:
-    return hashlib.sha256(json.dumps(schema.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Atomically replace ``out_dir`` by ``tmp`` (the previous store survives a kill at any point)."""
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def recover_interrupted_swap(out_dir: Path) -> None:
-    """If a build was killed between its two renames, put the previous store back."""
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if old.exists() and not out_dir.exists():
-        os.rename(old, out_dir)
 
 
 def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.DataFrame]:
@@ -393,7 +237,7 @@ def _encode_stream(stream: Stream, table: RawTable, df: pl.DataFrame, user_ids: 
     for attribute in stream.attributes:
         uses[attribute.source_column] = uses.get(attribute.source_column, 0) + 1
     for attribute in stream.attributes:
-        encoded = encoder.encode(f"streams.{stream.name}", attribute, df, report, table)
+        encoded = encoder.encode(f"streams.{stream.name}", attribute, df, report, table.path)
         if encoded:
             user_columns[f"{stream.name}__{attribute.name}"] = _arrow_list(user_offsets, _arrow_values(encoded))
         del encoded
@@ -424,7 +268,7 @@ def _example_columns(schema: Schema, impressions: pl.DataFrame, users: pl.DataFr
         columns[f"cut__{stream.name}"] = pa.array(indexes[stream.name].count_before(user_rows, times, order=order))
     for group, attributes in (("item", imp.item_attributes), ("context", imp.context_attributes)):
         for attribute in attributes:
-            encoded = encoder.encode("impressions", attribute, impressions, report, imp_table)
+            encoded = encoder.encode("impressions", attribute, impressions, report, imp_table.path)
             if encoded:
                 columns[f"{group}__{attribute.name}"] = _arrow_values(encoded)
     for label in imp.labels:
@@ -512,7 +356,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         # users.parquet is compressed and written in the background while the examples are computed,
         # then examples.parquet alongside it (pyarrow releases the GIL: one core each)
         writer = ThreadPoolExecutor(max_workers=2)
-        users_written = writer.submit(_write_parquet, pa.table(user_columns), tmp / "users.parquet")
+        users_written = writer.submit(write_parquet, pa.table(user_columns), tmp / "users.parquet")
         del user_columns
 
         # --- examples: one per impression, pointing at the user's history --------------------
@@ -522,7 +366,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         example_columns = _example_columns(schema, impressions, users, indexes, encoder, report, imp_table, split)
         del impressions, indexes
         say("writing users and examples")
-        examples_written = writer.submit(_write_parquet, pa.table(example_columns), tmp / "examples.parquet")
+        examples_written = writer.submit(write_parquet, pa.table(example_columns), tmp / "examples.parquet")
         writer.shutdown(wait=False)
         del example_columns
         users_written.result()
@@ -566,8 +410,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         report.counts["impressions"] = int(len(times))
         for i, name in enumerate(SPLIT_NAMES):
             report.counts[f"examples.{name}"] = int((split == i).sum())
-        _write_json({name: v.to_json() for name, v in sorted(encoder.vocabularies.items())}, tmp / "vocabularies.json")
-        _write_json({name: s.to_json() for name, s in sorted(encoder.statistics.items())}, tmp / "statistics.json")
+        write_json({name: v.to_json() for name, v in sorted(encoder.vocabularies.items())}, tmp / "vocabularies.json")
+        write_json({name: s.to_json() for name, s in sorted(encoder.statistics.items())}, tmp / "statistics.json")
         manifest = {
             "format_version": FORMAT_VERSION,
             "schema": schema.model_dump(mode="json"),
@@ -580,8 +424,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
             "drops": dict(sorted(report.drops.items())),
             "nulls_encoded_as_missing": dict(sorted(report.nulls.items())),
         }
-        _write_json(manifest, tmp / "manifest.json")
-        _swap_into_place(tmp, out_dir)
+        write_json(manifest, tmp / "manifest.json")
+        swap_into_place(tmp, out_dir)
     except BaseException:
         if writer is not None:
             writer.shutdown(wait=True)  # no write into tmp after it is removed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from eventrec.store.reader import EventStore
-from eventrec.store.build import SPLIT_NAMES
+from eventrec.store.layout import SPLIT_NAMES
 
 PERCENTILES = (50, 90, 99, 100)
 

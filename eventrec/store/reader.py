@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.schema import EmbeddingAttribute, Schema, SchemaError, parse_schema
-from eventrec.store.build import FORMAT_VERSION, SPLIT_NAMES, recover_interrupted_swap
+from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, Ragged, recover_interrupted_swap
 from eventrec.store.vocab import Vocabulary
 
 
@@ -42,14 +42,6 @@ def _numpy(child: pa.Array) -> np.ndarray:
         flat = child.flatten().to_numpy(zero_copy_only=False)
         return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
     return child.to_numpy(zero_copy_only=False)
-
-
-@dataclass
-class Ragged:
-    """Multi-valued rows: ``values [T]`` and ``offsets [rows+1]`` (int64, from 0)."""
-
-    values: np.ndarray
-    offsets: np.ndarray
 
 
 @dataclass
