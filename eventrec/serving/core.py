@@ -43,7 +43,7 @@ import polars as pl
 import torch
 
 from eventrec.data.batch import EventBatch
-from eventrec.data.gather import _group_tensors, gather_stream
+from eventrec.data.gather import attribute_tensors, gather_stream
 from eventrec.data.jagged import JaggedTensor
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
@@ -53,7 +53,7 @@ from eventrec.schema import EmbeddingAttribute
 from eventrec.serving.scoring import CandidateScorer, Precision, Workspace, precision_dtype, score_candidates, warn_if_slow_bf16
 from eventrec.serving.state import EncodedState, EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
 from eventrec.store.reader import EventStore, Ragged
-from eventrec.store.build import AttributeEncoder, BuildReport
+from eventrec.store.encoding import AttributeEncoder, BuildReport
 
 CONTEXT_CACHE_ENTRIES = 4096  # distinct request contexts whose encoded vector is kept
 
@@ -357,7 +357,7 @@ class RankingService:
     def _group(self, attributes: list, frame: pl.DataFrame) -> dict:
         columns = self._encode("impressions", attributes, frame)
         lookups = {k: v for k, v in self.store.item_looked_up.items() if v[0] in columns}
-        return _group_tensors(columns, lookups, np.arange(frame.height))
+        return attribute_tensors(columns, lookups, np.arange(frame.height))
 
     def candidate_frame(self, candidates: list[dict] | dict[str, list] | pl.DataFrame) -> pl.DataFrame:
         """The candidates' item columns as a frame, from records, columns (``{column: [values]}``, one
