@@ -4,6 +4,7 @@ histories and DLRM aggregates equal an obvious per-impression recomputation."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,3 +97,24 @@ def test_segmented_time_index_matches_reference(lengths, data, scale):
     q_times = np.array([t * scale for _, t in queries], dtype=np.int64)
     index = SegmentedTimeIndex(offsets, times)
     np.testing.assert_array_equal(index.count_before(rows, q_times), count_before_reference(offsets, times, rows, q_times))
+
+
+def test_one_users_cut_follows_the_equal_timestamp_rule():
+    """``cut_before`` (serving's per-user cut) agrees with the store's reference on every boundary:
+    an event at the request's own time is not history."""
+    from eventrec.store.point_in_time import count_before_reference, cut_before
+
+    timestamps = np.array([10, 20, 20, 30], dtype=np.int64)
+    for time in (5, 10, 11, 20, 21, 30, 31):
+        expected = count_before_reference(np.array([0, 4]), timestamps, np.array([0]), np.array([time]))[0]
+        assert cut_before(timestamps, time) == expected
+    assert cut_before(timestamps, 20) == 1
+
+
+def test_an_unknown_sampling_policy_is_named():
+    from eventrec.data.sampling import select_events
+
+    with pytest.raises(ValueError, match="sampling: unknown policy 'newest_first'"):
+        select_events("newest_first", np.array([0]), np.array([3]), 2)
+    index, lengths = select_events("most_recent", np.array([0, 4]), np.array([3, 9]), 2)
+    assert index.tolist() == [1, 2, 7, 8] and lengths.tolist() == [2, 2]

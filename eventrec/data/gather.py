@@ -12,7 +12,7 @@ import torch
 
 from eventrec.data.batch import EventBatch, StreamBatch
 from eventrec.data.jagged import JaggedTensor
-from eventrec.data.sampling import SAMPLING_POLICIES, ranges_to_indices
+from eventrec.data.sampling import ranges_to_indices, select_events
 from eventrec.store.reader import EventStore, Ragged, StreamData
 
 
@@ -32,7 +32,7 @@ def _column_tensor(values: np.ndarray) -> torch.Tensor:
 
 def gather_stream(data: StreamData, starts: np.ndarray, ends: np.ndarray) -> StreamBatch:
     """The selected events of one stream for a batch with candidate ranges ``[starts, ends)``."""
-    index, lengths = SAMPLING_POLICIES[data.sampling](starts, ends, data.max_length)
+    index, lengths = select_events(data.sampling, starts, ends, data.max_length)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     batch = StreamBatch(

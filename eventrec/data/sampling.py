@@ -48,6 +48,16 @@ def most_recent(starts: np.ndarray, ends: np.ndarray, max_length: int) -> tuple[
 SAMPLING_POLICIES: dict[str, SamplingPolicy] = {"most_recent": most_recent}
 
 
+def select_events(sampling: str, starts: np.ndarray, ends: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one place that applies a stream's sampling policy: of each history's candidate events
+    ``[starts_i, ends_i)`` (everything strictly before its cut), the selected ones. ``starts, ends [B]``
+    → (``indices [sum(n_i)]`` time-ordered, ``lengths [B]``), at most ``max_length`` per history. Used by
+    training batches (:func:`eventrec.data.gather.gather_stream`) and by serving alike."""
+    if sampling not in SAMPLING_POLICIES:
+        raise ValueError(f"sampling: unknown policy {sampling!r} (registered: {sorted(SAMPLING_POLICIES)})")
+    return SAMPLING_POLICIES[sampling](starts, ends, max_length)
+
+
 def register_sampling_policy(name: str, policy: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]) -> None:
     """Make ``policy`` available to schemas as ``sampling: NAME``."""
     if name in SAMPLING_POLICIES:

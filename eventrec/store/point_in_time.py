@@ -77,6 +77,13 @@ class SegmentedTimeIndex:
         return self.position_before(rows, times, order) - self.user_offsets[rows]
 
 
+def cut_before(timestamps: np.ndarray, time: int) -> int:
+    """One user's cut: the number of events of a time-sorted stream ``timestamps [N]`` strictly before
+    ``time`` (the equal-timestamp rule above). Serving applies it to a user's live event arrays; the
+    store's :class:`SegmentedTimeIndex` answers the same question for many users at once."""
+    return int(np.searchsorted(timestamps, time, side="left"))
+
+
 def count_before_reference(user_offsets: np.ndarray, timestamps: np.ndarray, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Obvious per-query reference of :meth:`SegmentedTimeIndex.count_before` (for tests)."""
     out = np.zeros(len(rows), dtype=np.int64)
