@@ -55,7 +55,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CategoricalAttribute(_Strict):
+class _RawColumn:
+    """An attribute read from the raw column ``column`` (default: its own name)."""
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name  # type: ignore[attr-defined]
+
+
+class _VocabularyColumn(_RawColumn):
+    """An id attribute encoded with the vocabulary ``vocabulary`` (default: its own name), which
+    every attribute of the same vocabulary name shares."""
+
+    @property
+    def vocabulary_name(self) -> str:
+        return self.vocabulary or self.name  # type: ignore[attr-defined]
+
+
+class CategoricalAttribute(_VocabularyColumn, _Strict):
     """Ids mapped through a vocabulary built from the training period only.
 
     Encoded ids: 0 = missing (null), 1 = out of vocabulary, 2.. = known values by descending
@@ -70,16 +87,8 @@ class CategoricalAttribute(_Strict):
     min_count: int = Field(1, ge=1)
     max_size: int | None = Field(None, ge=1)
 
-    @property
-    def source_column(self) -> str:
-        return self.column or self.name
 
-    @property
-    def vocabulary_name(self) -> str:
-        return self.vocabulary or self.name
-
-
-class HashedAttribute(_Strict):
+class HashedAttribute(_VocabularyColumn, _Strict):
     """Ids of huge cardinality hashed into ``buckets`` (ids 1..buckets; 0 = missing).
 
     Hashing keeps the identity of ids first seen after training (new ads), unlike a vocabulary.
@@ -91,16 +100,8 @@ class HashedAttribute(_Strict):
     buckets: int = Field(..., ge=2, le=2**31 - 2)
     vocabulary: Name | None = None
 
-    @property
-    def source_column(self) -> str:
-        return self.column or self.name
 
-    @property
-    def vocabulary_name(self) -> str:
-        return self.vocabulary or self.name
-
-
-class MultiCategoricalAttribute(_Strict):
+class MultiCategoricalAttribute(_VocabularyColumn, _Strict):
     """A list of categorical values per event (e.g. a movie's genres); vocabulary as categorical."""
 
     kind: Literal["multi_categorical"]
@@ -110,16 +111,8 @@ class MultiCategoricalAttribute(_Strict):
     min_count: int = Field(1, ge=1)
     max_size: int | None = Field(None, ge=1)
 
-    @property
-    def source_column(self) -> str:
-        return self.column or self.name
 
-    @property
-    def vocabulary_name(self) -> str:
-        return self.vocabulary or self.name
-
-
-class NumericAttribute(_Strict):
+class NumericAttribute(_RawColumn, _Strict):
     """A number, optionally log1p-transformed, standardised with training-period mean and std.
 
     Nulls and NaNs become 0.0 after standardisation (the training mean) and are counted.
@@ -130,12 +123,8 @@ class NumericAttribute(_Strict):
     column: str | None = None
     transform: Literal["none", "log1p"] = "none"
 
-    @property
-    def source_column(self) -> str:
-        return self.column or self.name
 
-
-class EmbeddingAttribute(_Strict):
+class EmbeddingAttribute(_RawColumn, _Strict):
     """A fixed-size content vector per event.
 
     Either read from a list column of the raw rows (``column``), or looked up from a side table
@@ -159,10 +148,6 @@ class EmbeddingAttribute(_Strict):
         if self.table is not None and self.column is not None:
             raise ValueError("give either 'column' or 'table', not both")
         return self
-
-    @property
-    def source_column(self) -> str:
-        return self.column or self.name
 
 
 Attribute = Annotated[
