@@ -3,7 +3,7 @@
 Every model trains with the same loop on the same train split, stops early on the validation split,
 and is measured once on the test split. The comparison table reports mean ± standard deviation over
 seeds; a gain counts only when it exceeds max(0.001 AUC, twice the seed spread) with NE moving the
-same way (see ``docs/evaluation.md``).
+same way (see the evaluation section of ``docs/models.md``).
 """
 
 from __future__ import annotations
