@@ -218,7 +218,7 @@ def test_store_of_another_schema_version_asks_for_a_rebuild(tiny_store):
 
 
 def test_duplicate_events_with_vectors_are_detected(tmp_path):
-    from eventrec.store.build import ROW, TIME, USER, _drop_exact_duplicates
+    from eventrec.store.load import ROW, TIME, USER, _drop_exact_duplicates
 
     frame = pl.DataFrame(
         {ROW: [0, 1, 2], USER: [1, 1, 1], TIME: [5, 5, 5], "v": [[1.0, 2.0], [1.0, 2.0], [1.5, 2.0]]},
