@@ -13,16 +13,14 @@ import argparse
 import datetime
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from eventrec.ops.attention_torch import jagged_self_attention_torch, keyed_pooling_attention_torch  # noqa: E402
+from eventrec.ops.attention_torch import jagged_self_attention_torch, keyed_pooling_attention_torch
 
 
 def lognormal_lengths(n: int, mean: float, max_len: int, sigma: float, gen: torch.Generator) -> torch.Tensor:

@@ -36,7 +36,6 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if "--dry-run" in sys.argv:  # Triton reads this when the kernels are defined, i.e. at import
     import os
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eventrec.model.heads import CrossNetwork, TaskHeads  # noqa: E402
+from eventrec.model.heads import CrossNetwork, TaskHeads
 
 
 def head(features: int, rank: int | None, layers: int, mlp: list[int]) -> torch.nn.Module:

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eventrec.model.keyed_pooling import KeyedAttentionPooling  # noqa: E402
+from eventrec.model.keyed_pooling import KeyedAttentionPooling
 
 MODEL_DIM, HEADS, SLOTS, VOCABULARIES, EMBEDDING = 64, 4, 4, 2, 64
 

@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_latency import CATEGORIES, REQUEST_TIME, build_world, percentiles  # noqa: E402
+from serving_latency import CATEGORIES, REQUEST_TIME, build_world, percentiles
 
 
 def free_port() -> int:

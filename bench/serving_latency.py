@@ -42,8 +42,7 @@ import polars as pl
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bst_baseline import time_bst  # noqa: E402
+from bst_baseline import time_bst
 
 SCHEMA = {
     "name": "bench_serving",

@@ -12,7 +12,6 @@ the ratio, and the largest score difference between the two paths.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving_latency import CATEGORIES, REQUEST_TIME, build_world, percentiles  # noqa: E402
+from serving_latency import CATEGORIES, REQUEST_TIME, build_world, percentiles
 
 
 def main() -> None:

@@ -1,35 +1,27 @@
 """Where a trained next-item model's full-catalogue ranking comes from: its dot term or the rest.
 
-    .venv/bin/python bench/quality/logit_parts.py --seed 0 --users 1000 --dataset amazon_grocery --ties shuffled \\
-        --test-users 3000 --select ndcg --negatives 32 --attribute-dim 64 --catalogue-weight 0.3 --weight-average 0.999 \\
-        --cross-rank 32 --validations-per-epoch 1
+    .venv/bin/python -m bench.quality.logit_parts bench/quality/variants/amazon_grocery/main.yaml --seed 0 --users 1000
 
 A model built with ``dot_term`` scores ``z = r + d``: ``d = <user, item>`` (factorised), ``r`` the
-keyed pooling, cross layers and heads. Given a finished run's ``next_item.py`` options (which name its
-folder and store), for the first ``--users`` of that run's test users, this ranks the whole catalogue through the serving
-core as ``next_item.py`` does, records ``d`` apart from ``z`` for every item, and prints HR@10 and
-NDCG@10 when ranking by ``z`` (the benchmark's figure on these users), by ``d`` alone, by ``r = z − d``
-alone, and by ``r + a·d`` for a few ``a``. Reads a finished run of ``next_item.py`` (its ``best/``
-weights and its store); writes nothing.
+keyed pooling, cross layers and heads. Given a finished variant (its run folder and store), for the
+first ``--users`` of its test users, this ranks the whole catalogue through the serving core as the
+runner does, records ``d`` apart from ``z`` for every item, and prints HR@10 and NDCG@10 when
+ranking by ``z`` (the benchmark's figure on these users), by ``d`` alone, by ``r = z − d`` alone,
+and by ``r + a·d`` for a few ``a``. Reads the run's ``best/`` weights and its store; writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import polars as pl
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from bench.quality.next_item import argument_parser, data_dirs, item_table, leave_one_out_store  # noqa: E402
-from bench.quality.next_item_data import TEST_USERS_SEED, prepare_next_item, user_sample, work_dir  # noqa: E402
-from bench.quality.next_item_variant import variant_tag  # noqa: E402
-from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
+from bench.quality.next_item import benchmark, data_dirs, leave_one_out_store
+from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks
+from bench.quality.variant import NextItemVariant, load_variant
 
 
 def record_dot_term(scorer, parts: list) -> None:
@@ -47,14 +39,14 @@ def record_dot_term(scorer, parts: list) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Every other option is the run's own next_item.py option (they name its folder and store).")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variant", type=Path, help="a next-item variant file whose model has a dot term")
     parser.add_argument("--seed", type=int, default=0, help="which seed of the run")
     parser.add_argument("--users", type=int, default=1000, help="rank the first this many of the run's test users")
-    args, rest = parser.parse_known_args()
-    run_parser = argument_parser()
-    run_parser.allow_abbrev = False
-    run = run_parser.parse_args(rest)
+    args = parser.parse_args()
+    variant = load_variant(args.variant)
+    if not isinstance(variant, NextItemVariant):
+        parser.error(f"{args.variant}: a next-item variant (ml100k, amazon_grocery) expected")
 
     import torch
 
@@ -62,17 +54,14 @@ def main() -> None:
     from eventrec.serving import RankingService
     from eventrec.store.reader import EventStore
 
-    work = work_dir(ROOT / "bench" / "out" / "quality", run.dataset, run.ties)
-    sequences, _ = prepare_next_item(run.dataset, work, run.ties)
-    items = item_table(run.dataset, work).sort("item_id")
-    all_users = np.sort(sequences["user_id"].unique().to_numpy())
-    users = user_sample(all_users, run.test_users, TEST_USERS_SEED)
-    users = users[: args.users]
-    tag = variant_tag(run, run_parser)
-    run_dir = work / f"eventrec_{tag}" / f"seed{args.seed}"
-    store_dir = data_dirs(work, run, args.seed)[1]
+    bench = benchmark(variant.dataset, variant.protocol.ties)
+    sequences, items = bench.sequences, bench.items.sort("item_id")
+    users = bench.users(variant.protocol.test_users)[: args.users]
+    tag = variant.label
+    run_dir = bench.run_dir(variant, args.seed)
+    store_dir = data_dirs(bench.work, variant.protocol, args.seed)[1]
     if not (run_dir / "best").exists() or not store_dir.exists():
-        raise SystemExit(f"no finished run {run_dir} or no store {store_dir} (run next_item.py with these options first)")
+        raise SystemExit(f"no finished run {run_dir} or no store {store_dir} (run python -m bench.quality.run {args.variant} first)")
     store = EventStore.open(store_dir)
     leave_one_out_store(store)
     service = RankingService.load(run_dir / "best", store, max_candidates=max(10_000, items.height))

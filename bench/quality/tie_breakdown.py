@@ -2,31 +2,29 @@
 
 A tied target (Amazon: bought the same day as the previous item; MovieLens: rated in the same
 second) has no true order within its tie, so its rank says how a model handles a basket, while the
-other targets say how it handles "what comes next". For every run saved under
-``bench/out/quality/<dataset>[-ties-shuffled]/`` (eventrec variants: ``test_ranks_<N>users.npy``;
-RecBole SASRec: ``test_ranks.npy``) HR@10 and NDCG@10 are split by that, beside two rules computed
+other targets say how it handles "what comes next". For every variant of a next-item table with
+saved per-user ranks (``runs/<run id>/seed*/test_ranks_<N>users.npy``) and every RecBole SASRec run
+(``sasrec*/seed*/test_ranks.npy``), HR@10 and NDCG@10 are split by that, beside two rules computed
 here from the training pairs: the most frequent successor of the user's last item (directed), and
-the same with the pair's direction ignored; both fall back to training popularity for ties.
+the same with the pair's direction ignored; both fall back to training popularity for ties. Prints
+a markdown table (earlier tables: ``docs/history/``).
 
-    .venv/bin/python bench/quality/tie_breakdown.py --dataset amazon_grocery --test-users 3000 [--ties shuffled]
+    .venv/bin/python -m bench.quality.tie_breakdown bench/quality/variants/amazon_grocery
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import polars as pl
 
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from bench.quality.next_item import sasrec_ranks  # noqa: E402
-from bench.quality.next_item_data import TEST_USERS_SEED, user_sample, work_dir  # noqa: E402
-from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks  # noqa: E402
-from bench.quality.report import KEPT_NOTE, markdown_table, with_kept_rows, write_section  # noqa: E402
+from bench.quality.next_item import benchmark
+from bench.quality.next_item_report import sasrec_ranks
+from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks
+from bench.quality.report import markdown_table
+from bench.quality.variant import load_variant, variant_files
 
 
 def test_targets(sequences: pl.DataFrame, users: np.ndarray) -> pl.DataFrame:
@@ -78,48 +76,33 @@ def split_metrics(ranks_per_seed: list[np.ndarray], tied: np.ndarray) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=["ml100k", "amazon_grocery"], default="amazon_grocery")
-    parser.add_argument("--ties", choices=["row", "shuffled"], default="row")
-    parser.add_argument("--test-users", type=int, default=0, help="the sample of bench/quality/next_item.py --test-users (0 = all)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", type=Path, help="a next-item table: its folder of variant files")
     args = parser.parse_args()
-    work = work_dir(ROOT / "bench" / "out" / "quality", args.dataset, args.ties)
-    if not (work / "sequences.parquet").exists():
-        parser.error(f"{work / 'sequences.parquet'} is missing: run bench/quality/next_item.py --dataset {args.dataset} --ties {args.ties} first")
-    sequences = pl.read_parquet(work / "sequences.parquet")
-    all_users = np.sort(sequences["user_id"].unique().to_numpy())
-    users = user_sample(all_users, args.test_users, TEST_USERS_SEED)
-    targets = test_targets(sequences, users)
+    variants = [load_variant(path) for path in variant_files([args.table])]
+    first = variants[0]
+    bench = benchmark(first.dataset, first.protocol.ties)
+    users = bench.users(first.protocol.test_users)
+    targets = test_targets(bench.sequences, users)
     tied = targets["tied"].to_numpy()
     rows: dict[str, dict[str, list[float]]] = {}
-    for run in sorted(work.glob("eventrec_*")):
-        found = [np.load(p) for p in sorted(run.glob(f"seed*/test_ranks_{len(users)}users.npy"))]
+    for variant in variants:
+        found = [np.load(p) for p in sorted((bench.work / "runs" / variant.run_id).glob(f"seed*/test_ranks_{len(users)}users.npy"))]
         if found:
-            rows[f"eventrec ({run.name.removeprefix('eventrec_')})"] = split_metrics(found, tied)
+            rows[variant.label] = split_metrics(found, tied)
     wanted = targets["user_id"].to_numpy()
-    for run in sorted(work.glob("sasrec*")):
+    for run in sorted(bench.work.glob("sasrec*")):
         found = [sasrec_ranks(seed_dir, wanted) for seed_dir in sorted(run.glob("seed*")) if (seed_dir / "test_ranks.npy").exists()]
         if found:
             rows[f"RecBole SASRec ({run.name})"] = split_metrics(found, tied)
-    rows["rule: most frequent successor of the last item"] = split_metrics([successor_ranks(sequences, targets, True)], tied)
-    rows["rule: most frequent neighbour of the last item (either direction)"] = split_metrics([successor_ranks(sequences, targets, False)], tied)
+    rows["rule: most frequent successor of the last item"] = split_metrics([successor_ranks(bench.sequences, targets, True)], tied)
+    rows["rule: most frequent neighbour of the last item (either direction)"] = split_metrics([successor_ranks(bench.sequences, targets, False)], tied)
     metrics = ["hr all", "hr tied", "hr other", "ndcg all", "ndcg tied", "ndcg other"]
     header = {"hr all": "HR@10", "hr tied": "HR@10 tied", "hr other": "HR@10 other", "ndcg all": "NDCG@10", "ndcg tied": "NDCG@10 tied",
               "ndcg other": "NDCG@10 other"}
-    suffix = "" if args.ties == "row" else f", ties {args.ties}"
-    lines = [f"## {args.dataset}: test targets tied with the item before them vs the others{suffix}", "",
-             f"Command: `.venv/bin/python bench/quality/tie_breakdown.py --dataset {args.dataset}" + (f" --ties {args.ties}" if args.ties != "row" else "")
-             + (f" --test-users {args.test_users}" if args.test_users else "") + f"`. Of the {len(users):,} test users' targets, "
-             f"{int(tied.sum()):,} are tied in time with the item before them and {int((~tied).sum()):,} are not. "
-             "Rows are read from the saved per-user ranks of every run in the folder (eventrec variants named as in the "
-             "next-item table); the rules are computed here from the training pairs.", "",
-             markdown_table(rows, metrics, header)]
-    section = f"{args.dataset}-tie-breakdown" + ("" if args.ties == "row" else f"-ties-{args.ties}")
-    lines[-1], earlier = with_kept_rows(section, lines[-1], set(rows))  # rows whose run folders are not here (a fresh checkout)
-    if earlier:
-        lines[2] += KEPT_NOTE
-    write_section(section, "\n".join(lines))
-    print("\n".join(lines))
+    print(f"Of the {len(users):,} test users' targets, {int(tied.sum()):,} are tied in time with the item before them and "
+          f"{int((~tied).sum()):,} are not.\n")
+    print(markdown_table(rows, metrics, header))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """trivago: MRR of every saved run and of the rules, split by what the user touched before the clickout.
 
-    .venv/bin/python bench/quality/trivago_breakdown.py                     # after bench/quality/trivago.py
-    .venv/bin/python bench/quality/trivago_breakdown.py --split validation  # the same on validation
+    .venv/bin/python -m bench.quality.trivago_breakdown                     # after bench.quality.run on trivago
+    .venv/bin/python -m bench.quality.trivago_breakdown --split validation  # the same on validation
 
 Three kinds of test clickout, by the user's hotel events strictly before it (the same events as the
 recency rule, ``bench/quality/trivago_data.recency_scores``):
@@ -12,28 +12,25 @@ recency rule, ``bench/quality/trivago_data.recency_scores``):
 
 Where the clicked hotel was touched, "the most recently touched first" is nearly always right; in
 the other two groups a model has to know better than recency and position. Reads the test
-predictions of ``bench/out/quality/trivago/runs/`` (one row per run folder, mean ± std over its
-seeds) and writes the ``trivago-breakdown`` section of ``docs/results.md``. With ``--split
-validation`` it predicts the validation split with each run's kept weights (``best/``) instead and
-writes ``trivago-breakdown-validation``: the split on which to choose between the rows, since every
-row of the test table has been looked at.
+predictions of ``bench/out/quality/trivago/runs/`` (one row per run id, named by its variant's
+label, mean ± std over its seeds) and prints the table (earlier tables: ``docs/history/``). With
+``--split validation`` it predicts the validation split with each run's kept weights (``best/``)
+instead: the split on which to choose between the rows, since every row of the test table has been
+looked at.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.quality.ranking_metrics import mean_reciprocal_rank  # noqa: E402
-from bench.quality.report import markdown_table, write_section  # noqa: E402
+from bench.quality.ranking_metrics import mean_reciprocal_rank
+from bench.quality.report import markdown_table
 
 GROUPS = ("clicked hotel touched", "another listed hotel touched", "no listed hotel touched")
 
@@ -71,12 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=["test", "validation"], default="test")
     args = parser.parse_args()
-    from bench.quality.trivago import WORK, prepare_store
+    from bench.quality.trivago import RUNS as runs, prepare_store
     from bench.quality.trivago_data import examples_in_store_order, item_events, recency_scores, recency_then_position
 
-    runs = WORK / "runs"
     if not runs.is_dir():
-        raise SystemExit(f"no runs in {runs}: run bench/quality/trivago.py first")
+        raise SystemExit(f"no runs in {runs}: run python -m bench.quality.run bench/quality/variants/trivago first")
     store, logs = prepare_store()
     examples = examples_in_store_order(store, logs)
     rows_of_split = store.split_indices(args.split)
@@ -94,27 +90,18 @@ def main() -> None:
     by_run: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in sorted(runs.glob("*_seed*/test_predictions.npy")):  # finished runs only
         run = re.sub(r"_seed\d+$", "", path.parent.name)
+        variant = runs / f"{run}.json"
+        name = json.loads(variant.read_text())["label"] if variant.exists() else f"`{run}`"
         scores = run_scores(path.parent, store, rows_of_split, args.split)
         if len(scores) != len(labels):
             raise SystemExit(f"{path.parent}: {len(scores)} predictions for {len(labels)} {args.split} rows (a run of another split?)")
         for k, v in group_mrr(labels, scores, requests, groups).items():
-            by_run[f"`{run}`"][k].append(v)
+            by_run[name][k].append(v)
     rows.update(by_run)
 
     header = {name: f"MRR, {name} ({counts[name]:,})" for name in GROUPS} | {"all": f"MRR, all ({len(np.unique(requests)):,})"}
-    flag = "" if args.split == "test" else f" --split {args.split}"
-    body = "\n".join([
-        f"## trivago: {args.split} MRR by what the user touched before the clickout",
-        "",
-        f"Command: `.venv/bin/python bench/quality/trivago_breakdown.py{flag}` (after `bench/quality/trivago.py`). One row per run "
-        "folder of `bench/out/quality/trivago/runs/` (mean ± std over its seeds; folder names are the first 60 characters of "
-        "the trivago table's row names). Groups of clickouts by the user's hotel events strictly before the clickout: "
-        "the clicked hotel touched; another listed hotel touched but not the clicked one; no listed hotel touched.",
-        "",
-        markdown_table(rows, [*GROUPS, "all"], header),
-    ])
-    write_section("trivago-breakdown" + ("" if args.split == "test" else f"-{args.split}"), body)
-    print(body)
+    print(f"{args.split} MRR by what the user touched before the clickout\n")
+    print(markdown_table(rows, [*GROUPS, "all"], header))
 
 
 if __name__ == "__main__":

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.quality.next_item_data import leave_one_out
+from bench.quality.ranking_metrics import hit_rate_and_ndcg, mean_reciprocal_rank, target_ranks
+from bench.quality.report import KEPT, cell_mean, gain_verdict, kept_rows, markdown_table, mean_std, section_table, write_section
+from bench.quality.trivago_breakdown import GROUPS, clickout_groups, group_mrr
+from bench.quality.trivago_data import recency_scores
 
-from bench.quality.next_item_data import leave_one_out  # noqa: E402
-from bench.quality.ranking_metrics import hit_rate_and_ndcg, mean_reciprocal_rank, target_ranks  # noqa: E402
-from bench.quality.report import KEPT, cell_mean, gain_verdict, kept_rows, markdown_table, mean_std, section_table, write_section  # noqa: E402
-from bench.quality.trivago_breakdown import GROUPS, clickout_groups, group_mrr  # noqa: E402
-from bench.quality.trivago_data import recency_scores  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def brute_mrr(labels, scores, requests):
@@ -155,7 +155,7 @@ def test_exact_item_ids_give_every_item_its_own_embedding_row():
     from eventrec.schema import load_schema
     from eventrec.store.vocab import build_vocabulary
 
-    schema = load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml")
+    schema = load_schema(ROOT / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml")
     exact = with_exact_item_ids(schema)
     for attributes in ([a for s in exact.streams for a in s.attributes], exact.impressions.item_attributes):
         kinds = {a.name: a.kind for a in attributes}
@@ -183,7 +183,7 @@ def test_each_target_sees_every_earlier_item_of_its_sequence_even_within_a_tie(t
     sequences, _ = leave_one_out(frame)
     items = pl.DataFrame({"item_id": list(range(1, 12)), "category": ["a", "b"] * 5 + ["a"]})
     write_logs("amazon_grocery", sequences, items, tmp_path / "logs", negatives=2, seed=0)
-    schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
+    schema = with_exact_item_ids(load_schema(ROOT / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
     build_store(schema, tmp_path / "logs", tmp_path / "store")
     store = EventStore.open(tmp_path / "store")
     leave_one_out_store(store)
@@ -238,38 +238,90 @@ def test_written_requests_carry_their_history_negatives(tmp_path):
         from_history = {item for item, n in added.items() if n == 1}
         assert len(from_history) == min(2, len(earlier)) and from_history <= set(earlier) - {target["item_id"]}
         assert mine.filter(pl.col("target") == 1)["item_id"].to_list() == [target["item_id"]]
-    schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
+    schema = with_exact_item_ids(load_schema(ROOT / "bench" / "quality" / "schemas" / "amazon_grocery_next_item.yaml"))
     build_store(schema, tmp_path / "logs", tmp_path / "store")
     assert EventStore.open(tmp_path / "store").num_examples == rows.height
 
 
-def test_variant_tags_and_flags_reproduce_the_documented_runs():
-    import re
-    import shlex
+def test_every_variant_file_validates_and_names_a_row_of_its_table():
+    """Each folder of bench/quality/variants is a table of docs/results.md: every file validates, and
+    its label is a row of that table as written (so a fresh checkout regenerates the table unchanged)."""
+    from bench.quality.variant import VARIANTS, load_variant, variant_files
 
-    from bench.quality.next_item import argument_parser
-    from bench.quality.next_item_variant import option_flags, variant_tag
+    results = ROOT / "docs" / "results.md"
+    folders = sorted(p for p in VARIANTS.iterdir() if p.is_dir())
+    assert {f.name for f in folders} == {"trivago", "trivago-ablations", "ml100k", "amazon_grocery"}
+    for folder in folders:
+        files = variant_files([folder])
+        assert files[0].name == "main.yaml"
+        variants = [load_variant(path) for path in files]
+        assert len({v.label for v in variants}) == len({v.run_id for v in variants}) == len(variants)
+        assert len({v.dataset for v in variants}) == 1
+        written = section_table(folder.name, results)
+        assert {v.label for v in variants} <= set(written), folder.name
+        for v in variants:
+            assert written[v.label][0] == str(v.seeds)  # the seeds column
 
-    parser = argument_parser()
-    results = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
-    documented = re.findall(r'Command \(row "eventrec sequence model \(([^)"]*)\)"\): `([^`]*)`', results)
-    checked = 0
-    for row, command in documented:
-        tag = row.replace(", ", "-")
-        if not tag.endswith("-exact"):  # written when hashed ids were the default: their flags no longer name them
-            continue
-        args = parser.parse_args(shlex.split(command.split("next_item.py", 1)[1]))
-        assert variant_tag(args, parser) == tag
-        assert option_flags(args, parser) in command
-        checked += 1
-    assert checked >= 3
-    args = parser.parse_args(["--negatives", "8", "--catalogue-weight", "0.3", "--catalogue-logit-weight", "1", "--catalogue-logit-draws", "24",
-                              "--identity-match", "--batch-size", "279", "--item-ids", "hashed", "--select", "ndcg"])
-    assert variant_tag(args, parser) == "request_softmax-n8-uniform-e4-selndcg-cat0.3-clw1d24-ident-b279"
-    assert option_flags(args, parser) == (" --catalogue-weight 0.3 --catalogue-logit-weight 1 --catalogue-logit-draws 24 --identity-match"
-                                          " --batch-size 279 --item-ids hashed")
-    args = parser.parse_args(["--catalogue-logit-draws", "24"])  # the draws name nothing while the term is off
-    assert variant_tag(args, parser) == "request_softmax-n8-uniform-e4-exact" and option_flags(args, parser) == ""
+
+def test_the_run_id_is_a_hash_of_the_resolved_configs(tmp_path):
+    from bench.quality.variant import load_variant
+
+    base = {"dataset": "ml100k", "label": "a", "seeds": 3, "model": {"kind": "sequence"},
+            "train": {"epochs": 4, "calibrate": False, "loss": "request_softmax"}, "protocol": {"select": "ndcg"}}
+
+    def run_id(**changes):
+        path = tmp_path / "v.yaml"
+        path.write_text(yaml.safe_dump({**base, **changes}))
+        return load_variant(path).run_id
+
+    first = run_id()
+    assert len(first) == 12 and first == run_id()
+    assert run_id(label="b", seeds=1) == first  # the row's name and seed count are not the run
+    assert run_id(train={**base["train"], "epochs": 4, "learning_rate": 2e-3}) == first  # the defaults, written out: the same config
+    assert run_id(model={"kind": "sequence", "attribute_dim": 32}) != first
+    assert run_id(train={**base["train"], "batch_size": 64}) != first
+    assert run_id(protocol={"select": "ndcg", "negatives": 32}) != first
+    assert run_id(dataset="amazon_grocery") != first
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"protocol": {"negativs": 8}}, "negativs"),
+    ({"protocol": {"select": "mrr"}}, "select"),
+    ({"train": {"epochs": 4, "stop_on": "auc"}}, "stop_on"),
+    ({"train": {"epochs": 3}, "protocol": {"negative_rounds": 2}}, "negative_rounds"),
+    ({"model": {"kind": "sequence", "pooling_slot": 2}}, "pooling_slot"),
+    ({"dataset": "movielens"}, "dataset"),
+])
+def test_variant_errors_name_the_field(tmp_path, changes, field):
+    from bench.quality.variant import load_variant
+
+    base = {"dataset": "ml100k", "label": "a", "model": {"kind": "sequence"}, "train": {"epochs": 4}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**base, **changes}))
+    with pytest.raises(ValueError, match=field):
+        load_variant(path)
+
+
+def test_variant_files_resolve_to_the_configs_of_the_documented_commands():
+    """The protocol options map to the same TrainConfig as the scripts that made the figures did
+    (trivago.py: stop on AUC with a listwise term; next_item.py: epochs and validations per round,
+    selection on the full-catalogue NDCG)."""
+    from bench.quality.variant import VARIANTS, load_variant
+    from eventrec.model.config import SequenceModelConfig
+    from eventrec.training.trainer import TrainConfig
+
+    trivago = load_variant(VARIANTS / "trivago" / "weight_average_0.99.yaml")
+    assert trivago.model == SequenceModelConfig(identity_match=True)
+    assert trivago.train_config(2) == TrainConfig(epochs=1, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=0.3,
+                                                  stop_on="auc", weight_average_decay=0.99, seed=2)
+    amazon = load_variant(VARIANTS / "amazon_grocery" / "main.yaml")
+    assert amazon.model == SequenceModelConfig(dot_term=True, attribute_dim=64, cross_rank=32)
+    assert amazon.train_config(1) == TrainConfig(epochs=4, batch_size=279, validations_per_epoch=1, patience=3, calibrate=False, seed=1,
+                                                 impression_validation=False, loss="request_softmax", stop_on="score", catalogue_weight=0.3,
+                                                 catalogue_logit_weight=1, catalogue_logit_draws=24, weight_average_decay=0.999)
+    assert (amazon.protocol.ties, amazon.protocol.negatives, amazon.protocol.test_users, amazon.protocol.validation_users) == ("shuffled", 8, 3000, 500)
+    rounds = amazon.model_copy(update={"protocol": amazon.protocol.model_copy(update={"negative_rounds": 2})})
+    assert (rounds.train_config(0).epochs, rounds.train_config(0).validations_per_epoch) == (2, 2)
 
 
 def test_kept_rows_give_the_verdict_their_written_figures():
@@ -306,7 +358,7 @@ def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
     items = pl.DataFrame({"item_id": list(range(1, 21)), "genres": [["drama", "comedy"][: 1 + i % 2] if i % 3 else [] for i in range(20)],
                           "year": [1990 + i % 4 for i in range(20)]})
     write_logs("ml100k", sequences, items, tmp_path / "logs", negatives=2, seed=0)
-    schema = with_exact_item_ids(load_schema(Path(__file__).resolve().parents[2] / "bench" / "quality" / "schemas" / "ml100k_next_item.yaml"))
+    schema = with_exact_item_ids(load_schema(ROOT / "bench" / "quality" / "schemas" / "ml100k_next_item.yaml"))
     build_store(schema, tmp_path / "logs", tmp_path / "store")
     store = EventStore.open(tmp_path / "store")
     leave_one_out_store(store)

@@ -1,6 +1,6 @@
 """Sanity table of the peer runs (runs in the project's ``.venv``, not ``.venv-peers``).
 
-    .venv/bin/python bench/quality/peers/summarize.py [--root bench/out/quality] [--json OUT.json]
+    .venv/bin/python -m bench.quality.peers.summarize [--root bench/out/quality] [--json OUT.json]
 
 trivago: each ``fuxictr/<model>_seed<seed>/test_predictions.npy`` scored against test.parquet with
 ``bench/quality/ranking_metrics.click_metrics`` (AUC, gAUC, NE, logloss, calibration, MRR) plus
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from sklearn.metrics import log_loss, roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from bench.quality.ranking_metrics import click_metrics, hit_rate_and_ndcg  # noqa: E402
+from bench.quality.ranking_metrics import click_metrics, hit_rate_and_ndcg
 
 
 def trivago(root: Path) -> list[dict]:

@@ -1,0 +1,1 @@
+"""Benchmarks and profiling scripts (run as modules: ``python -m bench.<name>``)."""
