@@ -140,10 +140,18 @@ def _load_configs(kind: str, config: Optional[Path], overrides: dict) -> tuple:
     try:
         model_data = {"kind": kind, **(data.get("model") or {})}
         model_config = parse_model_config(model_data) if data.get("model") else default_config(kind)
-        train_config = TrainConfig(**{**(data.get("train") or {}), **{k: v for k, v in overrides.items() if v is not None}})
+        train_config = TrainConfig.model_validate({**(data.get("train") or {}), **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as error:
         _fail(ValueError(f"{config or 'options'}: {error}"))
     return model_config, train_config
+
+
+def _experimental_sections(model_config, train_config) -> list[str]:
+    """The config sections holding research settings (``experimental:`` of the model or train config)."""
+    sections = ["train.experimental"] if train_config.experimental is not None else []
+    if getattr(model_config, "experimental", None) is not None:
+        sections.append("model.experimental")
+    return sections
 
 
 @app.command()
@@ -157,6 +165,8 @@ def train(
     learning_rate: Optional[float] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     threads: int = typer.Option(1, min=1, help=THREADS_HELP),
+    experimental: bool = typer.Option(False, "--experimental", help="Allow the config's experimental sections (research "
+                                      "objectives and model variants, not part of a production recipe)."),
 ) -> None:
     """Train a model on the store's train split, early-stopping on validation."""
     _set_threads(threads)
@@ -166,9 +176,15 @@ def train(
     from eventrec.store.reader import StoreError
 
     model_config, train_config = _load_configs(model, config, {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed})
+    sections = _experimental_sections(model_config, train_config)
+    if sections and not experimental:
+        _fail(ValueError(f"{config}: {' and '.join(sections)}: research settings, not part of a production recipe; "
+                         "pass --experimental to train with them"))
     try:
         loaded = EventStore.open(store)
-    except StoreError as error:
+        for where, objective in train_config.all_objectives():  # refused before anything is built
+            objective.check(loaded, model_config, where)
+    except (StoreError, ValueError) as error:
         _fail(error)
     _, result = run_training(loaded, model_config, train_config, out)
     typer.echo(f"best epoch {result.best_epoch + 1}, {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")

@@ -52,6 +52,34 @@ def test_bad_model_config_names_the_field(tiny_store, tmp_path):
     assert result.exit_code == 2 and "model_dim" in result.output
 
 
+def test_train_refuses_experimental_sections_without_the_flag(tiny_store, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {model_dim: 16, num_heads: 2, attribute_dim: 4, mlp_dims: [8]}\n"
+                      "train: {epochs: 1, batch_size: 4, experimental: {weight_average_decay: 0.5}}\n")
+    command = ["train", "--store", str(tiny_store.path), "--config", str(config), "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and "train.experimental" in result.output and "--experimental" in result.output
+    assert not (tmp_path / "run").exists()
+    result = runner.invoke(app, [*command, "--experimental"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "best" / "checkpoint.json").read_text())["train_config"]["experimental"]["weight_average_decay"] == 0.5
+    from types import SimpleNamespace
+
+    from eventrec.cli import _experimental_sections
+    from eventrec.training.trainer import TrainConfig
+
+    # the model config's section (SequenceModelConfig.experimental) is refused the same way
+    assert _experimental_sections(SimpleNamespace(experimental={"dot_term": True}), TrainConfig()) == ["model.experimental"]
+    assert _experimental_sections(SimpleNamespace(experimental=None), TrainConfig()) == []
+
+
+def test_train_reports_an_objective_the_store_cannot_train(tiny_store, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("train: {objectives: [{kind: bce, task_weights: [1.0, 1.0, 1.0]}]}\n")
+    result = runner.invoke(app, ["train", "--store", str(tiny_store.path), "--config", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "objectives[0].task_weights" in result.output
+
+
 def test_train_and_evaluate_report_bad_paths(tiny_store, tmp_path):
     result = runner.invoke(app, ["train", "--store", str(tmp_path / "absent"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "not an event store" in result.output

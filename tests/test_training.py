@@ -14,10 +14,29 @@ import torch
 from eventrec.model.config import SequenceModelConfig
 from eventrec.training import trainer as trainer_module
 from eventrec.training.factory import load_trained_model
+from eventrec.training.objectives import catalogue as catalogue_module
+from eventrec.training.objectives import standard as standard_module
 from eventrec.training.trainer import TrainConfig, train
 
 MODEL = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
 TRAIN = TrainConfig(epochs=3, batch_size=2, warmup_steps=1, checkpoint_every=1, patience=5)
+LISTWISE = [{"kind": "request_softmax"}]
+
+
+def _with_dot_term(config: SequenceModelConfig) -> SequenceModelConfig:
+    """``config`` with the dot term (under ``experimental`` once the model config has that section)."""
+    if "experimental" in type(config).model_fields:
+        return type(config).model_validate(config.model_dump() | {"experimental": {"dot_term": True}})
+    return config.model_copy(update={"dot_term": True})
+
+
+def _train_config(**fields) -> TrainConfig:
+    """TRAIN with ``fields`` changed, validated (nested objectives and experimental sections parsed)."""
+    return TrainConfig.model_validate(TRAIN.model_dump() | fields)
+
+
+def _experimental(*objectives: dict, **fields) -> dict:
+    return {"experimental": {"objectives": list(objectives), **fields}}
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -39,7 +58,7 @@ def test_checkpoint_is_safetensors_and_json(tiny_store, tmp_path):
 def _killed_at_step_four(store, run_dir, config, monkeypatch, model_config=MODEL) -> None:
     """Train until the loss of step 4 is computed, then die (as a killed process would)."""
     calls = {"n": 0}
-    original = trainer_module.multitask_loss
+    original = trainer_module.total_loss
 
     def dies_at_step_four(*args, **kwargs):
         calls["n"] += 1
@@ -47,10 +66,10 @@ def _killed_at_step_four(store, run_dir, config, monkeypatch, model_config=MODEL
             raise KeyboardInterrupt("killed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "multitask_loss", dies_at_step_four)
+    monkeypatch.setattr(trainer_module, "total_loss", dies_at_step_four)
     with pytest.raises(KeyboardInterrupt):
         train(store, model_config, config, run_dir, show_progress=False)
-    monkeypatch.setattr(trainer_module, "multitask_loss", original)
+    monkeypatch.setattr(trainer_module, "total_loss", original)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
@@ -90,7 +109,7 @@ def test_validates_within_epochs_and_stops_early(tiny_store, tmp_path):
 
 
 def test_request_softmax_loss_equals_a_per_request_log_softmax():
-    from eventrec.model.heads import request_softmax_loss
+    from eventrec.training.objectives.losses import request_softmax_loss
 
     torch.manual_seed(0)
     groups = torch.tensor([5, 5, 5, 9, 9, 2, 2, 2, 2])
@@ -130,9 +149,9 @@ def test_grouped_batches_keep_requests_whole_and_cover_each_example_once(tiny_st
 
 
 def test_trains_with_the_listwise_loss_and_stops_on_auc(tiny_store, tmp_path):
-    with pytest.raises(ValueError, match="calibrate"):
-        TrainConfig(loss="request_softmax")
-    config = TRAIN.model_copy(update={"loss": "request_softmax", "stop_on": "auc", "calibrate": False, "epochs": 2})
+    with pytest.raises(ValueError, match="calibrate: Platt scaling assumes a bce objective"):
+        TrainConfig(objectives=LISTWISE)
+    config = _train_config(objectives=LISTWISE, stop_on="auc", calibrate=False, epochs=2)
     model, result = train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
     assert result.steps > 0 and result.best_validation
 
@@ -179,11 +198,11 @@ def test_impression_validation_off_skips_that_pass_and_changes_no_weight(tiny_st
         torch.testing.assert_close(kept_off[name], kept_on[name], rtol=0, atol=0)
 
 
-def test_listwise_weight_adds_the_request_softmax_to_the_bce(tiny_store, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="listwise_weight"):
-        TrainConfig(loss="request_softmax", calibrate=False, listwise_weight=0.5)
+def test_a_weighted_request_softmax_adds_to_the_bce(tiny_store, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"objectives\[1\]\.kind: 'request_softmax' is already objectives\[0\]"):
+        TrainConfig(objectives=[*LISTWISE, {"kind": "request_softmax", "weight": 0.5}], calibrate=False)
     seen = []
-    pointwise, listwise = trainer_module.multitask_loss, trainer_module.request_softmax_loss
+    pointwise, listwise = standard_module.multitask_loss, standard_module.request_softmax_loss
 
     def record_bce(*args, **kwargs):
         seen.append(("bce", float(pointwise(*args, **kwargs)[0].detach())))
@@ -197,9 +216,9 @@ def test_listwise_weight_adds_the_request_softmax_to_the_bce(tiny_store, tmp_pat
         seen.append(("listwise", float(listwise(logits, labels, groups)[0].detach())))
         return listwise(logits, labels, groups)
 
-    monkeypatch.setattr(trainer_module, "multitask_loss", record_bce)
-    monkeypatch.setattr(trainer_module, "request_softmax_loss", record_listwise)
-    config = TRAIN.model_copy(update={"listwise_weight": 0.5, "epochs": 1})
+    monkeypatch.setattr(standard_module, "multitask_loss", record_bce)
+    monkeypatch.setattr(standard_module, "request_softmax_loss", record_listwise)
+    config = _train_config(objectives=[{"kind": "bce"}, {"kind": "request_softmax", "weight": 0.5}], epochs=1)
     train(tiny_store, MODEL, config, tmp_path / "run", show_progress=False)
     logged = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
     assert len(seen) == 2 * len(logged)
@@ -209,41 +228,11 @@ def test_listwise_weight_adds_the_request_softmax_to_the_bce(tiny_store, tmp_pat
         assert value == pytest.approx(bce + 0.5 * ls, rel=1e-5)
 
 
-def test_in_batch_softmax_matches_a_loop():
-    from eventrec.model.heads import in_batch_softmax_loss
-
-    g, b, t, d = 3, 10, 2, 4
-    users, items = torch.randn(g, t, d, dtype=torch.float64), torch.randn(b, d, dtype=torch.float64)
-    history = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
-    keys = torch.tensor([5, 6, 7, 6, 8, 9, 5, 1, 2, 3])
-    labels = torch.zeros(b, t, dtype=torch.float64)
-    labels[[0, 3, 6], 0] = 1  # positives of task 0: items 5, 6, 5 (rows 6, 1 and 0 show the same items)
-    labels[[4], 1] = 1
-    labels[9, 1] = float("nan")
-    total, per_task = in_batch_softmax_loss(users, items, labels, history, keys)
-    expected = []
-    for task in range(t):
-        losses = []
-        for p in range(b):
-            if labels[p, task] == 1:
-                allowed = [r for r in range(b) if r == p or keys[r] != keys[p]]
-                s = torch.stack([users[history[p], task] @ items[r] for r in allowed])
-                losses.append(torch.logsumexp(s, 0) - users[history[p], task] @ items[p])
-        expected.append(torch.stack(losses).mean())
-    torch.testing.assert_close(per_task, torch.stack(expected))
-    torch.testing.assert_close(total, per_task.sum())
-
-
-def test_dot_term_trains_with_in_batch_negatives_and_scores_alike(tiny_store, tmp_path):
-    with pytest.raises(ValueError, match="dot_term"):
-        train(tiny_store, MODEL, TRAIN.model_copy(update={"in_batch_weight": 1.0}), tmp_path / "no", show_progress=False)
-    model_config = MODEL.model_copy(update={"dot_term": True})
-    config = TRAIN.model_copy(update={"in_batch_weight": 1.0, "batch_size": 8, "epochs": 1})
-    model, result = train(tiny_store, model_config, config, tmp_path / "run", show_progress=False)
-    assert result.steps > 0
+def _scores_alike_with_and_without_the_dot_parts(model, store, model_config, best: Path) -> None:
+    """The dot term is part of the logit; asking for its parts changes no score; the checkpoint scores alike."""
     from eventrec.training.factory import batch_function
 
-    batch = batch_function(model_config)(tiny_store, tiny_store.split_indices("test"))
+    batch = batch_function(model_config)(store, store.split_indices("test"))
     parts: list = []
     with torch.no_grad():
         logits = model(batch, parts)
@@ -251,28 +240,83 @@ def test_dot_term_trains_with_in_batch_negatives_and_scores_alike(tiny_store, tm
         torch.testing.assert_close(model(batch), logits)
         dot = (users[batch.history_index] * items.unsqueeze(1)).sum(-1)
         assert dot.abs().max() > 0  # the dot term is part of the logit
-    loaded = load_trained_model(tmp_path / "run" / "best")[0]
+    loaded = load_trained_model(best)[0]
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(batch), logits)
 
 
+def test_each_objectives_errors_name_its_field(tiny_store, tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"objectives\.1\.request_softmax\.weight"):
+        TrainConfig(objectives=[{"kind": "bce"}, {"kind": "request_softmax", "weight": 0}])
+    with pytest.raises(ValidationError, match=r"experimental\.objectives\.0\.sampled_catalogue_logit\.draws"):
+        TrainConfig(experimental={"objectives": [{"kind": "sampled_catalogue_logit", "draws": 0}]})
+    with pytest.raises(ValidationError, match=r"experimental\.weight_average_decay"):
+        TrainConfig(experimental={"weight_average_decay": 1.0})
+    with pytest.raises(ValidationError, match=r"objectives\[0\]\.kind: 'catalogue_softmax' is experimental"):
+        TrainConfig(objectives=[{"kind": "catalogue_softmax"}])
+    with pytest.raises(ValidationError, match=r"objectives\.0\.bce\.task_weights"):
+        TrainConfig(objectives=[{"kind": "bce", "task_weights": "heavy"}])
+    # against the store and the model config, before anything is built or written
+    two_tasks = len(tiny_store.label_names)
+    config = _train_config(objectives=[{"kind": "bce", "task_weights": [1.0] * (two_tasks + 1)}])
+    with pytest.raises(ValueError, match=rf"objectives\[0\]\.task_weights: {two_tasks + 1} weights for the store's {two_tasks} tasks"):
+        train(tiny_store, MODEL, config, tmp_path / "weights", show_progress=False)
+    monkeypatch.setattr(tiny_store, "request_ids", None)
+    with pytest.raises(ValueError, match=r"objectives\[1\]\.kind: request_softmax needs integer request ids"):
+        train(tiny_store, MODEL, _train_config(objectives=[{"kind": "bce"}, *LISTWISE]), tmp_path / "requests", show_progress=False)
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "requests").exists()
+
+
+def test_the_objectives_sum_to_the_hand_computed_weighted_sum(tiny_store):
+    import torch.nn.functional as F
+
+    from eventrec.model.embeddings import FeatureSpec
+    from eventrec.training.factory import batch_function, build_model
+    from eventrec.training.objectives import BceObjective, RequestSoftmaxObjective, forward, total_loss
+
+    torch.manual_seed(0)
+    model = build_model(FeatureSpec.from_store(tiny_store), MODEL)
+    batch = batch_function(MODEL)(tiny_store, tiny_store.split_indices("train"))
+    task_weights = [1.0, 0.25][: len(tiny_store.label_names)]
+    objectives = [BceObjective(weight=0.7, task_weights=task_weights), RequestSoftmaxObjective(weight=0.3)]
+    step = forward(model, batch, objectives, tiny_store, None)
+    total, per_task = total_loss(objectives, step)
+    logits, labels, requests = step.logits.detach(), batch.labels, batch.request_ids
+    bce, listwise = [], []
+    for t in range(labels.shape[1]):
+        present = ~torch.isnan(labels[:, t])
+        bce.append(F.binary_cross_entropy_with_logits(logits[present, t], labels[present, t]))
+        terms = [-torch.log_softmax(logits[(requests == r) & present, t], 0)[labels[(requests == r) & present, t] > 0.5]
+                 for r in requests.unique()]
+        positives = torch.cat(terms)
+        listwise.append(positives.mean() if len(positives) else torch.tensor(0.0))  # a task without a positive adds 0
+    expected = 0.7 * sum(w * b for w, b in zip(task_weights, bce)) + 0.3 * sum(listwise)
+    torch.testing.assert_close(total.detach(), expected)
+    torch.testing.assert_close(per_task, torch.stack(bce))  # the first objective's per-task losses, for the log
+    lone, _ = total_loss([BceObjective()], step)  # a lone objective of weight 1 is exactly its loss
+    assert torch.equal(lone, standard_module.multitask_loss(step.logits, labels)[0])
+
+
 def _record_calls(monkeypatch, name: str, keep) -> list:
-    """Wrap the trainer's ``name`` (a loss function) so that each call appends ``keep(args, result)``
+    """Wrap the objectives' ``name`` (a loss function) so that each call appends ``keep(args, result)``
     to the returned list; the result is passed on unchanged."""
     seen: list = []
-    original = getattr(trainer_module, name)
+    module = catalogue_module if hasattr(catalogue_module, name) else standard_module
+    original = getattr(module, name)
 
     def spy(*args):
         out = original(*args)
         seen.append(keep(args, out))
         return out
 
-    monkeypatch.setattr(trainer_module, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return seen
 
 
 def test_catalogue_softmax_matches_a_loop():
-    from eventrec.model.heads import catalogue_softmax_loss
+    from eventrec.training.objectives.losses import catalogue_softmax_loss
 
     g, b, t, c, d = 3, 8, 2, 6, 4
     users, catalogue = torch.randn(g, t, d, dtype=torch.float64), torch.randn(c, d, dtype=torch.float64)
@@ -310,16 +354,16 @@ def test_catalogue_items_and_positions(tiny_store):
         catalogue_positions(ids, np.array([ids[0], ids.max() + 1]))
 
 
-def test_dot_term_trains_with_the_catalogue_softmax(tiny_world, tiny_store, tmp_path, monkeypatch):
+def test_dot_term_trains_with_the_catalogue_softmax_and_scores_alike(tiny_world, tiny_store, tmp_path, monkeypatch):
     from eventrec.schema import load_schema
     from eventrec.store.reader import EventStore
     from eventrec.store.build import build_store
 
-    config = TRAIN.model_copy(update={"catalogue_weight": 1.0, "batch_size": 8, "epochs": 1})
-    with pytest.raises(ValueError, match="catalogue_weight: trains the dot term"):
+    config = _train_config(**_experimental({"kind": "catalogue_softmax"}), batch_size=8, epochs=1)
+    with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: catalogue_softmax trains the dot term"):
         train(tiny_store, MODEL, config, tmp_path / "no", show_progress=False)
-    model_config = MODEL.model_copy(update={"dot_term": True})
-    with pytest.raises(ValueError, match="catalogue_weight: the candidates have context attributes"):
+    model_config = _with_dot_term(MODEL)
+    with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: catalogue_softmax: the candidates have context attributes"):
         train(tiny_store, model_config, config, tmp_path / "context", show_progress=False)
     schema_path, data = tiny_world
     schema = load_schema(schema_path)
@@ -336,42 +380,12 @@ def test_dot_term_trains_with_the_catalogue_softmax(tiny_world, tiny_store, tmp_
     assert len(logged) == len(bce_seen) == len(seen)
     for total, plain, (_, part) in zip(logged, bce_seen, seen):  # the bce loss plus the catalogue term
         assert part > 0 and total == pytest.approx(plain + part, rel=1e-5)
+    _scores_alike_with_and_without_the_dot_parts(model, store, model_config, tmp_path / "run" / "best")
     monkeypatch.setattr(store, "item_ids", store.item_ids.astype(str).astype(object))  # string ids, as Parquet gives them
     train(store, model_config, config, tmp_path / "strings", show_progress=False)
     monkeypatch.setattr(store, "item_ids", np.full(len(store.item_ids), None, dtype=object))
-    with pytest.raises(ValueError, match="catalogue_weight: the impressions need an item column"):
+    with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: catalogue_softmax: the impressions need an item column"):
         train(store, model_config, config, tmp_path / "null_ids", show_progress=False)
-
-
-def test_logq_column_corrects_the_request_softmax_only(tiny_store, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="logq_column"):
-        TrainConfig(logq_column="log_q")  # the bce loss has no sampler to correct
-    config = TRAIN.model_copy(update={"loss": "request_softmax", "calibrate": False, "epochs": 1})
-    with pytest.raises(ValueError, match="logq_column: 'log_q' is not an extra column"):
-        train(tiny_store, MODEL, config.model_copy(update={"logq_column": "log_q"}), tmp_path / "missing", show_progress=False)
-    labels = tiny_store.labels[:, 0]
-    monkeypatch.setitem(tiny_store.extras, "log_q", np.where(labels > 0.5, 1.5, -0.25))  # the positives' items were "likelier"
-    seen: dict[str, list] = {"plain": [], "corrected": []}
-    listwise = trainer_module.request_softmax_loss
-    for name, logq_column in (("plain", None), ("corrected", "log_q")):
-        def record(logits, labels, groups, name=name):
-            seen[name].append((logits.detach().clone(), labels.clone()))
-            return listwise(logits, labels, groups)
-
-        monkeypatch.setattr(trainer_module, "request_softmax_loss", record)
-        train(tiny_store, MODEL, config.model_copy(update={"logq_column": logq_column}), tmp_path / name, show_progress=False)
-    # the same first batch and weights: the softmax saw the logits minus each row's log q
-    (plain, batch_labels), (corrected, _) = seen["plain"][0], seen["corrected"][0]
-    expected_shift = torch.where(batch_labels[:, :1] > 0.5, torch.tensor(1.5), torch.tensor(-0.25))  # from the first task's label
-    torch.testing.assert_close(plain - corrected, expected_shift.expand_as(plain))
-    # a log q that is constant within each request changes nothing (the softmax is shift-invariant)
-    requests = tiny_store.request_ids.astype(np.float64)
-    monkeypatch.setitem(tiny_store.extras, "log_q", requests * 0.7 - 3.0)
-    monkeypatch.setattr(trainer_module, "request_softmax_loss", listwise)
-    shifted, _ = train(tiny_store, MODEL, config.model_copy(update={"logq_column": "log_q"}), tmp_path / "shifted", show_progress=False)
-    plain_model, _ = train(tiny_store, MODEL, config, tmp_path / "plain_again", show_progress=False)
-    for key, value in _weights(plain_model).items():
-        torch.testing.assert_close(_weights(shifted)[key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_weight_average_follows_its_formula_and_swaps_back_exactly():
@@ -404,7 +418,7 @@ def test_weight_average_follows_its_formula_and_swaps_back_exactly():
 def test_weight_average_is_what_validation_sees_and_what_is_kept(tiny_store, tmp_path, monkeypatch):
     from eventrec.training.weight_average import WeightAverage
 
-    config = TRAIN.model_copy(update={"weight_average_decay": 0.5})
+    config = _train_config(experimental={"weight_average_decay": 0.5})
     seen = []
     original = trainer_module.predict
 
@@ -432,7 +446,7 @@ def test_weight_average_is_what_validation_sees_and_what_is_kept(tiny_store, tmp
 
 
 def test_killed_run_with_a_weight_average_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
-    config = TRAIN.model_copy(update={"weight_average_decay": 0.5})
+    config = _train_config(experimental={"weight_average_decay": 0.5})
     reference, _ = train(tiny_store, MODEL, config, tmp_path / "straight", show_progress=False)
     _killed_at_step_four(tiny_store, tmp_path / "killed", config, monkeypatch)
     resumed, _ = train(tiny_store, MODEL, config, tmp_path / "killed", show_progress=False)
@@ -466,16 +480,22 @@ def test_resuming_with_another_configuration_is_refused_naming_each_field(tiny_s
 
 
 def test_a_field_missing_from_an_older_checkpoint_counts_as_its_default():
-    from eventrec.training.resume_check import changed_fields
+    from eventrec.training.resume_check import RETIRED_TRAIN_FIELDS, changed_fields
 
     saved = TRAIN.model_dump(mode="json")
-    del saved["weight_average_decay"]  # written before the field existed
+    del saved["experimental"], saved["objectives"]  # written before the fields existed
     assert changed_fields(saved, TRAIN) == []
-    assert changed_fields(saved, TRAIN.model_copy(update={"weight_average_decay": 0.9})) == ["weight_average_decay: 0.0 → 0.9"]
+    averaged = _train_config(experimental={"weight_average_decay": 0.9})
+    assert changed_fields(saved, averaged) == ["experimental: None → {'objectives': [], 'weight_average_decay': 0.9}"]
+    # a checkpoint of the old shape: its loss fields at their old defaults mean today's default objectives
+    old = saved | {"loss": "bce", "listwise_weight": 0.0, "weight_average_decay": 0.0, "logq_column": None}
+    assert changed_fields(old, TRAIN, retired=RETIRED_TRAIN_FIELDS) == []
+    old["listwise_weight"] = 0.5  # trained with another objective: refused
+    assert changed_fields(old, TRAIN, retired=RETIRED_TRAIN_FIELDS) == ["listwise_weight: 0.5 → (retired)"]
 
 
 def test_dot_sampled_catalogue_loss_estimates_the_full_softmax():
-    from eventrec.model.heads import dot_sampled_catalogue_loss
+    from eventrec.training.objectives.losses import dot_sampled_catalogue_loss
 
     generator = torch.Generator().manual_seed(0)
     catalogue, draws, positive = 40, 50_000, 7
@@ -517,12 +537,12 @@ def one_task_store(tmp_path_factory):
 def test_sampled_catalogue_logit_loss_estimates_the_whole_logits_full_softmax(one_task_store):
     from eventrec.data.gather import catalogue_items, catalogue_positions, make_batch
     from eventrec.model.embeddings import FeatureSpec
-    from eventrec.training.catalogue_sampling import sampled_catalogue_logit_loss
+    from eventrec.training.objectives.catalogue import sampled_catalogue_logit_loss
     from eventrec.training.factory import build_model
 
     store = one_task_store
     torch.manual_seed(0)
-    model = build_model(FeatureSpec.from_store(store), MODEL.model_copy(update={"dot_term": True})).eval()
+    model = build_model(FeatureSpec.from_store(store), _with_dot_term(MODEL)).eval()
     rows = store.split_indices("train")
     ids, catalogue_item = catalogue_items(store, rows)
     rows = rows[np.isin(np.arange(len(rows)), np.flatnonzero(store.labels[rows, 0] > 0.5)[:3]) | (np.arange(len(rows)) < 20)]
@@ -543,12 +563,11 @@ def test_sampled_catalogue_logit_loss_estimates_the_whole_logits_full_softmax(on
 
 
 def test_whole_logit_trains_with_the_sampled_catalogue_softmax(tiny_store, one_task_store, tmp_path, monkeypatch):
-    config = TRAIN.model_copy(update={"catalogue_logit_weight": 1.0, "catalogue_logit_draws": 4, "batch_size": 32, "epochs": 1,
-                                      "max_steps_per_epoch": 3})
-    with pytest.raises(ValueError, match="catalogue_logit_weight: trains the dot term"):
+    config = _train_config(**_experimental({"kind": "sampled_catalogue_logit", "draws": 4}), batch_size=32, epochs=1, max_steps_per_epoch=3)
+    with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: sampled_catalogue_logit trains the dot term"):
         train(tiny_store, MODEL, config, tmp_path / "no", show_progress=False)
-    model_config = MODEL.model_copy(update={"dot_term": True})
-    with pytest.raises(ValueError, match="catalogue_logit_weight: draws items for one task"):
+    model_config = _with_dot_term(MODEL)
+    with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: sampled_catalogue_logit draws items for one task"):
         train(tiny_store, model_config, config, tmp_path / "two_tasks", show_progress=False)
     store = one_task_store
     seen = _record_calls(monkeypatch, "sampled_catalogue_logit_loss", lambda args, out: (args[8], args[5].shape[0], out.item()))  # (draws, C, loss)
@@ -564,9 +583,8 @@ def test_whole_logit_trains_with_the_sampled_catalogue_softmax(tiny_store, one_t
 
 def test_a_killed_run_with_the_sampled_catalogue_term_resumes_to_the_same_weights(one_task_store, tmp_path, monkeypatch):
     """The draws come from torch's generator, whose state the checkpoints keep: the same draws after a resume."""
-    model_config = MODEL.model_copy(update={"dot_term": True})
-    config = TRAIN.model_copy(update={"catalogue_logit_weight": 1.0, "catalogue_logit_draws": 4, "batch_size": 32, "epochs": 2,
-                                      "max_steps_per_epoch": 3})
+    model_config = _with_dot_term(MODEL)
+    config = _train_config(**_experimental({"kind": "sampled_catalogue_logit", "draws": 4}), batch_size=32, epochs=2, max_steps_per_epoch=3)
     reference, _ = train(one_task_store, model_config, config, tmp_path / "straight", show_progress=False)
     _killed_at_step_four(one_task_store, tmp_path / "killed", config, monkeypatch, model_config)
     resumed, result = train(one_task_store, model_config, config, tmp_path / "killed", show_progress=False)

@@ -16,6 +16,8 @@ from eventrec.store.reader import EventStore  # noqa: E402
 
 
 def training_curves(out_dir: Path, runs: list[SeedRun], path: Path) -> None:
+    """Left: each run's smoothed training loss; right: its validation NE (primary task), both by step
+    (a run validates several times per epoch)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
         log = out_dir / f"{run.model}_seed{run.seed}" / "train_log.csv"
@@ -30,9 +32,9 @@ def training_curves(out_dir: Path, runs: list[SeedRun], path: Path) -> None:
             frame = pl.read_csv(evals)
             task = frame["task"][0]
             frame = frame.filter(pl.col("task") == task)
-            right.plot(frame["epoch"].to_numpy() + 1, frame["ne"].to_numpy(), marker="o", label=f"{run.model} s{run.seed}")
+            right.plot(frame["step"].to_numpy(), frame["ne"].to_numpy(), marker="o", label=f"{run.model} s{run.seed}")
     left.set(title="training loss (smoothed)", xlabel="step", ylabel="loss")
-    right.set(title="validation NE (primary task)", xlabel="epoch", ylabel="NE")
+    right.set(title="validation NE (primary task)", xlabel="step", ylabel="NE")
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()

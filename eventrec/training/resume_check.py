@@ -18,12 +18,24 @@ written, the batch size of the validation pass and whether it scores the validat
 (allowed off only when they select nothing). None of them changes a weight."""
 
 
-def changed_fields(saved: dict, current: BaseModel, neutral: frozenset[str] = frozenset()) -> list[str]:
+RETIRED_TRAIN_FIELDS: dict[str, object] = {
+    "loss": "bce", "task_weights": None, "listwise_weight": 0.0, "in_batch_weight": 0.0, "catalogue_weight": 0.0,
+    "catalogue_logit_weight": 0.0, "catalogue_logit_draws": 32, "logq_column": None, "weight_average_decay": 0.0,
+}
+"""TrainConfig fields of checkpoints written before the objectives became a list, with the values
+that mean what the current defaults mean (``objectives: [bce]``, no ``experimental`` section). A
+checkpoint holding another value was trained with another objective: resuming it is refused."""
+
+
+def changed_fields(saved: dict, current: BaseModel, neutral: frozenset[str] = frozenset(),
+                   retired: dict[str, object] | None = None) -> list[str]:
     """``"field: saved → current"`` for each field of ``current`` whose value differs from the
     checkpoint's JSON dump ``saved``, skipping ``neutral`` ones. A field missing from ``saved`` (a
-    checkpoint written before the field existed) counts as its default."""
+    checkpoint written before the field existed) counts as its default; a ``retired`` field present
+    in ``saved`` with another value than its listed one is a change (``→ (retired)``)."""
     now = current.model_dump(mode="json")
-    changes = []
+    changes = [f"{name}: {saved[name]!r} → (retired)" for name, value in (retired or {}).items()
+               if name in saved and name not in now and saved[name] != value]
     for name, field in type(current).model_fields.items():
         if name in neutral:
             continue
@@ -36,7 +48,7 @@ def changed_fields(saved: dict, current: BaseModel, neutral: frozenset[str] = fr
 def check_resume(saved_info: dict, train_config: BaseModel, model_config: BaseModel, checkpoint: str) -> None:
     """Raise ``ValueError`` naming every changed field when the checkpoint's ``train_config`` or
     ``model_config`` differs from the ones given (result-neutral TrainConfig fields excepted)."""
-    changes = [f"train_config.{c}" for c in changed_fields(saved_info.get("train_config", {}), train_config, RESULT_NEUTRAL_FIELDS)]
+    changes = [f"train_config.{c}" for c in changed_fields(saved_info.get("train_config", {}), train_config, RESULT_NEUTRAL_FIELDS, RETIRED_TRAIN_FIELDS)]
     changes += [f"model_config.{c}" for c in changed_fields(saved_info.get("model_config", {}), model_config)]
     if changes:
         raise ValueError(f"cannot resume {checkpoint}: it was trained with another configuration ({'; '.join(changes)}); "

@@ -16,15 +16,18 @@ move the weights by a noisy amount; the average is the usual remedy for that see
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
+
+from eventrec.training.callbacks import Callback
 
 PREFIX = "weight_average."
 
 
-class WeightAverage:
-    """The average of every floating-point parameter of ``model`` (embedding tables included)."""
+class WeightAverage(Callback):
+    """The average of every floating-point parameter of ``model`` (embedding tables included); as a
+    training callback it updates after each step and is swapped in for validation."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
@@ -71,13 +74,25 @@ class WeightAverage:
         """Restore :meth:`tensors`' state; a checkpoint without it (or of another model) is refused."""
         missing = [f"{PREFIX}{i}" for i in range(len(self.average)) if f"{PREFIX}{i}" not in tensors]
         if missing or f"{PREFIX}updates" not in tensors:
-            raise ValueError("weight_average_decay: the checkpoint to resume from holds no weight average "
-                             "(it was written with another weight_average_decay); resume with the same TrainConfig")
+            raise ValueError("experimental.weight_average_decay: the checkpoint to resume from holds no weight average "
+                             "(it was written with another experimental.weight_average_decay); resume with the same TrainConfig")
         with torch.no_grad():
             for i, average in enumerate(self.average):
                 saved = tensors[f"{PREFIX}{i}"]
                 if saved.shape != average.shape:
-                    raise ValueError(f"weight_average_decay: the saved average {i} has shape {tuple(saved.shape)}, "
+                    raise ValueError(f"experimental.weight_average_decay: the saved average {i} has shape {tuple(saved.shape)}, "
                                      f"the model's parameter {tuple(average.shape)}")
                 average.copy_(saved)
         self.updates = int(tensors[f"{PREFIX}updates"][0])
+
+    def after_step(self) -> None:
+        self.update()
+
+    def weights_for_validation(self) -> AbstractContextManager:
+        return self.applied()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.tensors()
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load(tensors)
