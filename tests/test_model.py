@@ -3,24 +3,27 @@ parameter learns, empty histories work, checkpoints round-trip and training resu
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 from eventrec.data.gather import make_batch
 from eventrec.data.dlrm_features import DlrmFeatureBuilder
-from eventrec.model.config import DlrmConfig, SequenceModelConfig
+from eventrec.model.config import DlrmConfig, ExperimentalModelConfig, SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.heads import multitask_loss
+from eventrec.training.objectives.losses import multitask_loss
 from eventrec.training.factory import build_model
 
 CONFIGS = {
     "causal": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8]),
     "bidirectional": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, causal=False, time_bias=False, mlp_dims=[8]),
-    "mean_pool": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling="mean", mlp_dims=[8]),
-    "identity_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], identity_match=True),
-    "transition_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], identity_match=True,
-                                            transition_match=True),
+    "identity_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
+                                          experimental=ExperimentalModelConfig(identity_match=True)),
+    "dot_term": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
+                                    experimental=ExperimentalModelConfig(dot_term=True)),
+    "no_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], match_attention=False),
     "low_rank_cross": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], cross_rank=3),
 }
 
@@ -154,15 +157,15 @@ def test_cross_rank_is_validated_and_builds_the_low_rank_head():
     assert SequenceModelConfig().cross_rank is None
 
 
-@pytest.mark.parametrize("name", ["causal", "identity_match", "transition_match"])
-def test_match_term_as_score_bias_equals_the_folded_form(tiny_store, name):
+@pytest.mark.parametrize("name", ["causal", "identity_match"])
+def test_match_term_as_score_bias_equals_the_folded_form(tiny_store, name, monkeypatch):
     """On the CPU the target-attention term enters the keyed pooling as a score bias per candidate;
     the Triton kernels get it folded into more query and key dimensions. Same scores and gradients."""
     batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
 
     def run(form: str):
         model = _model(tiny_store, CONFIGS[name].model_copy(update={"dropout": 0.0}))
-        model.pooling.match_form = form  # on this CPU the op runs its torch path either way
+        monkeypatch.setattr(model.pooling, "pool", functools.partial(model.pooling.pool, match_form=form))  # the torch path either way
         logits = model(batch)
         loss, _ = multitask_loss(logits, batch.labels)
         loss.backward()
@@ -174,3 +177,79 @@ def test_match_term_as_score_bias_equals_the_folded_form(tiny_store, name):
     assert biased_grads.keys() == folded_grads.keys()
     for n in folded_grads:
         torch.testing.assert_close(biased_grads[n], folded_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_experimental_variants_sit_in_their_section():
+    """identity_match / dot_term live under ``experimental`` (read-only properties at the top); a config
+    written before that (a checkpoint's) still loads; the removed variants are refused, field named."""
+    from pydantic import ValidationError
+
+    default = SequenceModelConfig()
+    assert default.experimental is None and not default.dot_term and not default.identity_match
+    legacy = SequenceModelConfig.model_validate({"dot_term": True, "identity_match": False, "pooling": "keyed_attention", "transition_match": False})
+    assert legacy.experimental == ExperimentalModelConfig(dot_term=True) and legacy.dot_term
+    assert default.model_copy(update={"dot_term": True}).dot_term
+    for removed in ({"pooling": "mean"}, {"transition_match": True}):
+        with pytest.raises(ValidationError, match=next(iter(removed))):
+            SequenceModelConfig(**removed)
+
+
+READS_TIME = {"causal": True, "bidirectional": True, "invariant": False, "invariant_token": False, "no_summary": True}
+TIME_CONFIGS = {
+    "invariant": dict(timestamp_encoding=False, time_bias=True, summary_token=False),
+    "invariant_token": dict(timestamp_encoding=False, time_bias=False, summary_token=True),
+    "no_summary": dict(summary_token=False),
+}
+
+
+@pytest.mark.parametrize("name", list(READS_TIME))
+def test_reads_request_time_and_extendable(tiny_store, name):
+    config = CONFIGS[name] if name in CONFIGS else CONFIGS["causal"].model_copy(update=TIME_CONFIGS[name])
+    model = _model(tiny_store, config)
+    assert model.reads_request_time == READS_TIME[name]
+    assert model.extendable == (config.causal and not READS_TIME[name])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_score_over_embedded_candidates_equals_forward(tiny_store, name):
+    """The serving steps (encode_user, embed_candidates, embed_context, score) give forward's logits."""
+    model = _model(tiny_store, CONFIGS[name])
+    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    with torch.no_grad():
+        expected = model(batch)
+        user = model.encode_user(batch)
+        got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), batch.history_index)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("update", [TIME_CONFIGS["invariant"], TIME_CONFIGS["invariant_token"]])
+def test_extend_user_equals_encoding_everything(tiny_store, update):
+    """A user side grown one event at a time (the encoder layers' delta attention over their cached
+    keys and values; each batch holds only the new event) equals all the events encoded at once."""
+    from eventrec.serving.state import UserEvents
+    from eventrec.serving.user_states import window_batch
+
+    model = _model(tiny_store, CONFIGS["causal"].model_copy(update=update))
+    users = [UserEvents.from_store(tiny_store, row) for row in range(len(tiny_store.user_ids))]
+    events, stream = max(((u, s) for u in users for s in range(len(u.streams))), key=lambda us: list(us[0].counts().values())[us[1]])
+    data = list(events.streams.values())[stream]
+    count = min(len(data.timestamps), data.max_length)  # a window starting at the stream's first event
+    assert count >= 3
+
+    def window(covered: int, end: int):
+        return tuple((covered, end) if i == stream else (0, 0) for i in range(len(events.streams)))
+
+    def batch(w):
+        return window_batch(events, w, 10**9, 2, ["a", "b"])
+
+    with torch.no_grad():
+        full = model.encode_user(batch(window(0, count)), capture_kv=True)
+        grown = model.encode_user(batch(window(0, 0)), capture_kv=True)
+        for end in range(1, count + 1):
+            grown = model.encode_user(batch(window(end - 1, end)), cache=grown)
+    torch.testing.assert_close(grown.timestamps, full.timestamps)
+    for got, expected in [(grown.encoded, full.encoded), (grown.keys, full.keys), (grown.values, full.values)] + \
+            [pair for kv_grown, kv_full in zip(grown.layer_kv, full.layer_kv) for pair in zip(kv_grown, kv_full)]:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="extend_user"):
+        _model(tiny_store, CONFIGS["causal"]).extend_user(full, batch(window(0, 0)))

@@ -11,6 +11,40 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ExperimentalModelConfig(_Config):
+    """Model variants kept for research: off by default, not shown to beat noise in docs/results.md.
+    ``eventrec train`` takes a config with this section only when asked to explicitly."""
+
+    identity_match: bool = Field(
+        False, description="with match_attention: beside each match vocabulary's learned embedding, a fixed pseudo-random "
+        "code of the id (attribute_dim entries of ±1/√attribute_dim; eventrec.model.identity_codes), whose cosine is 1 only for "
+        "the same id: an exact-identity channel of the target attention, with its own learned weight per head")
+    dot_term: bool = Field(
+        False, description="add to each task's logit a factorised term <user vector, item vector>: the user vector from "
+        "the last encoded position, the item vector from the candidate's attributes (cheap to score against many items, so "
+        "it can be trained against every item of a batch: TrainConfig.in_batch_weight)")
+
+
+_EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
+_REMOVED = {"transition_match": False, "pooling": "keyed_attention"}  # removed variants: their default is all that is accepted
+
+
+def _move_legacy_fields(data: dict) -> dict:
+    """A config written before ``experimental`` existed (a checkpoint's ``config.json``, an older
+    YAML): ``identity_match`` / ``dot_term`` at the top level move into ``experimental``; the removed
+    variants' fields are dropped at their default and refused otherwise."""
+    data = dict(data)
+    for name, default in _REMOVED.items():
+        if name in data and data.pop(name) != default:
+            raise ValueError(f"{name}: this variant was removed (it showed no gain, docs/results.md); only {default!r} is accepted")
+    legacy = {name: data.pop(name) for name in _EXPERIMENTAL_FIELDS if name in data}
+    if any(legacy.values()):
+        experimental = data.get("experimental") or {}
+        experimental = experimental.model_dump() if isinstance(experimental, BaseModel) else dict(experimental)
+        data["experimental"] = {**experimental, **{k: v for k, v in legacy.items() if v}}
+    return data
+
+
 class SequenceModelConfig(_Config):
     """The event-sequence ranker: event model, jagged transformer, ad-keyed pooling, head."""
 
@@ -27,20 +61,10 @@ class SequenceModelConfig(_Config):
     timestamp_encoding: bool = Field(True, description="recency and order embeddings (ablation: off)")
     event_attributes: bool = Field(True, description="use attributes beyond each stream's id (ablation: off)")
     summary_token: bool = Field(True, description="a learned token at the start of every history")
-    pooling: Literal["keyed_attention", "mean"] = "keyed_attention"
     pooling_slots: int = Field(4, ge=1, description="M query slots per candidate")
     match_attention: bool = Field(
         True, description="add to the pooling scores a learned, per-head weight of the cosine similarity between the "
         "candidate's and each event's embeddings in every vocabulary they share (target attention)")
-    identity_match: bool = Field(
-        False, description="with match_attention: beside each match vocabulary's learned embedding, a fixed pseudo-random "
-        "code of the id (attribute_dim entries of ±1/√attribute_dim; eventrec.model.identity_codes), whose cosine is 1 only for "
-        "the same id: an exact-identity channel of the target attention, with its own learned weight per head")
-    transition_match: bool = Field(
-        False, description="with match_attention: a directed item-to-item channel in the target attention. Each match "
-        "vocabulary gets two more learned tables: a 'from' embedding on the event side and a 'to' embedding on the candidate "
-        "side, whose cosine (learned weight per head) says how likely the candidate follows the event, which a symmetric "
-        "similarity cannot say (the items of one basket, what comes after what)")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     cross_layers: int = Field(2, ge=0)
     cross_rank: int | None = Field(
@@ -48,18 +72,36 @@ class SequenceModelConfig(_Config):
         "a product of [F, r] and [r, F] matrices (DCNv2's low-rank cross), 2·F·r instead of F² multiply-adds per "
         "candidate; the cross layers are most of the ranking time of a wide model (docs/models.md)")
     mlp_dims: list[int] = Field(default_factory=lambda: [128, 64])
-    dot_term: bool = Field(
-        False, description="add to each task's logit a factorised term <user vector, item vector>: the user vector from "
-        "the last encoded position, the item vector from the candidate's attributes (cheap to score against many items, so "
-        "it can be trained against every item of a batch: TrainConfig.in_batch_weight)")
+    experimental: ExperimentalModelConfig | None = Field(
+        None, description="research variants (identity_match, dot_term); None: the production model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_fields(cls, data):
+        return _move_legacy_fields(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SequenceModelConfig":
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.transition_match and not (self.match_attention and self.pooling == "keyed_attention"):
-            raise ValueError("transition_match: a channel of the match attention; it needs match_attention: true and pooling: keyed_attention")
         return self
+
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> "SequenceModelConfig":
+        """As pydantic's, and an ``update`` may still name ``identity_match`` / ``dot_term`` (they go
+        into ``experimental``); the copy is validated."""
+        if update and any(name in update for name in _EXPERIMENTAL_FIELDS + tuple(_REMOVED)):
+            return type(self).model_validate(_move_legacy_fields({**self.model_dump(), **update}))
+        return super().model_copy(update=update, deep=deep)
+
+    @property
+    def identity_match(self) -> bool:
+        """``experimental.identity_match`` (False without an experimental section)."""
+        return self.experimental is not None and self.experimental.identity_match
+
+    @property
+    def dot_term(self) -> bool:
+        """``experimental.dot_term`` (False without an experimental section)."""
+        return self.experimental is not None and self.experimental.dot_term
 
 
 class DlrmConfig(_Config):

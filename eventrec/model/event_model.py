@@ -11,8 +11,7 @@ somewhere to go when no event matches the candidate, and an empty history is not
 Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, the events'
 timestamps ``[sum(N_g)]`` int64, and (with match vocabularies) ``[sum(N_g), V·E]``: each event's
 unit-normalised embedding in every vocabulary it shares with the candidate, for target attention
-(``[sum(N_g), 2·V·E]`` with ``identity_match``: then each vocabulary's identity code too; one more
-``V·E`` with ``transition_match``: each vocabulary's unit-normalised "from" embedding).
+(``[sum(N_g), 2·V·E]`` with ``experimental.identity_match``: then each vocabulary's identity code too).
 """
 
 from __future__ import annotations
@@ -29,13 +28,10 @@ from eventrec.ops.time_buckets import time_gap_bucket
 
 
 class EventModel(nn.Module):
-    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables, match_vocabularies: list[str] | None = None,
-                 transition_from: EmbeddingTables | None = None):
+    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables, match_vocabularies: list[str] | None = None):
         super().__init__()
         self.config = config
         self.__dict__["tables"] = tables
-        # references, not submodules (the ranker owns them): the "from" side of the transition channel
-        self.__dict__["transition_from"] = transition_from
         self.match_vocabularies = list(match_vocabularies or [])
         # per stream: the attribute holding each match vocabulary (None when the stream lacks it)
         self.match_attributes = {
@@ -66,22 +62,19 @@ class EventModel(nn.Module):
     @property
     def match_dim(self) -> int:
         """Width of each event's match keys: ``V·E`` per block kind (learned embeddings; identity codes with
-        ``identity_match``; "from" embeddings with ``transition_match``)."""
-        kinds = 1 + bool(self.config.identity_match) + (self.transition_from is not None)
+        ``identity_match``)."""
+        kinds = 1 + bool(self.config.identity_match)
         return len(self.match_vocabularies) * self.tables.dim * kinds
 
     def match_keys(self, name: str, attributes: dict, count: int, device) -> torch.Tensor:
         """``[N, match_dim]``: the unit-normalised embedding of each match vocabulary, then (with
-        ``identity_match``) each one's identity code, then (with ``transition_match``) each one's
-        unit-normalised "from" embedding; zeros where the stream lacks the vocabulary."""
+        ``identity_match``) each one's identity code; zeros where the stream lacks the vocabulary."""
         dim = self.tables.dim
         pairs = list(zip(self.match_vocabularies, self.match_attributes[name]))
         absent = torch.zeros(count, dim, device=device)
         blocks = [absent if a is None else torch.nn.functional.normalize(self.tables[v](attributes[a]), dim=-1) for v, a in pairs]
         if self.config.identity_match:
             blocks += [absent if a is None else identity_codes(attributes[a], dim) for _, a in pairs]
-        if self.transition_from is not None:
-            blocks += [absent if a is None else torch.nn.functional.normalize(self.transition_from[v](attributes[a]), dim=-1) for v, a in pairs]
         return torch.cat(blocks, dim=-1)
 
     def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:

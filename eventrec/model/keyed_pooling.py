@@ -5,13 +5,16 @@ For each impression (user history g, candidate c) the queries are ``slot_m + W_q
 history and shared by all of its candidates. Cost O(M·N) per candidate, not O(N²). Candidates of
 the same history are grouped so that one call of :func:`eventrec.ops.keyed_pooling_attention` (jagged
 queries ``[sum_g C_g·M, H, d]`` over jagged keys ``[sum(N_g), H, d]``) serves them all. An empty
-history pools to zeros.
+history pools to zeros. For one user and many candidates (serving), ``plan`` picks the op's
+``"one_user"`` backend, with the match term passed factored (:class:`eventrec.ops.keyed_pooling_one_user.FactoredMatch`).
 
 Shapes: encoded ``[sum(N_g), D]`` over G histories; ``query_input [B, Q]``; ``history_index [B]``
 → pooled ``[B, M, D]``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -20,6 +23,9 @@ from eventrec.data.jagged import JaggedTensor
 from eventrec.ops import keyed_pooling_attention
 from eventrec.ops.attention import auto_backend
 from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
+from eventrec.ops.keyed_pooling_one_user import FactoredMatch, OneUserPlan
+
+MatchForm = Literal["auto", "folded", "bias"]
 
 
 class KeyedAttentionPooling(nn.Module):
@@ -41,11 +47,6 @@ class KeyedAttentionPooling(nn.Module):
         if match_vocabularies:
             # +2 to a head's logit per matching vocabulary at initialisation
             self.match_weight = nn.Parameter(torch.full((num_heads, match_vocabularies), 2.0 * self.head_dim**0.5))
-        # how the match term reaches the attention (same scores either way; not saved, no weights):
-        # "folded" = V·E more dimensions of every query and key (what the Triton kernels take),
-        # "bias" = a score bias computed once per candidate and head (4-5x less work on the CPU),
-        # "auto" = "folded" where the op runs the Triton kernels, "bias" elsewhere
-        self.match_form: str = "auto"
 
     def keys_values(self, encoded: JaggedTensor, match_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The user side, computed once per history: keys and values ``[sum(N_g), H, d (+ V·E)]``."""
@@ -56,15 +57,27 @@ class KeyedAttentionPooling(nn.Module):
             v = torch.cat([v, v.new_zeros(n, self.num_heads, self.match_dim)], dim=-1)
         return k, v
 
+    def queries(self, query_input: torch.Tensor) -> torch.Tensor:
+        """``[B, M, H, d]``: each candidate's slot queries, ``slot_m + W_q [c; context]``."""
+        batch = len(query_input)
+        return (self.query(query_input).view(batch, self.num_slots, self.model_dim) + self.slots).view(batch, self.num_slots, self.num_heads, self.head_dim)
+
     def pool(self, keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, max_len: int, query_input: torch.Tensor, history_index: torch.Tensor,
-             match_query: torch.Tensor | None = None) -> torch.Tensor:
+             match_query: torch.Tensor | None = None, *, match_form: MatchForm = "auto", plan: OneUserPlan | None = None) -> torch.Tensor:
         """Pool precomputed keys/values for ``B`` candidates → ``[B, M, D]``.
 
         ``match_query [B, V·E]``: the candidate's unit-normalised embeddings in the match vocabularies.
+        ``match_form``: how the match term reaches the attention (same scores either way): ``"folded"``
+        = ``V·E`` more dimensions of every query and key (what the Triton kernels take), ``"bias"`` = a
+        score bias computed once per candidate and head (4-5x less work on the CPU), ``"auto"`` =
+        "folded" where the op runs the Triton kernels, "bias" elsewhere. ``plan``: one user (``offsets
+        [2]``) through the op's ``"one_user"`` backend, run as the plan says (serving).
         """
+        if plan is not None:
+            return self.pool_one_user(keys, values, query_input, match_query, plan)
         batch = len(history_index)
         head_dim = self.head_dim
-        q = (self.query(query_input).view(batch, self.num_slots, self.model_dim) + self.slots).view(batch, self.num_slots, self.num_heads, head_dim)
+        q = self.queries(query_input)
         # group candidates by history: sort (stable) by history, jagged queries with per-history offsets
         order = torch.sort(history_index, stable=True).indices
         counts = torch.bincount(history_index, minlength=len(offsets) - 1)
@@ -72,9 +85,9 @@ class KeyedAttentionPooling(nn.Module):
         torch.cumsum(counts, 0, out=candidate_offsets[1:])
         bias = None
         if self.match_vocabularies and match_query is not None:
-            form = self.match_form if self.match_form != "auto" else ("folded" if auto_backend(q) == "triton" else "bias")
+            form = match_form if match_form != "auto" else ("folded" if auto_backend(q) == "triton" else "bias")
             if form not in ("folded", "bias"):
-                raise ValueError(f"match_form: 'auto', 'folded' or 'bias', got {self.match_form!r}")
+                raise ValueError(f"match_form: 'auto', 'folded' or 'bias', got {match_form!r}")
             if form == "folded":  # the kernels take the match term as more query / key dimensions
                 per_vocabulary = match_query.view(batch, 1, self.match_vocabularies, -1) * self.match_weight.unsqueeze(-1)  # [B, H, V, E]
                 q = torch.cat([q, per_vocabulary.reshape(batch, 1, self.num_heads, self.match_dim).expand(batch, self.num_slots, self.num_heads, self.match_dim)], dim=-1)
@@ -91,6 +104,22 @@ class KeyedAttentionPooling(nn.Module):
         pooled = torch.empty_like(pooled_sorted)
         pooled[order] = pooled_sorted
         return self.out(pooled)
+
+    def pool_one_user(self, keys: torch.Tensor, values: torch.Tensor, query_input: torch.Tensor, match_query: torch.Tensor | None,
+                      plan: OneUserPlan) -> torch.Tensor:
+        """:meth:`pool` for one user's keys/values ``[N, H, d (+ V·E)]`` (any float dtype) and ``B``
+        candidates, through the op's ``"one_user"`` backend → ``[B, M, D]``."""
+        batch, head_dim = len(query_input), self.head_dim
+        q = self.queries(query_input)
+        match = None
+        if self.match_vocabularies and match_query is not None and keys.shape[-1] > head_dim:
+            vocabularies, dim = self.match_vocabularies, self.match_dim // self.match_vocabularies
+            match = FactoredMatch(match_query.reshape(batch, vocabularies, dim), keys[:, 0, head_dim:].reshape(len(keys), vocabularies, dim),
+                                  self.match_weight * head_dim**-0.5)
+        offsets = torch.tensor([0, len(keys)], device=keys.device)
+        pooled = keyed_pooling_attention(q.reshape(1, batch * self.num_slots, self.num_heads, head_dim), keys[..., :head_dim], values[..., :head_dim],
+                                         offsets, scale=head_dim**-0.5, bias_group=self.num_slots, match=match, plan=plan, backend="one_user")
+        return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
     def match_bias(self, match_query: torch.Tensor, match_keys: torch.Tensor, offsets: torch.Tensor, candidate_offsets: torch.Tensor) -> torch.Tensor:
         """The target-attention term of each (candidate, head, event) as a score bias ``[B, H, L]``.
@@ -120,14 +149,3 @@ class KeyedAttentionPooling(nn.Module):
                 match_keys: torch.Tensor | None = None, match_query: torch.Tensor | None = None) -> torch.Tensor:
         keys, values = self.keys_values(encoded, match_keys)
         return self.pool(keys, values, encoded.offsets, encoded.max_len, query_input, history_index, match_query)
-
-
-class MeanPooling(nn.Module):
-    """Ablation: the mean of the history's encoded events, the same for every candidate ``[B, 1, D]``."""
-
-    def forward(self, encoded: JaggedTensor, query_input: torch.Tensor, history_index: torch.Tensor) -> torch.Tensor:
-        lengths = encoded.lengths()
-        sums = torch.zeros(len(lengths), encoded.values.shape[1], device=encoded.values.device, dtype=encoded.values.dtype)
-        sums.index_add_(0, encoded.row_ids(), encoded.values)
-        means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
-        return gather_rows(means, history_index).unsqueeze(1)

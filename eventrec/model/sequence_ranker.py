@@ -7,7 +7,14 @@ then DCNv2 cross layers and an MLP give one logit per task.
 The forward pass splits into the *user side* (computed once per distinct history: event embeddings,
 encoder, pooling keys/values) and the *candidate side* (per impression: item and context embeddings,
 keyed pooling over the user side, the head). Serving caches the user side and runs only the
-candidate side for thousands of ads.
+candidate side for thousands of ads, through the steps this class exposes:
+
+* :meth:`SequenceRanker.encode_user` (optionally keeping each encoder layer's keys/values) and
+  :meth:`SequenceRanker.extend_user` (new events of one user against those keys/values, causal models
+  that do not read the request time: :attr:`SequenceRanker.extendable`);
+* :meth:`SequenceRanker.embed_candidates` / :meth:`SequenceRanker.embed_context` (cacheable rows);
+* :meth:`SequenceRanker.score`: the candidate side over embedded candidates (keyed pooling through
+  the op's dispatch, interaction, cross network, heads, dot term).
 """
 
 from __future__ import annotations
@@ -18,25 +25,36 @@ import torch
 from torch import nn
 
 from eventrec.data.batch import EventBatch
+from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
-from eventrec.model.encoder import JaggedTransformerEncoder
+from eventrec.model.encoder import JaggedTransformerEncoder, LayerKV
 from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
-from eventrec.model.keyed_pooling import KeyedAttentionPooling, MeanPooling
+from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.ops.jagged_helpers import gather_rows
+from eventrec.ops.keyed_pooling_one_user import OneUserPlan
 
 
 @dataclass
 class UserSide:
-    """What the candidate side reads: encoded events ``[sum(N_g), D]``, keys/values ``[sum(N_g), H, d]``."""
+    """What the candidate side reads: encoded events ``[sum(N_g), D]``, keyed-pooling keys/values
+    ``[sum(N_g), H, d (+ V·E)]``; with ``layer_kv`` (one history, :meth:`SequenceRanker.encode_user`
+    with ``capture_kv``) also each encoder layer's keys/values ``[N, H, d]`` and the positions' times
+    ``[N]``, what :meth:`SequenceRanker.extend_user` grows."""
 
     offsets: torch.Tensor
     max_len: int
     encoded: torch.Tensor
-    keys: torch.Tensor | None
-    values: torch.Tensor | None
+    keys: torch.Tensor
+    values: torch.Tensor
+    timestamps: torch.Tensor | None = None
+    layer_kv: list[LayerKV] | None = None
+
+    def prefix(self, positions: int) -> "UserSide":
+        """The first ``positions`` positions of a one-history user side (no layer keys/values)."""
+        return UserSide(torch.tensor([0, positions]), positions, self.encoded[:positions], self.keys[:positions], self.values[:positions])
 
 
 class SequenceRanker(nn.Module):
@@ -52,29 +70,19 @@ class SequenceRanker(nn.Module):
         # vocabularies the candidate shares with some stream: targets of the match attention
         item_ids = {a.vocabulary_name: a.name for a in imp.item_attributes if a.kind in ("categorical", "hashed")}
         stream_vocabularies = {a.vocabulary_name for s in schema.streams for a in s.attributes if a.kind in ("categorical", "hashed")}
-        use_match = config.match_attention and config.pooling == "keyed_attention"
-        self.match_vocabularies = sorted(v for v in item_ids if v in stream_vocabularies) if use_match else []
+        self.match_vocabularies = sorted(v for v in item_ids if v in stream_vocabularies) if config.match_attention else []
         self.match_item_attributes = [item_ids[v] for v in self.match_vocabularies]
-        # the transition channel: a "from" table read by the events, a "to" table read by the candidates
-        self.transition_from = self.transition_to = None
-        if config.transition_match and self.match_vocabularies:
-            self.transition_from = EmbeddingTables(spec, config.attribute_dim, set(self.match_vocabularies))
-            self.transition_to = EmbeddingTables(spec, config.attribute_dim, set(self.match_vocabularies))
-        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies, self.transition_from)
+        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies)
         self.encoder = JaggedTransformerEncoder(config)
         self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
         self.context_embedder = AttributeEmbedder(imp.context_attributes, self.tables) if imp.context_attributes else None
         query_dim = self.item_embedder.out_dim + (self.context_embedder.out_dim if self.context_embedder else 0)
         self.candidate_norm = nn.LayerNorm(query_dim)
-        if config.pooling == "keyed_attention":
-            self.pooling: nn.Module = KeyedAttentionPooling(
-                config.model_dim, query_dim, config.pooling_slots, config.num_heads,
-                self.event_model.match_dim // config.attribute_dim, self.event_model.match_dim,  # blocks of E dims: embeddings (+ codes)
-            )
-            slots = config.pooling_slots
-        else:
-            self.pooling = MeanPooling()
-            slots = 1
+        self.pooling = KeyedAttentionPooling(
+            config.model_dim, query_dim, config.pooling_slots, config.num_heads,
+            self.event_model.match_dim // config.attribute_dim, self.event_model.match_dim,  # blocks of E dims: embeddings (+ codes)
+        )
+        slots = config.pooling_slots
         # DLRM-style dot interaction between the pooled vectors and the candidate: an MLP learns
         # products of two inputs poorly, and "does this candidate match what the user did" is one
         self.candidate_projection = nn.Linear(query_dim, config.model_dim)
@@ -88,14 +96,58 @@ class SequenceRanker(nn.Module):
         # the item's identity for in-batch negatives (rows with the positive's item are not negatives)
         self.item_key_attribute = next((a.name for a in imp.item_attributes if a.kind in ("categorical", "hashed")), None)
 
-    def user_side(self, batch: EventBatch) -> UserSide:
-        events, timestamps, match_keys = self.event_model(batch)
-        encoded = self.encoder(events, timestamps)
-        keys = values = None
-        if isinstance(self.pooling, KeyedAttentionPooling):
-            keys, values = self.pooling.keys_values(encoded, match_keys)
-        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values)
+    # -- what the encoder reads ----------------------------------------------------------------------
+    @property
+    def reads_request_time(self) -> bool:
+        """Whether the encoded events depend on the request time ``T``: through the recency embedding
+        ``bucket(T - t_i)`` (``timestamp_encoding``), or through the attention's time bias between each
+        event and the summary token, whose time is ``T``."""
+        c = self.config
+        return c.timestamp_encoding or (c.time_bias and c.summary_token)
 
+    @property
+    def extendable(self) -> bool:
+        """Whether a user side can be grown by :meth:`extend_user` and read as a prefix: a causal
+        encoder that does not read the request time (an event's encoding then depends only on the
+        events before it)."""
+        return self.config.causal and not self.reads_request_time
+
+    # -- the user side -------------------------------------------------------------------------------
+    def user_side(self, batch: EventBatch) -> UserSide:
+        return self.encode_user(batch)
+
+    def encode_user(self, batch: EventBatch, cache: UserSide | None = None, capture_kv: bool = False) -> UserSide:
+        """The user side of the batch's histories (event model, encoder, pooling keys/values). With
+        ``capture_kv`` (or ``cache``) it also keeps what :meth:`extend_user` needs. With ``cache`` (a
+        one-history user side encoded with ``capture_kv``), ``batch`` holds only the events after it,
+        which are encoded against it: :meth:`extend_user`."""
+        if cache is not None:
+            return self.extend_user(cache, batch)
+        events, timestamps, match_keys = self.event_model(batch)
+        encoded, layer_kv = self.encoder.encode(events, timestamps, capture_kv)
+        keys, values = self.pooling.keys_values(encoded, match_keys)
+        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv)
+
+    def extend_user(self, user: UserSide, batch: EventBatch) -> UserSide:
+        """``user`` (one history, encoded with ``capture_kv``) grown by the events of ``batch`` (one
+        history: the events after ``user``'s, at a request time after theirs); equal to encoding all the
+        events at once, for an :attr:`extendable` model."""
+        if not self.extendable:
+            raise ValueError("extend_user: this encoder is bidirectional or reads the request time; encode the whole history instead")
+        if user.layer_kv is None or user.timestamps is None:
+            raise ValueError("extend_user: the user side was encoded without capture_kv")
+        events, timestamps, match_keys = self.event_model(batch)
+        skip = 1 if self.config.summary_token else 0  # the new events' batch has its own summary token
+        x, timestamps = events.values[skip:], timestamps[skip:]
+        match_keys = match_keys[skip:] if match_keys is not None else None
+        encoded, layer_kv = self.encoder.extend(x, timestamps, user.layer_kv, user.timestamps)
+        n = len(encoded)
+        keys, values = self.pooling.keys_values(JaggedTensor(encoded, torch.tensor([0, n]), n), match_keys)
+        total = len(user.encoded) + n
+        return UserSide(torch.tensor([0, total]), total, torch.cat([user.encoded, encoded]), torch.cat([user.keys, keys]),
+                        torch.cat([user.values, values]), torch.cat([user.timestamps, timestamps]), layer_kv)
+
+    # -- the candidates ------------------------------------------------------------------------------
     def candidate_input(self, item: dict, context: dict) -> torch.Tensor:
         """``[B, Q]``: the candidate's (and context's) attribute representation."""
         parts = [self.item_embedder(item)]
@@ -106,17 +158,25 @@ class SequenceRanker(nn.Module):
     def match_queries(self, item: dict) -> torch.Tensor | None:
         """``[B, V·E]``: the candidate's unit-normalised embeddings in the vocabularies it shares with
         the events (the target-attention queries), then with ``identity_match`` its identity codes in
-        them, then with ``transition_match`` its unit-normalised "to" embeddings (``V·E`` more each, in
-        the order of :meth:`EventModel.match_keys`); None without match attention."""
+        them (``V·E`` more, in the order of :meth:`EventModel.match_keys`); None without match attention."""
         if not self.match_vocabularies:
             return None
         pairs = list(zip(self.match_vocabularies, self.match_item_attributes))
         parts = [torch.nn.functional.normalize(self.tables[v](item[a]), dim=-1) for v, a in pairs]
         if self.config.identity_match:  # in the order of EventModel.match_keys: embeddings, then codes
             parts += [identity_codes(item[a], self.config.attribute_dim) for _, a in pairs]
-        if self.transition_to is not None:
-            parts += [torch.nn.functional.normalize(self.transition_to[v](item[a]), dim=-1) for v, a in pairs]
         return torch.cat(parts, dim=-1)
+
+    def embed_candidates(self, item: dict) -> torch.Tensor:
+        """``[C, Q_item (+ V·E)]``: C candidates' item embeddings, then their match queries; what
+        :meth:`score` takes (the same for every user and request: serving caches these rows)."""
+        embedded = self.item_embedder(item)
+        match = self.match_queries(item)
+        return embedded if match is None else torch.cat([embedded, match], dim=-1)
+
+    def embed_context(self, context: dict) -> torch.Tensor | None:
+        """``[R, Q_ctx]``: the request contexts' embeddings (None for a schema without context attributes)."""
+        return self.context_embedder(context) if self.context_embedder is not None else None
 
     def dot_user_vectors(self, user: UserSide) -> torch.Tensor:
         """``[G, T, D]``: per history and task, the user vector of the dot term, from the history's last
@@ -131,17 +191,33 @@ class SequenceRanker(nn.Module):
             raise ValueError("dot_item_vectors: the candidates have context attributes; an item's vector depends on its request")
         return self.dot_item(self.candidate_input(item, {}))
 
+    # -- scoring -------------------------------------------------------------------------------------
+    def score(self, user: UserSide, candidates: torch.Tensor, context: torch.Tensor | None = None, history_index: torch.Tensor | None = None,
+              plan: OneUserPlan | None = None, dot_parts: list | None = None) -> torch.Tensor:
+        """Logits ``[C, T]`` of C embedded candidates (:meth:`embed_candidates` rows ``[C, Q_item (+ V·E)]``)
+        in their contexts (:meth:`embed_context`: ``[C, Q_ctx]``, or ``[1, Q_ctx]`` for all) over the
+        user side's histories (``history_index [C]``; default: all of history 0). ``plan``: one user's
+        candidates through the keyed pooling op's ``"one_user"`` backend (serving)."""
+        item_dim = self.item_embedder.out_dim
+        parts = [candidates[:, :item_dim]]
+        if context is not None:
+            parts.append(context.expand(len(candidates), -1))
+        candidate = self.candidate_norm(torch.cat(parts, dim=-1))
+        match = candidates[:, item_dim:] if self.match_vocabularies else None
+        if history_index is None:
+            history_index = torch.zeros(len(candidates), dtype=torch.int64, device=candidates.device)
+        return self._logits(user, candidate, match, history_index, plan, dot_parts)
+
     def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor,
                        dot_parts: list | None = None) -> torch.Tensor:
         """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,
         ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
-        candidate = self.candidate_input(item, context)
-        if isinstance(self.pooling, KeyedAttentionPooling):
-            pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, self.match_queries(item))
-        else:
-            from eventrec.data.jagged import JaggedTensor
+        return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts)
 
-            pooled = self.pooling(JaggedTensor(user.encoded, user.offsets, user.max_len), candidate, history_index)
+    def _logits(self, user: UserSide, candidate: torch.Tensor, match: torch.Tensor | None, history_index: torch.Tensor,
+                plan: OneUserPlan | None, dot_parts: list | None) -> torch.Tensor:
+        """Keyed pooling, interaction, cross network, heads and dot term of normalised candidates ``[B, Q]``."""
+        pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, match, plan=plan)
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         dot = None
         if self.config.dot_term:

@@ -2,12 +2,15 @@
 
 * :func:`jagged_self_attention` -- each user's events attend over the same user's events.
 * :func:`keyed_pooling_attention` -- query slots per candidate ad attend over a user's events.
+* :func:`causal_delta_attention` -- new positions of one sequence attend to its cached keys/values
+  plus themselves (the incremental step of a causal encoder layer).
 
-On CUDA tensors with Triton importable, both run the Triton kernels of
+On CUDA tensors with Triton importable, the first two run the Triton kernels of
 :mod:`eventrec.ops.attention_triton`; anywhere else, the length-grouped padded SDPA of
 :mod:`eventrec.ops.attention_torch` (the fastest CPU path measured, see ``docs/kernels.md``).
 ``backend=`` forces one: ``"triton"``, ``"torch"`` or ``"reference"`` (the slow float64-capable
-definition in :mod:`eventrec.ops.attention_reference`).
+definition in :mod:`eventrec.ops.attention_reference`); keyed pooling also has ``"one_user"``
+(:mod:`eventrec.ops.keyed_pooling_one_user`: one user, thousands of candidates, the serving path).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from torch import Tensor
 
 from eventrec.ops.attention_reference import jagged_self_attention_reference, keyed_pooling_attention_reference
 from eventrec.ops.attention_torch import jagged_self_attention_torch, keyed_pooling_attention_torch
+from eventrec.ops.delta_attention import causal_delta_attention_reference, causal_delta_attention_torch
 from eventrec.ops.jagged_helpers import check_offsets
+from eventrec.ops.keyed_pooling_one_user import FactoredMatch, OneUserPlan, keyed_pooling_one_user
 from eventrec.ops.time_buckets import relative_timestamps_int32
 
 Backend = Literal["auto", "triton", "torch", "reference"]
+PoolingBackend = Literal["auto", "triton", "torch", "reference", "one_user"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,7 +152,9 @@ def keyed_pooling_attention(
     scale: float | None = None,
     bias: Tensor | None = None,
     bias_group: int = 1,
-    backend: Backend = "auto",
+    match: FactoredMatch | None = None,
+    plan: OneUserPlan | None = None,
+    backend: PoolingBackend = "auto",
 ) -> Tensor:
     """Candidate-keyed pooling: each user's query slots attend over that user's events.
 
@@ -166,12 +174,18 @@ def keyed_pooling_attention(
             its target-attention match term this way on the CPU, once per candidate for its M slots
             (``bias_group = M``), instead of as ``V·E`` more dimensions of every query and key.
         bias_group: consecutive query rows that share one bias row.
-        backend: as :func:`jagged_self_attention`.
+        match: the same kind of bias in factored form (:class:`FactoredMatch`, one user only): the
+            ``"one_user"`` backend computes it block by block; the others get it as a dense ``bias``.
+        plan: how the ``"one_user"`` backend runs (:class:`OneUserPlan`: blocks, buffers, softmax form).
+        backend: as :func:`jagged_self_attention`, or ``"one_user"`` (one user, dense ``q [1, Q, H, d]``
+            or jagged with one user; k and v may have another float dtype than q: cast after scaling).
 
     Returns:
         Same shape as q. A user with no events gets exact zeros (and zero gradients), never NaN.
     """
     del max_len
+    if match is not None or backend == "one_user":
+        return _keyed_pooling_one_user(q, k, v, offsets, q_offsets, scale, bias_group, match, plan, backend)
     _check_qkv(q, k, v)
     check_offsets(offsets, k.shape[0])
     num_users = offsets.numel() - 1
@@ -199,4 +213,73 @@ def keyed_pooling_attention(
         return keyed_pooling_attention_torch(q, k, v, offsets, q_offsets, scale, bias=bias, bias_group=bias_group)
     if chosen == "reference":
         return keyed_pooling_attention_reference(q, k, v, offsets, q_offsets, scale, bias=bias, bias_group=bias_group)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _keyed_pooling_one_user(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, q_offsets: Tensor | None, scale: float | None,
+                            group: int, match: FactoredMatch | None, plan: OneUserPlan | None, backend: PoolingBackend) -> Tensor:
+    """:func:`keyed_pooling_attention` for one user (``"one_user"`` backend, or a factored ``match``)."""
+    if offsets.numel() != 2 or (q_offsets is None and (q.dim() != 4 or q.shape[0] != 1)):
+        raise ValueError(f"backend 'one_user' / match: one user only (offsets [2], q [1, Q, H, d]), got offsets {tuple(offsets.shape)}, q {tuple(q.shape)}")
+    if k.shape != v.shape or k.dim() != 3 or q.shape[-2:] != k.shape[-2:]:
+        raise ValueError(f"k, v must be [N, H, d] like q's last dims, got {tuple(k.shape)}, {tuple(v.shape)}, q {tuple(q.shape)}")
+    rows = q.reshape(-1, *q.shape[-2:])
+    if group < 1 or len(rows) % group:
+        raise ValueError(f"bias_group must be >= 1 and divide the {len(rows)} query rows, got {group}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if backend in ("auto", "one_user"):
+        return keyed_pooling_one_user(rows, k, v, scale, group, match, plan).view(q.shape)
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    bias = match.dense().to(q.dtype) if match is not None else None
+    q_off = torch.tensor([0, len(rows)], dtype=torch.int64, device=q.device)
+    out = keyed_pooling_attention(rows, k, v, offsets, q_offsets=q_off, scale=scale, bias=bias, bias_group=group, backend=backend)
+    return out.view(q.shape)
+
+
+def causal_delta_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cached_k: Tensor,
+    cached_v: Tensor,
+    *,
+    time_bias: Tensor | None = None,
+    timestamps: Tensor | None = None,
+    cached_timestamps: Tensor | None = None,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> Tensor:
+    """New positions of one sequence attend to its cached keys/values plus themselves (causal).
+
+    For new position ``i`` (sequence position ``P + i``) and head ``h``::
+
+        s[i, j]   = scale * <q[i, h], K[j, h]> + time_bias[h, time_gap_bucket(T[P + i] - T[j])]
+        out[i, h] = sum_{j <= P + i} softmax_j(s[i, :]) V[j, h]
+
+    with ``K = [cached_k; k]``, ``V = [cached_v; v]``, ``T = [cached_timestamps; timestamps]``: what
+    :func:`jagged_self_attention` (``causal=True``) gives at those positions over the whole sequence.
+
+    Args:
+        q, k, v: ``[n, H, d]`` the new positions; cached_k, cached_v: ``[P, H, d]`` (P may be 0).
+        time_bias: optional ``[H, num_buckets]``; then timestamps ``[n]`` and cached_timestamps ``[P]``
+            (int64 seconds) are required.
+        scale: default ``1 / sqrt(d)``.
+        backend: ``"auto"`` / ``"torch"`` (one SDPA call with an additive mask) or ``"reference"``.
+
+    Returns:
+        ``[n, H, d]`` in q's dtype.
+    """
+    _check_qkv(q, k, v)
+    if q.shape != k.shape or cached_k.shape != cached_v.shape or cached_k.shape[1:] != k.shape[1:]:
+        raise ValueError(f"q, k, v must be [n, H, d] and cached_k, cached_v [P, H, d], got {tuple(q.shape)}, {tuple(cached_k.shape)}")
+    if time_bias is not None:
+        if timestamps is None or cached_timestamps is None:
+            raise ValueError("time_bias needs timestamps and cached_timestamps")
+        if timestamps.shape != (len(q),) or cached_timestamps.shape != (len(cached_k),):
+            raise ValueError("timestamps must be [n] and cached_timestamps [P]")
+    chosen = "torch" if backend in ("auto", "triton") else backend
+    if chosen == "torch":
+        return causal_delta_attention_torch(q, k, v, cached_k, cached_v, time_bias, timestamps, cached_timestamps, scale)
+    if chosen == "reference":
+        return causal_delta_attention_reference(q, k, v, cached_k, cached_v, time_bias, timestamps, cached_timestamps, scale)
     raise ValueError(f"unknown backend {backend!r}")

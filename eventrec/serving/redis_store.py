@@ -28,7 +28,7 @@ from collections import OrderedDict
 import redis
 
 from eventrec.serving.codec import CorruptEntry, decode_events, decode_state, encode_events, encode_state, store_fingerprint
-from eventrec.serving.core import StoreUnavailable
+from eventrec.serving.errors import StoreUnavailable
 from eventrec.serving.state import EncodedState, EventLog, UserEvents, UserStateStore
 from eventrec.store.reader import EventStore
 

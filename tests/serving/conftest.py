@@ -54,12 +54,6 @@ def served_identity(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def served_transition(tmp_path_factory):
-    """Identity codes and the directed transition channel in the match attention (``transition_match``)."""
-    return _train(tmp_path_factory.mktemp("serving_transition"), identity_match=True, transition_match=True)
-
-
-@pytest.fixture(scope="session")
 def served_low_rank_cross(tmp_path_factory):
     """The default encoder with low-rank cross layers in the head (``cross_rank``)."""
     return _train(tmp_path_factory.mktemp("serving_low_rank_cross"), cross_rank=4)
@@ -67,7 +61,26 @@ def served_low_rank_cross(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served_invariant_token(tmp_path_factory):
+    """Time-invariant with the summary token (no time bias): also exactly incremental."""
     return _train(tmp_path_factory.mktemp("serving_inv_tok"), timestamp_encoding=False, time_bias=False, summary_token=True)
+
+
+@pytest.fixture(scope="session")
+def served_bidirectional(tmp_path_factory):
+    """A bidirectional encoder without time bias (recomputed on every change of its window)."""
+    return _train(tmp_path_factory.mktemp("serving_bidirectional"), causal=False, time_bias=False)
+
+
+@pytest.fixture(scope="session")
+def served_no_summary(tmp_path_factory):
+    """The default encoder without the summary token (reads the request time through the recency embedding only)."""
+    return _train(tmp_path_factory.mktemp("serving_no_summary"), summary_token=False)
+
+
+@pytest.fixture(scope="session")
+def served_no_match(tmp_path_factory):
+    """Keyed pooling without the target (match) attention."""
+    return _train(tmp_path_factory.mktemp("serving_no_match"), match_attention=False)
 
 
 @pytest.fixture(scope="session")

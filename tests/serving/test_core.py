@@ -10,6 +10,7 @@ import torch
 
 from eventrec.data.requests import store_for_requests
 from eventrec.serving import InvalidInput, OutOfOrderEvents, RankingService, TooManyCandidates
+from eventrec.serving.user_states import request_window, window_batch
 from eventrec.evaluation.predict import predict
 from eventrec.data.gather import make_batch
 
@@ -51,8 +52,11 @@ def view(t: int, category: str = "shoes") -> dict:
     return {"event_type": "view", "timestamp": t, "category": category, "topics": ["a"]}
 
 
-@pytest.mark.parametrize("fixture", ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_transition",
-                                     "served_low_rank_cross"])
+VARIANTS = ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_low_rank_cross",
+            "served_bidirectional", "served_no_summary", "served_no_match"]
+
+
+@pytest.mark.parametrize("fixture", VARIANTS)
 def test_parity_with_predict(fixture, request):
     store, checkpoint, data = request.getfixturevalue(fixture)
     service = RankingService.load(checkpoint, store)
@@ -74,7 +78,7 @@ def test_user_side_computed_once_for_many_candidates(served):
     service = RankingService.load(checkpoint, store, candidate_chunk=256)
     calls = []
     service.model.event_model.register_forward_hook(lambda *a: calls.append(1))
-    service.model.encoder.register_forward_hook(lambda *a: calls.append(2))
+    service.model.encoder.norm.register_forward_hook(lambda *a: calls.append(2))
     many = candidates(3000)
     first = service.rank(1, many, {"placement": "feed"}, 250)
     assert first.user_state == "miss" and calls == [1, 2]  # one pass for 3000 candidates (12 chunks)
@@ -121,8 +125,9 @@ def test_incremental_append_equals_full_recompute(fixture, request):
     np.testing.assert_allclose(appended.scores, full.scores, atol=1e-5, rtol=0)
     # per-layer keys/values too
     key = ("2", service.version)
-    for (k1, v1), (k2, v2) in zip(service.users.get(key).layer_kv, _fresh(service)._compute(
-            service.user_events(2), service._window(service.user_events(2), 1000), 1000, capture=True).layer_kv):
+    events = service.user_events(2)
+    batch = window_batch(events, request_window(events, 1000), 1000, len(service.task_names), service.task_names)
+    for (k1, v1), (k2, v2) in zip(service.users.get(key).layer_kv, service.model.encode_user(batch, capture_kv=True).layer_kv):
         torch.testing.assert_close(k1, k2, atol=1e-5, rtol=0)
         torch.testing.assert_close(v1, v2, atol=1e-5, rtol=0)
     # a request before the appended events reads a prefix of the state
@@ -252,7 +257,7 @@ def test_scoring_device_is_checked_at_load(served):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/device/serving_gpu.sh runs it on the GPU machine)")
-@pytest.mark.parametrize("fixture", ["served", "served_dot", "served_identity", "served_transition"])
+@pytest.mark.parametrize("fixture", ["served", "served_dot", "served_identity", "served_low_rank_cross"])
 def test_cuda_scoring_equals_cpu(fixture, request):
     """Candidates scored on the GPU (user side on the CPU) equal the CPU service's scores: fp32 within
     1e-5 (TF32 off), bf16 within bf16's own tolerance; the cache and model stay on the CPU."""

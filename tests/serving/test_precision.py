@@ -19,9 +19,9 @@ from eventrec.cli import app
 from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.sequence_ranker import SequenceRanker
+from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.serving import RankingService, scoring
-from eventrec.serving.scoring import CandidateScorer, score_candidates
+from eventrec.serving.scoring import CandidateScorer
 
 from test_core import candidates, rank_after_a_failure, reference
 
@@ -48,9 +48,6 @@ def test_precision_is_validated(served):
     store, checkpoint, _ = served
     with pytest.raises(ValueError, match="precision"):
         RankingService.load(checkpoint, store, precision="fp16")
-    mean_pooling = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig(pooling="mean"))
-    with pytest.raises(ValueError, match="precision"):
-        RankingService(mean_pooling, store, "v", precision="bf16")
     result = CliRunner().invoke(app, ["serve", "--model", str(checkpoint), "--store", str(store.path), "--precision", "fp16"])
     assert result.exit_code == 2 and "--precision" in result.output
 
@@ -120,8 +117,8 @@ def test_bf16_scorer_close_to_fp32_on_long_histories(served, positions):
     with torch.no_grad():
         p = {}
         for dtype in (torch.float32, torch.bfloat16):
-            scorer = CandidateScorer(model, dtype)
-            p[dtype] = torch.sigmoid(score_candidates(scorer, scorer.prepare_user(pooling, keys, values), rows, context)).numpy()
+            user = UserSide(torch.tensor([0, positions]), positions, encoded.values, keys, values)
+            p[dtype] = torch.sigmoid(CandidateScorer(model, dtype).score(user, rows, context)).numpy()
     difference = np.abs(p[torch.float32] - p[torch.bfloat16])
     assert p[torch.bfloat16].dtype == np.float32
     assert difference.max() < 2.5e-3 and difference.mean() < 5e-4
@@ -146,7 +143,7 @@ def test_bf16_leaves_the_model_and_the_caches_in_fp32(served, monkeypatch):
     bf16 = RankingService.load(checkpoint, store, precision="bf16")
     before = {k: v.clone() for k, v in bf16.model.state_dict().items()}
     good = bf16.rank(1, candidates(), {"placement": "feed"}, 1000).scores
-    again = rank_after_a_failure(bf16, monkeypatch, bf16.scorer, "head")  # fails after the attention blocks ran
+    again = rank_after_a_failure(bf16, monkeypatch, bf16.scorer.model, "output_logits")  # fails after the attention blocks ran
     np.testing.assert_array_equal(good, again.scores)
     state = bf16.users.get(("1", bf16.version))
     assert state.keys.dtype == state.values.dtype == state.encoded.dtype == torch.float32
@@ -178,7 +175,7 @@ def test_native_bf16_detection_runs():
     assert scoring.native_bf16(torch.device("meta")) is False
 
 
-@pytest.mark.parametrize("fixture", ["served_dot", "served_identity", "served_transition"])
+@pytest.mark.parametrize("fixture", ["served_dot", "served_identity"])
 def test_bf16_on_a_model_with_a_dot_term_or_identity_codes(fixture, request):
     """The dot term is added in float32 from the bf16 candidate; the identity codes (±1/√E) are exact
     in bf16 and folded into the logits like the learned match part: close to fp32, same top candidates."""

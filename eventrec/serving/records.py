@@ -1,0 +1,119 @@
+"""Raw records in, model inputs out: candidates, contexts and appended events, validated and encoded
+with the store's vocabularies (errors name the offending field)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from eventrec.data.gather import attribute_tensors
+from eventrec.schema import EmbeddingAttribute
+from eventrec.serving.errors import InvalidInput, OutOfOrderEvents
+from eventrec.serving.state import UserEvents
+from eventrec.store.encoding import AttributeEncoder, BuildReport
+from eventrec.store.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
+from eventrec.store.reader import EventStore, Ragged
+
+
+class Records:
+    """The store's schema and fitted attribute encoders, applied to one request's records."""
+
+    def __init__(self, store: EventStore):
+        self.store, self.schema = store, store.schema
+        self.encoder = AttributeEncoder.fitted(self.schema, store.manifest["splits"]["train_end"], store.vocabularies, store.statistics)
+        self.stream_index = {name: i for i, name in enumerate(store.streams)}
+        imp = self.schema.impressions
+        self.item_columns = [a.source_column for a in imp.item_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+        self.context_columns = [a.source_column for a in imp.context_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+
+    def event_streams(self, events: list[dict]) -> dict[str, list[int]]:
+        """Per stream the indices of the events it reads (by ``stream`` or the event type column)."""
+        source = self.schema.events
+        per_stream: dict[str, list[int]] = {}
+        for i, event in enumerate(events):
+            name = event.get("stream")
+            if name is None:
+                kind = event.get(source.type_column) if source and source.type_column else None
+                name = next((s.name for s in self.schema.streams if s.event_types and kind is not None and str(kind) in s.event_types), None)
+                if name is None:
+                    raise InvalidInput(f"event {i}: no stream reads event type {kind!r}", f"events[{i}].{source.type_column if source else 'stream'}")
+            elif name not in self.stream_index:
+                raise InvalidInput(f"event {i}: unknown stream {name!r}", f"events[{i}].stream")
+            per_stream.setdefault(name, []).append(i)
+        return per_stream
+
+    def appended(self, current: UserEvents, per_stream: dict[str, list[int]], events: list[dict], source) -> UserEvents:
+        """``current`` with the validated, encoded ``events`` appended (new objects; raises on bad input)."""
+        last = current.last_timestamp()
+        updated = current
+        for name, rows in per_stream.items():
+            stream = next(s for s in self.schema.streams if s.name == name)
+            src = stream.source or source
+            ts_column = src.timestamp_column
+            for i in rows:
+                if ts_column not in events[i] or not isinstance(events[i][ts_column], (int, float)) or isinstance(events[i][ts_column], bool):
+                    raise InvalidInput(f"event {i}: missing or non-numeric {ts_column!r}", f"events[{i}].{ts_column}")
+                for a in stream.attributes:
+                    if not (isinstance(a, EmbeddingAttribute) and a.table) and a.source_column not in events[i]:
+                        raise InvalidInput(f"event {i}: missing attribute {a.source_column!r}", f"events[{i}].{a.source_column}")
+            try:
+                frame = pl.DataFrame([events[i] for i in rows], infer_schema_length=None)
+                times = frame[ts_column].cast(pl.Int64).to_numpy() // TIMESTAMP_SCALE[src.timestamp_unit]
+                order = np.argsort(times, kind="stable")
+                frame, times = frame[order.tolist()], times[order]
+                encoded = self.encode(f"streams.{name}", stream.attributes, frame)
+            except (DataError, pl.exceptions.PolarsError, TypeError, ValueError) as error:
+                raise InvalidInput(f"events of stream {name!r}: {error}", "events") from error
+            if last is not None and int(times[0]) < last:
+                raise OutOfOrderEvents(f"event at {int(times[0])} is older than the user's last event ({last}); "
+                                       "events must arrive in time order (equal times are accepted)", "events")
+            updated = updated.appended(name, times, encoded)
+        return updated
+
+    def encode(self, place: str, attributes: list, frame: pl.DataFrame) -> dict[str, np.ndarray | Ragged]:
+        frame = frame.with_row_index(ROW) if ROW not in frame.columns else frame
+        table = RawTable(frame.lazy(), Path("<request>"))  # type: ignore[arg-type]
+        out: dict[str, np.ndarray | Ragged] = {}
+        for attribute in attributes:
+            encoded = self.encoder.encode(place, attribute, frame, BuildReport(), table)
+            if encoded:
+                out[attribute.name] = Ragged(encoded["values"].astype(np.int64), encoded["offsets"]) if "offsets" in encoded else encoded["values"]
+        return out
+
+    def group(self, attributes: list, frame: pl.DataFrame) -> dict:
+        columns = self.encode("impressions", attributes, frame)
+        lookups = {k: v for k, v in self.store.item_looked_up.items() if v[0] in columns}
+        return attribute_tensors(columns, lookups, np.arange(frame.height))
+
+    def candidate_frame(self, candidates: list[dict] | dict[str, list] | pl.DataFrame) -> pl.DataFrame:
+        """The candidates' item columns as a frame, from records, columns (``{column: [values]}``, one
+        list per item column, all of one length: cheaper to send and to parse than records) or a frame."""
+        if isinstance(candidates, dict):
+            missing = [c for c in self.item_columns if c not in candidates]
+            if missing:
+                raise InvalidInput(f"candidates: missing column(s) {missing}", f"candidates.{missing[0]}")
+            lengths = {c: len(candidates[c]) if isinstance(candidates[c], list) else None for c in self.item_columns}
+            for column, length in lengths.items():
+                if length is None or length != lengths[self.item_columns[0]]:
+                    raise InvalidInput(f"candidates.{column}: every column must be a list of the same length "
+                                       f"({self.item_columns[0]}: {lengths[self.item_columns[0]]}, {column}: {length})", f"candidates.{column}")
+            try:
+                return pl.DataFrame({c: candidates[c] for c in self.item_columns})
+            except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
+                raise InvalidInput(f"candidates: {error}", "candidates") from error
+        if isinstance(candidates, pl.DataFrame):
+            missing = [c for c in self.item_columns if c not in candidates.columns]
+            if missing:
+                raise InvalidInput(f"candidates: missing column(s) {missing}", f"candidates.{missing[0]}")
+            return candidates.select(self.item_columns)
+        for column in self.item_columns:
+            for i, record in enumerate(candidates):
+                if column not in record:
+                    raise InvalidInput(f"candidate {i}: missing attribute {column!r}", f"candidates[{i}].{column}")
+        try:
+            return pl.DataFrame(candidates, infer_schema_length=None).select(self.item_columns)
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
+            raise InvalidInput(f"candidates: {error}", "candidates") from error
+

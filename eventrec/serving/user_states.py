@@ -1,0 +1,124 @@
+"""The user side of serving: which events a request reads, and when a cached user state is reused,
+grown or recomputed. The model computes; this module only decides and caches.
+
+When is a cached user side reused? (See ``docs/serving.md``.) A model that reads the request time
+(:attr:`SequenceRanker.reads_request_time`: the recency embedding ``bucket(T - t_i)`` of every event,
+or the attention bias between each event and the summary token, whose time is ``T``) gives a state
+that is exact for a new request only if the window of events is the same and every event's recency
+bucket is unchanged (buckets are log2 of the gap: the state of a user whose last event is an hour old
+stays valid for about an hour). Otherwise the user side is recomputed (one encoder pass).
+
+For :attr:`SequenceRanker.extendable` models (causal, not reading the request time) the state is
+exactly incremental: the per-layer keys/values are kept, appended events are encoded by
+:meth:`SequenceRanker.extend_user` against them, and a request at an earlier time reads a prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from eventrec.data.batch import EventBatch
+from eventrec.data.gather import gather_stream
+from eventrec.model.sequence_ranker import SequenceRanker, UserSide
+from eventrec.ops import time_gap_bucket
+from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
+
+Window = tuple[tuple[int, int], ...]  # per stream (start, end) of the events a request reads
+Status = Literal["hit", "miss", "incremental", "prefix"]
+
+
+def request_window(events: UserEvents, timestamp: int) -> Window:
+    """Per stream the most recent ``max_length`` events strictly before ``timestamp`` (the store's
+    point-in-time rule, so that scores equal ``eventrec evaluate``'s)."""
+    window = []
+    for data in events.streams.values():
+        end = int(np.searchsorted(data.timestamps, timestamp, side="left"))  # strictly before
+        window.append((max(0, end - data.max_length), end))
+    return tuple(window)
+
+
+def window_batch(events: UserEvents, window: Window, timestamp: int, num_tasks: int, task_names: list[str]) -> EventBatch:
+    """A one-history :class:`EventBatch` of the window's events for a request at ``timestamp``."""
+    streams = {name: gather_stream(data, np.array([s]), np.array([e])) for (name, data), (s, e) in zip(events.streams.items(), window)}
+    one = torch.zeros(1, dtype=torch.int64)
+    return EventBatch(one, one, torch.tensor([timestamp]), one, torch.tensor([timestamp]), streams, {}, {},
+                      torch.zeros(1, num_tasks), list(task_names))
+
+
+def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
+    """The cached state as the model's :class:`UserSide` (its first ``positions`` positions: a prefix)."""
+    n = len(state.encoded)
+    side = UserSide(torch.tensor([0, n]), n, state.encoded, state.keys, state.values, state.timestamps, state.layer_kv)
+    return side if positions is None or positions == n else side.prefix(positions)
+
+
+class UserStates:
+    """Computes, reuses and grows one model's user states in a :class:`UserStateStore`; the caller
+    holds the service's lock."""
+
+    def __init__(self, model: SequenceRanker, states: UserStateStore, task_names: list[str]):
+        self.model, self.states, self.task_names = model, states, task_names
+
+    def batch(self, events: UserEvents, window: Window, timestamp: int) -> EventBatch:
+        return window_batch(events, window, timestamp, len(self.task_names), self.task_names)
+
+    def signature(self, events: UserEvents, window: Window, timestamp: int) -> bytes | None:
+        """The recency buckets of the window's events at ``timestamp`` (None: the model does not read the time)."""
+        if not self.model.reads_request_time:
+            return None
+        times = np.concatenate([d.timestamps[s:e] for d, (s, e) in zip(events.streams.values(), window)] + [np.zeros(0, dtype=np.int64)])
+        return time_gap_bucket(torch.from_numpy(timestamp - times), self.model.config.time_buckets).numpy().astype(np.int8).tobytes()
+
+    @torch.no_grad()
+    def compute(self, events: UserEvents, window: Window, timestamp: int, capture: bool) -> EncodedState:
+        """The model's user side of the window (with each layer's keys/values when ``capture``)."""
+        side = self.model.encode_user(self.batch(events, window, timestamp), capture_kv=capture)
+        return EncodedState(window, self.signature(events, window, timestamp), side.encoded, side.keys, side.values, side.timestamps,
+                            side.layer_kv, events.version)
+
+    @torch.no_grad()
+    def extend(self, state: EncodedState, events: UserEvents, window: Window, timestamp: int) -> EncodedState:
+        """``state`` grown by the window's events after it (exact: :meth:`SequenceRanker.extend_user`)."""
+        new_window = tuple((old_end, end) for (_, old_end), (_, end) in zip(state.window, window))
+        side = self.model.extend_user(state_side(state), self.batch(events, new_window, timestamp))
+        return EncodedState(window, None, side.encoded, side.keys, side.values, side.timestamps, side.layer_kv, events.version)
+
+    def prefix_ok(self, events: UserEvents, window: Window) -> bool:
+        """Whether this window can be served from a grown or longer state (extendable model, every
+        window starting at the stream's first event, within the model's history cap)."""
+        total = sum(e for _, e in window)
+        return self.model.extendable and all(s == 0 for s, _ in window) and total <= self.model.event_model.max_positions and \
+            all(d.sampling == "most_recent" for d in events.streams.values())
+
+    def get(self, key: tuple[str, str], events: UserEvents, timestamp: int) -> tuple[UserSide, Status]:
+        """The user side for a request at ``timestamp`` (seconds) and how it was obtained."""
+        window = request_window(events, timestamp)
+        state = self.states.get(key)
+        if self.prefix_ok(events, window):
+            return self._incremental(key, state, events, window, timestamp)
+        signature = self.signature(events, window, timestamp)
+        if state is not None and state.layer_kv is None and state.events_version == events.version and state.window == window and state.signature == signature:
+            return state_side(state), "hit"
+        state = self.compute(events, window, timestamp, capture=False)
+        self.states.put(key, state)
+        return state_side(state), "miss"
+
+    def _incremental(self, key, state: EncodedState | None, events: UserEvents, window: Window, timestamp: int) -> tuple[UserSide, Status]:
+        covered = [e for _, e in state.window] if state is not None and state.layer_kv is not None else None
+        wanted = [e for _, e in window]
+        status: Status = "miss"
+        if covered is not None and covered == wanted:
+            status = "hit"
+        elif covered is not None and all(c <= w for c, w in zip(covered, wanted)):
+            state, status = self.extend(state, events, window, timestamp), "incremental"
+            self.states.put(key, state)
+        elif covered is not None and all(c >= w for c, w in zip(covered, wanted)):
+            status = "prefix"
+        else:
+            state = self.compute(events, window, timestamp, capture=True)
+            self.states.put(key, state)
+        positions = sum(wanted) + (1 if self.model.config.summary_token else 0)
+        return state_side(state, positions), status
