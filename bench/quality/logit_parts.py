@@ -24,18 +24,17 @@ from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks
 from bench.quality.variant import NextItemVariant, load_variant
 
 
-def record_dot_term(scorer, parts: list) -> None:
-    """Wrap ``scorer.head`` (a ``CandidateScorer``) so that each call appends ``(z, d)`` of its
-    candidates, ``[B]`` each (first task), to ``parts``; the scores it returns are unchanged."""
-    head = scorer.head
+def logit_and_dot(service, user, rows, context, seconds: int) -> tuple:
+    """The whole logits ``z`` and dot terms ``d`` (``[C]`` each, first task) of embedded candidates
+    ``rows`` for ``user``: the model's own :meth:`SequenceRanker.score`, with its ``dot_parts``."""
+    import torch
 
-    def recording(pooled, candidate, dot_user=None):
-        whole = head(pooled, candidate, dot_user)
-        dot = scorer.dot_item(candidate).float() @ dot_user.to(scorer.device).T
-        parts.append((whole[:, 0].detach().float(), dot[:, 0].detach()))
-        return whole
-
-    scorer.head = recording
+    side, _ = service.user_side(user, seconds)
+    dot_parts: list = []
+    with torch.no_grad():
+        whole = service.model.score(side, rows, context, plan=service.scorer.plan(), dot_parts=dot_parts)
+    users, vectors = dot_parts  # [1, T, D], [C, D]
+    return whole[:, 0].float(), (vectors.float() @ users[0].float().T)[:, 0]
 
 
 def main() -> None:
@@ -67,18 +66,16 @@ def main() -> None:
     service = RankingService.load(run_dir / "best", store, max_candidates=max(10_000, items.height))
     if not service.model.config.dot_term:
         raise SystemExit(f"{tag}: the model has no dot term")
-    parts: list = []
-    record_dot_term(service.scorer, parts)
-    record_dot_term(service.reference_scorer, parts)
+    rows = service.embed_items(service.candidate_frame(items))
+    context = service.context_tensor(None)
     targets = sequences.filter((pl.col("split") == "test") & pl.col("user_id").is_in(users.tolist())).sort("user_id")
     index = {item: i for i, item in enumerate(items["item_id"].to_list())}
     whole, dot, target = [], [], []
     started = time.perf_counter()
     for user, item, when in targets.select("user_id", "item_id", "event_time").iter_rows():
-        parts.clear()
-        service.rank(user, items, timestamp=int(when))
-        whole.append(torch.cat([z for z, _ in parts]).numpy())
-        dot.append(torch.cat([d for _, d in parts]).numpy())
+        z_user, d_user = logit_and_dot(service, user, rows, context, service.request_seconds(int(when)))
+        whole.append(z_user.numpy())
+        dot.append(d_user.numpy())
         target.append(index[item])
     z, d, t = np.array(whole, dtype=np.float64), np.array(dot, dtype=np.float64), np.array(target)
     print(f"{len(t)} test users of {tag} seed {args.seed}, {z.shape[1]:,} items each, {time.perf_counter() - started:.0f} s")
