@@ -23,7 +23,7 @@ from bench.quality.variant import load_variant, variant_files
 
 
 def dataset_module(dataset: str):
-    """The module that trains and reports ``dataset``: ``prepare``, ``train_seed``, ``is_done``, ``report``."""
+    """The module that trains ``dataset``'s seeds: ``prepare(variant)`` and ``train_seed(variant, seed)``."""
     if dataset == "trivago":
         from bench.quality import trivago
 

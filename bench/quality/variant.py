@@ -42,7 +42,7 @@ class _Strict(BaseModel):
 
 
 class TrivagoProtocol(_Strict):
-    """trivago clicks (``bench/quality/trivago.py``): the store's time split, every model on the same test rows."""
+    """trivago clicks (``bench/quality/trivago.py``, ``protocol:`` of its variant files): the store's time split."""
 
     select: Literal["ne", "auc", "mrr"] = Field(
         "ne", description="early stopping and the kept weights: validation NE or AUC of the impressions, or the MRR of the "
@@ -50,7 +50,7 @@ class TrivagoProtocol(_Strict):
 
 
 class NextItemProtocol(_Strict):
-    """Next item over the whole catalogue (``bench/quality/next_item.py``): leave-one-out by time per user."""
+    """Next item over the whole catalogue (``bench/quality/next_item.py``, ``protocol:`` of its variant files): leave-one-out by time per user."""
 
     ties: Literal["row", "shuffled"] = Field(
         "row", description="order of same-time interactions: file row, or one seeded shuffle shared by every model")
