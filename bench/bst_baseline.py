@@ -23,7 +23,9 @@ import polars as pl
 import torch
 
 from eventrec.data.jagged import JaggedTensor
+from eventrec.model.sequence_ranker import UserSide
 from eventrec.serving import RankingService
+from eventrec.serving.user_states import request_window, window_batch
 
 POSITIONS_PER_PASS = 4096  # B·(N+1) per encoder pass: 63 sequences at N=64, 15 at N=256, 3 at N=1024, 1 at N=4096
 
@@ -45,19 +47,19 @@ def with_candidate_token(history: torch.Tensor, token: torch.Tensor) -> torch.Te
 def bst_logits(service: RankingService, user_id, rows: torch.Tensor, context: torch.Tensor | None, seconds: int) -> torch.Tensor:
     """Logits ``[B, T]`` of ``B`` candidates (item rows ``[B, Q_item (+ V·E)]``), each with its own
     encoder pass over the user's history and itself."""
-    model, scorer = service.model, service.reference_scorer
+    model = service.model
     events = service.user_events(user_id)
-    history, times, match = model.event_model(service._batch(events, service._window(events, seconds), seconds))
+    batch = window_batch(events, request_window(events, seconds), seconds, len(service.task_names), service.task_names)
+    history, times, match = model.event_model(batch)
     b, n = len(rows), len(history.values)
-    candidate = scorer.candidate(rows, context)  # [B, Q]
+    candidate = model.candidate_vectors(rows, context)  # [B, Q]
     x = with_candidate_token(history.values, model.candidate_projection(candidate))  # [B·(N+1), D]
     t = with_candidate_token(times.unsqueeze(1), torch.full((b, 1), seconds, dtype=times.dtype)).squeeze(1)
     offsets = torch.arange(b + 1) * (n + 1)
     encoded = model.encoder(JaggedTensor(x, offsets, n + 1), t)
     match_keys = None if match is None else with_candidate_token(match, match.new_zeros(b, match.shape[1]))  # the token matches nothing
     keys, values = model.pooling.keys_values(encoded, match_keys)
-    pooled = model.pooling.pool(keys, values, offsets, n + 1, candidate, torch.arange(b), scorer.match_query(rows))
-    return scorer.head(pooled, candidate)
+    return model.score(UserSide(offsets, n + 1, encoded.values, keys, values), rows, context, torch.arange(b))
 
 
 def time_bst(service: RankingService, user_id, candidates: pl.DataFrame, context: dict | None, timestamp: int, batch: int) -> tuple[float, int]:
@@ -65,8 +67,8 @@ def time_bst(service: RankingService, user_id, candidates: pl.DataFrame, context
     its candidates and the history again, as a request without any cache would), after one untimed
     warm-up batch; and the batch size used."""
     seconds = service.request_seconds(timestamp)
-    window = service._window(service.user_events(user_id), seconds)
-    positions = sum(end - start for start, end in window) + int(service.config.summary_token)
+    window = request_window(service.user_events(user_id), seconds)
+    positions = sum(end - start for start, end in window) + int(service.model.config.summary_token)
     batch = min(candidates_per_batch(positions, batch), candidates.height)
     bst_logits(service, user_id, service.embed_items(candidates[:batch]), service.context_tensor(context), seconds)
     started = time.perf_counter()

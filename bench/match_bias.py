@@ -8,7 +8,7 @@ against the same term as a score bias, in the same run.
 dimensions of every query and key ("folded": with V = 2 vocabularies of 64-dim embeddings, 128 more
 dimensions per head beside the head's 16, for each of the M slots, and values padded to match). On
 the CPU the model passes it as a score bias computed once per candidate and head ("bias",
-`KeyedAttentionPooling.match_form`). Same scores (tests/test_model.py); this script prints what each
+the `match_form` argument of `KeyedAttentionPooling.pool`). Same scores (tests/test_model.py); this script prints what each
 costs, on random inputs shaped like the Amazon grocery benchmark (64-dim model, 4 heads, 4 slots):
 
 * a training batch: 31 histories of 1-16 events (Amazon's histories average 8.3 events, capped at
@@ -16,8 +16,8 @@ costs, on random inputs shaped like the Amazon grocery benchmark (64-dim model, 
   backward;
 * one history of 8 and of 50 events against 8,687 candidates (Amazon's catalogue), forward only: the
   model's own `pool`, as `predict` / `eventrec evaluate` run it. The ranking service does not take
-  this path: its restructured candidate side (`eventrec/serving/scoring.py`) already computed the
-  match term once per candidate, so serving times do not change.
+  this path: the keyed pooling op's `"one_user"` backend (`eventrec/ops/keyed_pooling_one_user.py`)
+  already computes the match term once per candidate, so serving times do not change.
 
 Each case runs both forms interleaved over `--repeats` rounds; median milliseconds and the ratio.
 """
@@ -47,12 +47,12 @@ def inputs(lengths: list[int], candidates_each: int, generator: torch.Generator)
             "history_index": torch.arange(len(lengths)).repeat_interleave(candidates_each), "match_query": unit(count)}
 
 
-def run(pooling: KeyedAttentionPooling, x: dict, backward: bool) -> None:
+def run(pooling: KeyedAttentionPooling, x: dict, backward: bool, form: str) -> None:
     from eventrec.data.jagged import JaggedTensor
 
     encoded = x["encoded"].requires_grad_(backward)
     keys, values = pooling.keys_values(JaggedTensor(encoded, x["offsets"], x["max_len"]), x["match_keys"])
-    out = pooling.pool(keys, values, x["offsets"], x["max_len"], x["query_input"], x["history_index"], x["match_query"])
+    out = pooling.pool(keys, values, x["offsets"], x["max_len"], x["query_input"], x["history_index"], x["match_query"], match_form=form)
     if backward:
         out.square().mean().backward()
 
@@ -74,15 +74,13 @@ def main() -> None:
     for name, (x, backward) in cases.items():
         times: dict[str, list[float]] = {"folded": [], "bias": []}
         for form in [*times, *times]:  # warm-up
-            pooling.match_form = form
             with torch.inference_mode(not backward):
-                run(pooling, x, backward)
+                run(pooling, x, backward, form)
         for _ in range(args.repeats):
             for form in times:
-                pooling.match_form = form
                 t0 = time.perf_counter()
                 with torch.inference_mode(not backward):
-                    run(pooling, x, backward)
+                    run(pooling, x, backward, form)
                 times[form].append(time.perf_counter() - t0)
         folded, bias = statistics.median(times["folded"]) * 1e3, statistics.median(times["bias"]) * 1e3
         print(f"\n{name}\n| form | ms | speed-up |\n|---|---:|---:|\n| folded (kernel form) | {folded:.1f} | 1.00x |\n| bias (CPU form) | {bias:.1f} | {folded / bias:.2f}x |")

@@ -11,8 +11,9 @@ Rows per (N, C) (`--scoring-device cuda`: the two "core, cached user" columns sc
 user side, the model's pooling and the baselines stay on the CPU):
 * core, cached user: `RankingService.rank` when the user state is in the cache (repeated requests whose
   recency buckets did not change) and the candidates' item embeddings are cached;
-* core, cached user, model's pooling: the same, scored with the model's own `KeyedAttentionPooling.pool`
-  (`service.restructured_pooling = False`: the serving path before `eventrec/serving/scoring.py`);
+* core, cached user, model's pooling: the same cached user and candidate rows, scored by
+  `SequenceRanker.score` without a plan (the keyed pooling's generic backend, training's path: the
+  serving path before the op's `"one_user"` backend);
 * core bf16, cached user (with `--precision ... bf16`): the same request through a second service with
   `precision="bf16"` (same model, its own caches), interleaved with the two above; beside it the largest
   |probability difference| to the fp32 core's scores of the same request and the overlap of their top
@@ -110,6 +111,31 @@ def timed(call) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
+def scores_with_model_pooling(service, user: int, pool: pl.DataFrame, context: dict) -> np.ndarray:
+    """The request with the cached user and candidate rows, scored by the model's generic keyed pooling."""
+    side, _ = service.user_side(user, service.request_seconds(REQUEST_TIME))
+    rows, _, _ = service.item_rows(service.candidate_frame(pool))
+    with torch.no_grad():
+        return torch.sigmoid(service.model.score(side, rows, service.context_tensor(context))).numpy()
+
+
+def naive_scores(service, user: int, pool: pl.DataFrame, context: dict, batch: int) -> np.ndarray:
+    """No cache: the user's history re-encoded (``SequenceRanker.encode_user``) for every batch of
+    ``batch`` candidates, embedded afresh and scored by the model's generic keyed pooling."""
+    from eventrec.serving.user_states import request_window, window_batch
+
+    seconds = service.request_seconds(REQUEST_TIME)
+    events = service.user_events(user)
+    context_vector = service.context_tensor(context)
+    out = []
+    with torch.no_grad():
+        for start in range(0, pool.height, batch):
+            side = service.model.encode_user(window_batch(events, request_window(events, seconds), seconds, len(service.task_names), service.task_names))
+            rows = service.embed_items(pool[start : start + batch])
+            out.append(torch.sigmoid(service.model.score(side, rows, context_vector)).numpy())
+    return np.concatenate(out)
+
+
 def measure_cell(service, bf16, user: int, pool: pl.DataFrame, context: dict, args) -> dict:
     """Latencies (seconds) of one (N, C) cell; the bf16 columns when ``bf16`` (a second service) is given."""
     rank = lambda svc: svc.rank(user, pool, context, REQUEST_TIME)
@@ -120,10 +146,8 @@ def measure_cell(service, bf16, user: int, pool: pl.DataFrame, context: dict, ar
         elapsed, result = timed(lambda: rank(service))
         samples["cached"].append(elapsed)
         assert result.user_state == "hit"
-        service.restructured_pooling = False
-        elapsed, previous = timed(lambda: rank(service))
+        elapsed, previous_scores = timed(lambda: scores_with_model_pooling(service, user, pool, context))
         samples["previous"].append(elapsed)
-        service.restructured_pooling = True
         if bf16 is not None:
             elapsed, low = timed(lambda: rank(bf16))
             samples["bf16"].append(elapsed)
@@ -133,10 +157,10 @@ def measure_cell(service, bf16, user: int, pool: pl.DataFrame, context: dict, ar
         elapsed, recomputed = timed(lambda: rank(service))
         samples["recomputed"].append(elapsed)
     for _ in range(args.naive_repeats):
-        elapsed, naive_scores = timed(lambda: service.naive_scores(user, pool, context, REQUEST_TIME, batch=args.naive_batch))
+        elapsed, naive = timed(lambda: naive_scores(service, user, pool, context, args.naive_batch))
         samples["naive"].append(elapsed)
     cell = {name: percentiles(values) for name, values in samples.items() if values}
-    cell["gap"] = float(max(np.abs(naive_scores - recomputed.scores).max(), np.abs(previous.scores - result.scores).max()))
+    cell["gap"] = float(max(np.abs(naive - recomputed.scores).max(), np.abs(previous_scores - result.scores).max()))
     if bf16 is not None:
         cell["bf16_dp"] = float(np.abs(low.scores - result.scores).max())
         cell["bf16_top100"] = top_overlap(low.scores, result.scores)
@@ -187,7 +211,7 @@ def main() -> None:
     parser.add_argument("--bst-candidates", type=int, default=32, help="candidates sampled per N for the BST-style baseline (0: skip it)")
     parser.add_argument("--bst-batch", type=int, default=64,
                         help="most sequences per encoder pass of the BST-style baseline (fewer for long histories: bench/bst_baseline.py)")
-    parser.add_argument("--chunk", type=int, default=2048, help="candidates per pass of the model's pooling (naive, previous path)")
+    parser.add_argument("--chunk", type=int, default=None, help="candidates per call of the model's scoring in the service (RankingService candidate_chunk; default: all at once)")
     parser.add_argument("--attention-chunk", type=int, default=None, help="candidates per attention block of the serving path (default: ~4 MiB of logits)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--scoring-device", default="cpu",

@@ -1,6 +1,6 @@
 """The keyed pooling's two softmax paths, interleaved on the same requests: the softmax kernel against
-the unshifted ``exp`` with denominators from the values product (``eventrec/serving/scoring.py``,
-``pool_candidates``), in fp32 and bf16.
+the unshifted ``exp`` with denominators from the values product (the ``"one_user"`` backend,
+``eventrec/ops/keyed_pooling_one_user.py``, chosen by ``OneUserPlan.max_unshifted_logit``), in fp32 and bf16.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/serving_softmax_paths.py --threads 2 [--events 1024] [--candidates 5000] [--repeats 40]
 
@@ -12,6 +12,7 @@ the ratio, and the largest score difference between the two paths.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ def main() -> None:
     from eventrec.model.embeddings import FeatureSpec
     from eventrec.model.sequence_ranker import SequenceRanker
     from eventrec.serving import RankingService
-    from eventrec.serving.scoring import EXP_SAFE_LOGIT
+    from eventrec.ops.keyed_pooling_one_user import EXP_SAFE_LOGIT
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,15 +53,17 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         service = RankingService(model, store, "bench", precision=precision, max_candidates=args.candidates)
         samples: dict[str, list[float]] = {name: [] for name in paths}
-        scores = {}
-        for name, bound in paths.items():  # warm: user state, candidate cache, buffers
-            service.scorer.max_unshifted_logit = bound
-            scores[name] = service.rank(0, pool, context, REQUEST_TIME).scores
+        seconds = service.request_seconds(REQUEST_TIME)
+        side, _ = service.user_side(0, seconds)
+        rows, _, _ = service.item_rows(service.candidate_frame(pool))
+        context_vector = service.context_tensor(context)
+        plans = {name: dataclasses.replace(service.scorer.plan(), max_unshifted_logit=bound) for name, bound in paths.items()}
+        score = lambda name: torch.sigmoid(service.scorer.score(side, rows, context_vector, plan=plans[name])).numpy()  # noqa: E731
+        scores = {name: score(name) for name in paths}  # warm: buffers
         for _ in range(args.repeats):
-            for name, bound in paths.items():
-                service.scorer.max_unshifted_logit = bound
+            for name in paths:
                 started = time.perf_counter()
-                service.rank(0, pool, context, REQUEST_TIME)
+                score(name)
                 samples[name].append(time.perf_counter() - started)
         (s50, s99), (u50, u99) = (percentiles(samples[name]) for name in paths)
         gap = float(np.abs(scores["softmax"] - scores["unshifted exp"]).max())

@@ -198,15 +198,19 @@ class SequenceRanker(nn.Module):
         in their contexts (:meth:`embed_context`: ``[C, Q_ctx]``, or ``[1, Q_ctx]`` for all) over the
         user side's histories (``history_index [C]``; default: all of history 0). ``plan``: one user's
         candidates through the keyed pooling op's ``"one_user"`` backend (serving)."""
-        item_dim = self.item_embedder.out_dim
-        parts = [candidates[:, :item_dim]]
-        if context is not None:
-            parts.append(context.expand(len(candidates), -1))
-        candidate = self.candidate_norm(torch.cat(parts, dim=-1))
-        match = candidates[:, item_dim:] if self.match_vocabularies else None
+        candidate = self.candidate_vectors(candidates, context)
+        match = candidates[:, self.item_embedder.out_dim :] if self.match_vocabularies else None
         if history_index is None:
             history_index = torch.zeros(len(candidates), dtype=torch.int64, device=candidates.device)
         return self._logits(user, candidate, match, history_index, plan, dot_parts)
+
+    def candidate_vectors(self, candidates: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``[C, Q]``: embedded candidates (:meth:`embed_candidates` rows) in their contexts, normalised:
+        what :meth:`candidate_input` gives from the raw attributes."""
+        parts = [candidates[:, : self.item_embedder.out_dim]]
+        if context is not None:
+            parts.append(context.expand(len(candidates), -1))
+        return self.candidate_norm(torch.cat(parts, dim=-1))
 
     def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor,
                        dot_parts: list | None = None) -> torch.Tensor:

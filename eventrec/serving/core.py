@@ -210,7 +210,7 @@ class RankingService:
         return self.model.embed_candidates(self.records.group(self.schema.impressions.item_attributes, frame))
 
     @torch.no_grad()
-    def _item_rows(self, frame: pl.DataFrame) -> tuple[torch.Tensor, int, int]:
+    def item_rows(self, frame: pl.DataFrame) -> tuple[torch.Tensor, int, int]:
         """``[C, Q_item + V·E]``: item embeddings and match queries, from the cache where present."""
         hashes = frame.hash_rows(seed=0).to_numpy()
         with self.candidates.lock:
@@ -294,7 +294,7 @@ class RankingService:
         timings = {"encode": time.perf_counter() - started}
         side, status = self.user_side(user_id, seconds)
         timings["user_side"] = time.perf_counter() - started - timings["encode"]
-        rows, hits, misses = self._item_rows(frame)
+        rows, hits, misses = self.item_rows(frame)
         logits = self._score(side, rows, context_vector)  # the model is read-only here: no lock (scoring slots)
         scores = torch.sigmoid(logits).float().cpu().numpy()
         order = np.argsort(-scores[:, 0], kind="stable") if len(scores) else np.zeros(0, dtype=np.int64)

@@ -104,12 +104,13 @@ class CandidateScorer:
 
     @torch.no_grad()
     def score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, workspace: Workspace | None = None,
-              chunk: int | None = None) -> torch.Tensor:
+              chunk: int | None = None, plan: OneUserPlan | None = None) -> torch.Tensor:
         """Float32 logits ``[C, T]`` of embedded candidates ``rows [C, Q_item (+ V·E)]`` in the request's
-        context ``[1, Q_ctx]`` for one user: :meth:`SequenceRanker.score` of this scorer's model."""
+        context ``[1, Q_ctx]`` for one user: :meth:`SequenceRanker.score` of this scorer's model, run as
+        ``plan`` says (default :meth:`plan` of ``workspace`` and ``chunk``)."""
         rows = rows.to(self.device, self.dtype)
         context = context.to(self.device, self.dtype) if context is not None else None
-        return self.model.score(self.user(user), rows, context, plan=self.plan(workspace, chunk)).float()
+        return self.model.score(self.user(user), rows, context, plan=plan if plan is not None else self.plan(workspace, chunk)).float()
 
 
 class Float32Output(nn.Module):

@@ -90,7 +90,7 @@ def test_bf16_on_a_model_with_large_logits(served):
     store, checkpoint, _ = served
     fp32 = RankingService.load(checkpoint, store)
     bf16 = RankingService.load(checkpoint, store, precision="bf16")
-    rows, _, _ = fp32._item_rows(fp32.candidate_frame(many_candidates()))
+    rows, _, _ = fp32.item_rows(fp32.candidate_frame(many_candidates()))
     context = fp32.context_tensor({"placement": "feed"})
     for user, t in [(1, 250), (2, 400), (3, 160)]:
         side, _ = fp32.user_side(user, t)
