@@ -79,7 +79,7 @@ def history_negatives(sequences: pl.DataFrame, targets: pl.DataFrame, count: int
 
 
 def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs: Path, negatives: int, seed: int,
-               sampling: str = "uniform", rounds: int = 1, with_logq: bool = False, history: int = 0) -> None:
+               sampling: str = "uniform", rounds: int = 1, history: int = 0) -> None:
     """``events.parquet`` (every interaction) and ``impressions.parquet`` (targets + sampled negatives).
 
     Negatives are drawn from the catalogue uniformly, or (``sampling="popularity"``) in proportion to
@@ -87,13 +87,10 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     compete for the top of a full-catalogue ranking. ``rounds``: each training target becomes that
     many requests, each with its own draw of negatives, so that one pass over the data sees every
     positive against ``rounds`` different negative sets (fresh negatives, as ``rounds`` epochs with a
-    new draw each would); validation and test targets stay one request each. ``with_logq``: an extra
-    column ``log_q`` = log(negatives · q(item)) per row (positives included), q the sampler's
-    distribution over the catalogue, for the sampled-softmax correction (``TrainConfig.logq_column``).
-    ``history``: each request also gets up to that many of the user's earlier items as negatives
+    new draw each would); validation and test targets stay one request each. ``history``: each
+    request also gets up to that many of the user's earlier items as negatives
     (:func:`history_negatives`): in a full-catalogue ranking they are candidates like any other, and
-    uniform draws almost never show them to the model (with ``with_logq`` they get the sampler's
-    ``log_q`` of their item, as if drawn)."""
+    uniform draws almost never show them to the model."""
     if (logs / "impressions.parquet").exists():
         return
     logs.mkdir(parents=True, exist_ok=True)
@@ -129,10 +126,6 @@ def write_logs(dataset: str, sequences: pl.DataFrame, items: pl.DataFrame, logs:
     positive_rows = base.with_columns(pl.Series("item_id", positives), pl.lit(1, dtype=pl.Int8).alias("target"))
     rows = pl.concat([positive_rows, negative_rows])
     impressions = rows.join(items, on="item_id", how="left").sort(["request_id", "target"], descending=[False, True])
-    if with_logq:
-        q = np.full(len(catalogue), 1.0 / len(catalogue)) if weights is None else weights
-        log_expected = pl.DataFrame({"item_id": catalogue, "log_q": np.log(negatives * q)})
-        impressions = impressions.join(log_expected, on="item_id", how="left")
     events.write_parquet(logs / "events.parquet")
     impressions.write_parquet(logs / "impressions.parquet.tmp")
     (logs / "impressions.parquet.tmp").replace(logs / "impressions.parquet")
@@ -189,11 +182,11 @@ def validation_ndcg(store, sequences: pl.DataFrame, items: pl.DataFrame, users: 
 
 
 def data_dirs(work: Path, protocol: NextItemProtocol, seed: int) -> tuple[Path, Path]:
-    """The logs and the store a seed trains on: ``logs_n32_uniform_seed0`` (+ ``_r2``, ``_logq``,
-    ``_h8``), and its store (+ ``_exact`` with exact item ids; the same raw rows either way)."""
+    """The logs and the store a seed trains on: ``logs_n32_uniform_seed0`` (+ ``_r2``, ``_h8``), and
+    its store (+ ``_exact`` with exact item ids; the same raw rows either way)."""
     p = protocol
     name = f"n{p.negatives}_{p.sampling}_seed{seed}" + (f"_r{p.negative_rounds}" if p.negative_rounds > 1 else "") \
-        + ("_logq" if p.logq else "") + (f"_h{p.history_negatives}" if p.history_negatives else "")
+        + (f"_h{p.history_negatives}" if p.history_negatives else "")
     return work / f"logs_{name}", work / (f"store_{name}" + ("_exact" if p.item_ids == "exact" else ""))
 
 
@@ -232,15 +225,12 @@ def prepare(variant: NextItemVariant) -> None:
 
 
 def variant_schema(variant: NextItemVariant):
-    """The dataset's next-item schema with the protocol's item ids and ``log_q`` column."""
+    """The dataset's next-item schema with the protocol's item ids."""
     from eventrec.schema import load_schema
 
     schema = load_schema(ROOT / "bench" / "quality" / "schemas" / f"{variant.dataset}_next_item.yaml")
     if variant.protocol.item_ids == "exact":
         schema = with_exact_item_ids(schema)
-    if variant.protocol.logq:
-        impressions = schema.impressions.model_copy(update={"extra_columns": [*schema.impressions.extra_columns, "log_q"]})
-        schema = schema.model_copy(update={"impressions": impressions})
     return schema
 
 
@@ -260,7 +250,7 @@ def train_seed(variant: NextItemVariant, seed: int) -> None:
     (run_dir.parent / "variant.json").write_text(json.dumps(variant.resolved(), indent=1) + "\n")
     earlier = [json.loads(f.read_text()) for f in run_dir.glob("ranking_*users.json")]
     logs, store_dir = data_dirs(bench.work, p, seed)
-    write_logs(variant.dataset, bench.sequences, bench.items, logs, p.negatives, seed, p.sampling, p.negative_rounds, p.logq, p.history_negatives)
+    write_logs(variant.dataset, bench.sequences, bench.items, logs, p.negatives, seed, p.sampling, p.negative_rounds, p.history_negatives)
     if not (store_dir / "manifest.json").exists():
         build_store(variant_schema(variant), logs, store_dir)
     store = EventStore.open(store_dir)

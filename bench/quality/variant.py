@@ -8,12 +8,12 @@ A variant file (``bench/quality/variants/<table>/<name>.yaml``) names one row of
     seeds: 3                         # seeds 0 .. seeds-1
     baseline: false                  # trivago: a baseline row (the main row is compared against it)
     model: {kind: sequence}          # SequenceModelConfig / DlrmConfig fields
-    train: {epochs: 1, batch_size: 512, validations_per_epoch: 4, patience: 2}   # TrainConfig fields
+    train: {epochs: 1, batch_size: 512, validations_per_epoch: 4, patience: 2}   # TrainConfig fields (objectives, experimental, ...)
     protocol: {select: ne}           # the benchmark's own options (TrivagoProtocol / NextItemProtocol)
 
 The folder (``<table>``) is the table the row belongs to, and the ``docs/results.md`` section the
 runner rewrites. ``train:`` must not set the fields the protocol decides (:data:`DERIVED`): the seed,
-early stopping (``protocol.select``), the sampled-softmax column (``protocol.logq``). The run id is a
+early stopping and the validation passes (``protocol.select``). The run id is a
 short hash of the resolved configs (model, train without the seed, protocol, dataset): the label and
 the seed count are not part of it, so renaming a row or adding seeds reuses the finished runs.
 """
@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 
 from eventrec.model.config import DlrmConfig, SequenceModelConfig
 from eventrec.training.factory import ModelConfig
-from eventrec.training.trainer import TrainConfig
+from eventrec.training.config import TrainConfig
 
 VARIANTS = Path(__file__).resolve().parent / "variants"
-DERIVED = ("seed", "stop_on", "impression_validation", "logq_column")  # set from the protocol, never in train:
+DERIVED = ("seed", "stop_on", "impression_validation")  # set from the protocol, never in train:
 MODEL_KINDS = {"sequence": SequenceModelConfig, "dlrm": DlrmConfig}
 
 
@@ -60,7 +60,6 @@ class NextItemProtocol(_Strict):
         1, ge=1, description="each training target is written as this many requests with their own negatives; train.epochs "
         "stays the number of passes over the targets (the trainer runs epochs / rounds passes over the requests)")
     history_negatives: int = Field(0, ge=0, description="each request also gets up to this many of the user's earlier items as negatives")
-    logq: bool = Field(False, description="subtract log(negatives · q(item)) inside the request softmax (TrainConfig.logq_column)")
     item_ids: Literal["exact", "hashed"] = Field("exact", description="item ids as a vocabulary, or hashed into the schema's buckets")
     select: Literal["auc", "ndcg"] = Field(
         "auc", description="early stopping and model selection: AUC of the sampled validation requests, or the "
@@ -91,7 +90,7 @@ class _Variant(_Strict):
     def _no_derived_fields(cls, value: TrainConfig) -> TrainConfig:
         derived = sorted(set(DERIVED) & value.model_fields_set)
         if derived:
-            raise ValueError(f"{', '.join(derived)}: set by the runner (seed) and the protocol (select, logq); remove from train:")
+            raise ValueError(f"{', '.join(derived)}: set by the runner (seed) and the protocol (select); remove from train:")
         return value
 
     def train_config(self, seed: int) -> TrainConfig:
@@ -131,8 +130,6 @@ class NextItemVariant(_Variant):
         rounds = self.protocol.negative_rounds
         if self.train.epochs % rounds:
             raise ValueError(f"protocol.negative_rounds: must divide train.epochs ({self.train.epochs}), got {rounds}")
-        if self.protocol.logq and self.train.loss != "request_softmax":
-            raise ValueError("protocol.logq: corrects the request softmax; set train.loss: request_softmax")
         return self
 
     def derived_train_fields(self) -> dict:
@@ -140,7 +137,6 @@ class NextItemVariant(_Variant):
         return {  # one trainer epoch over the requests = `rounds` passes over the targets
             "epochs": self.train.epochs // rounds, "validations_per_epoch": self.train.validations_per_epoch * rounds,
             "stop_on": "auc" if select == "auc" else "score", "impression_validation": select != "ndcg",  # the sampled pass selects nothing then
-            **({"logq_column": "log_q"} if self.protocol.logq else {}),
         }
 
 

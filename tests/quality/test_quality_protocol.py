@@ -267,7 +267,7 @@ def test_the_run_id_is_a_hash_of_the_resolved_configs(tmp_path):
     from bench.quality.variant import load_variant
 
     base = {"dataset": "ml100k", "label": "a", "seeds": 3, "model": {"kind": "sequence"},
-            "train": {"epochs": 4, "calibrate": False, "loss": "request_softmax"}, "protocol": {"select": "ndcg"}}
+            "train": {"epochs": 4, "calibrate": False, "objectives": [{"kind": "request_softmax"}]}, "protocol": {"select": "ndcg"}}
 
     def run_id(**changes):
         path = tmp_path / "v.yaml"
@@ -280,6 +280,7 @@ def test_the_run_id_is_a_hash_of_the_resolved_configs(tmp_path):
     assert run_id(train={**base["train"], "epochs": 4, "learning_rate": 2e-3}) == first  # the defaults, written out: the same config
     assert run_id(model={"kind": "sequence", "attribute_dim": 32}) != first
     assert run_id(train={**base["train"], "batch_size": 64}) != first
+    assert run_id(train={**base["train"], "objectives": [{"kind": "request_softmax", "weight": 0.5}]}) != first
     assert run_id(protocol={"select": "ndcg", "negatives": 32}) != first
     assert run_id(dataset="amazon_grocery") != first
 
@@ -290,6 +291,9 @@ def test_the_run_id_is_a_hash_of_the_resolved_configs(tmp_path):
     ({"train": {"epochs": 4, "stop_on": "auc"}}, "stop_on"),
     ({"train": {"epochs": 3}, "protocol": {"negative_rounds": 2}}, "negative_rounds"),
     ({"model": {"kind": "sequence", "pooling_slot": 2}}, "pooling_slot"),
+    ({"train": {"epochs": 4, "loss": "request_softmax"}}, "loss"),  # the old single-loss field: objectives now
+    ({"train": {"epochs": 4, "objectives": [{"kind": "catalogue_softmax"}]}}, "objectives"),  # experimental kinds go under experimental
+    ({"protocol": {"logq": True}}, "logq"),  # removed with TrainConfig.logq_column
     ({"dataset": "movielens"}, "dataset"),
 ])
 def test_variant_errors_name_the_field(tmp_path, changes, field):
@@ -305,20 +309,26 @@ def test_variant_errors_name_the_field(tmp_path, changes, field):
 def test_variant_files_resolve_to_the_configs_of_the_documented_commands():
     """The protocol options map to the same TrainConfig as the scripts that made the figures did
     (trivago.py: stop on AUC with a listwise term; next_item.py: epochs and validations per round,
-    selection on the full-catalogue NDCG)."""
+    selection on the full-catalogue NDCG), and the objectives are those of the figures, in the order
+    their losses were added (main loss, listwise term, catalogue softmax, sampled catalogue logit)."""
     from bench.quality.variant import VARIANTS, load_variant
     from eventrec.model.config import SequenceModelConfig
-    from eventrec.training.trainer import TrainConfig
+    from eventrec.training.config import TrainConfig
 
     trivago = load_variant(VARIANTS / "trivago" / "weight_average_0.99.yaml")
-    assert trivago.model == SequenceModelConfig(identity_match=True)
-    assert trivago.train_config(2) == TrainConfig(epochs=1, batch_size=512, validations_per_epoch=4, patience=2, listwise_weight=0.3,
-                                                  stop_on="auc", weight_average_decay=0.99, seed=2)
+    assert trivago.model == SequenceModelConfig(experimental={"identity_match": True})
+    assert trivago.train_config(2) == TrainConfig(
+        epochs=1, batch_size=512, validations_per_epoch=4, patience=2, stop_on="auc", seed=2,
+        objectives=[{"kind": "bce"}, {"kind": "request_softmax", "weight": 0.3}], experimental={"weight_average_decay": 0.99})
     amazon = load_variant(VARIANTS / "amazon_grocery" / "main.yaml")
-    assert amazon.model == SequenceModelConfig(dot_term=True, attribute_dim=64, cross_rank=32)
-    assert amazon.train_config(1) == TrainConfig(epochs=4, batch_size=279, validations_per_epoch=1, patience=3, calibrate=False, seed=1,
-                                                 impression_validation=False, loss="request_softmax", stop_on="score", catalogue_weight=0.3,
-                                                 catalogue_logit_weight=1, catalogue_logit_draws=24, weight_average_decay=0.999)
+    assert amazon.model == SequenceModelConfig(experimental={"dot_term": True}, attribute_dim=64, cross_rank=32)
+    assert amazon.train_config(1) == TrainConfig(
+        epochs=4, batch_size=279, validations_per_epoch=1, patience=3, calibrate=False, seed=1, impression_validation=False,
+        stop_on="score", objectives=[{"kind": "request_softmax"}],
+        experimental={"objectives": [{"kind": "catalogue_softmax", "weight": 0.3}, {"kind": "sampled_catalogue_logit", "weight": 1.0, "draws": 24}],
+                      "weight_average_decay": 0.999})
+    assert [(o.kind, o.weight) for _, o in amazon.train_config(1).all_objectives()] == [
+        ("request_softmax", 1.0), ("catalogue_softmax", 0.3), ("sampled_catalogue_logit", 1.0)]
     assert (amazon.protocol.ties, amazon.protocol.negatives, amazon.protocol.test_users, amazon.protocol.validation_users) == ("shuffled", 8, 3000, 500)
     rounds = amazon.model_copy(update={"protocol": amazon.protocol.model_copy(update={"negative_rounds": 2})})
     assert (rounds.train_config(0).epochs, rounds.train_config(0).validations_per_epoch) == (2, 2)
@@ -344,7 +354,8 @@ def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
     from eventrec.schema import load_schema
     from eventrec.store.reader import EventStore
     from eventrec.store.build import build_store
-    from eventrec.training.trainer import TrainConfig, train
+    from eventrec.training.config import TrainConfig
+    from eventrec.training.trainer import train
 
     rng = np.random.default_rng(0)
     users, per_user = 12, 8
@@ -362,9 +373,10 @@ def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
     build_store(schema, tmp_path / "logs", tmp_path / "store")
     store = EventStore.open(tmp_path / "store")
     leave_one_out_store(store)
-    model = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], dot_term=True)
-    config = TrainConfig(epochs=1, batch_size=12, warmup_steps=1, calibrate=False, loss="request_softmax", catalogue_weight=0.3,
-                         catalogue_logit_weight=1.0, catalogue_logit_draws=5)
+    model = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], experimental={"dot_term": True})
+    config = TrainConfig(epochs=1, batch_size=12, warmup_steps=1, calibrate=False, objectives=[{"kind": "request_softmax"}],
+                         experimental={"objectives": [{"kind": "catalogue_softmax", "weight": 0.3},
+                                                      {"kind": "sampled_catalogue_logit", "weight": 1.0, "draws": 5}]})
     _, result = train(store, model, config, tmp_path / "run", show_progress=False)
     losses = [float(line.split(",")[2]) for line in (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]]
     assert result.steps == len(losses) > 0 and all(np.isfinite(losses))
