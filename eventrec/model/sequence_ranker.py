@@ -33,6 +33,7 @@ from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
+from eventrec.ops import time_gap_bucket
 from eventrec.ops.jagged_helpers import gather_rows
 from eventrec.ops.keyed_pooling_one_user import OneUserPlan
 
@@ -111,6 +112,14 @@ class SequenceRanker(nn.Module):
         encoder that does not read the request time (an event's encoding then depends only on the
         events before it)."""
         return self.config.causal and not self.reads_request_time
+
+    def request_time_signature(self, event_times: torch.Tensor, request_time: int) -> torch.Tensor | None:
+        """What the encoding of events at ``event_times [N]`` reads of a request at ``request_time``:
+        their recency buckets ``[N]`` (int8), so that two request times with the same signature give
+        the same user side; None when the model does not read the request time at all."""
+        if not self.reads_request_time:
+            return None
+        return time_gap_bucket(request_time - event_times, self.config.time_buckets).to(torch.int8)
 
     # -- the user side -------------------------------------------------------------------------------
     def user_side(self, batch: EventBatch) -> UserSide:

@@ -66,17 +66,6 @@ def warn_if_slow_bf16(device: torch.device) -> None:
                     "correct but may be slower than fp32", "CPU" if device.type == "cpu" else device.type)
 
 
-class Float32Output(nn.Module):
-    """``module`` (float32) applied to a lower-precision input: ``[..., F] → [..., F']`` float32."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.float())
-
-
 class CandidateScorer:
     """The candidate side of a :class:`SequenceRanker` in ``dtype`` on ``device`` (see the module's doc)."""
 

@@ -23,7 +23,6 @@ import torch
 from eventrec.data.batch import EventBatch
 from eventrec.data.gather import gather_stream
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
-from eventrec.ops import time_gap_bucket
 from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
 
 Window = tuple[tuple[int, int], ...]  # per stream (start, end) of the events a request reads
@@ -67,10 +66,9 @@ class UserStates:
 
     def signature(self, events: UserEvents, window: Window, timestamp: int) -> bytes | None:
         """The recency buckets of the window's events at ``timestamp`` (None: the model does not read the time)."""
-        if not self.model.reads_request_time:
-            return None
         times = np.concatenate([d.timestamps[s:e] for d, (s, e) in zip(events.streams.values(), window)] + [np.zeros(0, dtype=np.int64)])
-        return time_gap_bucket(torch.from_numpy(timestamp - times), self.model.config.time_buckets).numpy().astype(np.int8).tobytes()
+        signature = self.model.request_time_signature(torch.from_numpy(times), timestamp)
+        return None if signature is None else signature.numpy().tobytes()
 
     @torch.no_grad()
     def compute(self, events: UserEvents, window: Window, timestamp: int, capture: bool) -> EncodedState:
