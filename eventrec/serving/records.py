@@ -3,7 +3,6 @@ with the store's vocabularies (errors name the offending field)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,8 +11,8 @@ from eventrec.data.gather import attribute_tensors
 from eventrec.schema import EmbeddingAttribute
 from eventrec.serving.errors import InvalidInput, OutOfOrderEvents
 from eventrec.serving.state import UserEvents
-from eventrec.store.encoding import AttributeEncoder, BuildReport
-from eventrec.store.raw_logs import ROW, TIMESTAMP_SCALE, DataError, RawTable
+from eventrec.store.encoding import AttributeEncoder
+from eventrec.store.raw_logs import TIMESTAMP_SCALE, DataError
 from eventrec.store.reader import EventStore, Ragged
 
 
@@ -73,14 +72,8 @@ class Records:
         return updated
 
     def encode(self, place: str, attributes: list, frame: pl.DataFrame) -> dict[str, np.ndarray | Ragged]:
-        frame = frame.with_row_index(ROW) if ROW not in frame.columns else frame
-        table = RawTable(frame.lazy(), Path("<request>"))  # type: ignore[arg-type]
-        out: dict[str, np.ndarray | Ragged] = {}
-        for attribute in attributes:
-            encoded = self.encoder.encode(place, attribute, frame, BuildReport(), table)
-            if encoded:
-                out[attribute.name] = Ragged(encoded["values"].astype(np.int64), encoded["offsets"]) if "offsets" in encoded else encoded["values"]
-        return out
+        """Raw records encoded with the store's vocabularies and statistics (the build's own encoder)."""
+        return self.encoder.encode_records(place, attributes, frame, "<request>")
 
     def group(self, attributes: list, frame: pl.DataFrame) -> dict:
         columns = self.encode("impressions", attributes, frame)

@@ -22,7 +22,9 @@ import torch
 
 from eventrec.data.batch import EventBatch
 from eventrec.data.gather import gather_stream
+from eventrec.data.sampling import select_events
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
+from eventrec.store.point_in_time import cut_before
 from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
 
 Window = tuple[tuple[int, int], ...]  # per stream (start, end) of the events a request reads
@@ -30,12 +32,18 @@ Status = Literal["hit", "miss", "incremental", "prefix"]
 
 
 def request_window(events: UserEvents, timestamp: int) -> Window:
-    """Per stream the most recent ``max_length`` events strictly before ``timestamp`` (the store's
-    point-in-time rule, so that scores equal ``eventrec evaluate``'s)."""
+    """Per stream the events a request at ``timestamp`` reads: the store's point-in-time cut
+    (:func:`~eventrec.store.point_in_time.cut_before`) and the stream's sampling policy
+    (:func:`~eventrec.data.sampling.select_events`), as in training batches, so that scores equal
+    ``eventrec evaluate``'s. Serving keeps windows as one ``[start, end)`` range per stream."""
     window = []
-    for data in events.streams.values():
-        end = int(np.searchsorted(data.timestamps, timestamp, side="left"))  # strictly before
-        window.append((max(0, end - data.max_length), end))
+    for name, data in events.streams.items():
+        cut = cut_before(data.timestamps, timestamp)
+        index, _ = select_events(data.sampling, np.array([0]), np.array([cut]), data.max_length)
+        start, end = (int(index[0]), int(index[-1]) + 1) if len(index) else (cut, cut)
+        if end - start != len(index):
+            raise NotImplementedError(f"stream {name!r}: sampling {data.sampling!r} selects a non-contiguous window; serving reads one range per stream")
+        window.append((start, end))
     return tuple(window)
 
 
