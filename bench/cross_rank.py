@@ -9,7 +9,7 @@ full-catalogue ranking put 58% of its time in the two full-rank cross layers (do
 script times the cross network and the tower on random inputs ``[C, F]`` (time does not depend on the
 weights), full rank first, then each rank, interleaved over `--repeats` rounds, and prints the median
 milliseconds per pass and each rank's speed-up over full rank. It does not say what a rank costs in
-quality: that takes `bench/quality/next_item.py --cross-rank R`.
+quality: that takes a variant file with `model: {cross_rank: R}` run by `python -m bench.quality.run`.
 """
 
 from __future__ import annotations
