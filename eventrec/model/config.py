@@ -22,7 +22,7 @@ class ExperimentalModelConfig(_Config):
     dot_term: bool = Field(
         False, description="add to each task's logit a factorised term <user vector, item vector>: the user vector from "
         "the last encoded position, the item vector from the candidate's attributes (cheap to score against many items, so "
-        "it can be trained against every item of a batch: TrainConfig.in_batch_weight)")
+        "it can be trained against the whole catalogue: TrainConfig.experimental.objectives, catalogue_softmax)")
 
 
 _EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
