@@ -188,7 +188,7 @@ def test_experimental_variants_sit_in_their_section():
     assert default.experimental is None and not default.dot_term and not default.identity_match
     legacy = SequenceModelConfig.model_validate({"dot_term": True, "identity_match": False, "pooling": "keyed_attention", "transition_match": False})
     assert legacy.experimental == ExperimentalModelConfig(dot_term=True) and legacy.dot_term
-    assert default.model_copy(update={"dot_term": True}).dot_term
+    assert default.model_copy(update={"experimental": ExperimentalModelConfig(dot_term=True)}).dot_term
     for removed in ({"pooling": "mean"}, {"transition_match": True}):
         with pytest.raises(ValidationError, match=next(iter(removed))):
             SequenceModelConfig(**removed)

@@ -24,10 +24,8 @@ LISTWISE = [{"kind": "request_softmax"}]
 
 
 def _with_dot_term(config: SequenceModelConfig) -> SequenceModelConfig:
-    """``config`` with the dot term (under ``experimental`` once the model config has that section)."""
-    if "experimental" in type(config).model_fields:
-        return type(config).model_validate(config.model_dump() | {"experimental": {"dot_term": True}})
-    return config.model_copy(update={"dot_term": True})
+    """``config`` with the dot term (a research variant: under ``experimental``)."""
+    return type(config).model_validate(config.model_dump() | {"experimental": {"dot_term": True}})
 
 
 def _train_config(**fields) -> TrainConfig:

@@ -86,13 +86,6 @@ class SequenceModelConfig(_Config):
             raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
         return self
 
-    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> "SequenceModelConfig":
-        """As pydantic's, and an ``update`` may still name ``identity_match`` / ``dot_term`` (they go
-        into ``experimental``); the copy is validated."""
-        if update and any(name in update for name in _EXPERIMENTAL_FIELDS + tuple(_REMOVED)):
-            return type(self).model_validate(_move_legacy_fields({**self.model_dump(), **update}))
-        return super().model_copy(update=update, deep=deep)
-
     @property
     def identity_match(self) -> bool:
         """``experimental.identity_match`` (False without an experimental section)."""
