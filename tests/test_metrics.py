@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from eventrec.evaluation.metrics import auc, calibration, group_auc, logloss, normalized_entropy, task_metrics
+from eventrec.evaluation.metrics import NonFiniteScores, auc, calibration, group_auc, logloss, normalized_entropy, task_metrics
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -53,3 +53,20 @@ def test_platt_scaling_recovers_scale_and_bias():
     a, b = fit_platt(z, y)
     assert abs(a - 2.0) < 0.1 and abs(b + 1.0) < 0.1
     assert fit_platt(z, torch.zeros(20000)) == (1.0, 0.0)  # one class only: identity
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_are_refused_naming_the_rows(bad):
+    """All-NaN scores gave an AUC of 0.47 (issue 21, item 9): now every metric refuses them."""
+    y = np.array([0, 1, 0, 1, 1, 0])
+    all_bad = np.full(6, bad)
+    for metric in (auc, logloss, normalized_entropy, calibration):
+        with pytest.raises(NonFiniteScores, match="6 of 6"):
+            metric(y, all_bad)
+    with pytest.raises(NonFiniteScores, match="6 of 6"):
+        group_auc(y, all_bad, np.array([0, 0, 0, 1, 1, 1]))
+    one_bad = np.array([0.1, 0.9, 0.2, bad, 0.8, 0.3])
+    with pytest.raises(NonFiniteScores, match=r"1 of 6 .* at positions \[3\]"):
+        task_metrics(y.astype(float), one_bad)
+    with pytest.raises(NonFiniteScores):  # also where the label is missing
+        task_metrics(np.array([0.0, 1.0, np.nan]), np.array([0.1, 0.9, bad]))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eventrec.evaluation.metrics import task_metrics
+from eventrec.evaluation.metrics import require_finite, task_metrics
 from eventrec.store.reader import EventStore
 
 LENGTH_BUCKETS = (0, 1, 5, 20, 100, 10**9)
@@ -37,13 +37,16 @@ def history_lengths(store: EventStore, indices: np.ndarray) -> np.ndarray:
 
 
 def metrics_by_task(store: EventStore, indices: np.ndarray, probs: np.ndarray, group_by: str = "user") -> dict[str, dict]:
-    """``{task: metrics}``; gAUC groups by user (or by request when ``group_by='request'``)."""
+    """``{task: metrics}``; gAUC groups by user (or by request when ``group_by='request'``).
+    Non-finite ``probs [n, T]`` raise :class:`~eventrec.evaluation.metrics.NonFiniteScores` naming the example rows."""
+    require_finite(probs, indices, "predictions")
     groups = store.user_rows[indices] if group_by == "user" or store.request_ids is None else store.request_ids[indices]
     return {name: task_metrics(store.labels[indices, t], probs[:, t], groups) for t, name in enumerate(store.label_names)}
 
 
 def metrics_by_segment(store: EventStore, indices: np.ndarray, probs: np.ndarray) -> dict[str, dict]:
     """Primary-task metrics sliced by history length and by which streams the user has."""
+    require_finite(probs, indices, "predictions")
     labels = store.labels[indices, 0]
     lengths = history_lengths(store, indices)
     out: dict[str, dict] = {}
