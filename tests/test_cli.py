@@ -85,3 +85,19 @@ def test_train_and_evaluate_report_bad_paths(tiny_store, tmp_path):
     assert result.exit_code == 2 and "not an event store" in result.output
     result = runner.invoke(app, ["evaluate", "--store", str(tiny_store.path), "--checkpoint", str(tmp_path / "absent")])
     assert result.exit_code == 2 and "not a checkpoint" in result.output
+
+
+def test_build_and_prepare_never_delete_what_they_did_not_create(tiny_world, tmp_path):
+    schema, data = tiny_world
+    before = sorted(p.name for p in data.iterdir())
+    result = runner.invoke(app, ["build", "--schema", str(schema), "--data", str(data), "--out", str(data)])
+    assert result.exit_code == 2 and "--data" in result.output
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["build", "--schema", str(schema), "--data", str(data), "--out", str(others)])
+    assert result.exit_code == 2 and "not an eventrec store" in result.output
+    for out in (data, others):
+        result = runner.invoke(app, ["prepare", "ml100k", "--source", str(data), "--out", str(out)])
+        assert result.exit_code == 2 and ("--source" in result.output or "not a prepared-logs folder" in result.output), result.output
+    assert sorted(p.name for p in data.iterdir()) == before and (others / "keep.txt").read_text() == "mine"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from pathlib import Path
 
@@ -225,3 +226,43 @@ def test_duplicate_events_with_vectors_are_detected(tmp_path):
         schema={ROW: pl.UInt32, USER: pl.Int64, TIME: pl.Int64, "v": pl.Array(pl.Float32, 2)},
     )
     assert _drop_exact_duplicates(frame)[ROW].to_list() == [0, 2]
+
+
+# -- the output folder: only a previous store is replaced (issue 21, items 1 and 10) ----------------
+
+def test_build_replaces_only_a_previous_store(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    schema = load_schema(schema_path)
+    others = tmp_path / "mine"
+    others.mkdir()
+    (others / "notes.txt").write_text("precious")
+    with pytest.raises(DataError, match="not an eventrec store"):
+        build_store(schema, data, others)
+    assert (others / "notes.txt").read_text() == "precious"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        build_store(schema, data, tmp_path / "a_file")
+    (tmp_path / "link").symlink_to(data)
+    for out in (data, data / "store", tmp_path / "link", tmp_path / "link" / "store", tmp_path):
+        with pytest.raises(DataError, match="--data"):
+            build_store(schema, data, out)
+    assert sorted(p.name for p in data.iterdir()) == ["ad_content.parquet", "events.parquet", "impressions.parquet", "schema.yaml"]
+    (tmp_path / "empty").mkdir()
+    build_store(schema, data, tmp_path / "empty")  # an empty folder is fine
+    build_store(schema, data, tmp_path / "empty")  # and so is a previous store
+    assert EventStore.open(tmp_path / "empty").num_examples == 7
+
+
+def test_stale_temporary_folders_of_killed_builds_are_removed(tiny_world, tmp_path):
+    import subprocess
+    import sys
+
+    schema_path, data = tiny_world
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = tmp_path / f".store.tmp-{dead.stdout.strip()}"
+    stale.mkdir()
+    (stale / "users.parquet").write_bytes(b"half written")
+    alive = tmp_path / f".store.tmp-{os.getppid()}"  # a running build (here: the test runner's parent)
+    alive.mkdir()
+    build_store(load_schema(schema_path), data, tmp_path / "store")
+    assert not stale.exists() and alive.exists()

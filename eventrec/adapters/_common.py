@@ -136,14 +136,33 @@ def write_summary(summary: dict, out_dir: Path) -> None:
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
+def check_output_dir(out_dir: Path, source_dir: Path | None = None) -> None:
+    """Refuse an ``out_dir`` that this adapter did not create: anything but an absent or empty folder
+    or a previous prepared output (its ``summary.json`` beside ``events.parquet``), and any folder
+    equal to, inside or holding ``source_dir`` (symlinks resolved)."""
+    resolved = out_dir.resolve()
+    if source_dir is not None:
+        source = Path(source_dir).resolve()
+        if resolved == source or source in resolved.parents or resolved in source.parents:
+            raise AdapterError(f"--out {out_dir}: is, is inside or holds --source {source_dir}; give the output its own folder")
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    prepared = (out_dir / SUMMARY_FILE).is_file() and (out_dir / "events.parquet").is_file()
+    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not prepared):
+        raise AdapterError(f"--out {out_dir}: exists and is not a prepared-logs folder (no {SUMMARY_FILE}); not replacing it: "
+                           "remove it yourself or choose another folder")
+
+
 @contextlib.contextmanager
-def atomic_output(out_dir: Path) -> Iterator[Path]:
+def atomic_output(out_dir: Path, source_dir: Path | None = None) -> Iterator[Path]:
     """Yield a temporary directory next to ``out_dir``; on success it replaces ``out_dir``.
 
+    ``out_dir`` is first checked by :func:`check_output_dir` (only a previous output is replaced).
     The previous ``out_dir`` (if any) is moved aside, the new one renamed into place, then the old
     one deleted; on any error the temporary directory is removed and ``out_dir`` is untouched.
     """
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, source_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

@@ -33,6 +33,7 @@ from eventrec.adapters._common import (
     ROW,
     AdapterError,
     atomic_output,
+    check_output_dir,
     check_not_null,
     check_timestamps,
     parse_column,
@@ -112,6 +113,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
     naming file, column and first bad row on missing columns, null or unparsable ids / times, or
     repeated catalogue ids.
     """
+    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
     if negatives < 0:
         raise ValueError(f"negatives must be >= 0, got {negatives}")
     source_dir = Path(source_dir)
@@ -178,7 +180,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
     summary["negative_redraws"] = redraws
     summary["purchases_sharing_user_and_day"] = int(same_day["n"].sum())
 
-    with atomic_output(Path(out_dir)) as tmp:
+    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
         write_parquet(events, tmp / "events.parquet")
         write_parquet(impressions, tmp / "impressions.parquet")
         write_parquet(items, tmp / "items.parquet")

@@ -29,6 +29,7 @@ from eventrec.adapters._common import (
     ROW,
     AdapterError,
     atomic_output,
+    check_output_dir,
     check_not_null,
     check_timestamps,
     parse_column,
@@ -104,6 +105,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     :class:`AdapterError` naming file, column and first bad row on missing columns, null ids,
     unparsable ids / ratings / timestamps, or repeated movie / user ids in the side files.
     """
+    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
     source_dir = Path(source_dir)
     summary: dict = {"dataset": "ml100k", "source": [INTER, ITEM, USER]}
     movies = _read_movies(source_dir / ITEM, summary)
@@ -161,7 +163,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     summary["distinct_movies_rated"] = events["movie_id"].n_unique()
     summary["ratings_sharing_user_and_second"] = int(same_second["n"].sum())
 
-    with atomic_output(Path(out_dir)) as tmp:
+    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
         write_parquet(events, tmp / "events.parquet")
         write_parquet(impressions, tmp / "impressions.parquet")
         write_parquet(movies, tmp / "movies.parquet")

@@ -35,6 +35,7 @@ from eventrec.adapters._common import (
     ROW,
     AdapterError,
     atomic_output,
+    check_output_dir,
     check_not_null,
     check_timestamps,
     parse_column,
@@ -98,6 +99,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     :class:`AdapterError` naming file, column and first bad row on missing columns, null ids or
     timestamps, unknown action types, or unparsable item ids / prices / timestamps.
     """
+    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
     path = _locate(source_dir)
     raw = read_parquet_checked(path, COLUMNS)
     if raw.height == 0:
@@ -226,7 +228,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     summary["users_with_impressions"] = impressions["user_id"].n_unique()
     summary["distinct_items_impressed"] = impressions["item_id"].n_unique()
 
-    with atomic_output(Path(out_dir)) as tmp:
+    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
         write_parquet(events, tmp / "events.parquet")
         write_parquet(impressions, tmp / "impressions.parquet")
         write_summary(summary, tmp)

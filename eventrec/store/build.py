@@ -35,7 +35,8 @@ from eventrec.store.content_tables import write_content_tables
 from eventrec.store.encoding import AttributeEncoder, BuildReport
 from eventrec.store.load import Progress, read_logs
 from eventrec.store.raw_logs import ROW, DataError, RawTable
-from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, TIME, USER, recover_interrupted_swap, schema_fingerprint, swap_into_place, write_json, write_parquet
+from eventrec.store.layout import (FORMAT_VERSION, SPLIT_NAMES, TIME, USER, check_replaceable, recover_interrupted_swap, remove_stale_temporaries,
+                                   schema_fingerprint, swap_into_place, write_json, write_parquet)
 
 
 
@@ -185,6 +186,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     recover_interrupted_swap(out_dir)
+    check_replaceable(out_dir, {"--data": data_dir})
+    remove_stale_temporaries(out_dir)
     report = BuildReport()
 
     imp = schema.impressions

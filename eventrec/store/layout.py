@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eventrec.schema import Schema
+from eventrec.store.raw_logs import DataError
 
 FORMAT_VERSION = 1
 USER = "_user"
@@ -58,6 +59,56 @@ def swap_into_place(tmp: Path, out_dir: Path) -> None:
     os.rename(tmp, out_dir)
     if old.exists():
         shutil.rmtree(old)
+
+
+def check_replaceable(out_dir: Path, inputs: dict[str, Path]) -> None:
+    """Refuse to build into ``out_dir`` unless it is absent, empty or a previous store (its
+    ``manifest.json`` names a ``format_version``), and refuse an ``out_dir`` equal to, inside or
+    holding one of ``inputs`` (option name → folder; symlinks resolved): a build replaces ``out_dir``
+    whole, so nothing it did not create may live there."""
+    resolved = out_dir.resolve()
+    for option, path in inputs.items():
+        source = Path(path).resolve()
+        if resolved == source or source in resolved.parents or resolved in source.parents:
+            raise DataError(f"--out {out_dir}: is, is inside or holds {option} {path}; give the store its own folder")
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir():
+        raise DataError(f"--out {out_dir}: exists and is not a folder; not replacing it")
+    if any(out_dir.iterdir()) and not _is_store(out_dir):
+        raise DataError(f"--out {out_dir}: a non-empty folder that is not an eventrec store (no manifest.json); "
+                         "not replacing it: remove it yourself or choose another folder")
+
+
+def _is_store(directory: Path) -> bool:
+    try:
+        return "format_version" in json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Remove the ``.STORE.tmp-PID`` folders of builds into ``out_dir`` whose process is gone
+    (killed builds); returns them."""
+    removed = []
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a folder of this very process is left over from an earlier build in it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def recover_interrupted_swap(out_dir: Path) -> None:

@@ -9,6 +9,7 @@ per user; an example refers to its user row and a cut per stream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -82,10 +83,11 @@ class EventStore:
             self.schema: Schema = parse_schema(self.manifest["schema"], manifest_path)
         except SchemaError as error:
             raise StoreError(f"{self.path}: its embedded schema is not one this eventrec reads (built by another version?); rebuild it with `eventrec build`.\n{error}") from None
-        self.vocabularies = {
-            name: Vocabulary.from_json(name, data) for name, data in json.loads((self.path / "vocabularies.json").read_text()).items()
-        }
-        self.statistics = json.loads((self.path / "statistics.json").read_text())
+        vocabularies_text, statistics_text = (self.path / "vocabularies.json").read_text(), (self.path / "statistics.json").read_text()
+        self.vocabularies = {name: Vocabulary.from_json(name, data) for name, data in json.loads(vocabularies_text).items()}
+        self.statistics = json.loads(statistics_text)
+        self._encoding_fingerprint = hashlib.sha256(
+            "\0".join([str(self.manifest.get("schema_fingerprint")), vocabularies_text, statistics_text]).encode()).hexdigest()[:16]
         self.content = {key: np.load(self.path / name, allow_pickle=False) for key, name in self.manifest["content_files"].items()}
         self._load_users()
         self._load_examples()
@@ -145,6 +147,14 @@ class EventStore:
         self.extras = {c: column(f"extra__{c}").astype(np.float64) for c in imp.extra_columns}
 
     # -- queries ----------------------------------------------------------------------------------
+    @property
+    def encoding_fingerprint(self) -> str:
+        """16 hex digits identifying how this store encodes raw values into ids and numbers: a hash of
+        its schema fingerprint, ``vocabularies.json`` and ``statistics.json`` (as read at open). The
+        same logs built with another split give another fingerprint (other vocabularies and
+        statistics): a model trained on one store must not read the other's ids."""
+        return self._encoding_fingerprint
+
     @property
     def num_users(self) -> int:
         return len(self.user_ids)

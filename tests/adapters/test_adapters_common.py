@@ -7,7 +7,14 @@ import pytest
 from adapter_checks import schema_of
 
 from eventrec.adapters import ADAPTERS, AdapterError, describe
-from eventrec.adapters._common import atomic_output, history_lengths
+from eventrec.adapters._common import SUMMARY_FILE, atomic_output, history_lengths
+
+
+def _write_output(tmp, text: str) -> None:
+    """What an adapter writes (its marker files included), so that the next run may replace it."""
+    (tmp / "a.txt").write_text(text)
+    (tmp / "events.parquet").write_text("")
+    (tmp / SUMMARY_FILE).write_text("{}")
 
 
 def test_registry_and_schemas():
@@ -22,10 +29,10 @@ def test_registry_and_schemas():
 def test_atomic_output_keeps_previous_on_failure(tmp_path):
     out = tmp_path / "out"
     with atomic_output(out) as tmp:
-        (tmp / "a.txt").write_text("first")
+        _write_output(tmp, "first")
     with pytest.raises(RuntimeError):
         with atomic_output(out) as tmp:
-            (tmp / "a.txt").write_text("second")
+            _write_output(tmp, "second")
             raise RuntimeError("killed half-way")
     assert (out / "a.txt").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "no temporary directory left behind"
@@ -59,3 +66,25 @@ def test_describe(prepared, name):
     for stream in stats["streams"].values():
         h = stream["history_length"]
         assert 0 <= h["p50"] <= h["p90"] <= h["p99"] <= h["max"]
+
+
+def test_prepare_replaces_only_its_own_output(prepared, tmp_path):
+    from eventrec.adapters import ml100k
+    from adapter_checks import source_dir
+
+    others = tmp_path / "mine"
+    others.mkdir()
+    (others / "thesis.tex").write_text("precious")
+    with pytest.raises(AdapterError, match="not a prepared-logs folder"):
+        ml100k.prepare(tmp_path / "source", others)
+    assert (others / "thesis.tex").read_text() == "precious"
+    fake_source = tmp_path / "source"  # checked before anything is read: no real dataset at risk
+    fake_source.mkdir()
+    (tmp_path / "link").symlink_to(fake_source)
+    for inside in (fake_source, fake_source / "sub", tmp_path / "link", tmp_path):
+        with pytest.raises(AdapterError, match="--source"):
+            ml100k.prepare(fake_source, inside)
+    assert fake_source.is_dir() and (others / "thesis.tex").exists()
+    out, _ = prepared("ml100k")
+    ml100k.prepare(source_dir("ml100k"), out)  # a previous output is replaced
+    assert (out / SUMMARY_FILE).is_file()
