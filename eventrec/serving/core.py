@@ -37,7 +37,8 @@ from eventrec.serving.records import Records
 from eventrec.serving.scoring import CandidateScorer, Precision, precision_dtype, warn_if_slow_bf16
 from eventrec.serving.state import EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
 from eventrec.serving.user_states import UserStates
-from eventrec.store.raw_logs import TIMESTAMP_SCALE, DataError
+from eventrec.serving.values import timestamp_seconds
+from eventrec.store.raw_logs import DataError
 from eventrec.store.reader import EventStore
 
 __all__ = ["CandidateCache", "InvalidInput", "OutOfOrderEvents", "RankResult", "RankingService", "ServingError", "StoreUnavailable",
@@ -87,7 +88,8 @@ class RankingService:
     def __init__(self, model: SequenceRanker, store: EventStore, version: str, max_candidates: int = 10_000,
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int | None = None,
                  attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None,
-                 precision: Precision = "fp32", scoring_slots: int = 1, scoring_device: str = "cpu"):
+                 precision: Precision = "fp32", scoring_slots: int = 1, scoring_device: str = "cpu",
+                 future_tolerance_s: int | None = 86_400):
         """``candidate_chunk``: candidates per call of the model's scoring (None: all of a request at
         once); ``attention_chunk``: candidates per attention block of the one-user keyed pooling (its
         logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits).
@@ -101,7 +103,9 @@ class RankingService:
         --scoring-slots``); the user side is computed under one lock either way. ``scoring_device``:
         where the candidates are scored (e.g. ``"cuda"``): a copy of the candidate side lives there, and
         each request's user side, candidate rows and context are copied there; the user side
-        (encoding) and the caches stay on the CPU."""
+        (encoding) and the caches stay on the CPU. ``future_tolerance_s``: an appended event may be at
+        most this many seconds later than the server's clock (None: no clock check; the build's range
+        ``[1970, 2200)`` holds either way)."""
         if scoring_slots < 1:
             raise ValueError(f"scoring_slots: must be >= 1, got {scoring_slots}")
         device = scoring_device_of(scoring_device)
@@ -111,6 +115,9 @@ class RankingService:
         self.model, self.store, self.version = model.eval(), store, version
         self.schema = store.schema
         self.task_names = list(store.label_names)
+        if future_tolerance_s is not None and future_tolerance_s < 0:
+            raise ValueError(f"future_tolerance_s: must be >= 0 or None, got {future_tolerance_s}")
+        self.future_tolerance_s = future_tolerance_s
         self.max_candidates, self.candidate_chunk, self.attention_chunk = max_candidates, candidate_chunk, attention_chunk
         self.workspaces: queue.LifoQueue[Workspace] = queue.LifoQueue()  # attention buffers, one per scoring slot
         for _ in range(scoring_slots):
@@ -135,8 +142,8 @@ class RankingService:
     def load(cls, checkpoint: Path | str, store: Path | str | EventStore, **options) -> "RankingService":
         from eventrec.training.factory import load_trained_model
 
-        model, _, _, _ = load_trained_model(Path(checkpoint))
         store = store if isinstance(store, EventStore) else EventStore.open(store)
+        model, _, _, _ = load_trained_model(Path(checkpoint), store, options.pop("allow_store_mismatch", False))
         return cls(model, store, model_version(Path(checkpoint)), **options)
 
     # -- users and events ------------------------------------------------------------------------
@@ -165,10 +172,11 @@ class RankingService:
         if not events:
             return {"appended": 0}
         per_stream = self.records.event_streams(events)
+        latest = None if self.future_tolerance_s is None else int(time.time()) + self.future_tolerance_s
         with self.lock:
             for _ in range(10):  # compare-and-set: another replica may append for this user at the same time
                 current = self.user_events(user_id)
-                updated = self.records.appended(current, per_stream, events, self.schema.events)
+                updated = self.records.appended(current, per_stream, events, self.schema.events, latest)
                 if self.events.replace(self._user_key(user_id), current.version, UserEvents(updated.streams, current.version + 1)):
                     break
             else:
@@ -176,6 +184,27 @@ class RankingService:
             self.counters["events_appended"] += len(events)
             self._check_prefix_states(user_id, current, updated)
         return {"appended": len(events), "events": sum(updated.counts().values())}
+
+    def drop_appended_events(self, user_id: Any, after_seconds: int) -> dict:
+        """Operator repair: drop the user's *appended* events later than ``after_seconds`` (seconds since
+        1970; the store's history is never touched), e.g. after a bad append (a time in milliseconds
+        sent as seconds) that makes every later append a 409. All-or-nothing, a compare-and-set like
+        :meth:`append_events`; the user's cached state of this model version is dropped.
+        Returns ``{"dropped": n, "events": remaining}``."""
+        key = self._user_key(user_id)
+        base = UserEvents.from_store(self.store, self._user_rows.get(key)).counts()
+        with self.lock:
+            for _ in range(10):
+                current = self.events.get(key)
+                if current is None:
+                    return {"dropped": 0, "events": sum(base.values())}
+                keep = {name: base[name] + int((data.timestamps[base[name]:] <= after_seconds).sum()) for name, data in current.streams.items()}
+                if self.events.replace(key, current.version, current.truncated(keep, current.version + 1)):
+                    break
+            else:
+                raise StoreUnavailable(f"user {user_id!r}: events changed concurrently 10 times; retry")
+            self.users.pop((key, self.version))
+        return {"dropped": sum(current.counts().values()) - sum(keep.values()), "events": sum(keep.values())}
 
     def _check_prefix_states(self, user_id: Any, before: UserEvents, after: UserEvents) -> None:
         """An appended event that ties the last event's time but sorts before it (lower stream index)
@@ -239,19 +268,17 @@ class RankingService:
             self.workspaces.put(workspace)
 
     def request_seconds(self, timestamp: int | float | None) -> int:
-        imp = self.schema.impressions
+        """The request time in seconds (now when None), range-checked like the build's timestamps."""
         if timestamp is None:
             return int(time.time())
-        return int(timestamp) // TIMESTAMP_SCALE[imp.timestamp_unit]
+        return timestamp_seconds(timestamp, self.schema.impressions.timestamp_unit, "timestamp")
 
     @torch.no_grad()
     def context_tensor(self, context: dict | None) -> torch.Tensor | None:
         if self.model.context_embedder is None:
             return None
         context = context or {}
-        for column in self.records.context_columns:
-            if column not in context:
-                raise InvalidInput(f"context: missing attribute {column!r}", f"context.{column}")
+        self.records.check_record(self.records.context_attributes, context, "context")
         key = tuple((type(context[c]).__name__, context[c]) for c in self.records.context_columns)
         try:
             with self.context_lock:

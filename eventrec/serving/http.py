@@ -1,24 +1,29 @@
-"""The HTTP service (FastAPI): ``POST /rank``, ``POST /events``, ``GET /health``, ``GET /metrics``.
+"""The HTTP service (FastAPI): ``POST /rank``, ``POST /events``, ``GET /health``, ``GET /metrics``, and
+the loopback-only operator endpoint ``POST /admin/drop-events``.
 
 ``create_app(service)`` wraps a :class:`~eventrec.serving.core.RankingService`; ``eventrec serve``
 runs it with uvicorn on 127.0.0.1. The OpenAPI schema is at ``/openapi.json`` (docs at ``/docs``).
-Errors: 413 above the candidate limit, 422 with the offending field (``detail[0].loc``) for malformed
-payloads, 409 for events older than the user's last event.
+Errors: 413 above the candidate limit or the body size limit (checked before parsing:
+:mod:`eventrec.serving.body_limit`), 422 with the offending field (``detail[0].loc``) for malformed
+payloads and bad values, 409 for events older than the user's last event, 403 for the admin endpoint
+from another host, 500 (counted, connection kept) for anything unforeseen.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from eventrec.serving.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from eventrec.serving.core import RankingService, ServingError
+from eventrec.serving.metrics import Metrics, ObserveRequests
+from eventrec.store.raw_logs import MAX_TIMESTAMP_SECONDS
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class RankRequest(BaseModel):
@@ -61,82 +66,44 @@ class EventsRequest(BaseModel):
     events: list[dict[str, Any]] = Field(..., min_length=1, description="raw event records (the events file's columns)")
 
 
-class Metrics:
-    """Prometheus text exposition, no client library: counters and latency histograms per endpoint."""
+class DropEventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, list[int]] = {}
-        self.latency_sum: dict[str, float] = {}
-
-    def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
-            counts = self.latency.setdefault(endpoint, [0] * (len(LATENCY_BUCKETS) + 1))
-            counts[next((i for i, b in enumerate(LATENCY_BUCKETS) if seconds <= b), len(LATENCY_BUCKETS))] += 1
-            self.latency_sum[endpoint] = self.latency_sum.get(endpoint, 0.0) + seconds
-
-    def render(self, stats: dict) -> str:
-        lines = ["# HELP eventrec_requests_total HTTP requests by endpoint and status.", "# TYPE eventrec_requests_total counter"]
-        with self.lock:
-            for (endpoint, status), n in sorted(self.requests.items()):
-                lines.append(f'eventrec_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
-            lines += ["# HELP eventrec_request_latency_seconds Request latency.", "# TYPE eventrec_request_latency_seconds histogram"]
-            for endpoint, counts in sorted(self.latency.items()):
-                running = 0
-                for bound, n in zip(LATENCY_BUCKETS, counts):
-                    running += n
-                    lines.append(f'eventrec_request_latency_seconds_bucket{{endpoint="{endpoint}",le="{bound}"}} {running}')
-                running += counts[-1]
-                lines.append(f'eventrec_request_latency_seconds_bucket{{endpoint="{endpoint}",le="+Inf"}} {running}')
-                lines.append(f'eventrec_request_latency_seconds_sum{{endpoint="{endpoint}"}} {self.latency_sum[endpoint]:.6f}')
-                lines.append(f'eventrec_request_latency_seconds_count{{endpoint="{endpoint}"}} {running}')
-        counters = {
-            "user_cache_hits_total": stats["user_hit"] + stats["user_prefix"],
-            "user_cache_misses_total": stats["user_miss"],
-            "user_cache_incremental_total": stats["user_incremental"],
-            "cold_start_total": stats["cold_start"],
-            "events_appended_total": stats["events_appended"],
-            "user_cache_evictions_total": stats["user_cache_evictions"],
-            "candidate_cache_hits_total": stats["candidate_cache_hits"],
-            "candidate_cache_misses_total": stats["candidate_cache_misses"],
-            "user_store_corrupt_total": stats["user_store_corrupt"],
-            "user_store_errors_total": stats["user_store_errors"],
-        }
-        gauges = {k: stats[k] for k in ("user_cache_entries", "user_cache_bytes", "candidate_cache_entries", "candidate_cache_bytes")}
-        for name, value in counters.items():
-            lines += [f"# TYPE eventrec_{name} counter", f"eventrec_{name} {value}"]
-        for name, value in gauges.items():
-            lines += [f"# TYPE eventrec_{name} gauge", f"eventrec_{name} {value}"]
-        return "\n".join(lines) + "\n"
+    user_id: int | str
+    after: int = Field(..., ge=0, lt=MAX_TIMESTAMP_SECONDS, description="drop the user's appended events later than this (seconds since 1970)")
 
 
-def create_app(service: RankingService) -> FastAPI:
+def _error_body(errors: list[dict]) -> dict:
+    """A 422 body that always serialises: loc, msg and type of each error (not the offending input,
+    which may be NaN, huge or not JSON at all)."""
+    return {"detail": [{"loc": [x if isinstance(x, (int, str)) else str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                        "type": str(e.get("type", ""))} for e in errors]}
+
+
+def create_app(service: RankingService, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The app; request bodies above ``max_body_bytes`` are refused (413) before parsing."""
     app = FastAPI(title="eventrec ranking service", version=service.version)
-    metrics = Metrics()
+    metrics = Metrics(service.stats)
     app.state.service, app.state.metrics = service, metrics
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(ObserveRequests, metrics=metrics, routes=app.router.routes)
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, error: ServingError):
-        detail = [{"loc": ["body", *(error.field or "").replace("[", ".").replace("]", "").split(".")] if error.field else ["body"],
-                   "msg": error.message, "type": type(error).__name__}]
-        return JSONResponse(status_code=error.status, content={"detail": detail})
+        loc = ["body", *(error.field or "").replace("[", ".").replace("]", "").split(".")] if error.field else ["body"]
+        return JSONResponse(status_code=error.status, content=_error_body([{"loc": loc, "msg": error.message, "type": type(error).__name__}]))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError):
+        return JSONResponse(status_code=422, content=_error_body(list(error.errors())))
 
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model_version": service.version, "precision": service.precision, "users_cached": len(service.users)}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus() -> str:
-        return metrics.render(service.stats())
+    @app.get("/metrics", response_class=Response)
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post("/rank", response_model=RankResponse)
     def rank(request: RankRequest) -> RankResponse:
@@ -148,10 +115,18 @@ def create_app(service: RankingService) -> FastAPI:
     def events(request: EventsRequest) -> dict:
         return service.append_events(request.user_id, request.events)
 
+    @app.post("/admin/drop-events")
+    def drop_events(body: DropEventsRequest, request: Request) -> dict:
+        """Operator repair (loopback clients only): drop a user's appended events later than ``after``."""
+        if request.client is None or request.client.host not in LOOPBACK:
+            return JSONResponse(status_code=403, content=_error_body([{"loc": ["client"], "msg": "admin endpoints answer loopback clients only",
+                                                                       "type": "Forbidden"}]))
+        return service.drop_appended_events(body.user_id, body.after)
+
     return app
 
 
-def serve(service: RankingService, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(service: RankingService, host: str = "127.0.0.1", port: int = 8000, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(service, max_body_bytes), host=host, port=port, log_level="info")

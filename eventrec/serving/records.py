@@ -12,7 +12,8 @@ from eventrec.schema import EmbeddingAttribute
 from eventrec.serving.errors import InvalidInput, OutOfOrderEvents
 from eventrec.serving.state import UserEvents
 from eventrec.store.encoding import AttributeEncoder
-from eventrec.store.raw_logs import TIMESTAMP_SCALE, DataError
+from eventrec.serving.values import check_value, timestamp_seconds
+from eventrec.store.raw_logs import DataError
 from eventrec.store.reader import EventStore, Ragged
 
 
@@ -26,6 +27,17 @@ class Records:
         imp = self.schema.impressions
         self.item_columns = [a.source_column for a in imp.item_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
         self.context_columns = [a.source_column for a in imp.context_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+        self.item_attributes = [a for a in imp.item_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+        self.context_attributes = [a for a in imp.context_attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+
+    @staticmethod
+    def check_record(attributes: list, record: dict, place: str) -> None:
+        """Every attribute of ``record`` present and of a valid raw value (:mod:`eventrec.serving.values`);
+        :class:`InvalidInput` naming ``{place}.{column}`` otherwise."""
+        for a in attributes:
+            if a.source_column not in record:
+                raise InvalidInput(f"{place}: missing attribute {a.source_column!r}", f"{place}.{a.source_column}")
+            check_value(a, record[a.source_column], f"{place}.{a.source_column}")
 
     def event_streams(self, events: list[dict]) -> dict[str, list[int]]:
         """Per stream the indices of the events it reads (by ``stream`` or the event type column)."""
@@ -33,6 +45,8 @@ class Records:
         per_stream: dict[str, list[int]] = {}
         for i, event in enumerate(events):
             name = event.get("stream")
+            if name is not None and not isinstance(name, str):
+                raise InvalidInput(f"event {i}: stream must be a string, got {type(name).__name__}", f"events[{i}].stream")
             if name is None:
                 kind = event.get(source.type_column) if source and source.type_column else None
                 name = next((s.name for s in self.schema.streams if s.event_types and kind is not None and str(kind) in s.event_types), None)
@@ -43,23 +57,25 @@ class Records:
             per_stream.setdefault(name, []).append(i)
         return per_stream
 
-    def appended(self, current: UserEvents, per_stream: dict[str, list[int]], events: list[dict], source) -> UserEvents:
-        """``current`` with the validated, encoded ``events`` appended (new objects; raises on bad input)."""
+    def appended(self, current: UserEvents, per_stream: dict[str, list[int]], events: list[dict], source, latest_seconds: int | None = None) -> UserEvents:
+        """``current`` with the validated, encoded ``events`` appended (new objects; raises on bad input).
+        Timestamps are range-checked like the build's and must not be later than ``latest_seconds``."""
         last = current.last_timestamp()
         updated = current
         for name, rows in per_stream.items():
             stream = next(s for s in self.schema.streams if s.name == name)
             src = stream.source or source
             ts_column = src.timestamp_column
+            attributes = [a for a in stream.attributes if not (isinstance(a, EmbeddingAttribute) and a.table)]
+            seconds = []
             for i in rows:
-                if ts_column not in events[i] or not isinstance(events[i][ts_column], (int, float)) or isinstance(events[i][ts_column], bool):
-                    raise InvalidInput(f"event {i}: missing or non-numeric {ts_column!r}", f"events[{i}].{ts_column}")
-                for a in stream.attributes:
-                    if not (isinstance(a, EmbeddingAttribute) and a.table) and a.source_column not in events[i]:
-                        raise InvalidInput(f"event {i}: missing attribute {a.source_column!r}", f"events[{i}].{a.source_column}")
+                if ts_column not in events[i]:
+                    raise InvalidInput(f"event {i}: missing timestamp {ts_column!r}", f"events[{i}].{ts_column}")
+                seconds.append(timestamp_seconds(events[i][ts_column], src.timestamp_unit, f"events[{i}].{ts_column}", latest_seconds))
+                self.check_record(attributes, events[i], f"events[{i}]")
             try:
-                frame = pl.DataFrame([events[i] for i in rows], infer_schema_length=None)
-                times = frame[ts_column].cast(pl.Int64).to_numpy() // TIMESTAMP_SCALE[src.timestamp_unit]
+                frame = pl.DataFrame([{a.source_column: events[i][a.source_column] for a in attributes} for i in rows], infer_schema_length=None)
+                times = np.array(seconds, dtype=np.int64)
                 order = np.argsort(times, kind="stable")
                 frame, times = frame[order.tolist()], times[order]
                 encoded = self.encode(f"streams.{name}", stream.attributes, frame)
@@ -92,6 +108,9 @@ class Records:
                 if length is None or length != lengths[self.item_columns[0]]:
                     raise InvalidInput(f"candidates.{column}: every column must be a list of the same length "
                                        f"({self.item_columns[0]}: {lengths[self.item_columns[0]]}, {column}: {length})", f"candidates.{column}")
+            for a in self.item_attributes:
+                for i, value in enumerate(candidates[a.source_column]):
+                    check_value(a, value, f"candidates.{a.source_column}[{i}]")
             try:
                 return pl.DataFrame({c: candidates[c] for c in self.item_columns})
             except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
@@ -101,10 +120,8 @@ class Records:
             if missing:
                 raise InvalidInput(f"candidates: missing column(s) {missing}", f"candidates.{missing[0]}")
             return candidates.select(self.item_columns)
-        for column in self.item_columns:
-            for i, record in enumerate(candidates):
-                if column not in record:
-                    raise InvalidInput(f"candidate {i}: missing attribute {column!r}", f"candidates[{i}].{column}")
+        for i, record in enumerate(candidates):
+            self.check_record(self.item_attributes, record, f"candidates[{i}]")
         try:
             return pl.DataFrame(candidates, infer_schema_length=None).select(self.item_columns)
         except (pl.exceptions.PolarsError, TypeError, ValueError) as error:

@@ -78,6 +78,15 @@ class UserEvents:
         )
         return UserEvents({**self.streams, name: new}, self.version)
 
+    def truncated(self, counts: dict[str, int], version: int) -> "UserEvents":
+        """The first ``counts[stream]`` events of each stream, as ``version`` (new objects)."""
+        streams = {}
+        for name, data in self.streams.items():
+            n = counts[name]
+            streams[name] = replace(data, user_offsets=np.array([0, n], dtype=np.int64), timestamps=data.timestamps[:n].copy(),
+                                    attributes={a: _slice_column(c, 0, n) for a, c in data.attributes.items()})
+        return UserEvents(streams, version)
+
     def nbytes(self) -> int:
         total = 0
         for d in self.streams.values():

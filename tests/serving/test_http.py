@@ -103,10 +103,17 @@ def test_events_then_metrics(server):
     assert client.post("/events", json={"user_id": 2, "events": [{"event_type": "click", "timestamp": 950}]}).status_code == 422
     client.post("/rank", json=body(user_id=2))
     client.post("/rank", json=body(user_id=2))
-    text = client.get("/metrics").text
-    assert 'eventrec_requests_total{endpoint="/rank",status="200"}' in text
-    assert 'eventrec_request_latency_seconds_bucket{endpoint="/rank",le="+Inf"}' in text
-    assert 'eventrec_requests_total{endpoint="/events",status="409"} 1' in text
-    hits = next(line for line in text.splitlines() if line.startswith("eventrec_user_cache_hits_total"))
-    assert int(hits.split()[1]) >= 1
-    assert "eventrec_candidate_cache_hits_total" in text and "eventrec_user_cache_bytes" in text
+    samples = parse_metrics(client.get("/metrics").text)
+    assert samples[("eventrec_requests_total", (("endpoint", "/rank"), ("status", "200")))] >= 2
+    assert ("eventrec_request_latency_seconds_bucket", (("endpoint", "/rank"), ("le", "+Inf"))) in samples
+    assert samples[("eventrec_requests_total", (("endpoint", "/events"), ("status", "409")))] == 1
+    assert samples[("eventrec_user_cache_hits_total", ())] >= 1
+    assert ("eventrec_candidate_cache_hits_total", ()) in samples and ("eventrec_user_cache_bytes", ()) in samples
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple], float]:
+    """The exposition parsed by prometheus_client's own parser (raises on a malformed text):
+    ``{(sample name, sorted labels): value}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
