@@ -266,3 +266,50 @@ def test_stale_temporary_folders_of_killed_builds_are_removed(tiny_world, tmp_pa
     alive.mkdir()
     build_store(load_schema(schema_path), data, tmp_path / "store")
     assert not stale.exists() and alive.exists()
+
+
+# -- CSV read errors name the file, the column and the row (issue 21, item 6) ------------------------
+
+def _csv_impressions(tiny_world, text: bytes) -> None:
+    import yaml
+
+    schema_path, data = tiny_world
+    spec = yaml.safe_load(schema_path.read_text())
+    spec["impressions"]["path"] = "impressions.csv"
+    schema_path.write_text(yaml.safe_dump(spec))
+    (data / "impressions.csv").write_bytes(text)
+
+
+def _impressions_csv(tiny_world, copies: int = 1) -> pl.DataFrame:
+    frame = pl.concat([pl.read_parquet(tiny_world[1] / "impressions.parquet")] * copies)
+    return frame.with_columns(pl.int_range(pl.len()).alias("request_id"))
+
+
+def test_csv_bytes_that_are_not_utf8(tiny_world, tmp_path):
+    _csv_impressions(tiny_world, _impressions_csv(tiny_world).write_csv().encode().replace(b"story", b"st\xffory", 1))
+    assert "impressions.csv: column 'placement', row 2 (line 4): bytes that are not UTF-8" in _build_error(tiny_world, tmp_path)
+
+
+def test_csv_row_with_an_extra_field(tiny_world, tmp_path):
+    _csv_impressions(tiny_world, _impressions_csv(tiny_world).write_csv().encode().replace(b"story,0,0\n", b"story,0,0,9\n", 1))
+    assert "impressions.csv: row 2 (line 4): 9 fields, the header has 8" in _build_error(tiny_world, tmp_path)
+
+
+def test_csv_type_error_after_the_inferred_rows(tiny_world, tmp_path):
+    lines = _impressions_csv(tiny_world, copies=2000).with_columns(pl.col("click").cast(pl.Float64)).write_csv().split("\n")
+    fields = lines[12_001].split(",")
+    fields[6] = "abc"  # the click label of row 12,000: its type was inferred from the first 10,000 rows
+    lines[12_001] = ",".join(fields)
+    _csv_impressions(tiny_world, "\n".join(lines).encode())
+    assert "impressions.csv: column 'click', row 12000: cannot parse 'abc' as Float64" in _build_error(tiny_world, tmp_path)
+
+
+@pytest.mark.parametrize("csv", [False, True])
+def test_uint64_timestamps_beyond_int64(tiny_world, tmp_path, csv):
+    frame = _impressions_csv(tiny_world).with_columns(
+        pl.when(pl.col("request_id") == 2).then(2**63 + 5).otherwise(pl.col("timestamp")).cast(pl.UInt64).alias("timestamp"))
+    if csv:
+        _csv_impressions(tiny_world, frame.write_csv().encode())
+    else:
+        frame.write_parquet(tiny_world[1] / "impressions.parquet")
+    assert "column 'timestamp', row 2: out of range timestamp 9223372036854775813" in _build_error(tiny_world, tmp_path)

@@ -33,7 +33,7 @@ def write_content_tables(schema: Schema, data_dir: Path, vocabularies: dict[str,
             continue
         raw = scan_table(data_dir, table_spec.path)
         require_columns(raw, {table_spec.key_column: "id", table_spec.vector_column: "vector"})
-        side = raw.frame.select(ROW, table_spec.key_column, table_spec.vector_column).collect()
+        side = raw.collect(raw.frame.select(ROW, table_spec.key_column, table_spec.vector_column))
         lengths = side[table_spec.vector_column].list.len() if isinstance(side.schema[table_spec.vector_column], pl.List) else None
         if lengths is not None and (lengths != table_spec.dim).any():
             position = int(np.argmax((lengths != table_spec.dim).to_numpy()))

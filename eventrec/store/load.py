@@ -48,13 +48,13 @@ def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildRe
     if source.type_column and stream.event_types:
         frame = frame.filter(pl.col(source.type_column).cast(pl.String).is_in(stream.event_types))
     attribute_columns = sorted(set(_source_columns(stream.attributes)) - {source.user_column, source.timestamp_column})
-    df = frame.select(
+    df = table.collect(frame.select(
         pl.col(ROW),
         pl.col(source.user_column).alias(USER),
         pl.col(source.timestamp_column),
         timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in attribute_columns],
-    ).collect(engine="streaming")
+    ), streaming=True)
     # one read of the file; the checks then run on the rows in memory
     check_not_null(table, df, USER, f"user id (stream {stream.name!r})", source.user_column)
     check_timestamps(table, df, source.timestamp_column, TIME)
@@ -119,10 +119,10 @@ def _unused_event_rows(data_dir: Path, schema: Schema, report: BuildReport) -> i
     table = scan_table(data_dir, schema.events.path)
     disjoint = all(s.event_types for s in shared) and sum(len(set(s.event_types or [])) for s in shared) == len(types)
     if disjoint:
-        total = int(table.frame.select(pl.len()).collect().item())
+        total = int(table.collect(table.frame.select(pl.len())).item())
         return total - sum(report.counts[f"streams.{s.name}.raw_rows"] for s in shared)
     column = pl.col(schema.events.type_column).cast(pl.String)
-    return int(table.frame.filter(~column.is_in(types) | column.is_null()).select(pl.len()).collect().item())
+    return int(table.collect(table.frame.filter(~column.is_in(types) | column.is_null()).select(pl.len())).item())
 
 
 def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.DataFrame]:
@@ -137,13 +137,13 @@ def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.Data
     needed |= {c: "number" for c in imp.extra_columns}
     require_columns(imp_table, needed)
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
-    frame = imp_table.frame.select(
+    frame = imp_table.collect(imp_table.frame.select(
         pl.col(ROW),
         pl.col(imp.user_column).alias(USER),
         pl.col(imp.timestamp_column),
         timestamp_seconds(imp_table, imp.timestamp_column, imp.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in columns],
-    ).collect(engine="streaming")
+    ), streaming=True)
     # one read of the file; the checks then run on the rows in memory
     check_not_null(imp_table, frame, USER, "user id", imp.user_column)
     check_timestamps(imp_table, frame, imp.timestamp_column, TIME)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
+from eventrec.store.csv_errors import csv_separator, locate_csv_error
+
 ROW = "_row"
 TIMESTAMP_SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000}
 # Timestamps outside [1970-01-01, 2200-01-01) are rejected as out of range.
@@ -25,13 +27,30 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class RawTable:
-    """A lazily scanned raw file plus the path used in error messages."""
+    """A lazily scanned raw file plus the path used in error messages and the files it reads."""
 
     frame: pl.LazyFrame
     path: Path
+    files: tuple[Path, ...] = ()
 
     def columns(self) -> dict[str, pl.DataType]:
-        return dict(self.frame.collect_schema())
+        try:
+            return dict(self.frame.collect_schema())
+        except Exception as error:  # polars raises several types for unreadable files
+            raise self.read_error(error, {}) from None
+
+    def collect(self, frame: pl.LazyFrame, streaming: bool = False) -> pl.DataFrame:
+        """``frame`` (a query of this table) collected; a read error becomes a :class:`DataError`
+        naming the file, the column and the row."""
+        try:
+            return frame.collect(engine="streaming") if streaming else frame.collect()
+        except Exception as error:  # polars raises several types for unreadable files
+            raise self.read_error(error, self.columns()) from None
+
+    def read_error(self, error: Exception, types: dict[str, pl.DataType]) -> DataError:
+        where = locate_csv_error(list(self.files), {k: v for k, v in types.items() if k != ROW})
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return DataError(where or f"{self.path}: cannot be read: {first_line}")
 
 
 def resolve_files(data_dir: Path, pattern: str) -> list[Path]:
@@ -54,16 +73,12 @@ def scan_table(data_dir: Path, pattern: str) -> RawTable:
         if file.suffix == ".parquet":
             frame = pl.scan_parquet(file)
         else:
-            separator = "\t" if file.suffix in (".tsv", ".inter") else ","
-            frame = pl.scan_csv(file, separator=separator, infer_schema_length=10_000)
+            frame = pl.scan_csv(file, separator=csv_separator(file), infer_schema_length=10_000)
         frames.append(frame)
     frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
     frame = frame.with_row_index(ROW)
-    table = RawTable(frame, files[0] if len(files) == 1 else data_dir / pattern)
-    try:
-        columns = table.columns()
-    except Exception as error:  # polars raises several types for unreadable files
-        raise DataError(f"{table.path}: cannot be read: {error}") from None
+    table = RawTable(frame, files[0] if len(files) == 1 else data_dir / pattern, tuple(files))
+    columns = table.columns()
     if len(columns) <= 1:
         raise DataError(f"{table.path}: no columns found (empty file?)")
     return table
@@ -110,8 +125,8 @@ def timestamp_seconds(table: RawTable, column: str, unit: str) -> pl.Expr:
         as_int = col.str.strip_chars().str.to_integer(strict=False) // TIMESTAMP_SCALE[unit]
         as_date = col.str.to_datetime(strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
         expr = pl.coalesce(as_int, as_date)
-    else:
-        expr = col.cast(pl.Int64) // TIMESTAMP_SCALE[unit]
+    else:  # beyond Int64 (UInt64 above 2^63): null here, reported as out of range by check_timestamps
+        expr = col.cast(pl.Int64, strict=False) // TIMESTAMP_SCALE[unit]
     return expr.cast(pl.Int64)
 
 
@@ -122,7 +137,8 @@ def check_timestamps(table: RawTable, frame: pl.DataFrame | pl.LazyFrame, raw_co
     row = first_row(table, frame, bad_parse & pl.col(raw_column).is_not_null())
     if row is not None:
         value = frame.filter(pl.col(ROW) == row).select(raw_column).collect().item()
-        raise DataError(f"{table.path}: column {raw_column!r}, row {row}: unparsable timestamp {value!r}")
+        what = "out of range" if frame.collect_schema()[raw_column].is_integer() else "unparsable"
+        raise DataError(f"{table.path}: column {raw_column!r}, row {row}: {what} timestamp {value!r}")
     row = first_row(table, frame, pl.col(raw_column).is_null())
     if row is not None:
         raise DataError(f"{table.path}: column {raw_column!r}, row {row}: null timestamp")
