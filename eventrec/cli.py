@@ -171,7 +171,7 @@ def train(
     """Train a model on the store's train split, early-stopping on validation."""
     _set_threads(threads)
     from eventrec.store.reader import EventStore
-    from eventrec.training.trainer import train as run_training
+    from eventrec.training.trainer import Trainer
 
     from eventrec.store.reader import StoreError
 
@@ -184,9 +184,10 @@ def train(
         loaded = EventStore.open(store)
         for where, objective in train_config.all_objectives():  # refused before anything is built
             objective.check(loaded, model_config, where)
+        trainer = Trainer(loaded, model_config, train_config, out)  # refuses empty splits, another store or config to resume
     except (StoreError, ValueError) as error:
         _fail(error)
-    _, result = run_training(loaded, model_config, train_config, out)
+    _, result = trainer.fit()
     typer.echo(f"best epoch {result.best_epoch + 1}, {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")
     typer.echo(json.dumps(result.best_validation, indent=1, default=float))
 
@@ -197,6 +198,8 @@ def evaluate(
     checkpoint: Path = typer.Option(..., help="A checkpoint directory, e.g. RUN/best."),
     split: str = typer.Option("test", help="train | validation | test"),
     predictions: Optional[Path] = typer.Option(None, help="Write per-impression scores to this Parquet file."),
+    allow_store_mismatch: bool = typer.Option(False, "--allow-store-mismatch", help="Use a store whose vocabularies or "
+                                              "statistics differ from the training store's (experts only: ids may mean other things)."),
 ) -> None:
     """Metrics of a trained model on a split: per task, by history length and by streams present."""
     import numpy as np
@@ -210,12 +213,12 @@ def evaluate(
 
     try:
         loaded = EventStore.open(store)
-        model, config, _, _ = load_trained_model(checkpoint)
+        model, config, _, _ = load_trained_model(checkpoint, loaded, allow_store_mismatch)
         indices = loaded.split_indices(split)
-    except (StoreError, FileNotFoundError, ValueError) as error:
+        probs = predict(model, loaded, indices, batch_function(config))
+        report = {"split": split, "tasks": metrics_by_task(loaded, indices, probs), "segments": metrics_by_segment(loaded, indices, probs)}
+    except (StoreError, FileNotFoundError, ValueError) as error:  # incl. another store, a damaged checkpoint, NaN scores
         _fail(error)
-    probs = predict(model, loaded, indices, batch_function(config))
-    report = {"split": split, "tasks": metrics_by_task(loaded, indices, probs), "segments": metrics_by_segment(loaded, indices, probs)}
     typer.echo(json.dumps(report, indent=1, default=float))
     if predictions:
         columns = {"example": indices, "user_row": loaded.user_rows[indices], "timestamp": loaded.timestamps[indices]}

@@ -4,18 +4,64 @@ A checkpoint directory holds ``model.safetensors``, optionally ``optimizer.safet
 optimizer's state flattened to ``"{optimizer}.{param index}.{key}"`` tensors plus scalar hyper-state
 in the JSON) and ``checkpoint.json``. Writes go to a temporary directory that is renamed into place,
 so a kill never leaves a half-written checkpoint.
+
+Reading is defensive: a damaged or crafted file gives a :class:`CheckpointError` naming it (never a
+safetensors or JSON traceback), and :func:`require_shapes` compares the tensors a model config would
+allocate with the weights file's header *before* anything is allocated (a crafted ``model_dim`` in
+``checkpoint.json`` once asked for terabytes).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory whose files are damaged, inconsistent or not a checkpoint's."""
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a damaged file raises :class:`CheckpointError` naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error}); the checkpoint is damaged: "
+                              "use another one, or retrain") from None
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` from a safetensors file's header alone (no tensor is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error}); the checkpoint is damaged: "
+                              "use another one, or retrain") from None
+
+
+def require_shapes(path: Path, expected: dict[str, torch.Size]) -> None:
+    """Raise :class:`CheckpointError` unless the weights file ``path`` holds exactly the tensors of
+    ``expected`` (a model's state dict, e.g. built on the ``meta`` device: names and shapes only).
+    The model then allocates no more than the file holds."""
+    found = tensor_shapes(path)
+    wanted = {key: tuple(shape) for key, shape in expected.items()}
+    if found == wanted:
+        return
+    count = lambda shapes: sum(math.prod(s) for s in shapes.values())  # noqa: E731
+    differ = sorted(k for k in wanted.keys() | found.keys() if wanted.get(k) != found.get(k))
+    shown = "; ".join(f"{k}: config {wanted.get(k, '-')}, file {found.get(k, '-')}" for k in differ[:5])
+    raise CheckpointError(f"{path.parent}: checkpoint.json describes a model of {count(wanted):,} numbers, {path.name} holds "
+                          f"{count(found):,}; they differ in {len(differ)} tensor(s) ({shown}{', ...' if len(differ) > 5 else ''}): "
+                          "the checkpoint is damaged or was edited; nothing was allocated")
 
 
 def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -84,7 +130,13 @@ def read_checkpoint_info(directory: Path) -> dict:
     path = directory / "checkpoint.json"
     if not path.exists():
         raise FileNotFoundError(f"{directory}: no checkpoint.json (not a checkpoint)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error}); the checkpoint is damaged") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: a JSON object expected, found {type(info).__name__}")
+    return info
 
 
 def load_checkpoint(
@@ -95,10 +147,14 @@ def load_checkpoint(
     """Load weights (and optimizer states) in place; returns (info, the other saved tensors)."""
     directory = Path(directory)
     info = read_checkpoint_info(directory)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    weights = directory / "model.safetensors"
+    try:
+        model.load_state_dict(read_tensors(weights))
+    except RuntimeError as error:  # missing / unexpected keys, shape mismatch
+        raise CheckpointError(f"{weights}: does not fit the model of {directory / 'checkpoint.json'} ({error})") from None
     tensors: dict[str, torch.Tensor] = {}
     if (directory / "optimizer.safetensors").exists():
-        tensors = load_file(str(directory / "optimizer.safetensors"))
+        tensors = read_tensors(directory / "optimizer.safetensors")
     if optimizers:
         _restore_optimizers(optimizers, {k: v for k, v in tensors.items() if k.split(".", 1)[0] in optimizers}, info["optimizers"])
     return info, {k: v for k, v in tensors.items() if k.split(".", 1)[0] not in (optimizers or {})}

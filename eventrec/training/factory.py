@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Callable, Union
 
 import numpy as np
-from pydantic import TypeAdapter
+import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from eventrec.data.gather import make_batch
@@ -15,6 +16,8 @@ from eventrec.model.config import DlrmConfig, SequenceModelConfig
 from eventrec.model.dlrm import DlrmModel
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.sequence_ranker import SequenceRanker
+from eventrec.store.reader import EventStore
+from eventrec.training.store_match import check_store
 
 ModelConfig = Union[SequenceModelConfig, DlrmConfig]
 _CONFIG = TypeAdapter(ModelConfig)
@@ -44,13 +47,27 @@ def batch_function(config: ModelConfig) -> Callable[[object, np.ndarray], object
     return DlrmFeatureBuilder(config.windows)
 
 
-def load_trained_model(checkpoint: Path) -> tuple[nn.Module, ModelConfig, FeatureSpec, dict]:
-    """Model with the checkpoint's weights (safetensors + JSON only), in eval mode."""
-    from eventrec.training.checkpoint import load_checkpoint, read_checkpoint_info
+def load_trained_model(checkpoint: Path, store: EventStore | None = None,
+                       allow_store_mismatch: bool = False) -> tuple[nn.Module, ModelConfig, FeatureSpec, dict]:
+    """Model with the checkpoint's weights (safetensors + JSON only), in eval mode. Given the
+    ``store`` it will read, a store of other encodings than the training store's is refused
+    (:func:`~eventrec.training.store_match.check_store`; ``allow_store_mismatch`` only warns). The model is
+    first built on the ``meta`` device (nothing allocated) and its tensors' names and shapes compared
+    with the weights file's header: a damaged or crafted checkpoint raises
+    :class:`~eventrec.training.checkpoint.CheckpointError` naming it, before any allocation."""
+    from eventrec.training.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, require_shapes
 
     info = read_checkpoint_info(checkpoint)
-    config = parse_model_config(info["model_config"])
-    spec = FeatureSpec.from_json(info["feature_spec"])
+    if store is not None:
+        check_store(info, store, checkpoint, allow_store_mismatch)
+    try:
+        config = parse_model_config(info["model_config"])
+        spec = FeatureSpec.from_json(info["feature_spec"])
+        with torch.device("meta"):
+            skeleton = build_model(spec, config)
+    except (KeyError, TypeError, ValueError, ValidationError, RuntimeError) as error:
+        raise CheckpointError(f"{Path(checkpoint) / 'checkpoint.json'}: not a model this eventrec builds ({type(error).__name__}: {error})") from None
+    require_shapes(Path(checkpoint) / "model.safetensors", {k: v.shape for k, v in skeleton.state_dict().items()})
     model = build_model(spec, config)
     load_checkpoint(checkpoint, model)
     model.eval()

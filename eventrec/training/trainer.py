@@ -42,9 +42,10 @@ from eventrec.training.logs import CsvLog
 from eventrec.training.objectives import Catalogue, forward, total_loss
 from eventrec.training.optim import build_optimizers, learning_rate, optimizer_step
 from eventrec.training.resume_check import check_resume
+from eventrec.training.store_match import STORE_KEY, check_store, store_record
 from eventrec.training.weight_average import WeightAverage
 
-__all__ = ["ExperimentalTrainConfig", "TrainConfig", "TrainResult", "Trainer", "learning_rate", "seed_everything", "train"]
+__all__ = ["ExperimentalTrainConfig", "TrainConfig", "TrainResult", "Trainer", "check_splits", "learning_rate", "seed_everything", "train"]
 
 ValidationScore = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -64,6 +65,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_splits(store: EventStore, config: TrainConfig) -> None:
+    """Raise ``ValueError`` naming the split when the train split is empty, or when the validation
+    split has no labelled impression of the first task although early stopping on NE / AUC or the
+    calibration needs one (split boundaries beyond the data build such stores)."""
+    fix = "rebuild the store with split boundaries inside the data's time range (schema splits: train_end, validation_end)"
+    if len(store.split_indices("train")) == 0:
+        raise ValueError(f"{store.path}: the train split is empty; {fix}")
+    if config.stop_on in ("ne", "auc") or config.calibrate:
+        primary = store.label_names[0]
+        labelled = int((~np.isnan(store.labels[store.split_indices("validation"), 0])).sum())
+        if labelled == 0:
+            needs = " and ".join(([f"stop_on: {config.stop_on}"] if config.stop_on != "score" else []) + (["calibrate"] if config.calibrate else []))
+            raise ValueError(f"{store.path}: the validation split has no impression labelled {primary!r}, which {needs} needs; {fix}")
+
+
 class Trainer:
     """Trains a model of ``model_config`` on ``store``'s train split into ``run_dir`` (resuming the
     run there, if any). ``validation_score(model)`` (needed by ``stop_on="score"``): called at each
@@ -76,6 +92,7 @@ class Trainer:
             raise ValueError("stop_on: 'score' needs a validation_score function passed to train()")
         for where, objective in config.all_objectives():
             objective.check(store, model_config, where)
+        check_splits(store, config)
         self.store, self.model_config, self.config = store, model_config, config
         self.run_dir, self.show_progress, self.validation_score = Path(run_dir), show_progress, validation_score
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +102,9 @@ class Trainer:
         self.train_log = CsvLog(self.run_dir / "train_log.csv", ["step", "epoch", "loss", "learning_rate", *[f"loss_{n}" for n in names]])
         self.eval_log = CsvLog(self.run_dir / "eval_log.csv", ["step", "epoch", "task", "ne", "auc", "gauc", "logloss", "calibration", "count"])
         self.score_log = CsvLog(self.run_dir / "score_log.csv", ["step", "epoch", "score", "metrics"]) if validation_score else None
+        for log in (self.train_log, self.eval_log, self.score_log):
+            if log is not None:  # rows logged after the checkpoint resumed from are written again
+                log.drop_after(self.state["step"])
 
     def _build(self) -> None:
         """The model, optimizers, objectives, data and a fresh state (seeded: the same on every run)."""
@@ -106,7 +126,7 @@ class Trainer:
         per_epoch = config.validations_per_epoch
         self.validation_points = {round(self.steps_per_epoch * (k + 1) / per_epoch) for k in range(per_epoch)}
         self.info_base = {"model_config": self.model_config.model_dump(mode="json"), "feature_spec": self.spec.to_json(),
-                          "train_config": config.model_dump(mode="json")}
+                          "train_config": config.model_dump(mode="json"), STORE_KEY: store_record(store)}
         self.state: dict = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ne": None, "best_epoch": -1, "bad_epochs": 0,
                             "history": [], "best_validation": {}}
         decay = config.weight_average_decay
@@ -121,7 +141,9 @@ class Trainer:
         last = self.last
         if not ((last / "checkpoint.json").exists() or last.with_name(".last.old").exists()):
             return
-        check_resume(read_checkpoint_info(last), self.config, self.model_config, str(last))
+        saved = read_checkpoint_info(last)
+        check_resume(saved, self.config, self.model_config, str(last))
+        check_store(saved, self.store, last)
         info, extra = load_checkpoint(last, self.model, self.optimizers)
         self.state = info["state"]
         torch.set_rng_state(extra["rng.torch"])
