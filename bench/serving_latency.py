@@ -90,8 +90,9 @@ def build_world(directory: Path, sizes: list[int], seed: int = 0):
     pl.DataFrame(imps, schema={"user_id": pl.Int64, "ad_id": pl.Int64, "timestamp": pl.Int64, "category": pl.String, "placement": pl.String,
                                "click": pl.Int8, "conversion": pl.Int8}, orient="row").write_parquet(directory / "impressions.parquet")
     (directory / "schema.yaml").write_text(yaml.safe_dump(SCHEMA, sort_keys=False))
-    build_store(load_schema(directory / "schema.yaml"), directory, directory / "store")
-    return EventStore.open(directory / "store")
+    store = directory.with_name(f"{directory.name}_store")  # beside the logs: a build refuses --out inside --data
+    build_store(load_schema(directory / "schema.yaml"), directory, store)
+    return EventStore.open(store)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

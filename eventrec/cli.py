@@ -64,7 +64,7 @@ def generate(
 def prepare(
     dataset: str = typer.Argument(..., help="trivago | ml100k | amazon_grocery"),
     source: Path = typer.Option(..., help="The dataset's folder, e.g. ../shared/data/trivago."),
-    out: Path = typer.Option(..., help="Directory for the converted raw logs."),
+    out: Path = typer.Option(..., help="Directory for the converted raw logs: absent, empty or a previous output; never --source or inside it."),
 ) -> None:
     """Convert a real dataset into eventrec's raw-log format (then `eventrec build --schema DATASET`)."""
     from eventrec.adapters import ADAPTERS
@@ -84,7 +84,8 @@ def prepare(
 def build(
     schema: str = typer.Option(..., help="A schema YAML file, or a built-in name (synthetic, trivago, ml100k, amazon_grocery)."),
     data: Path = typer.Option(..., help="Directory of the raw logs the schema's paths are relative to."),
-    out: Path = typer.Option(..., help="Store directory (replaced atomically)."),
+    out: Path = typer.Option(..., help="Store directory: absent, empty or a previous store (replaced atomically); never --data or inside it."),
+    allow_empty_splits: bool = typer.Option(False, "--allow-empty-splits", help="Build even if the schema's time boundaries leave a split without impressions."),
 ) -> None:
     """Build the people-centric event store and point-in-time examples from raw logs."""
     from eventrec.store.build import build_store
@@ -92,7 +93,7 @@ def build(
     try:
         parsed = load_schema(_schema_path(schema))
         with _stage_bar("build") as say:
-            manifest = build_store(parsed, data, out, progress=say)
+            manifest = build_store(parsed, data, out, progress=say, allow_empty_splits=allow_empty_splits)
     except (SchemaError, DataError) as error:
         _fail(error)
     typer.echo(f"built {out} in {manifest['build_seconds']:.1f}s")

@@ -313,3 +313,18 @@ def test_uint64_timestamps_beyond_int64(tiny_world, tmp_path, csv):
     else:
         frame.write_parquet(tiny_world[1] / "impressions.parquet")
     assert "column 'timestamp', row 2: out of range timestamp 9223372036854775813" in _build_error(tiny_world, tmp_path)
+
+
+# -- split boundaries beyond the data (issue 21, item 7) ---------------------------------------------
+
+def test_split_boundaries_beyond_the_data_are_refused(tiny_world, tmp_path):
+    import yaml
+
+    schema_path, data = tiny_world
+    spec = yaml.safe_load(schema_path.read_text())
+    spec["splits"] = {"train_end": 100, "validation_end": 10_000}  # every later impression falls in validation
+    schema_path.write_text(yaml.safe_dump(spec))
+    message = _build_error(tiny_world, tmp_path)
+    assert "schema splits" in message and "validation_end" in message and "no impression in the test split" in message
+    manifest = build_store(load_schema(schema_path), data, tmp_path / "s", allow_empty_splits=True)  # the documented way out
+    assert manifest["counts"]["examples.test"] == 0

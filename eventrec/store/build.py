@@ -54,6 +54,22 @@ def _resolve_splits(schema: Schema, impression_times: np.ndarray) -> tuple[int, 
     return train_end, validation_end
 
 
+def _check_splits(schema: Schema, split: np.ndarray, boundaries: tuple[int, int], allow_empty_splits: bool) -> None:
+    """Refuse a split without impressions when the schema's boundaries are timestamps beyond the data:
+    training would have nothing to validate or test on. Fraction splits are resolved inside the data
+    and are empty only with a handful of impressions (the next-item benchmarks then assign their own
+    splits after the build): allowed. ``allow_empty_splits`` is the way out for time boundaries."""
+    sizes = np.bincount(split, minlength=len(SPLIT_NAMES))
+    empty = [name for name, size in zip(SPLIT_NAMES, sizes) if size == 0]
+    if empty and not allow_empty_splits and schema.splits.train_end is not None:
+        raise DataError(
+            f"schema splits ({schema.splits.model_dump(exclude_none=True)}; resolved train_end={boundaries[0]}, "
+            f"validation_end={boundaries[1]}): no impression in the {' and '.join(empty)} split(s) "
+            f"({', '.join(f'{n} {c}' for n, c in zip(SPLIT_NAMES, sizes.tolist()))}); move the boundaries inside the data "
+            "or pass allow_empty_splits (--allow-empty-splits)"
+        )
+
+
 def _arrow_list(offsets: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets, type=pa.int64()), values)
 
@@ -177,10 +193,12 @@ def _write_metadata(schema: Schema, encoder: AttributeEncoder, report: BuildRepo
     return manifest
 
 
-def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progress: Progress | None = None) -> dict:
+def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progress: Progress | None = None,
+                allow_empty_splits: bool = False) -> dict:
     """Build the store for ``schema`` from the raw logs in ``data_dir`` into ``out_dir``.
 
-    Returns the manifest (also written as ``manifest.json``). Raises :class:`DataError` on bad input.
+    ``out_dir`` must be absent, empty or a previous store, and neither ``data_dir`` nor inside it.
+    A split without impressions is refused unless ``allow_empty_splits``. Returns the manifest (also written as ``manifest.json``). Raises :class:`DataError` on bad input.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     say = progress or (lambda _message: None)
@@ -193,6 +211,9 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
     imp = schema.impressions
     imp_table, impressions, streams, users = read_logs(schema, data_dir, report, say)
     train_end, validation_end = _resolve_splits(schema, impressions[TIME].to_numpy())
+    times = impressions[TIME].to_numpy().astype(np.int64)
+    split = np.where(times < train_end, 0, np.where(times < validation_end, 1, 2)).astype(np.int8)
+    _check_splits(schema, split, (train_end, validation_end), allow_empty_splits)
     num_users = users.height
 
     # --- vocabularies and statistics from the training period only ---------------------------
@@ -218,8 +239,6 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
 
         # --- examples: one per impression, pointing at the user's history --------------------
         say("computing point-in-time examples")
-        times = impressions[TIME].to_numpy().astype(np.int64)
-        split = np.where(times < train_end, 0, np.where(times < validation_end, 1, 2)).astype(np.int8)
         example_columns = _example_columns(schema, impressions, users, indexes, encoder, report, imp_table, split)
         del impressions, indexes
         say("writing users and examples")
