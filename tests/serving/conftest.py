@@ -91,3 +91,4 @@ def redis_url(tmp_path_factory):
     process, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
     stop_redis(process)
+

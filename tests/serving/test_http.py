@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
-import httpx
 import pytest
-import uvicorn
 
 from eventrec.serving import RankingService
 from eventrec.serving.http import create_app
+from http_server import running
 
 
 @pytest.fixture(scope="module")
 def server(served):
     store, checkpoint, _ = served
     service = RankingService.load(checkpoint, store, max_candidates=50)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with running(create_app(service)) as client:
         yield client, service
-    server.should_exit = True
-    thread.join(10)
 
 
 def body(n=20, **extra):
