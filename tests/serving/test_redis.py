@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from redis_server import start_redis, stop_redis
-from eventrec.serving import OutOfOrderEvents, RankingService, StoreUnavailable
+from eventrec.serving import InvalidInput, OutOfOrderEvents, RankingService, StoreUnavailable
 from eventrec.serving.codec import encode_state
 from eventrec.serving.http import create_app
 from eventrec.serving.redis_store import connect, redis_stores
@@ -133,3 +133,24 @@ def test_redis_down(served, tmp_path, namespace):
         redis_stores(url, store)
     assert connect(url).connection_pool is not None
     np.testing.assert_allclose(before, RankingService.load(checkpoint, store).rank(1, candidates(), CONTEXT, 1000).scores, atol=1e-5, rtol=0)
+
+
+def test_bad_append_repair_with_redis(served, redis_url, namespace):
+    """With Redis a wrong (in range, no clock check) append used to lock the user out for good: the
+    operator's drop_appended_events repairs it for every replica; a millisecond time is refused."""
+    store, checkpoint, _ = served
+    a = replica(store, checkpoint, redis_url, namespace)
+    states, events = redis_stores(redis_url, store, namespace=namespace)
+    b = RankingService.load(checkpoint, store, state_store=states, event_log=events, future_tolerance_s=None)
+    with pytest.raises(InvalidInput, match="out of range"):
+        a.append_events(1, [click(1_700_000_000_000)])
+    b.append_events(1, [click(700, 9, "bags"), click(7_000_000_000)])
+    with pytest.raises(OutOfOrderEvents):
+        a.append_events(1, [click(800)])
+    a.rank(1, candidates(), CONTEXT, 1000)
+    assert a.drop_appended_events(1, 700) == {"dropped": 1, "events": 8}
+    b.append_events(1, [click(800)])
+    assert sum(a.user_events(1).counts().values()) == 9
+    local = RankingService.load(checkpoint, store)
+    local.append_events(1, [click(700, 9, "bags"), click(800)])
+    np.testing.assert_allclose(a.rank(1, candidates(), CONTEXT, 1000).scores, local.rank(1, candidates(), CONTEXT, 1000).scores, atol=1e-5, rtol=0)
