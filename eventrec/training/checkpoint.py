@@ -122,6 +122,28 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Remove the ``.NAME.tmp-PID`` entries of ``directory`` (half-written checkpoints and logs) whose
+    process is no longer running, i.e. was killed mid-write; returns their names."""
+    removed = []
+    for path in Path(directory).glob(".*.tmp-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def read_checkpoint_info(directory: Path) -> dict:
     directory = Path(directory)
     old = directory.with_name(f".{directory.name}.old")

@@ -35,7 +35,7 @@ from eventrec.model.embeddings import FeatureSpec
 from eventrec.store.reader import EventStore
 from eventrec.training.calibration import calibrate_on_validation
 from eventrec.training.callbacks import Callback
-from eventrec.training.checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from eventrec.training.checkpoint import load_checkpoint, read_checkpoint_info, remove_stale_temporaries, save_checkpoint
 from eventrec.training.config import ExperimentalTrainConfig, TrainConfig
 from eventrec.training.factory import ModelConfig, batch_function, build_model
 from eventrec.training.logs import CsvLog
@@ -96,6 +96,7 @@ class Trainer:
         self.store, self.model_config, self.config = store, model_config, config
         self.run_dir, self.show_progress, self.validation_score = Path(run_dir), show_progress, validation_score
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.run_dir)  # left by a run killed while writing
         self._build()
         self.resume()
         names = store.label_names
