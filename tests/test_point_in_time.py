@@ -45,7 +45,7 @@ impression = st.tuples(st.integers(0, 5), st.integers(0, 62), st.integers(0, 6),
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(event, max_size=40), impressions=st.lists(impression, min_size=1, max_size=15))
+@given(events=st.lists(event, min_size=1, max_size=40), impressions=st.lists(impression, min_size=1, max_size=15))
 def test_histories_are_strictly_before_and_exact(tmp_path_factory, events, impressions):
     data = tmp_path_factory.mktemp("logs")
     rows = [(u, t, ts, float(i), item) for i, (u, t, ts, item) in enumerate(events)]

@@ -328,3 +328,26 @@ def test_split_boundaries_beyond_the_data_are_refused(tiny_world, tmp_path):
     assert "schema splits" in message and "validation_end" in message and "no impression in the test split" in message
     manifest = build_store(load_schema(schema_path), data, tmp_path / "s", allow_empty_splits=True)  # the documented way out
     assert manifest["counts"]["examples.test"] == 0
+
+
+# -- input no longer accepted silently (issue 21, item 8) --------------------------------------------
+
+def test_duplicate_impression_rows_are_dropped_and_counted(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    _break(data, "impressions.parquet", lambda f: pl.concat([f, f.filter(pl.col("request_id") == 4)]))
+    manifest = build_store(load_schema(schema_path), data, tmp_path / "s")
+    assert manifest["drops"]["impressions.duplicate_rows"] == 1
+    assert manifest["counts"]["impressions"] == 7
+
+
+def test_a_request_spanning_several_users_or_times_is_refused(tiny_world, tmp_path):
+    _break(tiny_world[1], "impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 4).then(1).otherwise(pl.col("request_id")).alias("request_id")))
+    message = _build_error(tiny_world, tmp_path)
+    assert "column 'request_id', row 3: request 1 spans several users or times" in message
+    _break(tiny_world[1], "impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 1).then(3).otherwise(pl.col("request_id")).alias("request_id")))
+    assert "request 3 spans several users or times" in _build_error(tiny_world, tmp_path)
+
+
+def test_a_zero_row_events_file_is_refused(tiny_world, tmp_path):
+    _break(tiny_world[1], "events.parquet", lambda f: f.head(0))
+    assert "events.parquet: no data rows" in _build_error(tiny_world, tmp_path)

@@ -56,6 +56,8 @@ def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildRe
         *[pl.col(c) for c in attribute_columns],
     ), streaming=True)
     # one read of the file; the checks then run on the rows in memory
+    if df.height == 0 and table.collect(table.frame.select(pl.len())).item() == 0:
+        raise DataError(f"{table.path}: no data rows (an empty events file)")
     check_not_null(table, df, USER, f"user id (stream {stream.name!r})", source.user_column)
     check_timestamps(table, df, source.timestamp_column, TIME)
     df = _sorted_by(df.drop(source.timestamp_column), [USER, TIME, ROW])
@@ -83,15 +85,18 @@ def _sorted_by(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     return df.sort(keys)  # an eager sort is faster here than a lazy one
 
 
-def _drop_exact_duplicates(df: pl.DataFrame) -> pl.DataFrame:
-    """Drop rows equal to an earlier row (by file row) in user, time and every attribute.
+def _drop_exact_duplicates(df: pl.DataFrame, sorted_by_user: bool = True) -> pl.DataFrame:
+    """Drop rows equal to an earlier row (in ``df``'s order) in user, time and every other column.
 
-    ``df`` is sorted by (user, time, file row), so duplicates are adjacent in (user, time): only the
-    rows of (user, time) groups of two or more are compared in full; list and vector values are
-    compared through their elements' text.
+    Only the rows of (user, time) groups of two or more are compared in full: adjacent ones when
+    ``df`` is sorted by (user, time, file row) (events), else found by a group count (impressions,
+    sorted by time); list and vector values are compared through their elements' text.
     """
-    same = (pl.col(USER) == pl.col(USER).shift(1)) & (pl.col(TIME) == pl.col(TIME).shift(1))
-    candidate = df.select((same | same.shift(-1)).fill_null(False)).to_series().to_numpy()
+    if sorted_by_user:
+        same = (pl.col(USER) == pl.col(USER).shift(1)) & (pl.col(TIME) == pl.col(TIME).shift(1))
+        candidate = df.select((same | same.shift(-1)).fill_null(False)).to_series().to_numpy()
+    else:
+        candidate = df.select(pl.len().over(USER, TIME) > 1).to_series().to_numpy()
     if not candidate.any():
         return df
     positions = np.flatnonzero(candidate)
@@ -125,8 +130,9 @@ def _unused_event_rows(data_dir: Path, schema: Schema, report: BuildReport) -> i
     return int(table.collect(table.frame.filter(~column.is_in(types) | column.is_null()).select(pl.len())).item())
 
 
-def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.DataFrame]:
-    """The checked impressions: ``_row``, ``_user``, ``_t`` and the needed columns, sorted by time."""
+def _load_impressions(data_dir: Path, schema: Schema, report: BuildReport) -> tuple[RawTable, pl.DataFrame]:
+    """The checked impressions: ``_row``, ``_user``, ``_t`` and the needed columns, sorted by time,
+    exact duplicate rows dropped (counted)."""
     imp = schema.impressions
     imp_table = scan_table(data_dir, imp.path)
     needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
@@ -155,7 +161,30 @@ def _load_impressions(data_dir: Path, schema: Schema) -> tuple[RawTable, pl.Data
             raise DataError(f"{imp_table.path}: column {label!r}, row {row}: label must be 0, 1 or null, got {value!r}")
     if frame.height == 0:
         raise DataError(f"{imp_table.path}: no impressions")
-    return imp_table, _sorted_by(frame.drop(imp.timestamp_column), [TIME, ROW])
+    if imp.request_column:
+        _check_requests(imp_table, frame, imp.request_column, imp.user_column, imp.timestamp_column)
+    frame = _sorted_by(frame.drop(imp.timestamp_column), [TIME, ROW])
+    before = frame.height
+    frame = _drop_exact_duplicates(frame, sorted_by_user=False)
+    report.drop("impressions.duplicate_rows", before - frame.height)
+    return imp_table, frame
+
+
+def _check_requests(table: RawTable, frame: pl.DataFrame, request: str, user: str, timestamp: str) -> None:
+    """Refuse a request id shared by impressions of several users or times (one request is one
+    user at one time), naming the first row that disagrees with its request's first row."""
+    keyed = frame.filter(pl.col(request).is_not_null())
+    bad = (pl.col(USER).n_unique().over(request) > 1) | (pl.col(TIME).n_unique().over(request) > 1)
+    row = first_row(table, keyed, bad)
+    if row is None:
+        return
+    request_id = keyed.filter(pl.col(ROW) == row)[request].item()
+    rows = keyed.filter(pl.col(request) == request_id).sort(ROW)
+    first, other = rows.row(0, named=True), rows.filter((pl.col(USER) != rows[USER][0]) | (pl.col(TIME) != rows[TIME][0])).row(0, named=True)
+    raise DataError(
+        f"{table.path}: column {request!r}, row {other[ROW]}: request {request_id!r} spans several users or times "
+        f"(row {first[ROW]}: {user} {first[USER]!r} at {timestamp} {first[TIME]}; row {other[ROW]}: {user} {other[USER]!r} at {other[TIME]})"
+    )
 
 
 def read_logs(schema: Schema, data_dir: Path, report: BuildReport, say: Progress) -> tuple[RawTable, pl.DataFrame, dict[str, tuple[RawTable, pl.DataFrame]], pl.DataFrame]:
@@ -164,7 +193,7 @@ def read_logs(schema: Schema, data_dir: Path, report: BuildReport, say: Progress
     when the files disagree on their type)."""
     # --- impressions -------------------------------------------------------------------------
     say("reading impressions")
-    imp_table, impressions = _load_impressions(data_dir, schema)
+    imp_table, impressions = _load_impressions(data_dir, schema, report)
 
     # --- streams: sorted by (user, time, file row), exact duplicates dropped ------------------
     streams: dict[str, tuple[RawTable, pl.DataFrame]] = {}
