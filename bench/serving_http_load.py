@@ -19,6 +19,16 @@ Per (N, C) cell:
 
 Prints a Markdown table: core p50/p99, HTTP p50/p99, requests/s, requests, errors; each server's request
 counts from its /metrics go to stderr.
+
+`--mixed` (the bounded load test of issue 21) runs, per server, instead of the /rank-only cells, one phase
+of `--duration` seconds with the largest `--clients` value: each client owns its users (a known user of the
+world, and cold users) and alternates at random between POST /rank (C = the smallest `--candidates`, a request
+time after every appended event) and POST /events (one click, times increasing per user). It reports p50/p99
+per endpoint, requests/s and errors (any non-200 answer or exception), then checks that every appended
+event is present: one more append per user must answer `events` = the store's count + every accepted append
++ 1, and /metrics' `eventrec_events_appended_total` must equal the events accepted; it exits 1 otherwise.
+
+    .venv/bin/python bench/serving_http_load.py --mixed --duration 60 --clients 4 --events 256 --candidates 500
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> N
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
+            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode()[-2000:] if process.stderr else ''}")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -101,12 +111,80 @@ def load(url: str, body: bytes, clients: int, duration_s: float, max_requests: i
     return latencies, counts["requests"], counts["errors"], time.perf_counter() - started
 
 
+def mixed_load(base: str, users: list[list[tuple]], rank_body, clients: int, duration_s: float, seed: int = 0) -> dict:
+    """``clients`` threads, client i alternating at random between POST /rank and POST /events for its
+    own ``users[i]`` (``(user id, events in the store)``) for ``duration_s``; then every append checked."""
+    import httpx
+
+    latencies: dict[str, list[float]] = {"/rank": [], "/events": []}
+    errors: list[str] = []
+    appended: dict = {}
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration_s
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(seed + i)
+        with httpx.Client(base_url=base, timeout=30) as session:
+            while time.perf_counter() < stop_at:
+                user, _ = users[i][int(rng.integers(len(users[i])))]
+                path = "/events" if rng.random() < 0.5 else "/rank"
+                count = appended.get(user, 0)
+                body = {"user_id": user, "events": [{"event_type": "click", "timestamp": REQUEST_TIME - 1_000_000 + count, "ad_id": int(rng.integers(0, 1_000_000)),
+                                                     "category": CATEGORIES[int(rng.integers(50))], "price": 1.0}]} if path == "/events" else rank_body(user)
+                started = time.perf_counter()
+                try:
+                    response = session.post(path, json=body)
+                    ok = response.status_code == 200
+                    detail = f"{path} {response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as error:
+                    ok, detail = False, f"{path} {error!r}"
+                with lock:
+                    latencies[path].append(time.perf_counter() - started)
+                    if not ok:
+                        errors.append(detail)
+                    elif path == "/events":
+                        appended[user] = count + 1
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    missing = []
+    with httpx.Client(base_url=base, timeout=30) as session:  # every accepted append is there: one more append per user counts them
+        for user, stored in (u for owned in users[:clients] for u in owned):
+            n = appended.get(user, 0)
+            check = {"event_type": "click", "timestamp": REQUEST_TIME - 1_000_000 + n, "ad_id": 1, "category": CATEGORIES[0], "price": 1.0}
+            answer = session.post("/events", json={"user_id": user, "events": [check]}).json()
+            if answer.get("events") != stored + n + 1:
+                missing.append((user, stored + n + 1, answer))
+        text = session.get("/metrics").text
+    total = next(float(line.split()[1]) for line in text.splitlines() if line.startswith("eventrec_events_appended_total"))
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "appended": sum(appended.values()), "missing": missing,
+            "metrics_appended": total - len([u for owned in users[:clients] for u in owned])}
+
+
 def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return process, f"redis://127.0.0.1:{port}/0"
+
+
+def report_mixed(result: dict, clients: int, candidates: int, slots: int) -> None:
+    """The mixed phase as a Markdown table, and its checks."""
+    everything = result["latencies"]["/rank"] + result["latencies"]["/events"]
+    print(f"\nmixed load: {clients} clients, {result['elapsed']:.0f} s, /rank with C={candidates}, {slots} scoring slot(s), torch {torch.__version__}")
+    print("\n| endpoint | requests | p50 (ms) | p99 (ms) | requests/s |\n|---|---:|---:|---:|---:|")
+    for name, samples in [*result["latencies"].items(), ("all", everything)]:
+        p50, p99 = percentiles(samples) if samples else (float("nan"), float("nan"))
+        print(f"| {name} | {len(samples)} | {p50:.1f} | {p99:.1f} | {len(samples) / result['elapsed']:.1f} |")
+    print(f"\nerrors: {len(result['errors'])} {result['errors'][:5]}")
+    print(f"events appended (accepted): {result['appended']}; counted by /metrics: {result['metrics_appended']:.0f}; "
+          f"users with events missing afterwards: {len(result['missing'])} {result['missing'][:3]}")
 
 
 def main() -> None:
@@ -122,6 +200,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="scoring precision, core and server (eventrec serve --precision)")
     parser.add_argument("--payload", nargs="+", choices=["records", "columns"], default=["records"],
                         help="the form of the candidates in the /rank body (one load phase per value)")
+    parser.add_argument("--mixed", action="store_true", help="the mixed /rank + /events load with its checks (see above), instead of the /rank cells")
     parser.add_argument("--scoring-slots", type=int, nargs="+", default=[1],
                         help="requests the server scores at the same time (eventrec serve --scoring-slots); one server per value, same load")
     args = parser.parse_args()
@@ -174,7 +253,7 @@ def main() -> None:
         rows = []
         for slots in args.scoring_slots:  # one server per value, the same load against each
             port = free_port()
-            command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(tmp / "ckpt"), "--store", str(tmp / "world" / "store"),
+            command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(tmp / "ckpt"), "--store", str(store.path),
                        "--port", str(port), "--max-candidates", str(max(args.candidates)), "--threads", str(args.threads),
                        "--precision", args.precision, "--scoring-slots", str(slots)] + (["--redis-url", redis_url] if redis_url else [])
             env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
@@ -182,6 +261,20 @@ def main() -> None:
             processes.append(server)
             base = f"http://127.0.0.1:{port}"
             wait_ready(base + "/health", server)
+            if args.mixed:
+                clients = max(args.clients)
+                owned = [[(i, args.events[i])] if i < len(args.events) else [] for i in range(clients)]
+                owned = [o + [(f"cold-{i}-{j}", 0) for j in range(3)] for i, o in enumerate(owned)]
+                c = min(args.candidates)
+                rank_body = lambda user: {"user_id": user, "candidates": pools[c], "context": context, "timestamp": REQUEST_TIME, "top_k": 100}
+                result = mixed_load(base, owned, rank_body, clients, args.duration)
+                report_mixed(result, clients, c, slots)
+                failed = bool(result["errors"] or result["missing"] or result["metrics_appended"] != result["appended"])
+                server.terminate()
+                server.wait(10)
+                if failed:
+                    raise SystemExit(1)
+                continue
             for user, n in enumerate(args.events):
                 for c in args.candidates:
                     load(base + "/rank", bodies[(user, c, args.payload[0])], 1, 0.0, 3)  # warm: user state and candidate cache
@@ -197,6 +290,8 @@ def main() -> None:
             print(f"server with {slots} scoring slot(s), its /metrics: " + "; ".join(served), file=sys.stderr)
             server.terminate()
             server.wait(10)
+        if not rows:
+            return
         print(f"\ntorch {torch.__version__}, {args.threads} torch thread(s) in core and server; {args.duration:.0f} s of load per row; "
               f"model {model_version(tmp / 'ckpt')}; precision {args.precision}{'; state in Redis' if args.redis else ''}")
         print("\n| N events | C candidates | scoring slots | clients | payload | core p50 / p99 (ms) | HTTP p50 / p99 (ms) | HTTP requests/s | requests | errors | seconds |")
