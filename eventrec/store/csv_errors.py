@@ -50,7 +50,10 @@ def _ragged_row(file: Path, separator: str) -> str | None:
 
 def _unparsable_value(file: Path, separator: str, types: dict[str, pl.DataType]) -> str | None:
     """The first value that does not parse as its column's type (inferred from the first rows)."""
-    text = pl.read_csv(file, separator=separator, infer_schema=False, truncate_ragged_lines=True, encoding="utf8-lossy")
+    try:
+        text = pl.read_csv(file, separator=separator, infer_schema=False, truncate_ragged_lines=True, encoding="utf8-lossy")
+    except Exception:  # not readable even as text (no header, a broken quote): the caller reports Polars' own words
+        return None
     for column, dtype in types.items():
         if column not in text.columns or dtype == pl.String:
             continue
