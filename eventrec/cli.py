@@ -294,6 +294,10 @@ def serve(
         "AVX512-BF16 or AMX, probabilities within a few 1e-3; see docs/serving.md)."),
     scoring_slots: int = typer.Option(1, min=1, help="Requests scored at the same time (the torch threads are shared; 1 suits a few cores)."),
     scoring_device: str = typer.Option("cpu", help="Where candidates are scored: cpu or cuda[:index] (the user side stays on the CPU)."),
+    max_body_mb: int = typer.Option(32, min=1, help="Larger request bodies get HTTP 413 before they are parsed (MiB)."),
+    future_tolerance_s: int = typer.Option(86_400, min=0, help="Appended events may be at most this many seconds past the server's clock."),
+    allow_store_mismatch: bool = typer.Option(False, "--allow-store-mismatch", help="Serve a checkpoint with a store whose encodings "
+                                              "differ from its training store's (ids may mean other things; experts only)."),
 ) -> None:
     """Serve the ranking API (POST /rank, POST /events, GET /health, GET /metrics; see docs/serving.md)."""
     from eventrec.serving import RankingService
@@ -314,13 +318,14 @@ def serve(
         shared, store = {"state_store": states, "event_log": events}, opened
     try:
         service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, precision=precision,
-                                      scoring_slots=scoring_slots, scoring_device=scoring_device, **shared)
+                                      scoring_slots=scoring_slots, scoring_device=scoring_device, future_tolerance_s=future_tolerance_s,
+                                      allow_store_mismatch=allow_store_mismatch, **shared)
     except ValueError as error:
         _fail(error)
     where = f"; user state in Redis at {redis_url}" if redis_url else ""
     typer.echo(f"model {service.version} ({precision}), scoring on {service.scoring_device}, {service.store.num_users:,} users{where}; "
                f"listening on http://{host}:{port}")
-    run_server(service, host=host, port=port)
+    run_server(service, host=host, port=port, max_body_bytes=max_body_mb << 20)
 
 
 if __name__ == "__main__":
