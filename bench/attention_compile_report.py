@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import tempfile
-from pathlib import Path
 
 
 import triton

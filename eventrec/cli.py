@@ -203,7 +203,6 @@ def evaluate(
                                               "statistics differ from the training store's (experts only: ids may mean other things)."),
 ) -> None:
     """Metrics of a trained model on a split: per task, by history length and by streams present."""
-    import numpy as np
     import polars as pl
 
     from eventrec.store.reader import EventStore

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-import warnings
 from pathlib import Path
 
 import pyarrow.compute as pc
