@@ -332,12 +332,14 @@ def test_split_boundaries_beyond_the_data_are_refused(tiny_world, tmp_path):
 
 # -- input no longer accepted silently (issue 21, item 8) --------------------------------------------
 
-def test_duplicate_impression_rows_are_dropped_and_counted(tiny_world, tmp_path):
+def test_duplicate_impression_rows_are_kept_and_counted(tiny_world, tmp_path):
+    """A repeated impression row is counted in the manifest (a logging duplicate shows), and kept:
+    negatives sampled with replacement repeat rows on purpose."""
     schema_path, data = tiny_world
     _break(data, "impressions.parquet", lambda f: pl.concat([f, f.filter(pl.col("request_id") == 4)]))
     manifest = build_store(load_schema(schema_path), data, tmp_path / "s")
-    assert manifest["drops"]["impressions.duplicate_rows"] == 1
-    assert manifest["counts"]["impressions"] == 7
+    assert manifest["counts"]["impressions.duplicate_rows_kept"] == 1
+    assert manifest["counts"]["impressions"] == 8
 
 
 def test_a_request_spanning_several_users_or_times_is_refused(tiny_world, tmp_path):

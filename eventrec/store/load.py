@@ -132,7 +132,7 @@ def _unused_event_rows(data_dir: Path, schema: Schema, report: BuildReport) -> i
 
 def _load_impressions(data_dir: Path, schema: Schema, report: BuildReport) -> tuple[RawTable, pl.DataFrame]:
     """The checked impressions: ``_row``, ``_user``, ``_t`` and the needed columns, sorted by time,
-    exact duplicate rows dropped (counted)."""
+    exact duplicate rows kept and counted (``counts.impressions.duplicate_rows_kept``)."""
     imp = schema.impressions
     imp_table = scan_table(data_dir, imp.path)
     needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
@@ -164,9 +164,11 @@ def _load_impressions(data_dir: Path, schema: Schema, report: BuildReport) -> tu
     if imp.request_column:
         _check_requests(imp_table, frame, imp.request_column, imp.user_column, imp.timestamp_column)
     frame = _sorted_by(frame.drop(imp.timestamp_column), [TIME, ROW])
-    before = frame.height
-    frame = _drop_exact_duplicates(frame, sorted_by_user=False)
-    report.drop("impressions.duplicate_rows", before - frame.height)
+    # exact duplicate impressions are kept (negatives sampled with replacement repeat rows on purpose)
+    # and counted, so that a logging duplicate is visible in the manifest
+    repeated = frame.height - _drop_exact_duplicates(frame, sorted_by_user=False).height
+    if repeated:
+        report.counts["impressions.duplicate_rows_kept"] = repeated
     return imp_table, frame
 
 

@@ -55,7 +55,7 @@ def test_precision_is_validated(served):
 def test_serve_command_passes_the_precision(served, monkeypatch):
     store, checkpoint, _ = served
     started = []
-    monkeypatch.setattr("eventrec.serving.http.serve", lambda service, host, port: started.append(service))
+    monkeypatch.setattr("eventrec.serving.http.serve", lambda service, host, port, **options: started.append(service))
     result = CliRunner().invoke(app, ["serve", "--model", str(checkpoint), "--store", str(store.path), "--precision", "bf16"])
     assert result.exit_code == 0, result.output
     assert started[0].precision == "bf16" and "(bf16)" in result.output
