@@ -211,6 +211,7 @@ def main() -> None:
     from eventrec.model.sequence_ranker import SequenceRanker
     from eventrec.serving import RankingService, model_version
     from eventrec.training.checkpoint import save_checkpoint
+    from eventrec.training.store_match import STORE_KEY, store_record
 
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="eventrec-http-load-"))
@@ -219,7 +220,7 @@ def main() -> None:
         store = build_world(tmp / "world", args.events)
         spec, config = FeatureSpec.from_store(store), SequenceModelConfig()
         model = SequenceRanker(spec, config).eval()
-        save_checkpoint(tmp / "ckpt", model, {"model_config": config.model_dump(mode="json"), "feature_spec": spec.to_json()})
+        save_checkpoint(tmp / "ckpt", model, {"model_config": config.model_dump(mode="json"), "feature_spec": spec.to_json(), STORE_KEY: store_record(store)})
         service = RankingService.load(tmp / "ckpt", store, max_candidates=max(args.candidates), precision=args.precision)
         rng = np.random.default_rng(1)
         pools = {c: [{"ad_id": int(a), "category": CATEGORIES[k]} for a, k in zip(rng.integers(0, 1_000_000, c), rng.integers(0, 50, c))]
