@@ -205,7 +205,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
     started = time.perf_counter()
     recover_interrupted_swap(out_dir)
     check_replaceable(out_dir, {"--data": data_dir})
-    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir.parent, f".{out_dir.name}.tmp-*")
     report = BuildReport()
 
     imp = schema.impressions

@@ -87,21 +87,22 @@ def _is_store(directory: Path) -> bool:
         return False
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Remove the ``.STORE.tmp-PID`` folders of builds into ``out_dir`` whose process is gone
-    (killed builds); returns them."""
+def remove_stale_temporaries(directory: Path, pattern: str, own_process_stale: bool = True) -> list[Path]:
+    """Remove the entries of ``directory`` matching ``pattern`` (``...tmp-PID``: half-written folders
+    or files) whose process is no longer running, i.e. was killed mid-write; returns them. With
+    ``own_process_stale`` an entry of this very process counts as left over from an earlier call."""
     removed = []
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
+    for path in Path(directory).glob(pattern):
+        pid = path.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or (int(pid) == os.getpid() and not own_process_stale) or (int(pid) != os.getpid() and process_alive(int(pid))):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a folder of this very process is left over from an earlier build in it
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

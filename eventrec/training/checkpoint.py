@@ -24,6 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from eventrec.store import layout
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory whose files are damaged, inconsistent or not a checkpoint's."""
@@ -122,26 +124,10 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(directory: Path) -> list[str]:
     """Remove the ``.NAME.tmp-PID`` entries of ``directory`` (half-written checkpoints and logs) whose
     process is no longer running, i.e. was killed mid-write; returns their names."""
-    removed = []
-    for path in Path(directory).glob(".*.tmp-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            removed.append(path.name)
-    return removed
+    return [path.name for path in layout.remove_stale_temporaries(Path(directory), ".*.tmp-*", own_process_stale=False)]
 
 
 def read_checkpoint_info(directory: Path) -> dict:
