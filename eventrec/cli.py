@@ -12,6 +12,7 @@ from typing import Iterator, Literal, Optional
 import typer
 from tqdm import tqdm
 
+from eventrec.evaluation.metrics import json_ready, worse_than_constant
 from eventrec.store.raw_logs import DataError
 from eventrec.schema import SchemaError, builtin_schema_path, load_schema
 
@@ -37,6 +38,12 @@ def _stage_bar(description: str) -> Iterator:
 def _fail(error: Exception) -> None:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _warn(message: Optional[str], where: str) -> None:
+    """Print ``message`` (if any) to stderr in yellow, saying where it was measured."""
+    if message:
+        typer.secho(f"{message} ({where})", fg=typer.colors.YELLOW, err=True)
 
 
 def _schema_path(schema: str) -> Path:
@@ -189,8 +196,10 @@ def train(
     except (StoreError, ValueError) as error:
         _fail(error)
     _, result = trainer.fit()
-    typer.echo(f"best epoch {result.best_epoch + 1}, {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")
-    typer.echo(json.dumps(result.best_validation, indent=1, default=float))
+    typer.echo(f"best_epoch {result.best_epoch} (counted from 0, as in result.json and the logs; the progress bar's "
+               f"'epoch {result.best_epoch + 1}/{train_config.epochs}'), {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")
+    typer.echo(json.dumps(json_ready(result.best_validation), indent=1))
+    _warn(worse_than_constant(result.best_validation, loaded.label_names[0]), "validation of the selected checkpoint")
 
 
 @app.command()
@@ -198,32 +207,41 @@ def evaluate(
     store: Path = typer.Option(..., help="The store the model was trained on."),
     checkpoint: Path = typer.Option(..., help="A checkpoint directory, e.g. RUN/best."),
     split: str = typer.Option("test", help="train | validation | test"),
-    predictions: Optional[Path] = typer.Option(None, help="Write per-impression scores to this Parquet file."),
+    predictions: Optional[Path] = typer.Option(None, help="Write per-impression ids, labels and scores to this Parquet file "
+                                               "(its folder is created first)."),
+    threads: int = typer.Option(1, min=1, help=THREADS_HELP),
     allow_store_mismatch: bool = typer.Option(False, "--allow-store-mismatch", help="Use a store whose vocabularies or "
                                               "statistics differ from the training store's (experts only: ids may mean other things)."),
 ) -> None:
-    """Metrics of a trained model on a split: per task, by history length and by streams present."""
-    import polars as pl
-
-    from eventrec.store.reader import EventStore
-    from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict
+    """Metrics of a trained model on a split: per task, by history length and by streams present (segments under
+    100 labelled impressions or without both classes are listed under segments_too_small, not measured).
+    Undefined metrics print as null."""
+    _set_threads(threads)
+    from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict, predictions_frame, segments_too_small
+    from eventrec.store.reader import EventStore, StoreError
     from eventrec.training.factory import batch_function, load_trained_model
 
-    from eventrec.store.reader import StoreError
-
+    if predictions:  # before hours of scoring, not after
+        try:
+            predictions.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            _fail(ValueError(f"--predictions {predictions}: cannot create its folder ({error})"))
     try:
         loaded = EventStore.open(store)
-        model, config, _, _ = load_trained_model(checkpoint, loaded, allow_store_mismatch)
+        model, config, _, info = load_trained_model(checkpoint, loaded, allow_store_mismatch)
         indices = loaded.split_indices(split)
         probs = predict(model, loaded, indices, batch_function(config))
-        report = {"split": split, "tasks": metrics_by_task(loaded, indices, probs), "segments": metrics_by_segment(loaded, indices, probs)}
+        tasks = metrics_by_task(loaded, indices, probs)
+        report = {"split": split, "tasks": tasks, "segments": metrics_by_segment(loaded, indices, probs),
+                  "segments_too_small": segments_too_small(loaded, indices)}
     except (StoreError, FileNotFoundError, ValueError) as error:  # incl. another store, a damaged checkpoint, NaN scores
         _fail(error)
-    typer.echo(json.dumps(report, indent=1, default=float))
+    typer.echo(json.dumps(json_ready(report), indent=1))
+    primary = loaded.label_names[0]
+    _warn(worse_than_constant((info.get("state") or {}).get("best_validation") or {}, primary), "validation of this checkpoint")
+    _warn(worse_than_constant(tasks, primary), f"the {split} split")
     if predictions:
-        columns = {"example": indices, "user_row": loaded.user_rows[indices], "timestamp": loaded.timestamps[indices]}
-        columns |= {f"score_{name}": probs[:, t] for t, name in enumerate(loaded.label_names)}
-        pl.DataFrame(columns).write_parquet(predictions)
+        predictions_frame(loaded, indices, probs).write_parquet(predictions)
         typer.echo(f"wrote {predictions}")
 
 

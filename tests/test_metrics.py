@@ -70,3 +70,20 @@ def test_non_finite_scores_are_refused_naming_the_rows(bad):
         task_metrics(y.astype(float), one_bad)
     with pytest.raises(NonFiniteScores):  # also where the label is missing
         task_metrics(np.array([0.0, 1.0, np.nan]), np.array([0.1, 0.9, bad]))
+
+
+def test_json_ready_turns_undefined_metrics_into_null():
+    import json
+
+    from eventrec.evaluation.metrics import json_ready
+
+    out = json.dumps(json_ready({"auc": float("nan"), "x": [np.float32(np.inf), np.int64(3)], "ne": np.float64(0.5)}))
+    assert out == '{"auc": null, "x": [null, 3], "ne": 0.5}'
+
+
+def test_worse_than_constant_warns_only_above_one():
+    from eventrec.evaluation.metrics import worse_than_constant
+
+    assert worse_than_constant({"click": {"ne": 1.02}}, "click") and "1.0200" in worse_than_constant({"click": {"ne": 1.02}}, "click")
+    assert worse_than_constant({"click": {"ne": 0.98}}, "click") is None
+    assert worse_than_constant({"click": {"count": 0}}, "click") is None and worse_than_constant({}, "click") is None

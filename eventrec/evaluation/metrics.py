@@ -136,3 +136,27 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | Non
     if groups is not None:
         out["gauc"] = group_auc(y, p, groups[present])
     return out
+
+
+def json_ready(value):
+    """``value`` (nested dicts / lists of numbers) with NaN and ±inf as ``None``, so that
+    ``json.dumps`` writes valid JSON (``null`` for an undefined metric, e.g. AUC with one class)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def worse_than_constant(metrics: dict[str, dict], task: str) -> str | None:
+    """A warning when ``metrics[task]``'s NE is above 1 (the model predicts worse than its base rate, a
+    constant), else None."""
+    ne = (metrics.get(task) or {}).get("ne")
+    if ne is None or not ne > 1:
+        return None
+    return (f"warning: {task} NE {ne:.4f} > 1: these scores predict worse than a constant (the base rate); "
+            "the model learned nothing usable on this data (compare with a simple rule before using it)")
