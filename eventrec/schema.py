@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from eventrec.data.sampling import SAMPLING_POLICIES
 
@@ -221,8 +221,71 @@ class Stream(_Strict):
         return [a.name for a in self.attributes if a.kind in ID_KINDS]
 
 
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class MatchColumn(_Strict):
+    """An impression column that must equal an event column (e.g. ``{impression: ad_id, event: item_id}``)."""
+
+    impression: str
+    event: str
+
+
+class DerivedLabel(_Strict):
+    """A label computed from later events (an attribution window, as ad systems define one).
+
+    ``1`` when at least one event of type ``events`` by the same user, with every ``match`` column
+    equal to the impression's, falls in ``(impression time, impression time + window]`` (strictly
+    after the impression, the window's end included); ``0`` when there is none and the whole window
+    is observed; missing (NaN, counted) when the window is ``censored``: it runs past the last
+    timestamp of the events source, or reaches the split boundary of the impression's split (a train
+    label never reads validation events). Events come from ``source`` (default: the schema's
+    ``events``). A match entry is a column name present on both sides or ``{impression, event}``.
+    """
+
+    name: Name
+    events: list[str] = Field(..., min_length=1)
+    match: list[Union[str, MatchColumn]] = Field(default_factory=list)
+    window: Union[int, str]
+    censored: Literal["missing"] = "missing"
+    source: EventsSource | None = None
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: int | str) -> int | str:
+        window_seconds(value)
+        return value
+
+    @property
+    def window_seconds(self) -> int:
+        return window_seconds(self.window)
+
+    @property
+    def match_columns(self) -> list[MatchColumn]:
+        """Every match entry as (impression column, event column)."""
+        return [MatchColumn(impression=m, event=m) if isinstance(m, str) else m for m in self.match]
+
+
+def window_seconds(value: int | str) -> int:
+    """``86400``, ``"3600s"``, ``"30m"``, ``"24h"`` or ``"7d"`` to a positive number of seconds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        found = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", str(value))
+        if not found:
+            raise ValueError(f"window must be seconds or a number with unit s, m, h or d (e.g. '24h'), got {value!r}")
+        seconds = int(found.group(1)) * WINDOW_UNITS[found.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"window must be positive, got {value!r}")
+    return seconds
+
+
 class Impressions(_Strict):
-    """The impressions to rank: one row per (user, item, timestamp) with labels (nullable)."""
+    """The impressions to rank: one row per (user, item, timestamp) with labels (nullable).
+
+    ``derived_labels`` are labels computed from later events (:class:`DerivedLabel`); they follow
+    ``labels`` in :attr:`all_labels` and behave like any label downstream.
+    """
 
     path: str
     user_column: str = "user_id"
@@ -234,10 +297,24 @@ class Impressions(_Strict):
     context_attributes: list[Attribute] = Field(default_factory=list)
     request_column: str | None = None
     extra_columns: list[str] = Field(default_factory=list)
+    derived_labels: list[DerivedLabel] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_derived(self, handler: Any) -> dict:
+        # a schema without derived labels dumps (and fingerprints) exactly as before they existed
+        data = handler(self)
+        if not self.derived_labels:
+            data.pop("derived_labels", None)
+        return data
+
+    @property
+    def all_labels(self) -> list[str]:
+        """The label names in store order: ``labels``, then ``derived_labels``."""
+        return list(self.labels) + [d.name for d in self.derived_labels]
 
     @model_validator(mode="after")
     def _unique(self) -> "Impressions":
-        names = [a.name for a in self.item_attributes + self.context_attributes] + list(self.labels)
+        names = [a.name for a in self.item_attributes + self.context_attributes] + self.all_labels
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"item/context attribute and label names must be unique; repeated: {duplicates}")
@@ -319,6 +396,13 @@ class Schema(_Strict):
                 raise ValueError(f"stream {stream.name!r} has no 'source' and the schema has no 'events' section")
             if stream.source is None and self.events is not None and self.events.type_column and not stream.event_types:
                 raise ValueError(f"stream {stream.name!r} reads the shared events file and needs 'event_types'")
+        for derived in self.impressions.derived_labels:
+            source = derived.source or self.events
+            if source is None or not source.type_column:
+                raise ValueError(
+                    f"impressions.derived_labels.{derived.name}: needs events with a type column "
+                    "(its own 'source' or the schema's 'events' section, with 'type_column')"
+                )
         tables = {t.name for t in self.content_tables}
         kinds: dict[str, tuple[str, str]] = {}
         for owner, attribute in self.all_attributes():

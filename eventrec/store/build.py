@@ -10,7 +10,8 @@ Output directory (written to a temporary sibling, then renamed into place)::
     examples.parquet    one row per impression, time-ordered: ``user_row``, ``timestamp``,
                         ``split`` (0 train, 1 validation, 2 test), ``cut__{stream}`` (number of the
                         user's events strictly before the impression), encoded item and context
-                        attributes, labels (float, NaN when missing), extra columns
+                        attributes, labels (float, NaN when missing; derived labels from later
+                        events last, see ``store/later_labels.py``), extra columns
     content__{table}__{vocabulary}.npy   side-table vectors aligned with the key's encoded ids
 
 The same input gives byte-identical output. See ``docs/store.md``.
@@ -33,6 +34,7 @@ from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.schema import Schema, Stream, boundary_to_seconds
 from eventrec.store.content_tables import write_content_tables
 from eventrec.store.encoding import AttributeEncoder, BuildReport
+from eventrec.store.later_labels import later_label_columns
 from eventrec.store.load import Progress, read_logs
 from eventrec.store.raw_logs import ROW, DataError, RawTable
 from eventrec.store.layout import (FORMAT_VERSION, SPLIT_NAMES, TIME, USER, check_replaceable, recover_interrupted_swap, remove_stale_temporaries,
@@ -240,6 +242,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         # --- examples: one per impression, pointing at the user's history --------------------
         say("computing point-in-time examples")
         example_columns = _example_columns(schema, impressions, users, indexes, encoder, report, imp_table, split)
+        for column, values in later_label_columns(schema, data_dir, impressions, split, (train_end, validation_end), report).items():
+            example_columns[column] = pa.array(values)  # labels from later events: never a history
         del impressions, indexes
         say("writing users and examples")
         examples_written = writer.submit(write_parquet, pa.table(example_columns), tmp / "examples.parquet")

@@ -141,6 +141,8 @@ def _load_impressions(data_dir: Path, schema: Schema, report: BuildReport) -> tu
     if imp.request_column:
         needed[imp.request_column] = "id"
     needed |= {c: "number" for c in imp.extra_columns}
+    for match in (m for derived in imp.derived_labels for m in derived.match_columns):
+        needed.setdefault(match.impression, "id")  # the attribute of a later label (store/later_labels.py)
     require_columns(imp_table, needed)
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
     frame = imp_table.collect(imp_table.frame.select(

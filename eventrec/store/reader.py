@@ -142,7 +142,7 @@ class EventStore:
                     target[attribute.name] = Ragged(_numpy(child).astype(np.int64), offsets)
                 else:
                     target[attribute.name] = _numpy(array)
-        self.label_names = list(imp.labels)
+        self.label_names = imp.all_labels
         self.labels = np.stack([column(f"label__{n}").astype(np.float32) for n in self.label_names], axis=1)
         self.extras = {c: column(f"extra__{c}").astype(np.float64) for c in imp.extra_columns}
 
