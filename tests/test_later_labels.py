@@ -145,3 +145,23 @@ def test_a_missing_match_column_is_named(world, tmp_path):
     derived = [dict(DERIVED, match=[{"impression": "item_id", "event": "sku"}])]
     with pytest.raises(DataError, match="missing column 'sku'"):
         _build(world, tmp_path / "store", derived)
+
+
+@pytest.mark.parametrize("kind", ["sequence", "dlrm"])
+def test_a_derived_label_is_one_more_task(world, tmp_path, kind):
+    import torch
+
+    from eventrec.model.config import DlrmConfig, SequenceModelConfig
+    from eventrec.model.embeddings import FeatureSpec
+    from eventrec.training.factory import batch_function, build_model
+    from eventrec.training.objectives.losses import multitask_loss
+
+    store = _build(world, tmp_path / "store", [DERIVED])
+    config = (SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8]) if kind == "sequence"
+              else DlrmConfig(attribute_dim=4, bottom_mlp=[8, 4], top_mlp=[8]))
+    torch.manual_seed(0)
+    model = build_model(FeatureSpec.from_store(store), config)
+    batch = batch_function(config)(store, np.arange(store.num_examples))
+    logits = model(batch)
+    assert logits.shape == (store.num_examples, 2) and batch.labels.shape == (store.num_examples, 2)
+    assert torch.isfinite(multitask_loss(logits, batch.labels)[0])  # censored (NaN) labels are skipped

@@ -43,7 +43,7 @@ class DlrmModel(nn.Module):
         self.bottom = mlp(num_dense, config.bottom_mlp)
         num_vectors = 1 + len(self.sparse_features) + sum(1 for a in self.candidate_attributes if a.kind in ID_KINDS)
         interaction_dim = num_vectors * (num_vectors - 1) // 2 + config.attribute_dim
-        self.heads = TaskHeads(interaction_dim, config.top_mlp, len(imp.labels))
+        self.heads = TaskHeads(interaction_dim, config.top_mlp, len(imp.all_labels))
 
     def _pooled_bags(self, batch: DlrmBatch) -> list[torch.Tensor]:
         """One fused embedding-bag call per table (like TorchRec's EmbeddingBagCollection), so each

@@ -89,10 +89,10 @@ class SequenceRanker(nn.Module):
         self.candidate_projection = nn.Linear(query_dim, config.model_dim)
         head_in = slots * config.model_dim + query_dim + (slots + 1) * slots // 2
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
-        self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.labels))
+        self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
-            self.num_tasks = len(imp.labels)
-            self.dot_user = nn.Linear(config.model_dim, len(imp.labels) * config.model_dim)
+            self.num_tasks = len(imp.all_labels)
+            self.dot_user = nn.Linear(config.model_dim, len(imp.all_labels) * config.model_dim)
             self.dot_item = nn.Linear(query_dim, config.model_dim)
         # the item's identity for in-batch negatives (rows with the positive's item are not negatives)
         self.item_key_attribute = next((a.name for a in imp.item_attributes if a.kind in ("categorical", "hashed")), None)
