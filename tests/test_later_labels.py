@@ -165,3 +165,25 @@ def test_a_derived_label_is_one_more_task(world, tmp_path, kind):
     logits = model(batch)
     assert logits.shape == (store.num_examples, 2) and batch.labels.shape == (store.num_examples, 2)
     assert torch.isfinite(multitask_loss(logits, batch.labels)[0])  # censored (NaN) labels are skipped
+
+
+def test_the_docs_example_builds(tmp_path):
+    import re
+
+    import yaml
+
+    text = (Path(__file__).parents[1] / "docs" / "schema.md").read_text()
+    section = text.split("## Labels from later events", 1)[1].split("\n## ", 1)[0]
+    schema = parse_schema(yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1)))
+    assert schema.impressions.all_labels == ["viewed", "purchase"]
+    assert schema.impressions.derived_labels[0].window_seconds == 86400
+    hour, data = 3600, tmp_path / "data"
+    data.mkdir()
+    events = [(1, h * hour, "view", "a", "x") for h in range(0, 96, 6)] + [(1, 7 * hour, "purchase", "a", "x")]
+    pl.DataFrame(events, schema=["user_id", "ts", "event_type", "item_id", "category"], orient="row").write_csv(data / "events.csv")
+    views = [(1, h * hour, "a", "x", 1) for h in range(0, 96, 6)]
+    pl.DataFrame(views, schema=["user_id", "ts", "item_id", "category", "viewed"], orient="row").write_csv(data / "impressions.csv")
+    build_store(schema, data, tmp_path / "store")
+    labels = EventStore(tmp_path / "store").labels[:, 1]
+    assert labels[0] == 1.0 and labels[1] == 1.0 and labels[2] == 0.0  # views at 0 h and 6 h precede the purchase at 7 h
+    assert np.isnan(labels[-1])
