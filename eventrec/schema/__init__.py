@@ -36,136 +36,23 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from eventrec.data.sampling import SAMPLING_POLICIES
+from eventrec.schema.attributes import (ID_KINDS, NAME_PATTERN, VOCABULARY_KINDS, Attribute, CategoricalAttribute, EmbeddingAttribute,
+                                        EventsSource, HashedAttribute, MultiCategoricalAttribute, Name, NumericAttribute, SchemaError,
+                                        _Strict)
+from eventrec.schema.derived_labels import WINDOW_UNITS, DerivedLabel, MatchColumn, window_seconds
 
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
-
-
-class SchemaError(ValueError):
-    """A schema file that does not say what eventrec needs; the message names file and field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _RawColumn:
-    """An attribute read from the raw column ``column`` (default: its own name)."""
-
-    @property
-    def source_column(self) -> str:
-        return self.column or self.name  # type: ignore[attr-defined]
-
-
-class _VocabularyColumn(_RawColumn):
-    """An id attribute encoded with the vocabulary ``vocabulary`` (default: its own name), which
-    every attribute of the same vocabulary name shares."""
-
-    @property
-    def vocabulary_name(self) -> str:
-        return self.vocabulary or self.name  # type: ignore[attr-defined]
-
-
-class CategoricalAttribute(_VocabularyColumn, _Strict):
-    """Ids mapped through a vocabulary built from the training period only.
-
-    Encoded ids: 0 = missing (null), 1 = out of vocabulary, 2.. = known values by descending
-    training count (ties broken by value). ``vocabulary`` names a table shared by every attribute
-    that uses the same name (e.g. the ad id in several streams and in the impressions).
-    """
-
-    kind: Literal["categorical"]
-    name: Name
-    column: str | None = None
-    vocabulary: Name | None = None
-    min_count: int = Field(1, ge=1)
-    max_size: int | None = Field(None, ge=1)
-
-
-class HashedAttribute(_VocabularyColumn, _Strict):
-    """Ids of huge cardinality hashed into ``buckets`` (ids 1..buckets; 0 = missing).
-
-    Hashing keeps the identity of ids first seen after training (new ads), unlike a vocabulary.
-    """
-
-    kind: Literal["hashed"]
-    name: Name
-    column: str | None = None
-    buckets: int = Field(..., ge=2, le=2**31 - 2)
-    vocabulary: Name | None = None
-
-
-class MultiCategoricalAttribute(_VocabularyColumn, _Strict):
-    """A list of categorical values per event (e.g. a movie's genres); vocabulary as categorical."""
-
-    kind: Literal["multi_categorical"]
-    name: Name
-    column: str | None = None
-    vocabulary: Name | None = None
-    min_count: int = Field(1, ge=1)
-    max_size: int | None = Field(None, ge=1)
-
-
-class NumericAttribute(_RawColumn, _Strict):
-    """A number, optionally log1p-transformed, standardised with training-period mean and std.
-
-    Nulls and NaNs become 0.0 after standardisation (the training mean) and are counted.
-    """
-
-    kind: Literal["numeric"]
-    name: Name
-    column: str | None = None
-    transform: Literal["none", "log1p"] = "none"
-
-
-class EmbeddingAttribute(_RawColumn, _Strict):
-    """A fixed-size content vector per event.
-
-    Either read from a list column of the raw rows (``column``), or looked up from a side table
-    (``table``, one of the schema's ``content_tables``) by the value of a categorical attribute of
-    the same stream (``key``).
-    """
-
-    kind: Literal["embedding"]
-    name: Name
-    dim: int = Field(..., ge=1, le=4096)
-    column: str | None = None
-    table: Name | None = None
-    key: Name | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "EmbeddingAttribute":
-        if self.table is not None and self.key is None:
-            raise ValueError("an embedding looked up from a table needs 'key' (a categorical attribute)")
-        if self.table is None and self.key is not None:
-            raise ValueError("'key' is only meaningful with 'table'")
-        if self.table is not None and self.column is not None:
-            raise ValueError("give either 'column' or 'table', not both")
-        return self
-
-
-Attribute = Annotated[
-    Union[CategoricalAttribute, HashedAttribute, MultiCategoricalAttribute, NumericAttribute, EmbeddingAttribute],
-    Field(discriminator="kind"),
+__all__ = [
+    "ID_KINDS", "NAME_PATTERN", "VOCABULARY_KINDS", "WINDOW_UNITS", "Attribute", "Boundary", "CategoricalAttribute", "ContentTable",
+    "DerivedLabel", "EmbeddingAttribute", "EventsSource", "HashedAttribute", "Impressions", "MatchColumn", "MultiCategoricalAttribute",
+    "Name", "NumericAttribute", "Schema", "SchemaError", "Splits", "Stream", "boundary_to_seconds", "builtin_schema_path",
+    "load_schema", "parse_schema", "window_seconds",
 ]
-VOCABULARY_KINDS = ("categorical", "multi_categorical")
-ID_KINDS = ("categorical", "hashed", "multi_categorical")
-
-
-class EventsSource(_Strict):
-    """Where raw events live: a Parquet or CSV file (or glob) relative to the data directory."""
-
-    path: str
-    user_column: str = "user_id"
-    timestamp_column: str = "timestamp"
-    type_column: str | None = "event_type"
-    timestamp_unit: Literal["s", "ms", "us"] = "s"
 
 
 class Stream(_Strict):
@@ -219,65 +106,6 @@ class Stream(_Strict):
         if self.dlrm_ids is not None:
             return list(self.dlrm_ids)
         return [a.name for a in self.attributes if a.kind in ID_KINDS]
-
-
-WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class MatchColumn(_Strict):
-    """An impression column that must equal an event column (e.g. ``{impression: ad_id, event: item_id}``)."""
-
-    impression: str
-    event: str
-
-
-class DerivedLabel(_Strict):
-    """A label computed from later events (an attribution window, as ad systems define one).
-
-    ``1`` when at least one event of type ``events`` by the same user, with every ``match`` column
-    equal to the impression's, falls in ``(impression time, impression time + window]`` (strictly
-    after the impression, the window's end included); ``0`` when there is none and the whole window
-    is observed; missing (NaN, counted) when the window is ``censored``: it runs past the last
-    timestamp of the events source, or reaches the split boundary of the impression's split (a train
-    label never reads validation events). Events come from ``source`` (default: the schema's
-    ``events``). A match entry is a column name present on both sides or ``{impression, event}``.
-    """
-
-    name: Name
-    events: list[str] = Field(..., min_length=1)
-    match: list[Union[str, MatchColumn]] = Field(default_factory=list)
-    window: Union[int, str]
-    censored: Literal["missing"] = "missing"
-    source: EventsSource | None = None
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, value: int | str) -> int | str:
-        window_seconds(value)
-        return value
-
-    @property
-    def window_seconds(self) -> int:
-        return window_seconds(self.window)
-
-    @property
-    def match_columns(self) -> list[MatchColumn]:
-        """Every match entry as (impression column, event column)."""
-        return [MatchColumn(impression=m, event=m) if isinstance(m, str) else m for m in self.match]
-
-
-def window_seconds(value: int | str) -> int:
-    """``86400``, ``"3600s"``, ``"30m"``, ``"24h"`` or ``"7d"`` to a positive number of seconds."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    else:
-        found = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", str(value))
-        if not found:
-            raise ValueError(f"window must be seconds or a number with unit s, m, h or d (e.g. '24h'), got {value!r}")
-        seconds = int(found.group(1)) * WINDOW_UNITS[found.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"window must be positive, got {value!r}")
-    return seconds
 
 
 class Impressions(_Strict):
@@ -474,7 +302,7 @@ def load_schema(path: Path | str) -> Schema:
 
 def builtin_schema_path(name: str) -> Path:
     """Path of a schema shipped with eventrec (``synthetic``, ``trivago``, ``ml100k``, ``amazon_grocery``)."""
-    path = Path(__file__).parent / "schemas" / f"{name}.yaml"
+    path = Path(__file__).parents[1] / "schemas" / f"{name}.yaml"
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise SchemaError(f"no built-in schema {name!r}; available: {available}")
