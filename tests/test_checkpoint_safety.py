@@ -27,6 +27,7 @@ from eventrec.training import trainer as trainer_module
 from eventrec.training.checkpoint import CheckpointError
 from eventrec.training.factory import load_trained_model
 from eventrec.training.store_match import StoreMismatch
+from killed_training import train_killed_at_step_four
 from eventrec.training.trainer import TrainConfig, train
 
 MODEL = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
@@ -159,19 +160,7 @@ def test_train_log_holds_each_step_once_after_a_resume(tiny_store, tmp_path, mon
     """A run killed after its last checkpoint logged steps that the resumed run writes again."""
     config = TRAIN.model_copy(update={"checkpoint_every": 100})  # last/ only at validations: steps 2, 4, 6
     train(tiny_store, MODEL, config, tmp_path / "straight", show_progress=False)
-    calls = {"n": 0}
-    original = trainer_module.total_loss
-
-    def dies_at_step_four(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "total_loss", dies_at_step_four)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_store, MODEL, config, tmp_path / "killed", show_progress=False)
-    monkeypatch.setattr(trainer_module, "total_loss", original)
+    train_killed_at_step_four(tiny_store, MODEL, config, tmp_path / "killed", monkeypatch)
     assert [r[0] for r in _log_rows(tmp_path / "killed" / "train_log.csv")[1:]] == ["1", "2", "3"]  # last/ is at step 2
     train(tiny_store, MODEL, config, tmp_path / "killed", show_progress=False)
     for name in ("train_log.csv", "eval_log.csv"):

@@ -17,6 +17,7 @@ from eventrec.training.factory import load_trained_model
 from eventrec.training.objectives import catalogue as catalogue_module
 from eventrec.training.objectives import standard as standard_module
 from eventrec.training.trainer import TrainConfig, train
+from killed_training import train_killed_at_step_four
 
 MODEL = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
 TRAIN = TrainConfig(epochs=3, batch_size=2, warmup_steps=1, checkpoint_every=1, patience=5)
@@ -54,20 +55,7 @@ def test_checkpoint_is_safetensors_and_json(tiny_store, tmp_path):
 
 
 def _killed_at_step_four(store, run_dir, config, monkeypatch, model_config=MODEL) -> None:
-    """Train until the loss of step 4 is computed, then die (as a killed process would)."""
-    calls = {"n": 0}
-    original = trainer_module.total_loss
-
-    def dies_at_step_four(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "total_loss", dies_at_step_four)
-    with pytest.raises(KeyboardInterrupt):
-        train(store, model_config, config, run_dir, show_progress=False)
-    monkeypatch.setattr(trainer_module, "total_loss", original)
+    train_killed_at_step_four(store, model_config, config, run_dir, monkeypatch)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_store, tmp_path, monkeypatch):
