@@ -138,18 +138,15 @@ def _set_threads(threads: int) -> None:
 def _load_configs(kind: str, config: Optional[Path], overrides: dict) -> tuple:
     """(model config, train config) from an optional YAML (``model:`` and ``train:`` sections)."""
     import yaml
-    from pydantic import ValidationError
-
-    from eventrec.training.factory import default_config, parse_model_config
+    from eventrec.training.factory import default_config
     from eventrec.training.trainer import TrainConfig
 
     data = yaml.safe_load(config.read_text()) if config else {}
     data = data or {}
     try:
-        model_data = {"kind": kind, **(data.get("model") or {})}
-        model_config = parse_model_config(model_data) if data.get("model") else default_config(kind)
+        model_config = default_config(kind, data.get("model") or {})
         train_config = TrainConfig.model_validate({**(data.get("train") or {}), **{k: v for k, v in overrides.items() if v is not None}})
-    except ValidationError as error:
+    except ValueError as error:  # a pydantic ValidationError, or an unknown model name
         _fail(ValueError(f"{config or 'options'}: {error}"))
     return model_config, train_config
 
@@ -165,7 +162,7 @@ def _experimental_sections(model_config, train_config) -> list[str]:
 @app.command()
 def train(
     store: Path = typer.Option(..., help="A store built by `eventrec build`."),
-    model: str = typer.Option("sequence", help="sequence | dlrm"),
+    model: str = typer.Option("sequence", help="sequence | dlrm (the engineered-features baseline) | dlrm_id_bags (id bags and counts only)"),
     out: Path = typer.Option(..., help="Run directory (checkpoints last/ and best/, logs). Resumes if it holds a run."),
     config: Optional[Path] = typer.Option(None, help="YAML with optional 'model:' and 'train:' sections."),
     epochs: Optional[int] = typer.Option(None),

@@ -9,7 +9,14 @@ strictly before the impression (the full history, not truncated to the stream's 
   for sum-pooled (count-weighted) embedding bags: ``ids [sum(K_i)]``, ``weights [sum(K_i)]``,
   ``offsets [B+1]``;
 * dense: ``log1p(count)`` per stream and window, and per stream ``log1p(seconds since the last
-  event)`` plus a 0/1 "has any event" flag (the time is 0 when there is none).
+  event)`` plus a 0/1 "has any event" flag (the time is 0 when there is none);
+* with ``engineered`` (the default baseline, ``DlrmConfig.features: engineered``), also what an
+  engineer hand-crafts for ranking: per candidate-match pair (an event attribute sharing a
+  vocabulary with a candidate attribute, :func:`~eventrec.data.candidate_match.match_pairs`: "this
+  item", "this item's category") ``log1p`` of the matching events per window, ``log1p(seconds since
+  the last match)`` and a "has matched" flag; and per stream numeric attribute its mean per window
+  and its last value (as stored: transformed, standardised). ``features: id_bags`` is the
+  baseline before these (bags and counts only).
 
 The shapes of the batch::
 
@@ -26,9 +33,11 @@ import numpy as np
 import torch
 
 from eventrec.data.batch import _Movable
+from eventrec.data.candidate_match import match_pairs, match_statistics, numeric_means
 from eventrec.data.gather import attribute_tensors
 from eventrec.data.jagged import JaggedTensor
 from eventrec.data.sampling import ranges_to_indices
+from eventrec.schema import Schema
 from eventrec.store.reader import EventStore, Ragged
 
 DAY = 86_400
@@ -76,21 +85,52 @@ def distinct_counts(example_of: np.ndarray, ids: np.ndarray, batch_size: int) ->
     return KeyedBag(torch.from_numpy(pairs % span), torch.from_numpy(counts.astype(np.float32)), torch.from_numpy(offsets))
 
 
-class DlrmFeatureBuilder:
-    """``builder(store, example_indices) -> DlrmBatch``; usable as a loader's ``batch_fn``."""
+def dense_names(schema: Schema, windows: dict[str, int | None], engineered: bool) -> list[str]:
+    """Names of the dense features, in the order of :attr:`DlrmBatch.dense` (``[B, F]``)."""
+    names = []
+    for stream in schema.streams:
+        names += [f"{stream.name}.{w}.log_count" for w in windows]
+        names += [f"{stream.name}.log_seconds_since_last", f"{stream.name}.has_events"]
+    if engineered:
+        for pair in match_pairs(schema):
+            names += [f"{pair.name}.{w}.log_count" for w in windows]
+            names += [f"{pair.name}.log_seconds_since_last", f"{pair.name}.has_match"]
+        for stream, attribute in numeric_attributes(schema):
+            names += [f"{stream}.{attribute}.{w}.mean" for w in windows] + [f"{stream}.{attribute}.last"]
+    return names
 
-    def __init__(self, windows: dict[str, int | None] | None = None):
+
+def numeric_attributes(schema: Schema) -> list[tuple[str, str]]:
+    """(stream, attribute) of every numeric event attribute, in schema order."""
+    return [(s.name, a.name) for s in schema.streams for a in s.attributes if a.kind == "numeric"]
+
+
+class DlrmFeatureBuilder:
+    """``builder(store, example_indices) -> DlrmBatch``; usable as a loader's ``batch_fn``.
+    ``engineered``: add the candidate-match and numeric-aggregate features (see the module)."""
+
+    def __init__(self, windows: dict[str, int | None] | None = None, engineered: bool = True):
         self.windows = dict(DEFAULT_WINDOWS if windows is None else windows)
+        self.engineered = engineered
 
     def dense_names(self, store: EventStore) -> list[str]:
-        names = []
-        for stream in store.streams:
-            names += [f"{stream}.{w}.log_count" for w in self.windows]
-            names += [f"{stream}.log_seconds_since_last", f"{stream}.has_events"]
-        return names
+        return dense_names(store.schema, self.windows, self.engineered)
 
     def sparse_keys(self, store: EventStore) -> list[str]:
         return [f"{s.name}.{a}.{w}" for s in store.schema.streams for a in s.aggregated_ids for w in self.windows]
+
+    def engineered_features(self, store: EventStore, index: np.ndarray) -> list[np.ndarray]:
+        """The candidate-match and numeric-aggregate columns ``[B]`` each, in :func:`dense_names` order."""
+        columns: list[np.ndarray] = []
+        for pair in match_pairs(store.schema):
+            stats = match_statistics(store, index, pair, self.windows)
+            columns += list(np.log1p(stats.counts).T)
+            has = ~np.isnan(stats.seconds_since_last)
+            columns += [np.log1p(np.where(has, np.maximum(stats.seconds_since_last, 0), 0)).astype(np.float32), has.astype(np.float32)]
+        for stream, attribute in numeric_attributes(store.schema):
+            means, last = numeric_means(store, index, stream, attribute, self.windows)
+            columns += list(means.T) + [last]
+        return columns
 
     def __call__(self, store: EventStore, example_indices: np.ndarray) -> DlrmBatch:
         index = np.asarray(example_indices, dtype=np.int64)
@@ -119,11 +159,13 @@ class DlrmFeatureBuilder:
             last = data.timestamps[np.maximum(ends - 1, 0)] if data.num_events else np.zeros(batch_size, dtype=np.int64)
             since = np.where(has, np.maximum(times - last, 0), 0)
             dense += [np.log1p(since).astype(np.float32), has.astype(np.float32)]
+        if self.engineered:
+            dense += self.engineered_features(store, index)
         item_lookups = {k: v for k, v in store.item_looked_up.items() if v[0] in store.item}
         return DlrmBatch(
             example_indices=torch.from_numpy(index),
             sparse=sparse,
-            dense=torch.from_numpy(np.stack(dense, axis=1)),
+            dense=torch.from_numpy(np.stack(dense, axis=1).astype(np.float32)),
             dense_names=self.dense_names(store),
             item=attribute_tensors(store.item, item_lookups, index),
             context=attribute_tensors(store.context, {}, index),

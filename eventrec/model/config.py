@@ -98,9 +98,14 @@ class SequenceModelConfig(_Config):
 
 
 class DlrmConfig(_Config):
-    """The DLRM baseline over aggregated features (windows are those of DlrmFeatureBuilder)."""
+    """The DLRM baseline over aggregated features (windows are those of DlrmFeatureBuilder).
+
+    ``features``: ``engineered`` (default) = id bags and counts plus the features an engineer
+    hand-crafts (candidate-match counts and recency per stream and window, numeric aggregates);
+    ``id_bags`` = the earlier baseline, id bags and counts only."""
 
     kind: Literal["dlrm"] = "dlrm"
+    features: Literal["engineered", "id_bags"] = "engineered"
     attribute_dim: int = Field(16, ge=1)
     bottom_mlp: list[int] = Field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = Field(default_factory=lambda: [128, 64])

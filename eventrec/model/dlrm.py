@@ -5,7 +5,9 @@ with their counts, sum
 pooled by a count-weighted embedding bag (weights ``log1p(count)``, so a heavy user's bag does not
 grow without bound) over the *same* id table as the candidate (so the dot interaction can match
 "ads this user clicked" with "this ad"). Dense: log counts and time since last event per stream,
-plus the candidate's numeric attributes, through a bottom MLP. Interaction: DLRM's pairwise dot
+plus the candidate's numeric attributes (and, with ``features: engineered``, the candidate-match
+counts and recency and the numeric aggregates of :mod:`eventrec.data.dlrm_features`), through a
+bottom MLP. Interaction: DLRM's pairwise dot
 products of all feature vectors, concatenated with the bottom MLP's output; then the same task
 heads as the sequence model.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eventrec.data.dlrm_features import DlrmBatch
+from eventrec.data.dlrm_features import DlrmBatch, dense_names
 from eventrec.model.config import DlrmConfig
 from eventrec.model.embeddings import EmbeddingTables, FeatureSpec, vocabularies_used
 from eventrec.model.heads import TaskHeads, dot_interaction, mlp
@@ -37,7 +39,7 @@ class DlrmModel(nn.Module):
                 self.sparse_features += [(f"{stream.name}.{name}.{window}", vocabulary) for window in config.windows]
         vocabularies = vocabularies_used(self.candidate_attributes) | {v for _, v in self.sparse_features}
         self.tables = EmbeddingTables(spec, config.attribute_dim, vocabularies)
-        num_dense = len(schema.streams) * (len(config.windows) + 2)
+        num_dense = len(dense_names(schema, config.windows, config.features == "engineered"))
         self.candidate_dense = [a for a in self.candidate_attributes if a.kind in ("numeric", "embedding")]
         num_dense += sum(getattr(a, "dim", 1) if a.kind == "embedding" else 1 for a in self.candidate_dense)
         self.bottom = mlp(num_dense, config.bottom_mlp)

@@ -28,12 +28,19 @@ def parse_model_config(data: dict) -> ModelConfig:
     return _CONFIG.validate_python(data)
 
 
-def default_config(kind: str) -> ModelConfig:
-    if kind == "sequence":
-        return SequenceModelConfig()
-    if kind == "dlrm":
-        return DlrmConfig()
-    raise ValueError(f"unknown model kind {kind!r}; expected 'sequence' or 'dlrm'")
+# Model names accepted by `eventrec train --model` and the comparisons: each a kind with defaults.
+NAMED_MODELS: dict[str, dict] = {
+    "sequence": {"kind": "sequence"},
+    "dlrm": {"kind": "dlrm"},  # the engineered baseline (candidate-match counts, recency, numeric aggregates)
+    "dlrm_id_bags": {"kind": "dlrm", "features": "id_bags"},  # the baseline before them: id bags and counts
+}
+
+
+def default_config(name: str, overrides: dict | None = None) -> ModelConfig:
+    """The config of a named model (:data:`NAMED_MODELS`), with ``overrides`` (a YAML's ``model:``) on top."""
+    if name not in NAMED_MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(NAMED_MODELS)}")
+    return parse_model_config({**NAMED_MODELS[name], **(overrides or {})})
 
 
 def build_model(spec: FeatureSpec, config: ModelConfig) -> nn.Module:
@@ -44,7 +51,7 @@ def batch_function(config: ModelConfig) -> Callable[[object, np.ndarray], object
     """``fn(store, example_indices)`` producing the batches this model reads."""
     if isinstance(config, SequenceModelConfig):
         return make_batch
-    return DlrmFeatureBuilder(config.windows)
+    return DlrmFeatureBuilder(config.windows, engineered=config.features == "engineered")
 
 
 def load_trained_model(checkpoint: Path, store: EventStore | None = None,
