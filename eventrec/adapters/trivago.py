@@ -100,6 +100,22 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     timestamps, unknown action types, or unparsable item ids / prices / timestamps.
     """
     check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
+    events, impressions, summary = convert(source_dir)
+    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
+        write_parquet(events, tmp / "events.parquet")
+        write_parquet(impressions, tmp / "impressions.parquet")
+        write_summary(summary, tmp)
+    return summary
+
+
+def convert(source_dir: Path | str) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The tables of :func:`prepare`, in memory: ``(events, impressions, summary)``, nothing written.
+
+    ``source_dir`` is the folder holding :data:`FILE` or the Parquet file itself. ``events`` and
+    ``impressions`` are exactly the frames ``prepare`` writes (same rows, columns and order);
+    other adapters built on this sample (``trivago_views``) start from them. Raises
+    :class:`AdapterError` as :func:`prepare` does.
+    """
     path = _locate(source_dir)
     raw = read_parquet_checked(path, COLUMNS)
     if raw.height == 0:
@@ -227,9 +243,4 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     summary["users"] = events["user_id"].n_unique()
     summary["users_with_impressions"] = impressions["user_id"].n_unique()
     summary["distinct_items_impressed"] = impressions["item_id"].n_unique()
-
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return events, impressions, summary
