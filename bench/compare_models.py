@@ -1,11 +1,13 @@
-"""Quality benchmark: the sequence model against the DLRM baseline on one dataset, several seeds.
+"""Quality benchmark: the sequence model against the DLRM baselines and the rules on one dataset, several seeds.
 
     .venv/bin/python bench/compare_models.py --dataset trivago --seeds 3
     .venv/bin/python bench/compare_models.py --dataset synthetic --users 50000 --seeds 3
 
 Prepares the dataset (real ones through their adapter, from ../shared/data), builds the store,
-trains both models per seed with the same loop (validation split for early stopping, never test),
-and prints the test table (mean ± std over seeds) with the gain rule, and writes it with the plots
+trains every model of ``COMPARED_MODELS`` (the sequence model, the engineered DLRM, the id-bag
+DLRM) per seed with the same loop (validation split for early stopping, never test),
+and prints the test table (mean ± std over seeds) with the gain rule and the best rule baseline
+(chosen on validation), and writes it with the plots
 under the work directory. Finished runs are reused if the script is killed and started again.
 """
 
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="trivago", help="synthetic | trivago | ml100k | amazon_grocery")
+    parser.add_argument("--dataset", default="trivago", help="synthetic | trivago | trivago_views | ml100k | amazon_grocery")
     parser.add_argument("--users", type=int, default=50_000, help="synthetic world size")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
@@ -34,13 +36,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from eventrec.adapters import ADAPTERS, default_data_dir
+    from eventrec.adapters import ADAPTERS, prepare_dataset
     from eventrec.evaluation.experiment import format_table, run_comparison, summarize
-    from eventrec.model.config import DlrmConfig, SequenceModelConfig
     from eventrec.evaluation.plots import write_plots
+    from eventrec.evaluation.rules import rule_metrics
     from eventrec.schema import builtin_schema_path, load_schema
     from eventrec.store.reader import EventStore
     from eventrec.store.build import build_store
+    from eventrec.training.factory import COMPARED_MODELS, default_config
     from eventrec.training.trainer import TrainConfig
 
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"
@@ -55,17 +58,17 @@ def main() -> None:
         schema_name = "synthetic"
         candidates = pl.read_parquet(logs / "candidates.parquet")
     else:
-        prepare, schema_name = ADAPTERS[args.dataset]
-        source = default_data_dir() / {"trivago": "trivago", "ml100k": "ml-100k", "amazon_grocery": "amazon-grocery"}[args.dataset]
+        schema_name = ADAPTERS[args.dataset][1]
         if not (logs / "impressions.parquet").exists():
-            prepare(source, logs)
+            prepare_dataset(args.dataset, logs)
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
-    models = {"sequence": SequenceModelConfig(), "dlrm": DlrmConfig()}
+    models = {name: default_config(name) for name in COMPARED_MODELS}
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=4, patience=2)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
-    table = format_table(summarize(runs), baseline="dlrm")
+    rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
+    table = format_table(summarize(runs), baseline=list(COMPARED_MODELS)[1:], rules=rules)
     plots = write_plots(store, workdir / "runs", runs)
     seconds = {name: sum(r.seconds for r in runs if r.model == name) for name in models}
     footer = f"\n\ntraining seconds (all seeds): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())

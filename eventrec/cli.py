@@ -69,7 +69,7 @@ def generate(
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="trivago | ml100k | amazon_grocery"),
+    dataset: str = typer.Argument(..., help="trivago | trivago_views | ml100k | amazon_grocery"),
     source: Path = typer.Option(..., help="The dataset's folder, e.g. ../shared/data/trivago."),
     out: Path = typer.Option(..., help="Directory for the converted raw logs: absent, empty or a previous output; never --source or inside it."),
 ) -> None:
@@ -211,10 +211,12 @@ def evaluate(
                                               "statistics differ from the training store's (experts only: ids may mean other things)."),
 ) -> None:
     """Metrics of a trained model on a split: per task, by history length and by streams present (segments under
-    100 labelled impressions or without both classes are listed under segments_too_small, not measured).
-    Undefined metrics print as null."""
+    100 labelled impressions or without both classes are listed under segments_too_small, not measured), and
+    the rule baselines on the same split (candidate count and recency in history, the user's earlier positive
+    rate, item popularity; the best one per task chosen on the validation split). Undefined metrics print as null."""
     _set_threads(threads)
     from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict, predictions_frame, segments_too_small
+    from eventrec.evaluation.rules import rule_report
     from eventrec.store.reader import EventStore, StoreError
     from eventrec.training.factory import batch_function, load_trained_model
 
@@ -229,11 +231,16 @@ def evaluate(
         indices = loaded.split_indices(split)
         probs = predict(model, loaded, indices, batch_function(config))
         tasks = metrics_by_task(loaded, indices, probs)
+        rules = rule_report(loaded, split)
         report = {"split": split, "tasks": tasks, "segments": metrics_by_segment(loaded, indices, probs),
-                  "segments_too_small": segments_too_small(loaded, indices)}
+                  "segments_too_small": segments_too_small(loaded, indices), "rules": rules}
     except (StoreError, FileNotFoundError, ValueError) as error:  # incl. another store, a damaged checkpoint, NaN scores
         _fail(error)
     typer.echo(json.dumps(json_ready(report), indent=1))
+    for task, metrics in tasks.items():
+        best = rules["best_on_validation"][task]
+        typer.echo(f"{task}: model AUC {metrics.get('auc', float('nan')):.4f}, best rule ({best}) AUC "
+                   f"{rules['metrics'][best][task]['auc']:.4f} on {split}", err=True)
     primary = loaded.label_names[0]
     _warn(worse_than_constant((info.get("state") or {}).get("best_validation") or {}, primary), "validation of this checkpoint")
     _warn(worse_than_constant(tasks, primary), f"the {split} split")
@@ -251,13 +258,15 @@ def demo(
     threads: int = typer.Option(1, min=1, help=THREADS_HELP),
 ) -> None:
     """The main job: generate the synthetic world, build its store, train the sequence model and the
-    DLRM baseline over seeds, print the comparison table and the offline A/B, write plots."""
+    DLRM baselines (engineered features, and id bags only) over seeds, print the comparison table with
+    the best rule baseline and the offline A/B, write plots."""
     import polars as pl
 
     from eventrec.evaluation.experiment import format_table, run_comparison, summarize
     from eventrec.store.inspect import format_statistics, store_statistics
-    from eventrec.model.config import DlrmConfig, SequenceModelConfig
     from eventrec.evaluation.plots import write_plots
+    from eventrec.evaluation.rules import rule_metrics
+    from eventrec.training.factory import COMPARED_MODELS, default_config
     from eventrec.store.reader import EventStore
     from eventrec.store.build import build_store
     from eventrec.synthetic import generate_world
@@ -277,13 +286,14 @@ def demo(
             build_store(load_schema(builtin_schema_path("synthetic")), world, store_dir, progress=say)
     store = EventStore.open(store_dir)
     typer.echo(format_statistics(store_statistics(store)))
-    typer.echo(f"[3/4] training sequence model and DLRM baseline, {seeds} seed(s) each (runs resume if killed)")
-    models = {"sequence": SequenceModelConfig(), "dlrm": DlrmConfig()}
+    typer.echo(f"[3/4] training the sequence model and the DLRM baselines, {seeds} seed(s) each (runs resume if killed)")
+    models = {name: default_config(name) for name in COMPARED_MODELS}
     candidates = pl.read_parquet(world / "candidates.parquet") if (world / "candidates.parquet").exists() else None
     train_config = TrainConfig(epochs=epochs, batch_size=512, validations_per_epoch=4, patience=2)
     runs = run_comparison(store, models, train_config, list(range(seeds)), runs_dir, candidates=candidates, top_k=3, conversion_given_click=False)
     typer.echo("[4/4] results on the test split (mean ± std over seeds)")
-    table = format_table(summarize(runs), baseline="dlrm")
+    rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
+    table = format_table(summarize(runs), baseline=list(COMPARED_MODELS)[1:], rules=rules)
     plots = write_plots(store, runs_dir, runs)
     report = workdir / "report.md"
     report.write_text(f"# eventrec demo\n\n{table}\n\nPlots: " + ", ".join(p.name for p in plots) + "\n")

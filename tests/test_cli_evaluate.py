@@ -83,3 +83,15 @@ def test_evaluate_warns_when_the_checkpoints_validation_ne_is_above_one(trained,
     saved = json.loads((run / "result.json").read_text())["best_validation"][store.label_names[0]]["ne"]
     checkpoint_warning = next(m for m, where in seen if where.startswith("validation of this checkpoint"))
     assert (checkpoint_warning is not None) == (saved > 1)
+
+
+def test_evaluate_reports_the_rules_beside_the_model(trained):
+    store, run, _ = trained
+    result = runner.invoke(app, ["evaluate", "--store", str(store.path), "--checkpoint", str(run / "best"), "--split", "test"])
+    assert result.exit_code == 0, result.output
+    report = _strict_json(result.output)
+    rules = report["rules"]
+    assert {"count of ad_id in history", "recency of ad_id", "user's earlier positive rate", "item popularity in training"} <= set(rules["metrics"])
+    for task in store.label_names:
+        assert rules["best_on_validation"][task] in rules["metrics"]
+        assert f"{task}: model AUC" in result.output and "best rule (" in result.output

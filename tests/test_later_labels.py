@@ -175,15 +175,26 @@ def test_the_docs_example_builds(tmp_path):
     text = (Path(__file__).parents[1] / "docs" / "schema.md").read_text()
     section = text.split("## Labels from later events", 1)[1].split("\n## ", 1)[0]
     schema = parse_schema(yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1)))
-    assert schema.impressions.all_labels == ["viewed", "purchase"]
+    assert schema.impressions.all_labels == ["purchase"]  # no logged label: the derived one is the store's only label
     assert schema.impressions.derived_labels[0].window_seconds == 86400
     hour, data = 3600, tmp_path / "data"
     data.mkdir()
     events = [(1, h * hour, "view", "a", "x") for h in range(0, 96, 6)] + [(1, 7 * hour, "purchase", "a", "x")]
     pl.DataFrame(events, schema=["user_id", "ts", "event_type", "item_id", "category"], orient="row").write_csv(data / "events.csv")
-    views = [(1, h * hour, "a", "x", 1) for h in range(0, 96, 6)]
-    pl.DataFrame(views, schema=["user_id", "ts", "item_id", "category", "viewed"], orient="row").write_csv(data / "impressions.csv")
+    views = [(1, h * hour, "a", "x") for h in range(0, 96, 6)]
+    pl.DataFrame(views, schema=["user_id", "ts", "item_id", "category"], orient="row").write_csv(data / "impressions.csv")
     build_store(schema, data, tmp_path / "store")
-    labels = EventStore(tmp_path / "store").labels[:, 1]
+    labels = EventStore(tmp_path / "store").labels[:, 0]
     assert labels[0] == 1.0 and labels[1] == 1.0 and labels[2] == 0.0  # views at 0 h and 6 h precede the purchase at 7 h
     assert np.isnan(labels[-1])
+
+
+def test_a_schema_needs_some_label():
+    from eventrec.schema import SchemaError
+
+    document = {"name": "x", "events": {"path": "e.parquet"}, "streams": [{"name": "s", "event_types": ["v"], "max_length": 4,
+                "attributes": [{"name": "item_id", "kind": "categorical"}]}],
+                "impressions": {"path": "i.parquet", "item_attributes": [{"name": "item_id", "kind": "categorical"}]},
+                "splits": {"train_fraction": 0.8, "validation_fraction": 0.1}}
+    with pytest.raises((SchemaError, ValueError), match="at least one label"):
+        parse_schema(document)

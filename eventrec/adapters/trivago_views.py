@@ -16,8 +16,8 @@ Output (in ``out_dir``):
   on (user, second, hotel), so that several views of one hotel in one second (an image swipe and
   the info tab, say) are one impression. Columns ``request_id`` (each impression its own request,
   numbered in (timestamp, user, session, step, hotel) order of its first view), ``user_id``,
-  ``timestamp``, ``item_id``, ``viewed`` (always 1: the schema requires at least one label column;
-  the task's label is the derived ``clickout``), ``session_id``.
+  ``timestamp``, ``item_id``, ``session_id``; no label column (the task's label is the derived
+  ``clickout``).
 - ``summary.json``: the counts returned by :func:`prepare`.
 
 The label ``clickout`` is not a column: the schema declares it as a label from later events
@@ -61,13 +61,13 @@ def sample_users(users: list[str], max_users: int, seed: int) -> list[str]:
 
 def view_impressions(events: pl.DataFrame) -> pl.DataFrame:
     """One impression per (user, second, hotel) among the view events of ``events`` (trivago's events,
-    sorted as the adapter writes them), with its ``request_id``, ``viewed`` = 1 and ``session_id``."""
+    sorted as the adapter writes them), with its ``request_id`` and ``session_id``."""
     views = events.filter(pl.col("event_type").is_in(VIEW_ACTIONS))
     first = views.unique(subset=IMPRESSION_KEY, keep="first", maintain_order=True)
     return (
         first.sort("timestamp", "user_id", "session_id", "step", "item_id", maintain_order=True)
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("request_id"))
-        .select("request_id", "user_id", "timestamp", "item_id", pl.lit(1, dtype=pl.Int8).alias("viewed"), "session_id")
+        .select("request_id", "user_id", "timestamp", "item_id", "session_id")
     )
 
 

@@ -34,6 +34,7 @@ class SeedRun:
     steps: int
     seconds: float
     ab: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # the model config it trained (checked when a run is reused)
 
 
 def top_k_per_request(score: np.ndarray, requests: np.ndarray, top_k: int) -> np.ndarray:
@@ -99,15 +100,20 @@ def run_comparison(
         for seed in seeds:
             run_dir = out_dir / f"{name}_seed{seed}"
             done = run_dir / "run.json"
+            wanted = json.loads(config.model_dump_json())
             if done.exists():  # a killed comparison resumes: finished runs are not repeated
-                runs.append(SeedRun(**json.loads(done.read_text())))
+                finished = SeedRun(**json.loads(done.read_text()))
+                if finished.config != wanted:
+                    raise ValueError(f"{run_dir} holds a finished run of another {name!r} config (found {finished.config or 'none recorded'}, "
+                                     f"want {wanted}); use another output folder (nothing was deleted)")
+                runs.append(finished)
                 continue
             score = validation_score(config) if validation_score is not None else None
             model, result = train(store, config, train_config.model_copy(update={"seed": seed}), run_dir, show_progress, validation_score=score)
             probs = predict(model, store, test, batch_function(config), train_config.eval_batch_size)
             np.save(run_dir / "test_predictions.npy", probs, allow_pickle=False)
             run = SeedRun(name, seed, metrics_by_task(store, test, probs), result.best_validation,
-                          metrics_by_segment(store, test, probs), result.steps, result.seconds)
+                          metrics_by_segment(store, test, probs), result.steps, result.seconds, config=wanted)
             if candidates is not None:
                 run.ab = offline_ab(store, model, config, candidates, top_k, conversion_given_click)
             done.write_text(json.dumps(run.__dict__, indent=1, default=float))
@@ -135,25 +141,54 @@ def summarize(runs: list[SeedRun]) -> dict:
     return out
 
 
-def format_table(summary: dict, baseline: str | None = None) -> str:
-    """A markdown table: model × task with NE, AUC, gAUC, logloss, calibration (mean ± std)."""
+def gain_threshold(*stds: float) -> float:
+    """The gain rule's threshold: max(0.001, twice the larger seed std)."""
+    return max(0.001, 2 * max(stds))
+
+
+def format_table(summary: dict, baseline: str | list[str] | None = None, rules: dict | None = None) -> str:
+    """A markdown table: model × task with NE, AUC, gAUC, logloss, calibration (mean ± std).
+
+    ``baseline``: one model name or several; every other model is compared with each by the gain
+    rule. ``rules``: ``{"validation": ..., "test": ...}`` from :func:`eventrec.evaluation.rules.rule_metrics`;
+    the best rule per task (chosen on validation) gets a row with its test AUC and gAUC, and every
+    model is compared with it on AUC."""
     lines = ["| model | task | NE | AUC | gAUC | logloss | calibration |", "|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         for task, metrics in s["tasks"].items():
             cells = [f"{metrics[m][0]:.4f} ± {metrics[m][1]:.4f}" if m in metrics else "-" for m in METRICS]
             lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
-    if baseline and baseline in summary:
-        lines.append("")
+    best: dict[str, str] = {}
+    if rules:
+        from eventrec.evaluation.rules import best_rule
+
+        tasks = list(dict.fromkeys(t for s in summary.values() for t in s["tasks"]))
+        for task in tasks:
+            best[task] = best_rule(rules["validation"], task)
+            test = rules["test"][best[task]][task]
+            lines.append(f"| best rule on validation: {best[task]} | {task} | - | {test['auc']:.4f} | {test['gauc']:.4f} | - | - |")
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline or [])
+    comparisons = []
+    for base_name in [b for b in baselines if b in summary]:
         for name, s in summary.items():
-            if name == baseline:
+            if name in baselines:
                 continue
             for task, metrics in s["tasks"].items():
-                base = summary[baseline]["tasks"][task]
+                base = summary[base_name]["tasks"][task]
                 d_auc = metrics["auc"][0] - base["auc"][0]
                 d_ne = metrics["ne"][0] - base["ne"][0]
-                spread = 2 * max(metrics["auc"][1], base["auc"][1])
-                verdict = "gain" if d_auc > max(0.001, spread) and d_ne < 0 else "no clear gain"
-                lines.append(f"- {name} vs {baseline}, {task}: ΔAUC {d_auc:+.4f} (threshold {max(0.001, spread):.4f}), ΔNE {d_ne:+.4f} → {verdict}")
+                threshold = gain_threshold(metrics["auc"][1], base["auc"][1])
+                verdict = "gain" if d_auc > threshold and d_ne < 0 else "no clear gain"
+                comparisons.append(f"- {name} vs {base_name}, {task}: ΔAUC {d_auc:+.4f} (threshold {threshold:.4f}), ΔNE {d_ne:+.4f} → {verdict}")
+    for name, s in summary.items():
+        for task, metrics in s["tasks"].items():
+            if task in best:
+                d_auc = metrics["auc"][0] - rules["test"][best[task]][task]["auc"]
+                threshold = gain_threshold(metrics["auc"][1])
+                verdict = "gain" if d_auc > threshold else ("loss" if d_auc < -threshold else "no clear difference")
+                comparisons.append(f"- {name} vs the best rule ({best[task]}), {task}: ΔAUC {d_auc:+.4f} (threshold {threshold:.4f}) → {verdict}")
+    if comparisons:
+        lines += [""] + comparisons
     ab_rows = [(n, s) for n, s in summary.items() if s.get("ab")]
     if ab_rows:
         ref = ab_rows[0][1]["ab_reference"]
@@ -164,10 +199,10 @@ def format_table(summary: dict, baseline: str | None = None) -> str:
             lines.append(f"| {name} | {c[0]:.1f} ± {c[1]:.1f} | {v[0]:.2f} ± {v[1]:.2f} |")
         lines.append(f"| oracle | {ref['oracle']['expected_clicks']:.1f} | {ref['oracle']['expected_conversions']:.2f} |")
         lines.append(f"| random | {ref['random']['expected_clicks']:.1f} | {ref['random']['expected_conversions']:.2f} |")
-        if baseline and summary.get(baseline, {}).get("ab"):
-            base_conv = summary[baseline]["ab"]["by_conversions.expected_conversions"][0]
+        for base_name in [b for b in baselines if summary.get(b, {}).get("ab")]:
+            base_conv = summary[base_name]["ab"]["by_conversions.expected_conversions"][0]
             for name, s in ab_rows:
-                if name != baseline:
+                if name not in baselines:
                     lift = s["ab"]["by_conversions.expected_conversions"][0] / base_conv - 1
-                    lines.append(f"- {name} vs {baseline}: {lift:+.1%} expected conversions")
+                    lines.append(f"- {name} vs {base_name}: {lift:+.1%} expected conversions")
     return "\n".join(lines)

@@ -120,7 +120,7 @@ class Impressions(_Strict):
     item_column: str = "item_id"
     timestamp_column: str = "timestamp"
     timestamp_unit: Literal["s", "ms", "us"] = "s"
-    labels: list[Name] = Field(..., min_length=1)
+    labels: list[Name] = Field(default_factory=list)
     item_attributes: list[Attribute] = Field(..., min_length=1)
     context_attributes: list[Attribute] = Field(default_factory=list)
     request_column: str | None = None
@@ -134,6 +134,12 @@ class Impressions(_Strict):
         if not self.derived_labels:
             data.pop("derived_labels", None)
         return data
+
+    @model_validator(mode="after")
+    def _some_label(self) -> "Impressions":
+        if not self.labels and not self.derived_labels:
+            raise ValueError("labels: at least one label column, or a derived label (derived_labels)")
+        return self
 
     @property
     def all_labels(self) -> list[str]:

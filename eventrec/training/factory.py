@@ -35,6 +35,9 @@ NAMED_MODELS: dict[str, dict] = {
     "dlrm_id_bags": {"kind": "dlrm", "features": "id_bags"},  # the baseline before them: id bags and counts
 }
 
+# What the demo and the comparisons train: the sequence model, then its baselines.
+COMPARED_MODELS = ("sequence", "dlrm", "dlrm_id_bags")
+
 
 def default_config(name: str, overrides: dict | None = None) -> ModelConfig:
     """The config of a named model (:data:`NAMED_MODELS`), with ``overrides`` (a YAML's ``model:``) on top."""

@@ -36,7 +36,7 @@ def store(prepared, tmp_path_factory):
     manifest = build_store(schema_of(NAME), out, store_dir)
     examples = pl.read_parquet(store_dir / "examples.parquet")
     impressions = pl.read_parquet(out / "impressions.parquet")
-    joined = examples.select("request_id", "split", "label__viewed", "label__clickout").join(
+    joined = examples.select("request_id", "split", "label__clickout").join(
         impressions, on="request_id", how="inner", validate="1:1"
     )
     assert joined.height == impressions.height == examples.height
@@ -47,7 +47,7 @@ def test_registered():
     assert ADAPTERS[NAME] == (trivago_views.prepare, trivago_views.SCHEMA)
     assert SOURCE_FOLDERS[NAME] == "trivago"
     schema = schema_of(NAME)
-    assert schema.impressions.all_labels == ["viewed", "clickout"]
+    assert schema.impressions.all_labels == ["clickout"]
     (derived,) = schema.impressions.derived_labels
     assert derived.events == ["clickout_item"] and derived.window_seconds == WINDOW
     assert [(m.impression, m.event) for m in derived.match_columns] == [("item_id", "item_id")]
@@ -104,7 +104,7 @@ def test_impressions_are_views(prepared, raw):
     assert impressions.height == summary["impressions"] > 0
     assert impressions["request_id"].to_list() == list(range(impressions.height))
     assert impressions.select("user_id", "timestamp", "item_id").is_unique().all(), "one impression per user, second, hotel"
-    assert (impressions["viewed"] == 1).all()
+    assert "viewed" not in impressions.columns
     views = raw.filter(pl.col("action_type").is_in(RAW_VIEWS)).select("user_id", "timestamp", pl.col("hotel").alias("item_id")).unique()
     # every impression is a raw view of that user and hotel at that second ...
     matched = impressions.join(views, on=["user_id", "timestamp", "item_id"], how="semi")
@@ -132,7 +132,7 @@ def test_label_is_a_clickout_of_the_same_hotel_within_the_hour(store, raw, prepa
     data_end = int(pl.read_parquet(out / "events.parquet")["timestamp"].max())
     train_end, validation_end = manifest["splits"]["train_end"], manifest["splits"]["validation_end"]
     clickouts = _raw_clickouts(raw)
-    assert (examples["label__viewed"] == 1.0).all()
+    assert "label__viewed" not in examples.columns
     label = examples["label__clickout"]
     assert label.is_nan().sum() == manifest["counts"]["labels.clickout.missing"] > 0
     assert 0 < label.fill_nan(0).sum() == manifest["counts"]["labels.clickout.positives"]
