@@ -8,7 +8,8 @@ trains every model of ``COMPARED_MODELS`` (the sequence model, the engineered DL
 DLRM) per seed with the same loop (validation split for early stopping, never test),
 and prints the test table (mean ± std over seeds) with the gain rule and the best rule baseline
 (chosen on validation), and writes it with the plots
-under the work directory. Finished runs are reused if the script is killed and started again.
+under the work directory. Finished runs are reused if the script is killed and started again (or run again with another
+``--variant``: only the new model trains).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help='another sequence model to train beside them: its name and its model section as JSON, '
+                             'e.g. count=\'{"experimental": {"match_count": true}}\' (repeatable)')
     args = parser.parse_args()
 
     import polars as pl
@@ -64,7 +68,12 @@ def main() -> None:
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
+    import json
+
     models = {name: default_config(name) for name in COMPARED_MODELS}
+    for text in args.variant:
+        name, _, section = text.partition("=")
+        models[name] = default_config("sequence", json.loads(section))
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=4, patience=2)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     rules = {split: rule_metrics(store, split) for split in ("validation", "test")}

@@ -23,6 +23,8 @@ CONFIGS = {
                                           experimental=ExperimentalModelConfig(identity_match=True)),
     "dot_term": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
                                     experimental=ExperimentalModelConfig(dot_term=True)),
+    "match_count": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
+                                       experimental=ExperimentalModelConfig(match_count=True, identity_match=True)),
     "no_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], match_attention=False),
     "low_rank_cross": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], cross_rank=3),
 }
@@ -157,7 +159,7 @@ def test_cross_rank_is_validated_and_builds_the_low_rank_head():
     assert SequenceModelConfig().cross_rank is None
 
 
-@pytest.mark.parametrize("name", ["causal", "identity_match"])
+@pytest.mark.parametrize("name", ["causal", "identity_match", "match_count"])
 def test_match_term_as_score_bias_equals_the_folded_form(tiny_store, name, monkeypatch):
     """On the CPU the target-attention term enters the keyed pooling as a score bias per candidate;
     the Triton kernels get it folded into more query and key dimensions. Same scores and gradients."""

@@ -23,6 +23,10 @@ class ExperimentalModelConfig(_Config):
         False, description="add to each task's logit a factorised term <user vector, item vector>: the user vector from "
         "the last encoded position, the item vector from the candidate's attributes (cheap to score against many items, so "
         "it can be trained against the whole catalogue: TrainConfig.experimental.objectives, catalogue_softmax)")
+    match_count: bool = Field(
+        False, description="with match_attention: a count-preserving path beside the keyed pooling (whose softmax returns "
+        "a weighted average, blind to how often the candidate occurs): per match block, log1p of the soft count "
+        "sum_e sigmoid(a (cos(c, e) - b)) of the history's events matching the candidate (a, b learned), into the heads")
 
 
 _EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
@@ -90,6 +94,11 @@ class SequenceModelConfig(_Config):
     def identity_match(self) -> bool:
         """``experimental.identity_match`` (False without an experimental section)."""
         return self.experimental is not None and self.experimental.identity_match
+
+    @property
+    def match_count(self) -> bool:
+        """``experimental.match_count`` (False without an experimental section)."""
+        return self.experimental is not None and self.experimental.match_count
 
     @property
     def dot_term(self) -> bool:

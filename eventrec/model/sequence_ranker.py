@@ -32,6 +32,7 @@ from eventrec.model.encoder import JaggedTransformerEncoder, LayerKV
 from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
+from eventrec.model.match_count import MatchCount
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.ops import time_gap_bucket
 from eventrec.ops.jagged_helpers import gather_rows
@@ -88,6 +89,9 @@ class SequenceRanker(nn.Module):
         # products of two inputs poorly, and "does this candidate match what the user did" is one
         self.candidate_projection = nn.Linear(query_dim, config.model_dim)
         head_in = slots * config.model_dim + query_dim + (slots + 1) * slots // 2
+        # the count-preserving path (experimental.match_count): soft counts of matching events per match block
+        self.match_counter = MatchCount(self.pooling.match_vocabularies) if config.match_count and self.match_vocabularies else None
+        head_in += self.match_counter.blocks if self.match_counter is not None else 0
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
@@ -232,6 +236,9 @@ class SequenceRanker(nn.Module):
         """Keyed pooling, interaction, cross network, heads and dot term of normalised candidates ``[B, Q]``."""
         pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, match, plan=plan)
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
+        if self.match_counter is not None and match is not None:
+            match_keys = user.keys[:, 0, self.pooling.head_dim :].to(match.dtype)
+            x = torch.cat([x, self.match_counter(match, match_keys, user.offsets, history_index).to(x.dtype)], dim=-1)
         dot = None
         if self.config.dot_term:
             users, items = self.dot_user_vectors(user), self.dot_item(candidate)

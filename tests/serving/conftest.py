@@ -54,6 +54,12 @@ def served_identity(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_match_count(tmp_path_factory):
+    """The default encoder with the count-preserving path (``match_count``) into the heads."""
+    return _train(tmp_path_factory.mktemp("serving_match_count"), match_count=True)
+
+
+@pytest.fixture(scope="session")
 def served_low_rank_cross(tmp_path_factory):
     """The default encoder with low-rank cross layers in the head (``cross_rank``)."""
     return _train(tmp_path_factory.mktemp("serving_low_rank_cross"), cross_rank=4)

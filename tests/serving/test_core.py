@@ -52,7 +52,7 @@ def view(t: int, category: str = "shoes") -> dict:
     return {"event_type": "view", "timestamp": t, "category": category, "topics": ["a"]}
 
 
-VARIANTS = ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_low_rank_cross",
+VARIANTS = ["served", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_match_count", "served_low_rank_cross",
             "served_bidirectional", "served_no_summary", "served_no_match"]
 
 
