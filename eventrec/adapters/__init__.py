@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from eventrec.adapters import amazon_grocery, ml100k, trivago, trivago_views
+from eventrec.adapters import amazon_grocery, amazon_grocery_conversion, ml100k, trivago, trivago_views
 from eventrec.adapters._common import AdapterError, describe
 
 ADAPTERS: dict[str, tuple[Callable[..., dict], str]] = {
@@ -25,10 +25,17 @@ ADAPTERS: dict[str, tuple[Callable[..., dict], str]] = {
     "trivago_views": (trivago_views.prepare, trivago_views.SCHEMA),
     "ml100k": (ml100k.prepare, ml100k.SCHEMA),
     "amazon_grocery": (amazon_grocery.prepare, amazon_grocery.SCHEMA),
+    "amazon_grocery_conversion": (amazon_grocery_conversion.prepare, amazon_grocery_conversion.SCHEMA),
 }
 
 # Folder of each dataset under the shared data directory (see ../shared/data/README.md).
-SOURCE_FOLDERS = {"trivago": "trivago", "trivago_views": "trivago", "ml100k": "ml-100k", "amazon_grocery": "amazon-grocery"}
+SOURCE_FOLDERS = {
+    "trivago": "trivago",
+    "trivago_views": "trivago",
+    "ml100k": "ml-100k",
+    "amazon_grocery": "amazon-grocery",
+    "amazon_grocery_conversion": "amazon-grocery",
+}
 DATA_DIR_ENV = "EVENTREC_DATA_DIR"
 
 

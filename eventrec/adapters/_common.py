@@ -16,17 +16,19 @@ guarantees:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Hashable, Iterable, Iterator, TypeVar
 
 import polars as pl
 
 ROW = "_row"
 SUMMARY_FILE = "summary.json"
+UserId = TypeVar("UserId", bound=Hashable)
 
 
 class AdapterError(ValueError):
@@ -125,6 +127,32 @@ def check_timestamps(frame: pl.DataFrame, path: Path, column: str) -> None:
     if bad.any():
         row, value = _first_bad(frame, bad, column)
         raise AdapterError(f"{path}: column {column!r}, row {row}: timestamp {value!r} out of range (unix seconds 1970..2200)")
+
+
+def check_sample_options(max_users: object, seed: object) -> None:
+    """``max_users`` must be a positive integer and ``seed`` an integer (bools refused)."""
+    if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1:
+        raise AdapterError(f"max_users must be a positive integer, got {max_users!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise AdapterError(f"seed must be an integer, got {seed!r}")
+
+
+def sample_key(user_id: object, seed: int) -> int:
+    """The user's sampling key: the first 8 bytes of ``blake2b(f"{seed}:{user_id}")`` as an integer
+    (big-endian; an integer id is written in decimal)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{user_id}".encode(), digest_size=8).digest(), "big")
+
+
+def sample_users(users: Iterable[UserId], max_users: int, seed: int) -> list[UserId]:
+    """The ``max_users`` distinct users of ``users`` with the smallest :func:`sample_key` (ties by id),
+    sorted by id; all of them when there are fewer.
+
+    The choice depends only on ``seed`` and the ids (not on their order), and the sample for
+    ``max_users = n`` holds the one for any smaller ``n``. Ids of one type (all strings or all
+    integers): they are compared on ties and in the final sort.
+    """
+    ranked = sorted(set(users), key=lambda user: (sample_key(user, seed), user))
+    return sorted(ranked[:max_users])
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:

@@ -105,20 +105,18 @@ def _sample_negatives(
     return rows, redraws
 
 
-def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, seed: int = 0) -> dict:
-    """Convert Amazon grocery (``train.csv`` + ``item_meta.csv`` in ``source_dir``) into ``out_dir``.
+def read_purchases(source_dir: Path | str) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Read and check ``item_meta.csv`` and ``train.csv`` of ``source_dir``.
 
-    ``negatives``: items drawn per purchase (label 0); ``seed``: the draw's seed. Returns the
-    summary counts (also written to ``out_dir/summary.json``). Raises :class:`AdapterError`
-    naming file, column and first bad row on missing columns, null or unparsable ids / times, or
-    repeated catalogue ids.
+    Returns ``(items, purchases, counts)``: the catalogue (``item_id``, ``category``, sorted by id);
+    the purchases (``_row`` = file row, ``user_id``, ``item_id``, ``timestamp``, ``category``; exact
+    duplicate (user, item, time) rows dropped, file order); and the counts of the reading (catalogue
+    size, input rows, drops, purchases outside the catalogue or not at a UTC midnight). Raises
+    :class:`AdapterError` naming file, column and first bad row.
     """
-    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
-    if negatives < 0:
-        raise ValueError(f"negatives must be >= 0, got {negatives}")
     source_dir = Path(source_dir)
-    summary: dict = {"dataset": "amazon_grocery", "source": [INTERACTIONS, ITEM_META], "negatives_per_purchase": negatives, "seed": seed}
-    items = _read_items(source_dir / ITEM_META, summary)
+    counts: dict = {}
+    items = _read_items(source_dir / ITEM_META, counts)
 
     path = source_dir / INTERACTIONS
     raw = read_tsv_checked(path, ["user_id", "item_id", "time"])
@@ -131,25 +129,50 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
     )
     check_timestamps(raw, path, "time")
     raw = raw.rename({"time": "timestamp"})
-    summary["input_interactions"] = raw.height
+    counts["input_interactions"] = raw.height
     duplicate = raw.select(~pl.struct("user_id", "item_id", "timestamp").is_first_distinct()).to_series()
-    summary["dropped_duplicate_interactions"] = int(duplicate.sum())
+    counts["dropped_duplicate_interactions"] = int(duplicate.sum())
     purchases = raw.filter(~duplicate)
     unknown = ~purchases["item_id"].is_in(items["item_id"].implode())
-    summary["purchases_item_not_in_catalogue"] = int(unknown.sum())
-    summary["purchases_not_at_midnight_utc"] = int((purchases["timestamp"] % 86_400 != 0).sum())
-    purchases = purchases.join(items, on="item_id", how="left")
+    counts["purchases_item_not_in_catalogue"] = int(unknown.sum())
+    counts["purchases_not_at_midnight_utc"] = int((purchases["timestamp"] % 86_400 != 0).sum())
+    return items, purchases.join(items, on="item_id", how="left"), counts
 
-    events = purchases.sort("user_id", "timestamp", ROW).select(
+
+def catalogue_of(items: pl.DataFrame, purchases: pl.DataFrame) -> np.ndarray:
+    """``[K]`` sorted distinct item ids negatives are drawn from: the catalogue plus any purchased item."""
+    return np.union1d(items["item_id"].to_numpy(), purchases["item_id"].unique().to_numpy())
+
+
+def purchase_events(purchases: pl.DataFrame) -> pl.DataFrame:
+    """``events.parquet``: one ``purchase`` event per purchase, sorted by (user, time, file row)."""
+    return purchases.sort("user_id", "timestamp", ROW).select(
         "user_id", "timestamp", pl.lit("purchase").alias("event_type"), "item_id", "category"
     )
-    requests = (
+
+
+def purchase_requests(purchases: pl.DataFrame) -> pl.DataFrame:
+    """One request per purchase (``request_id``, ``user_id``, ``timestamp``, ``item_id``), numbered in
+    (time, user, file row) order."""
+    return (
         purchases.sort("timestamp", "user_id", ROW)
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("request_id"))
         .select("request_id", "user_id", "timestamp", "item_id")
     )
+
+
+def purchase_impressions(
+    requests: pl.DataFrame, purchases: pl.DataFrame, items: pl.DataFrame, catalogue: np.ndarray, negatives: int, seed: int
+) -> tuple[pl.DataFrame, int]:
+    """Per request the purchased item (``purchase`` = 1) and ``negatives`` drawn items (0).
+
+    ``requests`` as :func:`purchase_requests` returns them, at the purchase's timestamp (a negative
+    is never an item the user purchased at or before it, per ``purchases``); draws are uniform over
+    ``catalogue`` with ``seed``. Returns the impressions (``request_id``, ``user_id``, ``timestamp``,
+    ``item_id``, ``category``, ``purchase``, ``is_negative_sample``; by request, the purchased item
+    first, then the draws in slot order) and the number of redraws.
+    """
     owned = purchases.group_by("user_id", "item_id").agg(pl.col("timestamp").min().alias("first_time")).sort("user_id", "item_id")
-    catalogue = np.union1d(items["item_id"].to_numpy(), purchases["item_id"].unique().to_numpy())
     positives = requests.with_columns(pl.lit(-1, dtype=pl.Int64).alias("slot"), pl.lit(1, dtype=pl.Int8).alias("purchase"))
     frames = [positives]
     redraws = 0
@@ -169,7 +192,33 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
             (pl.col("slot") >= 0).cast(pl.Int8).alias("is_negative_sample"),
         )  # fmt: skip
     )
+    return impressions, redraws
+
+
+def purchases_sharing_user_and_day(purchases: pl.DataFrame) -> int:
+    """The number of purchases that share their (user, timestamp) with another purchase."""
     same_day = purchases.group_by("user_id", "timestamp").agg(pl.len().alias("n")).filter(pl.col("n") > 1)
+    return int(same_day["n"].sum())
+
+
+def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, seed: int = 0) -> dict:
+    """Convert Amazon grocery (``train.csv`` + ``item_meta.csv`` in ``source_dir``) into ``out_dir``.
+
+    ``negatives``: items drawn per purchase (label 0); ``seed``: the draw's seed. Returns the
+    summary counts (also written to ``out_dir/summary.json``). Raises :class:`AdapterError`
+    naming file, column and first bad row on missing columns, null or unparsable ids / times, or
+    repeated catalogue ids.
+    """
+    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
+    if negatives < 0:
+        raise ValueError(f"negatives must be >= 0, got {negatives}")
+    summary: dict = {"dataset": "amazon_grocery", "source": [INTERACTIONS, ITEM_META], "negatives_per_purchase": negatives, "seed": seed}
+    items, purchases, counts = read_purchases(source_dir)
+    summary.update(counts)
+
+    events = purchase_events(purchases)
+    requests = purchase_requests(purchases)
+    impressions, redraws = purchase_impressions(requests, purchases, items, catalogue_of(items, purchases), negatives, seed)
     summary["events"] = events.height
     summary["events_by_type"] = {"purchase": events.height}
     summary["users"] = events["user_id"].n_unique()
@@ -178,7 +227,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
     summary["impressions"] = impressions.height
     summary["purchases"] = int(impressions["purchase"].sum())
     summary["negative_redraws"] = redraws
-    summary["purchases_sharing_user_and_day"] = int(same_day["n"].sum())
+    summary["purchases_sharing_user_and_day"] = purchases_sharing_user_and_day(purchases)
 
     with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
         write_parquet(events, tmp / "events.parquet")

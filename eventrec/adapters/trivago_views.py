@@ -29,34 +29,24 @@ A clickout in the view's own second does not count (nor is it in the view's hist
 each user gets the key ``blake2b(f"{seed}:{user_id}")`` (8 bytes, big-endian); the ``max_users``
 users with the smallest keys are kept (all of them when there are fewer). The choice depends only on
 the seed and the user ids, not on file order, and the sample for ``max_users = n`` holds the one
-for any smaller ``n``.
+for any smaller ``n`` (:func:`eventrec.adapters._common.sample_users`, shared with
+:mod:`eventrec.adapters.amazon_grocery_conversion`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import polars as pl
 
 from eventrec.adapters import trivago
-from eventrec.adapters._common import AdapterError, atomic_output, check_output_dir, write_parquet, write_summary
+from eventrec.adapters._common import atomic_output, check_output_dir, check_sample_options, sample_users, write_parquet, write_summary
+from eventrec.adapters._common import sample_key  # noqa: F401  (the user sample's key, importable from here as before)
 
 SCHEMA = "trivago_views"
 # Looking at a hotel's page: the item_interaction stream of trivago.yaml without search_for_item
 VIEW_ACTIONS = ["interaction_item_image", "interaction_item_info", "interaction_item_rating", "interaction_item_deals"]
 IMPRESSION_KEY = ["user_id", "timestamp", "item_id"]
-
-
-def sample_key(user_id: str, seed: int) -> int:
-    """The user's sampling key: the first 8 bytes of ``blake2b(f"{seed}:{user_id}")`` as an integer."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{user_id}".encode(), digest_size=8).digest(), "big")
-
-
-def sample_users(users: list[str], max_users: int, seed: int) -> list[str]:
-    """The ``max_users`` users of ``users`` with the smallest :func:`sample_key` (ties by id), sorted by id."""
-    ranked = sorted(set(users), key=lambda user: (sample_key(user, seed), user))
-    return sorted(ranked[:max_users])
 
 
 def view_impressions(events: pl.DataFrame) -> pl.DataFrame:
@@ -79,10 +69,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str, max_users: int = 1000, 
     :class:`AdapterError` on bad input (as :func:`eventrec.adapters.trivago.prepare`) or a
     ``max_users`` below 1.
     """
-    if isinstance(max_users, bool) or not isinstance(max_users, int) or max_users < 1:
-        raise AdapterError(f"max_users must be a positive integer, got {max_users!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise AdapterError(f"seed must be an integer, got {seed!r}")
+    check_sample_options(max_users, seed)
     check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
     all_events, _, base = trivago.convert(source_dir)
     viewers = all_events.filter(pl.col("event_type").is_in(VIEW_ACTIONS))["user_id"].unique().to_list()

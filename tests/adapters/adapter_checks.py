@@ -94,7 +94,7 @@ def check_store_and_batch(out_dir: Path, schema: Schema, store_dir: Path, impres
     index = store.split_indices("test")[:256]
     batch = make_batch(store, index)
     assert batch.batch_size == len(index)
-    assert batch.labels.shape == (len(index), len(schema.impressions.labels))
+    assert batch.labels.shape == (len(index), len(schema.impressions.all_labels))  # logged, then derived
     request_times = batch.request_timestamps.numpy()
     # histories are one row per impression, or (newer batches) one per distinct (user, request time)
     # with ``history_index [B]`` pointing each impression at its row
