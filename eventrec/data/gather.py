@@ -32,7 +32,7 @@ def _column_tensor(values: np.ndarray) -> torch.Tensor:
 
 def gather_stream(data: StreamData, starts: np.ndarray, ends: np.ndarray) -> StreamBatch:
     """The selected events of one stream for a batch with candidate ranges ``[starts, ends)``."""
-    index, lengths = select_events(data.sampling, starts, ends, data.max_length)
+    index, lengths = select_events(data.sampling, starts, ends, data.max_length, data)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     batch = StreamBatch(

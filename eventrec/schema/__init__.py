@@ -34,12 +34,13 @@ Example (see ``eventrec/schemas/`` for complete ones)::
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_serializer, model_validator
 
 from eventrec.data.sampling import SAMPLING_POLICIES
 from eventrec.schema.attributes import (ID_KINDS, NAME_PATTERN, VOCABULARY_KINDS, Attribute, CategoricalAttribute, EmbeddingAttribute,
@@ -50,8 +51,72 @@ from eventrec.schema.derived_labels import WINDOW_UNITS, DerivedLabel, MatchColu
 __all__ = [
     "ID_KINDS", "NAME_PATTERN", "VOCABULARY_KINDS", "WINDOW_UNITS", "Attribute", "Boundary", "CategoricalAttribute", "ContentTable",
     "DerivedLabel", "EmbeddingAttribute", "EventsSource", "HashedAttribute", "Impressions", "MatchColumn", "MultiCategoricalAttribute",
-    "Name", "NumericAttribute", "Schema", "SchemaError", "Splits", "Stream", "boundary_to_seconds", "builtin_schema_path",
+    "Name", "NumericAttribute", "Schema", "SchemaError", "Splits", "Stream", "ValueSampling", "boundary_to_seconds", "builtin_schema_path",
     "load_schema", "parse_schema", "window_seconds",
+]
+
+
+class ValueSampling(_Strict):
+    """``sampling: {policy: value, ...}``: keep a stream's most valuable events, not only the latest.
+
+    Among the events before the cut, the ``max_length`` of highest ``value · 2^(-age / half_life)``
+    are kept (ties: the more recent), returned in time order (:func:`eventrec.data.sampling.value_based`).
+    An event's **value** is derived from its own raw row at build time (and from the record when
+    serving appends it; :func:`eventrec.store.sampling_values.sampling_values`)::
+
+        value = event_type_values[type] × (1 + max(0, transform(x)))
+
+    * ``event_type_values``: per event type of the stream (its ``event_types``), a positive value;
+      the stream's types left out get **1.0** (so ``{purchase: 3.0}`` means "a purchase is worth three
+      of anything else"). A type the stream does not read is an error.
+    * ``attribute`` (optional): a numeric attribute of the stream (e.g. ``dwell_seconds``, ``price``);
+      its raw value ``x`` **multiplies** the type's value by ``1 + max(0, transform(x))``, with the
+      attribute's own ``transform`` (``log1p`` gives diminishing returns; ``none`` is linear). A
+      missing (null, NaN) or non-positive ``x`` multiplies by 1: no evidence, no bonus.
+    * ``recency_half_life``: seconds, or a number with unit ``s``, ``m``, ``h``, ``d`` (``"7d"``):
+      an event loses half its score per half-life of age (positive).
+
+    With every value equal the policy keeps exactly what ``most_recent`` keeps.
+    """
+
+    policy: Literal["value"]
+    event_type_values: dict[str, float] = Field(default_factory=dict)
+    attribute: Name | None = None
+    recency_half_life: int | str
+
+    @field_validator("event_type_values")
+    @classmethod
+    def _positive_values(cls, values: dict[str, float]) -> dict[str, float]:
+        for event_type, value in values.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"event type {event_type!r}: the value must be a positive, finite number, got {value!r}")
+        return values
+
+    @field_validator("recency_half_life")
+    @classmethod
+    def _positive_half_life(cls, value: int | str) -> int | str:
+        try:
+            window_seconds(value)
+        except ValueError:
+            raise ValueError("must be a positive number of seconds or a positive number with unit s, m, h or d (e.g. '7d')") from None
+        return value
+
+    @property
+    def half_life_seconds(self) -> int:
+        return window_seconds(self.recency_half_life)
+
+    def type_value(self, event_type: str | None) -> float:
+        """The declared value of an event type (1.0 when not listed)."""
+        return float(self.event_type_values.get(event_type, 1.0)) if event_type is not None else 1.0
+
+
+# a stream's ``sampling``: a registered policy name, or a mapping whose ``policy`` picks its parameters'
+# model. The tags' ``x[y]`` form is dropped from error locations by _format_error, so that errors read
+# ``streams.0.sampling.recency_half_life`` like the YAML path.
+_SAMPLING_FORMS = {"value": ValueSampling}
+Sampling = Annotated[
+    Union[Annotated[str, Tag("name[str]")], Annotated[ValueSampling, Tag("policy[value]")]],
+    Discriminator(lambda v: "name[str]" if isinstance(v, str) or not isinstance(v, (dict, ValueSampling)) else "policy[value]"),
 ]
 
 
@@ -62,14 +127,17 @@ class Stream(_Strict):
     event_types: list[str] | None = None
     source: EventsSource | None = None
     max_length: int = Field(..., ge=1, le=1_000_000)
-    sampling: str = "most_recent"
+    sampling: Sampling = "most_recent"
     attributes: list[Attribute] = Field(default_factory=list)
     dlrm_ids: list[Name] | None = None
 
     @field_validator("sampling")
     @classmethod
-    def _known_policy(cls, value: str) -> str:
-        if value not in SAMPLING_POLICIES:
+    def _known_policy(cls, value: str | ValueSampling) -> str | ValueSampling:
+        if isinstance(value, str) and value in _SAMPLING_FORMS:
+            raise ValueError(f"sampling policy {value!r} takes parameters; write it as a mapping, "
+                             "e.g. {policy: value, event_type_values: {purchase: 3.0}, recency_half_life: 7d}")
+        if isinstance(value, str) and value not in SAMPLING_POLICIES:
             raise ValueError(f"unknown sampling policy {value!r}; expected one of {sorted(SAMPLING_POLICIES)}")
         return value
 
@@ -93,7 +161,22 @@ class Stream(_Strict):
             for name in self.dlrm_ids:
                 if kinds.get(name) not in ID_KINDS:
                     raise ValueError(f"dlrm_ids: {name!r} must name a categorical, hashed or multi_categorical attribute of this stream")
+        if isinstance(self.sampling, ValueSampling):
+            self._check_value_sampling(self.sampling)
         return self
+
+    def _check_value_sampling(self, sampling: ValueSampling) -> None:
+        if sampling.attribute is not None:
+            numeric = [a.name for a in self.attributes if a.kind == "numeric"]
+            if sampling.attribute not in numeric:
+                raise ValueError(f"sampling.attribute: {sampling.attribute!r} must name a numeric attribute of this stream; "
+                                 f"its numeric attributes: {numeric}")
+        if sampling.event_type_values and not self.event_types:
+            raise ValueError("sampling.event_type_values: this stream has no event_types (every row of its source is one "
+                             "event kind); drop event_type_values or list the stream's event_types")
+        unknown = sorted(set(sampling.event_type_values) - set(self.event_types or []))
+        if unknown:
+            raise ValueError(f"sampling.event_type_values: unknown event type(s) {unknown}; this stream reads event_types {self.event_types}")
 
     @property
     def id_attribute(self) -> str | None:
@@ -230,6 +313,10 @@ class Schema(_Strict):
                 raise ValueError(f"stream {stream.name!r} has no 'source' and the schema has no 'events' section")
             if stream.source is None and self.events is not None and self.events.type_column and not stream.event_types:
                 raise ValueError(f"stream {stream.name!r} reads the shared events file and needs 'event_types'")
+            source = stream.source or self.events
+            if isinstance(stream.sampling, ValueSampling) and stream.sampling.event_type_values and (source is None or not source.type_column):
+                raise ValueError(f"streams.{stream.name}.sampling.event_type_values: the stream's events have no type column "
+                                 "('type_column' of its 'source' or of 'events'); an event's type cannot be read")
         for derived in self.impressions.derived_labels:
             source = derived.source or self.events
             if source is None or not source.type_column:

@@ -80,11 +80,16 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
 
 def encode_events(events: UserEvents, user: str, store_id: str) -> bytes:
     """``UserEvents`` → bytes: per stream ``{s}.timestamps [n]`` and per attribute ``{s}.{a}`` or, for
-    multi-valued ones, ``{s}.{a}.values [T]`` and ``{s}.{a}.offsets [n+1]``."""
+    multi-valued ones, ``{s}.{a}.values [T]`` and ``{s}.{a}.offsets [n+1]``; for a stream with a value
+    sampling policy also ``{s}/sampling_values [n]`` float32 (listed in the header's ``sampling_values``)."""
     arrays: dict[str, np.ndarray] = {}
     ragged: list[str] = []
+    valued: list[str] = []
     for name, data in events.streams.items():
         arrays[f"{name}.timestamps"] = np.ascontiguousarray(data.timestamps)
+        if data.sampling_values is not None:  # a value policy's per-event values ("/": never in a name)
+            valued.append(name)
+            arrays[f"{name}/sampling_values"] = np.ascontiguousarray(data.sampling_values)
         for attribute, column in data.attributes.items():
             if isinstance(column, Ragged):
                 ragged.append(f"{name}.{attribute}")
@@ -94,6 +99,8 @@ def encode_events(events: UserEvents, user: str, store_id: str) -> bytes:
                 arrays[f"{name}.{attribute}"] = np.ascontiguousarray(column)
     header = {"format": EVENTS_FORMAT, "store": store_id, "user": user, "version": events.version,
               "streams": {name: list(data.attributes) for name, data in events.streams.items()}, "ragged": ragged}
+    if valued:  # only then: the blobs of stores without value sampling are unchanged
+        header["sampling_values"] = valued
     return save_numpy(arrays, metadata={"eventrec": json.dumps(header)})
 
 
@@ -116,8 +123,15 @@ def decode_events(blob: bytes, user: str, store_id: str, store: EventStore) -> U
                 if (len(column.offsets) - 1 if isinstance(column, Ragged) else len(column)) != len(timestamps):
                     raise ValueError(f"{key}: length differs from the timestamps'")
                 attributes[attribute] = column
+            values = None
+            if base.sampling_values is not None:
+                if name not in header.get("sampling_values", []):
+                    raise ValueError(f"stream {name!r}: no per-event sampling values")
+                values = arrays[f"{name}/sampling_values"]
+                if len(values) != len(timestamps):
+                    raise ValueError(f"{name}/sampling_values: length differs from the timestamps'")
             streams[name] = StreamData(name, base.max_length, base.sampling, np.array([0, len(timestamps)], dtype=np.int64), timestamps,
-                                       attributes, dict(base.looked_up))
+                                       attributes, dict(base.looked_up), values)
         return UserEvents(streams, int(header["version"]))
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptEntry(f"malformed events entry: {error}") from error

@@ -15,6 +15,7 @@ from eventrec.store.encoding import AttributeEncoder
 from eventrec.serving.values import check_value, timestamp_seconds
 from eventrec.store.raw_logs import DataError
 from eventrec.store.reader import EventStore, Ragged
+from eventrec.store.sampling_values import needs_event_type, sampling_values, value_sampling
 
 
 class Records:
@@ -73,19 +74,50 @@ class Records:
                     raise InvalidInput(f"event {i}: missing timestamp {ts_column!r}", f"events[{i}].{ts_column}")
                 seconds.append(timestamp_seconds(events[i][ts_column], src.timestamp_unit, f"events[{i}].{ts_column}", latest_seconds))
                 self.check_record(attributes, events[i], f"events[{i}]")
+            types = self.event_types(stream, src, events, rows)
             try:
                 frame = pl.DataFrame([{a.source_column: events[i][a.source_column] for a in attributes} for i in rows], infer_schema_length=None)
                 times = np.array(seconds, dtype=np.int64)
                 order = np.argsort(times, kind="stable")
                 frame, times = frame[order.tolist()], times[order]
                 encoded = self.encode(f"streams.{name}", stream.attributes, frame)
+                values = self.sampling_values(stream, frame, None if types is None else [types[j] for j in order])
             except (DataError, pl.exceptions.PolarsError, TypeError, ValueError) as error:
                 raise InvalidInput(f"events of stream {name!r}: {error}", "events") from error
             if last is not None and int(times[0]) < last:
                 raise OutOfOrderEvents(f"event at {int(times[0])} is older than the user's last event ({last}); "
                                        "events must arrive in time order (equal times are accepted)", "events")
-            updated = updated.appended(name, times, encoded)
+            updated = updated.appended(name, times, encoded, values)
         return updated
+
+    @staticmethod
+    def event_types(stream, source, events: list[dict], rows: list[int]) -> list[str] | None:
+        """The raw types of a stream's events when its value policy values types (else None):
+        each event must carry the type column, with a type the stream reads (InvalidInput otherwise)."""
+        if not needs_event_type(stream):
+            return None
+        column = source.type_column
+        types = []
+        for i in rows:
+            if events[i].get(column) is None:
+                raise InvalidInput(f"event {i}: missing event type {column!r} (stream {stream.name!r} samples by value per event type)",
+                                   f"events[{i}].{column}")
+            kind = str(events[i][column])
+            if kind not in (stream.event_types or []):
+                raise InvalidInput(f"event {i}: stream {stream.name!r} does not read event type {kind!r} (its event_types: {stream.event_types})",
+                                   f"events[{i}].{column}")
+            types.append(kind)
+        return types
+
+    @staticmethod
+    def sampling_values(stream, frame: pl.DataFrame, types: list[str] | None) -> np.ndarray | None:
+        """``[n]`` float32 values of the stream's appended events (the build's own function), or None
+        when the stream does not sample by value."""
+        sampling = value_sampling(stream)
+        if sampling is None:
+            return None
+        numbers = frame[next(a.source_column for a in stream.attributes if a.name == sampling.attribute)] if sampling.attribute else None
+        return sampling_values(stream, frame.height, None if types is None else pl.Series(types, dtype=pl.String), numbers)
 
     def encode(self, place: str, attributes: list, frame: pl.DataFrame) -> dict[str, np.ndarray | Ragged]:
         """Raw records encoded with the store's vocabularies and statistics (the build's own encoder)."""

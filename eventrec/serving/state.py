@@ -58,6 +58,7 @@ class UserEvents:
             streams[name] = StreamData(
                 name, data.max_length, data.sampling, np.array([0, end - start], dtype=np.int64), data.timestamps[start:end].copy(),
                 {a: _slice_column(c, start, end) for a, c in data.attributes.items()}, dict(data.looked_up),
+                None if data.sampling_values is None else data.sampling_values[start:end].copy(),
             )
         return cls(streams)
 
@@ -68,13 +69,19 @@ class UserEvents:
     def counts(self) -> dict[str, int]:
         return {name: len(d.timestamps) for name, d in self.streams.items()}
 
-    def appended(self, name: str, timestamps: np.ndarray, attributes: dict[str, np.ndarray | Ragged]) -> "UserEvents":
+    def appended(self, name: str, timestamps: np.ndarray, attributes: dict[str, np.ndarray | Ragged],
+                 sampling_values: np.ndarray | None = None) -> "UserEvents":
+        """The events with ``timestamps [n]`` and encoded ``attributes`` appended to stream ``name``;
+        ``sampling_values [n]`` float32: their values, required when the stream has a value policy."""
         data = self.streams[name]
+        if (data.sampling_values is None) != (sampling_values is None):
+            raise ValueError(f"stream {name!r}: per-event sampling values are {'required' if sampling_values is None else 'not expected'}")
         new = replace(
             data,
             user_offsets=np.array([0, len(data.timestamps) + len(timestamps)], dtype=np.int64),
             timestamps=np.concatenate([data.timestamps, timestamps.astype(np.int64)]),
             attributes={a: _concat_column(c, attributes[a]) for a, c in data.attributes.items()},
+            sampling_values=None if sampling_values is None else np.concatenate([data.sampling_values, sampling_values.astype(np.float32)]),
         )
         return UserEvents({**self.streams, name: new}, self.version)
 
@@ -84,13 +91,14 @@ class UserEvents:
         for name, data in self.streams.items():
             n = counts[name]
             streams[name] = replace(data, user_offsets=np.array([0, n], dtype=np.int64), timestamps=data.timestamps[:n].copy(),
-                                    attributes={a: _slice_column(c, 0, n) for a, c in data.attributes.items()})
+                                    attributes={a: _slice_column(c, 0, n) for a, c in data.attributes.items()},
+                                    sampling_values=None if data.sampling_values is None else data.sampling_values[:n].copy())
         return UserEvents(streams, version)
 
     def nbytes(self) -> int:
         total = 0
         for d in self.streams.values():
-            total += d.timestamps.nbytes
+            total += d.timestamps.nbytes + (0 if d.sampling_values is None else d.sampling_values.nbytes)
             for c in d.attributes.values():
                 total += c.values.nbytes + c.offsets.nbytes if isinstance(c, Ragged) else c.nbytes
         return total

@@ -26,6 +26,7 @@ from eventrec.data.sampling import select_events
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.store.point_in_time import cut_before
 from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
+from eventrec.store.reader import StreamData
 
 Window = tuple[tuple[int, int], ...]  # per stream (start, end) of the events a request reads
 Status = Literal["hit", "miss", "incremental", "prefix"]
@@ -35,16 +36,26 @@ def request_window(events: UserEvents, timestamp: int) -> Window:
     """Per stream the events a request at ``timestamp`` reads: the store's point-in-time cut
     (:func:`~eventrec.store.point_in_time.cut_before`) and the stream's sampling policy
     (:func:`~eventrec.data.sampling.select_events`), as in training batches, so that scores equal
-    ``eventrec evaluate``'s. Serving keeps windows as one ``[start, end)`` range per stream."""
+    ``eventrec evaluate``'s. Serving keeps windows as one ``[start, end)`` range per stream: the
+    selected events when they are contiguous (always with ``most_recent``), else (a value policy
+    keeping older events over newer ones) the candidate range ``[0, cut)``, from which
+    :func:`window_events` picks the same events again (the policy is deterministic and reads only
+    the candidates)."""
     window = []
-    for name, data in events.streams.items():
+    for data in events.streams.values():
         cut = cut_before(data.timestamps, timestamp)
-        index, _ = select_events(data.sampling, np.array([0]), np.array([cut]), data.max_length)
+        index, _ = select_events(data.sampling, np.array([0]), np.array([cut]), data.max_length, data)
         start, end = (int(index[0]), int(index[-1]) + 1) if len(index) else (cut, cut)
-        if end - start != len(index):
-            raise NotImplementedError(f"stream {name!r}: sampling {data.sampling!r} selects a non-contiguous window; serving reads one range per stream")
-        window.append((start, end))
+        window.append((start, end) if end - start == len(index) else (0, cut))
     return tuple(window)
+
+
+def window_events(data: StreamData, window: tuple[int, int]) -> np.ndarray:
+    """Indices ``[n]`` of the events one stream's window reads: the policy applied to ``[start, end)``
+    (the identity on a contiguous selection: every policy keeps all events within ``max_length``),
+    exactly what :func:`window_batch` gathers through :func:`~eventrec.data.gather.gather_stream`."""
+    index, _ = select_events(data.sampling, np.array([window[0]]), np.array([window[1]]), data.max_length, data)
+    return index
 
 
 def window_batch(events: UserEvents, window: Window, timestamp: int, num_tasks: int, task_names: list[str]) -> EventBatch:
@@ -74,7 +85,7 @@ class UserStates:
 
     def signature(self, events: UserEvents, window: Window, timestamp: int) -> bytes | None:
         """The recency buckets of the window's events at ``timestamp`` (None: the model does not read the time)."""
-        times = np.concatenate([d.timestamps[s:e] for d, (s, e) in zip(events.streams.values(), window)] + [np.zeros(0, dtype=np.int64)])
+        times = np.concatenate([d.timestamps[window_events(d, w)] for d, w in zip(events.streams.values(), window)] + [np.zeros(0, dtype=np.int64)])
         signature = self.model.request_time_signature(torch.from_numpy(times), timestamp)
         return None if signature is None else signature.numpy().tobytes()
 

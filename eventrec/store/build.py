@@ -6,7 +6,8 @@ Output directory (written to a temporary sibling, then renamed into place)::
     vocabularies.json   per vocabulary: its values (training period only) or its hash buckets
     statistics.json     per numeric attribute: training-period mean/std after the transform
     users.parquet       one row per user: ``user_id`` and, per stream, list columns sorted by time:
-                        ``{stream}__timestamp`` and ``{stream}__{attribute}`` (encoded)
+                        ``{stream}__timestamp`` and ``{stream}__{attribute}`` (encoded); with a value
+                        sampling policy also ``{stream}___sampling_value`` (store/sampling_values.py)
     examples.parquet    one row per impression, time-ordered: ``user_row``, ``timestamp``,
                         ``split`` (0 train, 1 validation, 2 test), ``cut__{stream}`` (number of the
                         user's events strictly before the impression), encoded item and context
@@ -37,6 +38,7 @@ from eventrec.store.encoding import AttributeEncoder, BuildReport
 from eventrec.store.later_labels import later_label_columns
 from eventrec.store.load import Progress, read_logs
 from eventrec.store.raw_logs import ROW, DataError, RawTable
+from eventrec.store.sampling_values import EVENT_TYPE, sampling_values, value_column, value_sampling
 from eventrec.store.layout import (FORMAT_VERSION, SPLIT_NAMES, TIME, USER, check_replaceable, recover_interrupted_swap, remove_stale_temporaries,
                                    schema_fingerprint, swap_into_place, write_json, write_parquet)
 
@@ -97,6 +99,11 @@ def _encode_stream(stream: Stream, table: RawTable, df: pl.DataFrame, user_ids: 
     user_offsets[-1] = df.height
     times = df[TIME].to_numpy().astype(np.int64, copy=False)
     user_columns[f"{stream.name}__timestamp"] = _arrow_list(user_offsets, pa.array(times))
+    sampling = value_sampling(stream)
+    if sampling is not None:  # per-event values of a value policy (store/sampling_values.py), from the raw rows
+        numbers = df[next(a.source_column for a in stream.attributes if a.name == sampling.attribute)] if sampling.attribute else None
+        values = sampling_values(stream, df.height, df[EVENT_TYPE] if EVENT_TYPE in df.columns else None, numbers)
+        user_columns[value_column(stream.name)] = _arrow_list(user_offsets, pa.array(values))
     uses: dict[str, int] = {}
     for attribute in stream.attributes:
         uses[attribute.source_column] = uses.get(attribute.source_column, 0) + 1
@@ -169,7 +176,7 @@ def _encode_streams(schema: Schema, streams: dict[str, tuple[RawTable, pl.DataFr
         indexes[stream.name] = _encode_stream(stream, *streams.pop(stream.name), users[USER], encoder, report, user_columns)
         stream_layout[stream.name] = {
             "max_length": stream.max_length,
-            "sampling": stream.sampling,
+            "sampling": stream.sampling if isinstance(stream.sampling, str) else stream.sampling.model_dump(mode="json"),
             "attributes": {attribute.name: attribute.kind for attribute in stream.attributes},
         }
     return user_columns, indexes, stream_layout

@@ -16,6 +16,7 @@ from eventrec.schema import EmbeddingAttribute, EventsSource, Schema, Stream
 from eventrec.store.encoding import BuildReport
 from eventrec.store.layout import TIME, USER
 from eventrec.store.raw_logs import ROW, DataError, RawTable, check_not_null, check_timestamps, first_row, require_columns, scan_table, timestamp_seconds
+from eventrec.store.sampling_values import EVENT_TYPE, needs_event_type
 
 Progress = Callable[[str], None]
 
@@ -54,6 +55,8 @@ def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildRe
         pl.col(source.timestamp_column),
         timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
         *[pl.col(c) for c in attribute_columns],
+        # the raw type, for a value policy's per-event values only (other stores stay byte-identical)
+        *([pl.col(source.type_column).cast(pl.String).alias(EVENT_TYPE)] if needs_event_type(stream) and source.type_column else []),
     ), streaming=True)
     # one read of the file; the checks then run on the rows in memory
     if df.height == 0 and table.collect(table.frame.select(pl.len())).item() == 0:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.schema import EmbeddingAttribute, Schema, SchemaError, parse_schema
 from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, Ragged, recover_interrupted_swap
+from eventrec.store.sampling_values import value_column, value_sampling
 from eventrec.store.vocab import Vocabulary
 
 
@@ -51,12 +53,14 @@ class StreamData:
 
     name: str
     max_length: int
-    sampling: str
+    sampling: Any  # the schema's declaration: a policy name, or a mapping form (ValueSampling)
     user_offsets: np.ndarray
     timestamps: np.ndarray
     attributes: dict[str, np.ndarray | Ragged] = field(default_factory=dict)
     # table-looked-up embeddings: attribute name → (key attribute name, content matrix [V, dim])
     looked_up: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    # [E] float32 per-event values of a value policy (store/sampling_values.py); None for other policies
+    sampling_values: np.ndarray | None = None
 
     @cached_property
     def time_index(self) -> SegmentedTimeIndex:
@@ -104,6 +108,9 @@ class EventStore:
         for stream in self.schema.streams:
             user_offsets, times = _list_parts(table.column(f"{stream.name}__timestamp"))
             data = StreamData(stream.name, stream.max_length, stream.sampling, user_offsets, _numpy(times).astype(np.int64))
+            if value_sampling(stream) is not None:
+                _, values = _list_parts(table.column(value_column(stream.name)))
+                data.sampling_values = _numpy(values).astype(np.float32)
             for attribute in stream.attributes:
                 if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None:
                     key = next(a for a in stream.attributes if a.name == attribute.key)
