@@ -69,7 +69,7 @@ def generate(
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="trivago | trivago_views | ml100k | amazon_grocery | amazon_grocery_conversion"),
+    dataset: str = typer.Argument(..., help="trivago | trivago_views | trivago_lists_small | ml100k | amazon_grocery | amazon_grocery_conversion"),
     source: Path = typer.Option(..., help="The dataset's folder, e.g. ../shared/data/trivago."),
     out: Path = typer.Option(..., help="Directory for the converted raw logs: absent, empty or a previous output; never --source or inside it."),
 ) -> None:

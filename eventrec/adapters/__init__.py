@@ -17,12 +17,13 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from eventrec.adapters import amazon_grocery, amazon_grocery_conversion, ml100k, trivago, trivago_views
+from eventrec.adapters import amazon_grocery, amazon_grocery_conversion, ml100k, trivago, trivago_lists_small, trivago_views
 from eventrec.adapters._common import AdapterError, describe
 
 ADAPTERS: dict[str, tuple[Callable[..., dict], str]] = {
     "trivago": (trivago.prepare, trivago.SCHEMA),
     "trivago_views": (trivago_views.prepare, trivago_views.SCHEMA),
+    "trivago_lists_small": (trivago_lists_small.prepare, trivago_lists_small.SCHEMA),
     "ml100k": (ml100k.prepare, ml100k.SCHEMA),
     "amazon_grocery": (amazon_grocery.prepare, amazon_grocery.SCHEMA),
     "amazon_grocery_conversion": (amazon_grocery_conversion.prepare, amazon_grocery_conversion.SCHEMA),
@@ -32,6 +33,7 @@ ADAPTERS: dict[str, tuple[Callable[..., dict], str]] = {
 SOURCE_FOLDERS = {
     "trivago": "trivago",
     "trivago_views": "trivago",
+    "trivago_lists_small": "trivago",
     "ml100k": "ml-100k",
     "amazon_grocery": "amazon-grocery",
     "amazon_grocery_conversion": "amazon-grocery",

@@ -113,7 +113,7 @@ def convert(source_dir: Path | str) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
 
     ``source_dir`` is the folder holding :data:`FILE` or the Parquet file itself. ``events`` and
     ``impressions`` are exactly the frames ``prepare`` writes (same rows, columns and order);
-    other adapters built on this sample (``trivago_views``) start from them. Raises
+    other adapters built on this sample (``trivago_views``, ``trivago_lists_small``) start from them. Raises
     :class:`AdapterError` as :func:`prepare` does.
     """
     path = _locate(source_dir)
