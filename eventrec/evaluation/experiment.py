@@ -178,7 +178,7 @@ def format_table(summary: dict, baseline: str | list[str] | None = None, rules: 
                 d_auc = metrics["auc"][0] - base["auc"][0]
                 d_ne = metrics["ne"][0] - base["ne"][0]
                 threshold = gain_threshold(metrics["auc"][1], base["auc"][1])
-                verdict = "gain" if d_auc > threshold and d_ne < 0 else "no clear gain"
+                verdict = "gain" if d_auc > threshold and d_ne < 0 else ("loss" if d_auc < -threshold and d_ne > 0 else "no clear difference")
                 comparisons.append(f"- {name} vs {base_name}, {task}: ΔAUC {d_auc:+.4f} (threshold {threshold:.4f}), ΔNE {d_ne:+.4f} → {verdict}")
     for name, s in summary.items():
         for task, metrics in s["tasks"].items():
