@@ -209,6 +209,16 @@ def atomic_output(out_dir: Path, source_dir: Path | None = None) -> Iterator[Pat
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_outputs(out_dir: Path | str, source_dir: Path | str, tables: dict[str, pl.DataFrame], summary: dict) -> dict:
+    """Write ``tables`` (file name → frame, e.g. ``{"events.parquet": events}``) and ``summary.json``
+    into ``out_dir`` at once (:func:`atomic_output`); returns ``summary``."""
+    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
+        for name, frame in tables.items():
+            write_parquet(frame, tmp / name)
+        write_summary(summary, tmp)
+    return summary
+
+
 def _percentiles(values: pl.Series) -> dict[str, float]:
     if values.len() == 0:
         return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}

@@ -32,14 +32,12 @@ import polars as pl
 from eventrec.adapters._common import (
     ROW,
     AdapterError,
-    atomic_output,
     check_output_dir,
     check_not_null,
     check_timestamps,
     parse_column,
     read_tsv_checked,
-    write_parquet,
-    write_summary,
+    write_outputs,
 )
 
 SCHEMA = "amazon_grocery"
@@ -229,9 +227,4 @@ def prepare(source_dir: Path | str, out_dir: Path | str, negatives: int = 4, see
     summary["negative_redraws"] = redraws
     summary["purchases_sharing_user_and_day"] = purchases_sharing_user_and_day(purchases)
 
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_parquet(items, tmp / "items.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions, "items.parquet": items}, summary)

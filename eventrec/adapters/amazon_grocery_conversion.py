@@ -45,12 +45,10 @@ from eventrec.adapters import amazon_grocery
 from eventrec.adapters._common import (
     ROW,
     AdapterError,
-    atomic_output,
     check_output_dir,
     check_sample_options,
     sample_users,
-    write_parquet,
-    write_summary,
+    write_outputs,
 )
 
 SCHEMA = "amazon_grocery_conversion"
@@ -132,9 +130,4 @@ def prepare(source_dir: Path | str, out_dir: Path | str, max_users: int = 1000, 
         "impression_seconds_before_purchase_day": SHOWN_BEFORE,
         "category_bought_before": category_bought_before(at_purchase, events),
     }
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_parquet(items, tmp / "items.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions, "items.parquet": items}, summary)

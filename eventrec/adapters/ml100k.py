@@ -28,14 +28,12 @@ import polars as pl
 from eventrec.adapters._common import (
     ROW,
     AdapterError,
-    atomic_output,
     check_output_dir,
     check_not_null,
     check_timestamps,
     parse_column,
     read_tsv_checked,
-    write_parquet,
-    write_summary,
+    write_outputs,
 )
 
 SCHEMA = "ml100k"
@@ -163,10 +161,4 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     summary["distinct_movies_rated"] = events["movie_id"].n_unique()
     summary["ratings_sharing_user_and_second"] = int(same_second["n"].sum())
 
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_parquet(movies, tmp / "movies.parquet")
-        write_parquet(users, tmp / "users.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions, "movies.parquet": movies, "users.parquet": users}, summary)

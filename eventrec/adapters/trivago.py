@@ -34,14 +34,12 @@ import polars as pl
 from eventrec.adapters._common import (
     ROW,
     AdapterError,
-    atomic_output,
     check_output_dir,
     check_not_null,
     check_timestamps,
     parse_column,
     read_parquet_checked,
-    write_parquet,
-    write_summary,
+    write_outputs,
 )
 
 FILE = "trivago_val_100k.parquet"
@@ -101,11 +99,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     """
     check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
     events, impressions, summary = convert(source_dir)
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions}, summary)
 
 
 def convert(source_dir: Path | str) -> tuple[pl.DataFrame, pl.DataFrame, dict]:

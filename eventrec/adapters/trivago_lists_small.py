@@ -43,7 +43,7 @@ from pathlib import Path
 import polars as pl
 
 from eventrec.adapters import trivago
-from eventrec.adapters._common import atomic_output, check_output_dir, check_sample_options, sample_users, write_parquet, write_summary
+from eventrec.adapters._common import check_output_dir, check_sample_options, sample_users, write_outputs
 
 SCHEMA = "trivago_lists_small"
 SHOWN_BEFORE = 1  # seconds between the list (the impression) and its clickout
@@ -188,8 +188,4 @@ def prepare(source_dir: Path | str, out_dir: Path | str, max_users: int = 1000, 
         "history_shift": history_shift(impressions, events),
         "label_vs_logged_click": label_comparison(at_clickout, impressions, events),
     }
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions}, summary)

@@ -40,7 +40,7 @@ from pathlib import Path
 import polars as pl
 
 from eventrec.adapters import trivago
-from eventrec.adapters._common import atomic_output, check_output_dir, check_sample_options, sample_users, write_parquet, write_summary
+from eventrec.adapters._common import check_output_dir, check_sample_options, sample_users, write_outputs
 from eventrec.adapters._common import sample_key  # noqa: F401  (the user sample's key, importable from here as before)
 
 SCHEMA = "trivago_views"
@@ -100,8 +100,4 @@ def prepare(source_dir: Path | str, out_dir: Path | str, max_users: int = 1000, 
         "distinct_items_impressed": impressions["item_id"].n_unique(),
         "clickout_events": int((events["event_type"] == trivago.CLICKOUT).sum()),
     }
-    with atomic_output(Path(out_dir), Path(source_dir)) as tmp:
-        write_parquet(events, tmp / "events.parquet")
-        write_parquet(impressions, tmp / "impressions.parquet")
-        write_summary(summary, tmp)
-    return summary
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions}, summary)
