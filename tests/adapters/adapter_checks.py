@@ -110,3 +110,15 @@ def check_store_and_batch(out_dir: Path, schema: Schema, store_dir: Path, impres
         owner = np.repeat(np.arange(len(history_times)), np.diff(offsets))
         assert (part.timestamps.numpy() < history_times[owner]).all(), f"{stream.name}: history at or after its request"
     assert sum(int(batch.streams[s.name].offsets[-1]) for s in schema.streams) > 0, "no history at all in a test batch"
+
+
+def raw_trivago() -> pl.DataFrame:
+    """The raw trivago file with the hotel id parsed where there is one (``hotel``, null otherwise)."""
+    from eventrec.adapters import trivago
+
+    frame = pl.read_parquet(source_dir("trivago") / trivago.FILE)
+    return frame.with_columns(
+        pl.col("user_id").cast(pl.String),
+        pl.col("timestamp").cast(pl.Int64),
+        pl.col("reference").cast(pl.Int64, strict=False).alias("hotel"),
+    )

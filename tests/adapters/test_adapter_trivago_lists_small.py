@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from adapter_checks import check_output_against_schema, check_store_and_batch, files_bytes, schema_of, source_dir
+from adapter_checks import check_output_against_schema, raw_trivago, check_store_and_batch, files_bytes, schema_of, source_dir
 
-from eventrec.adapters import ADAPTERS, SOURCE_FOLDERS, AdapterError, trivago, trivago_lists_small
+from eventrec.adapters import ADAPTERS, SOURCE_FOLDERS, AdapterError, trivago_lists_small
 from eventrec.adapters._common import history_lengths, sample_key
 
 NAME = "trivago_lists_small"
@@ -18,13 +18,7 @@ STREAMS = ["item_interaction", "clickout", "search_filter"]
 
 @pytest.fixture(scope="module")
 def raw() -> pl.DataFrame:
-    """The raw file with the hotel id parsed where there is one (``hotel``, null otherwise)."""
-    frame = pl.read_parquet(source_dir(NAME) / trivago.FILE)
-    return frame.with_columns(
-        pl.col("user_id").cast(pl.String),
-        pl.col("timestamp").cast(pl.Int64),
-        pl.col("reference").cast(pl.Int64, strict=False).alias("hotel"),
-    )
+    return raw_trivago()
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from adapter_checks import check_output_against_schema, files_bytes, schema_of, source_dir
+from adapter_checks import check_output_against_schema, raw_trivago, files_bytes, schema_of, source_dir
 
-from eventrec.adapters import ADAPTERS, SOURCE_FOLDERS, AdapterError, trivago, trivago_views
+from eventrec.adapters import ADAPTERS, SOURCE_FOLDERS, AdapterError, trivago_views
 
 NAME = "trivago_views"
 WINDOW = 3600
@@ -17,13 +17,7 @@ RAW_VIEWS = ["interaction item image", "interaction item info", "interaction ite
 
 @pytest.fixture(scope="module")
 def raw() -> pl.DataFrame:
-    """The raw file with the hotel id parsed where there is one (``hotel``, null otherwise)."""
-    frame = pl.read_parquet(source_dir(NAME) / trivago.FILE)
-    return frame.with_columns(
-        pl.col("user_id").cast(pl.String),
-        pl.col("timestamp").cast(pl.Int64),
-        pl.col("reference").cast(pl.Int64, strict=False).alias("hotel"),
-    )
+    return raw_trivago()
 
 
 @pytest.fixture(scope="module")
