@@ -30,6 +30,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--schema", type=Path, default=None,
+                        help="a schema file to build the store with instead of the dataset's built-in one (e.g. other "
+                             "max_length or sampling; use its own --workdir)")
+    parser.add_argument("--models", nargs="+", default=None, help="named models to train (default: sequence dlrm dlrm_id_bags)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help='another sequence model to train beside them: its name and its model section as JSON, '
                              'e.g. count=\'{"experimental": {"match_count": true}}\' (repeatable)')
@@ -66,11 +70,11 @@ def main() -> None:
         if not (logs / "impressions.parquet").exists():
             prepare_dataset(args.dataset, logs)
     if not (store_dir / "manifest.json").exists():
-        build_store(load_schema(builtin_schema_path(schema_name)), logs, store_dir)
+        build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
     import json
 
-    models = {name: default_config(name) for name in COMPARED_MODELS}
+    models = {name: default_config(name) for name in (args.models or COMPARED_MODELS)}
     for text in args.variant:
         name, _, section = text.partition("=")
         models[name] = default_config("sequence", json.loads(section))
