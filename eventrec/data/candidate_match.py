@@ -92,7 +92,7 @@ def match_statistics(store: EventStore, example_indices: np.ndarray, pair: Match
         matched[token_owner[hit]] = True
     else:
         matched = column[events].astype(np.int64) == candidate[example_of]
-    matched &= ~np.isin(candidate[example_of], _reserved(attribute.kind))
+    matched &= ~np.isin(candidate, _reserved(attribute.kind))[example_of]  # a reserved candidate id matches nothing
     owner, event_times = example_of[matched], data.timestamps[events[matched]]
     counts = np.zeros((batch, len(windows)), dtype=np.float32)
     for column_index, seconds in enumerate(windows.values()):
