@@ -238,3 +238,19 @@ def convert(source_dir: Path | str) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     summary["users_with_impressions"] = impressions["user_id"].n_unique()
     summary["distinct_items_impressed"] = impressions["item_id"].n_unique()
     return events, impressions, summary
+
+
+def sample_summary(dataset: str, base: dict, max_users: int, seed: int) -> dict:
+    """The head of a trivago user sample's summary: its options, and what :func:`convert` did to the
+    whole file before the sample (``base``, its summary)."""
+    return {
+        "dataset": dataset,
+        "source": base["source"],
+        "max_users": max_users,
+        "seed": seed,
+        "users_in_source": base["users"],
+        "source_input_rows": base["input_rows"],
+        "source_events": base["events"],
+        "source_merged_repeated_rows": base["merged_repeated_rows"],
+        "source_dropped_item_events_unknown_reference": base["dropped_item_events_unknown_reference"],
+    }

@@ -79,18 +79,9 @@ def prepare(source_dir: Path | str, out_dir: Path | str, max_users: int = 1000, 
     views = events.filter(pl.col("event_type").is_in(VIEW_ACTIONS))
 
     summary: dict = {
-        "dataset": SCHEMA,
-        "source": base["source"],
-        "max_users": max_users,
-        "seed": seed,
-        "users_in_source": base["users"],
+        **trivago.sample_summary(SCHEMA, base, max_users, seed),
         "users_with_views": len(viewers),
         "users": len(chosen),
-        # what the trivago conversion did to the whole file, before the sample
-        "source_input_rows": base["input_rows"],
-        "source_events": base["events"],
-        "source_merged_repeated_rows": base["merged_repeated_rows"],
-        "source_dropped_item_events_unknown_reference": base["dropped_item_events_unknown_reference"],
         "events": events.height,
         "events_by_type": dict(sorted(events["event_type"].value_counts().iter_rows())),
         "view_events": views.height,
