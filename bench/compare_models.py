@@ -54,6 +54,20 @@ def main() -> None:
     from eventrec.training.factory import COMPARED_MODELS, default_config
     from eventrec.training.trainer import TrainConfig
 
+    import json
+
+    try:  # every model config checked before any data is prepared
+        models = {name: default_config(name) for name in (args.models or COMPARED_MODELS)}
+    except ValueError as error:
+        parser.error(f"--models: {error}")
+    for text in args.variant:
+        name, _, section = text.partition("=")
+        try:
+            if not name or name in models:
+                raise ValueError(f"the name {name!r} is empty or already taken")
+            models[name] = default_config("sequence", json.loads(section))
+        except ValueError as error:  # bad JSON (JSONDecodeError) or a config pydantic refuses
+            parser.error(f"--variant {text!r}: {error}")
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"
     logs, store_dir = workdir / "logs", workdir / "store"
     started = time.perf_counter()
@@ -72,19 +86,13 @@ def main() -> None:
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
-    import json
-
-    models = {name: default_config(name) for name in (args.models or COMPARED_MODELS)}
-    for text in args.variant:
-        name, _, section = text.partition("=")
-        models[name] = default_config("sequence", json.loads(section))
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=4, patience=2)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
     table = format_table(summarize(runs), baseline=list(COMPARED_MODELS)[1:], rules=rules)
     plots = write_plots(store, workdir / "runs", runs)
     seconds = {name: sum(r.seconds for r in runs if r.model == name) for name in models}
-    footer = f"\n\ntraining seconds (all seeds): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+    footer = "\n\ntraining seconds (all seeds): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
     (workdir / "report.md").write_text(f"# {args.dataset}: sequence model vs DLRM\n\n{table}{footer}\n")
     print(table + footer)
     print(f"report {workdir / 'report.md'}, plots {', '.join(p.name for p in plots)}; {time.perf_counter() - started:.0f}s")
