@@ -24,6 +24,7 @@ import numpy as np
 
 from eventrec.data.candidate_match import match_pairs, match_statistics
 from eventrec.evaluation.metrics import auc, group_auc
+from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.store.reader import EventStore
 
 NEVER = -1e18  # the recency score of an impression with no matching event
@@ -61,28 +62,23 @@ def user_positive_rates(store: EventStore, index: np.ndarray) -> np.ndarray:
     delays = label_delays(store)
     out = np.zeros((len(index), len(store.label_names)))
     rows, times = store.user_rows, store.timestamps
+    num_users = int(rows.max()) + 1 if len(rows) else 0
     for task, delay in enumerate(delays):
         labels = store.labels[:, task]
         known = np.flatnonzero(~np.isnan(labels))
         base = float(np.nanmean(store.labels[train, task])) if len(train) else 0.5
-        # per user, the labelled impressions sorted by the time their label is known
+        # per user, the labelled impressions sorted by the time their label is known (a SegmentedTimeIndex over them)
         order = known[np.lexsort((times[known] + delay, rows[known]))]
-        key_rows, key_times = rows[order], times[order] + delay
+        user_offsets = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows[order], minlength=num_users), out=user_offsets[1:])
         positives = np.concatenate([[0.0], np.cumsum(labels[order])])
-        user_start = np.searchsorted(key_rows, rows[index], side="left")
+        user_start = user_offsets[rows[index]]
         # labels known strictly before the example's time (for delay 0: impressions strictly earlier)
-        known_before = _search_pairs(key_rows, key_times, rows[index], times[index])
+        known_before = SegmentedTimeIndex(user_offsets, times[order] + delay).position_before(rows[index], times[index])
         number = known_before - user_start
         hits = positives[known_before] - positives[user_start]
         out[:, task] = (hits + base) / (number + 1)
     return out
-
-
-def _search_pairs(key_rows: np.ndarray, key_times: np.ndarray, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Position of the first key ``(row, time) >= (rows[i], times[i])`` in keys sorted by (row, time)."""
-    span = np.int64(max(int(key_times.max(initial=0)), int(times.max(initial=0))) + 1)
-    keys = key_rows.astype(np.int64) * span + key_times.astype(np.int64)
-    return np.searchsorted(keys, rows.astype(np.int64) * span + times.astype(np.int64), side="left")
 
 
 def item_popularity(store: EventStore, index: np.ndarray) -> np.ndarray:
