@@ -27,6 +27,7 @@ CONFIGS = {
                                        experimental=ExperimentalModelConfig(match_count=True, identity_match=True)),
     "no_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], match_attention=False),
     "low_rank_cross": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], cross_rank=3),
+    "recency_pooling": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency="pooling"),
 }
 
 
@@ -196,7 +197,8 @@ def test_experimental_variants_sit_in_their_section():
             SequenceModelConfig(**removed)
 
 
-READS_TIME = {"causal": True, "bidirectional": True, "invariant": False, "invariant_token": False, "no_summary": True}
+READS_TIME = {"causal": True, "bidirectional": True, "invariant": False, "invariant_token": False, "no_summary": True,
+              "recency_pooling": False}
 TIME_CONFIGS = {
     "invariant": dict(timestamp_encoding=False, time_bias=True, summary_token=False),
     "invariant_token": dict(timestamp_encoding=False, time_bias=False, summary_token=True),
@@ -224,7 +226,7 @@ def test_score_over_embedded_candidates_equals_forward(tiny_store, name):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("update", [TIME_CONFIGS["invariant"], TIME_CONFIGS["invariant_token"]])
+@pytest.mark.parametrize("update", [TIME_CONFIGS["invariant"], TIME_CONFIGS["invariant_token"], dict(recency="pooling")])
 def test_extend_user_equals_encoding_everything(tiny_store, update):
     """A user side grown one event at a time (the encoder layers' delta attention over their cached
     keys and values; each batch holds only the new event) equals all the events encoded at once."""

@@ -60,9 +60,23 @@ class SequenceModelConfig(_Config):
     ffn_multiplier: int = Field(2, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     causal: bool = True
+    encoder: Literal["softmax", "linear"] = Field(
+        "softmax", description="the sequence encoder's layers: 'softmax' = attention over all earlier events (O(N^2) "
+        "per history; serving caches keys/values that grow with N); 'linear' = causal gated linear attention "
+        "(eventrec.model.linear_encoder: O(N) per history, each head's [d, d] state decays by a learned per-event gate "
+        "and, with time_bias, by a learned half-life of the time gap to the previous event; serving caches that "
+        "[H, d, d] state per layer, whatever N; needs causal)")
     time_bias: bool = Field(True, description="learned [H, time_buckets] attention bias by time gap")
     time_buckets: int = Field(32, ge=1, le=64)
     timestamp_encoding: bool = Field(True, description="recency and order embeddings (ablation: off)")
+    recency: Literal["encoder", "pooling"] = Field(
+        "encoder", description="where the recency bucket(T - t_i) of each event to the request time T enters (with "
+        "timestamp_encoding): 'encoder' = a recency embedding added to the event embeddings, with an order embedding "
+        "counted from the most recent event and the summary token at time T (the encoded events depend on T: a cached "
+        "user side is recomputed when a bucket changes); 'pooling' = learned recency embeddings added to the keyed "
+        "pooling's keys and values per request, an order embedding counted from the history's first event and the "
+        "summary token at time 0 (the encoder never reads T: with causal, a cached user side grows exactly by the "
+        "appended events, SequenceRanker.extend_user)")
     event_attributes: bool = Field(True, description="use attributes beyond each stream's id (ablation: off)")
     summary_token: bool = Field(True, description="a learned token at the start of every history")
     pooling_slots: int = Field(4, ge=1, description="M query slots per candidate")
@@ -88,6 +102,12 @@ class SequenceModelConfig(_Config):
     def _heads_divide(self) -> "SequenceModelConfig":
         if self.model_dim % self.num_heads:
             raise ValueError(f"model_dim ({self.model_dim}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+    @model_validator(mode="after")
+    def _linear_encoder_is_causal(self) -> "SequenceModelConfig":
+        if self.encoder == "linear" and not self.causal:
+            raise ValueError("encoder: 'linear' is causal only; set causal: true or encoder: 'softmax'")
         return self
 
     @property

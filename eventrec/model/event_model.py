@@ -3,10 +3,14 @@
 Per stream: the attribute embeddings are concatenated and linearly compressed to ``D`` (then
 layer-normalised, so that every event enters at the same scale), and a stream-type embedding is added. The streams are merged into one time-ordered timeline per history
 (ties: stream order, then position), the timeline is cut to its most recent ``max_history`` events,
-and a timestamp encoding is added: a recency embedding of the log-bucketed gap between the event and
-the request, and an order embedding of the position counted from the most recent event. Finally a
-learned summary token is put at position 0 of every history (configurable): attention then has
-somewhere to go when no event matches the candidate, and an empty history is not empty.
+and a timestamp encoding is added (``timestamp_encoding``). With ``recency: encoder``: a recency
+embedding of the log-bucketed gap between the event and the request, and an order embedding of the
+position counted from the most recent event. With ``recency: pooling``: only an order embedding of the
+position counted from the history's first event (the recency then enters the keyed pooling per
+request), so that nothing here reads the request time. Finally a learned summary token is put at
+position 0 of every history (configurable): attention then has somewhere to go when no event matches
+the candidate, and an empty history is not empty. Its time is the request's with ``recency: encoder``
+and :data:`SUMMARY_TIME` with ``recency: pooling``.
 
 Output: ``JaggedTensor`` ``[sum(N_g), D]`` over the batch's G distinct histories, the events'
 timestamps ``[sum(N_g)]`` int64, and (with match vocabularies) ``[sum(N_g), V·E]``: each event's
@@ -25,6 +29,11 @@ from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, id_attributes_only
 from eventrec.model.identity_codes import identity_codes
 from eventrec.ops.time_buckets import time_gap_bucket
+
+SUMMARY_TIME = 0
+"""The summary token's time with ``recency: pooling``: a constant, so that the encoder's time bias
+between an event and the token does not read the request time (and an appended event sees the token
+as a full recompute would)."""
 
 
 class EventModel(nn.Module):
@@ -54,9 +63,11 @@ class EventModel(nn.Module):
         if config.summary_token:
             self.summary_token = nn.Parameter(torch.randn(config.model_dim) * 0.02)
         if config.timestamp_encoding:
-            self.recency = nn.Embedding(config.time_buckets, config.model_dim)
+            # created, then initialised, in this order: the random draws of the published runs
+            self.recency = nn.Embedding(config.time_buckets, config.model_dim) if config.recency == "encoder" else None
             self.order = nn.Embedding(self.max_positions, config.model_dim)
-            nn.init.normal_(self.recency.weight, std=0.02)
+            if self.recency is not None:
+                nn.init.normal_(self.recency.weight, std=0.02)
             nn.init.normal_(self.order.weight, std=0.02)
 
     @property
@@ -77,7 +88,10 @@ class EventModel(nn.Module):
             blocks += [absent if a is None else identity_codes(attributes[a], dim) for _, a in pairs]
         return torch.cat(blocks, dim=-1)
 
-    def forward(self, batch: EventBatch) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, batch: EventBatch, first_position: int = 0) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
+        """The batch's histories as jagged event embeddings (see the module's doc). ``first_position``
+        (``recency: pooling``): the order index of each history's first event, for events that continue
+        a history encoded before (:meth:`SequenceRanker.extend_user`)."""
         device = batch.history_timestamps.device
         num_histories = batch.num_histories
         pieces, rows, times, matches = [], [], [], []
@@ -113,16 +127,22 @@ class EventModel(nn.Module):
             match = match.index_select(0, kept) if match is not None else None
             lengths = torch.bincount(row, minlength=num_histories)
             torch.cumsum(lengths, 0, out=offsets[1:])
-        if self.config.timestamp_encoding:
+        if self.config.timestamp_encoding and self.config.recency == "encoder":
             gap = batch.history_timestamps[row] - t
             x = x + self.recency(time_gap_bucket(gap, self.config.time_buckets)) + self.order(from_end)
+        elif self.config.timestamp_encoding:  # order from the first kept event: appending events moves nothing
+            from_start = torch.arange(len(row), device=device) - offsets[:-1][row] + first_position
+            if len(from_start) and int(from_start.max()) >= self.max_positions:
+                raise ValueError(f"event model: position {int(from_start.max())} is past the history cap ({self.max_positions} events)")
+            x = x + self.order(from_start)
         if self.config.summary_token:
-            x, t, match, offsets, lengths = self._prepend_summary_token(x, t, match, offsets, lengths, batch.history_timestamps)
+            token_times = batch.history_timestamps if self.config.recency == "encoder" else torch.full_like(batch.history_timestamps, SUMMARY_TIME)
+            x, t, match, offsets, lengths = self._prepend_summary_token(x, t, match, offsets, lengths, token_times)
         max_len = int(lengths.max()) if num_histories else 0
         return JaggedTensor(x, offsets, max_len), t, match
 
-    def _prepend_summary_token(self, x, t, match, offsets, lengths, history_timestamps):
-        """Insert the learned token at position 0 of every history (its time: the request's)."""
+    def _prepend_summary_token(self, x, t, match, offsets, lengths, token_times):
+        """Insert the learned token at position 0 of every history (its times: ``token_times [G]``)."""
         num_histories = len(lengths)
         new_lengths = lengths + 1
         new_offsets = torch.zeros_like(offsets)
@@ -133,7 +153,7 @@ class EventModel(nn.Module):
         new_x[token_positions] = self.summary_token.to(x.dtype).expand(num_histories, -1)
         new_x[event_positions] = x
         new_t = t.new_empty(len(new_x))
-        new_t[token_positions] = history_timestamps
+        new_t[token_positions] = token_times
         new_t[event_positions] = t
         new_match = None
         if match is not None:

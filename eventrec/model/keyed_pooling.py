@@ -8,6 +8,11 @@ queries ``[sum_g C_g·M, H, d]`` over jagged keys ``[sum(N_g), H, d]``) serves t
 history pools to zeros. For one user and many candidates (serving), ``plan`` picks the op's
 ``"one_user"`` backend, with the match term passed factored (:class:`eventrec.ops.keyed_pooling_one_user.FactoredMatch`).
 
+With ``recency_buckets`` (the model's ``recency: pooling``), the keys and values of each request
+gain learned embeddings of the recency ``bucket(T - t_j)`` of each event to the request time ``T``
+(:meth:`KeyedAttentionPooling.at_request`; the summary token has a row of its own): the user side
+stays independent of ``T`` and only this O(N·D) step is per request.
+
 Shapes: encoded ``[sum(N_g), D]`` over G histories; ``query_input [B, Q]``; ``history_index [B]``
 → pooled ``[B, M, D]``.
 """
@@ -24,6 +29,7 @@ from eventrec.ops import keyed_pooling_attention
 from eventrec.ops.attention import auto_backend
 from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
 from eventrec.ops.keyed_pooling_one_user import FactoredMatch, OneUserPlan
+from eventrec.ops.time_buckets import time_gap_bucket
 
 MatchForm = Literal["auto", "folded", "bias"]
 
@@ -34,7 +40,8 @@ class KeyedAttentionPooling(nn.Module):
     shares with the events (learned embeddings of the same tables, learned weights per head), so
     that from the first step an event matching the candidate draws attention."""
 
-    def __init__(self, model_dim: int, query_input_dim: int, num_slots: int, num_heads: int, match_vocabularies: int = 0, match_dim: int = 0):
+    def __init__(self, model_dim: int, query_input_dim: int, num_slots: int, num_heads: int, match_vocabularies: int = 0, match_dim: int = 0,
+                 recency_buckets: int = 0):
         super().__init__()
         self.num_slots, self.num_heads, self.model_dim = num_slots, num_heads, model_dim
         self.head_dim = model_dim // num_heads
@@ -47,6 +54,34 @@ class KeyedAttentionPooling(nn.Module):
         if match_vocabularies:
             # +2 to a head's logit per matching vocabulary at initialisation
             self.match_weight = nn.Parameter(torch.full((num_heads, match_vocabularies), 2.0 * self.head_dim**0.5))
+        self.recency_buckets = recency_buckets
+        if recency_buckets:  # rows 0..buckets-1: the events' recency buckets; the last row: the summary token
+            self.recency_keys = nn.Embedding(recency_buckets + 1, model_dim)
+            self.recency_values = nn.Embedding(recency_buckets + 1, model_dim)
+            nn.init.normal_(self.recency_keys.weight, std=0.02)
+            nn.init.normal_(self.recency_values.weight, std=0.02)
+
+    def at_request(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, offsets: torch.Tensor,
+                   request_times: torch.Tensor, summary_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[sum(N_g), H, d (+ V·E)]`` of histories read by requests at ``request_times
+        [G]`` (int64 seconds): with ``recency_buckets``, the learned recency embeddings of each position's
+        ``bucket(T_g - t_j)`` (``timestamps [sum(N_g)]``; the summary token at each history's position 0
+        when ``summary_token``: its own row) added to the first ``d`` dims of every head; unchanged otherwise."""
+        if not self.recency_buckets or len(keys) == 0:
+            return keys, values
+        lengths = offsets[1:] - offsets[:-1]
+        history = torch.repeat_interleave(torch.arange(len(lengths), device=keys.device), lengths, output_size=len(keys))
+        bucket = time_gap_bucket(request_times[history] - timestamps, self.recency_buckets)
+        if summary_token:
+            bucket[offsets[:-1][lengths > 0]] = self.recency_buckets
+        n, head_dim = len(keys), self.head_dim
+        pad = keys.shape[-1] - head_dim  # the match part of the keys (values: zeros) stays as it is
+        shift_k = self.recency_keys(bucket).to(keys.dtype).view(n, self.num_heads, head_dim)
+        shift_v = self.recency_values(bucket).to(values.dtype).view(n, self.num_heads, head_dim)
+        if pad:
+            shift_k = torch.nn.functional.pad(shift_k, (0, pad))
+            shift_v = torch.nn.functional.pad(shift_v, (0, pad))
+        return keys + shift_k, values + shift_v
 
     def keys_values(self, encoded: JaggedTensor, match_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The user side, computed once per history: keys and values ``[sum(N_g), H, d (+ V·E)]``."""

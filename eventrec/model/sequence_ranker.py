@@ -19,7 +19,7 @@ candidate side for thousands of ads, through the steps this class exposes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -42,9 +42,11 @@ from eventrec.ops.keyed_pooling_one_user import OneUserPlan
 @dataclass
 class UserSide:
     """What the candidate side reads: encoded events ``[sum(N_g), D]``, keyed-pooling keys/values
-    ``[sum(N_g), H, d (+ V·E)]``; with ``layer_kv`` (one history, :meth:`SequenceRanker.encode_user`
-    with ``capture_kv``) also each encoder layer's keys/values ``[N, H, d]`` and the positions' times
-    ``[N]``, what :meth:`SequenceRanker.extend_user` grows."""
+    ``[sum(N_g), H, d (+ V·E)]``, the positions' times ``[sum(N_g)]``; with ``layer_kv`` (one history,
+    :meth:`SequenceRanker.encode_user` with ``capture_kv``) also each encoder layer's keys/values
+    ``[N, H, d]``, what :meth:`SequenceRanker.extend_user` grows. ``request_times [G]``: the time of the
+    request that reads each history (what the keyed pooling's recency reads with ``recency: pooling``;
+    serving sets it per request with :meth:`at`)."""
 
     offsets: torch.Tensor
     max_len: int
@@ -53,10 +55,17 @@ class UserSide:
     values: torch.Tensor
     timestamps: torch.Tensor | None = None
     layer_kv: list[LayerKV] | None = None
+    request_times: torch.Tensor | None = None
 
     def prefix(self, positions: int) -> "UserSide":
         """The first ``positions`` positions of a one-history user side (no layer keys/values)."""
-        return UserSide(torch.tensor([0, positions]), positions, self.encoded[:positions], self.keys[:positions], self.values[:positions])
+        times = self.timestamps[:positions] if self.timestamps is not None else None
+        return UserSide(torch.tensor([0, positions]), positions, self.encoded[:positions], self.keys[:positions], self.values[:positions],
+                        times, None, self.request_times)
+
+    def at(self, request_time: int) -> "UserSide":
+        """This one-history user side read by a request at ``request_time`` (seconds)."""
+        return replace(self, request_times=torch.tensor([request_time], dtype=torch.int64, device=self.offsets.device))
 
 
 class SequenceRanker(nn.Module):
@@ -83,6 +92,7 @@ class SequenceRanker(nn.Module):
         self.pooling = KeyedAttentionPooling(
             config.model_dim, query_dim, config.pooling_slots, config.num_heads,
             self.event_model.match_dim // config.attribute_dim, self.event_model.match_dim,  # blocks of E dims: embeddings (+ codes)
+            recency_buckets=config.time_buckets if self.recency_in_pooling else 0,
         )
         slots = config.pooling_slots
         # DLRM-style dot interaction between the pooled vectors and the candidate: an MLP learns
@@ -103,11 +113,18 @@ class SequenceRanker(nn.Module):
 
     # -- what the encoder reads ----------------------------------------------------------------------
     @property
+    def recency_in_pooling(self) -> bool:
+        """Whether the recency to the request time enters the keyed pooling (``recency: pooling``)."""
+        return self.config.timestamp_encoding and self.config.recency == "pooling"
+
+    @property
     def reads_request_time(self) -> bool:
-        """Whether the encoded events depend on the request time ``T``: through the recency embedding
-        ``bucket(T - t_i)`` (``timestamp_encoding``), or through the attention's time bias between each
-        event and the summary token, whose time is ``T``."""
+        """Whether the encoded events depend on the request time ``T`` (``recency: encoder``): through
+        the recency embedding ``bucket(T - t_i)`` (``timestamp_encoding``), or through the attention's
+        time bias between each event and the summary token, whose time is then ``T``."""
         c = self.config
+        if c.recency == "pooling":
+            return False
         return c.timestamp_encoding or (c.time_bias and c.summary_token)
 
     @property
@@ -139,7 +156,7 @@ class SequenceRanker(nn.Module):
         events, timestamps, match_keys = self.event_model(batch)
         encoded, layer_kv = self.encoder.encode(events, timestamps, capture_kv)
         keys, values = self.pooling.keys_values(encoded, match_keys)
-        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv)
+        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv, batch.history_timestamps)
 
     def extend_user(self, user: UserSide, batch: EventBatch) -> UserSide:
         """``user`` (one history, encoded with ``capture_kv``) grown by the events of ``batch`` (one
@@ -149,8 +166,8 @@ class SequenceRanker(nn.Module):
             raise ValueError("extend_user: this encoder is bidirectional or reads the request time; encode the whole history instead")
         if user.layer_kv is None or user.timestamps is None:
             raise ValueError("extend_user: the user side was encoded without capture_kv")
-        events, timestamps, match_keys = self.event_model(batch)
         skip = 1 if self.config.summary_token else 0  # the new events' batch has its own summary token
+        events, timestamps, match_keys = self.event_model(batch, first_position=len(user.encoded) - skip)
         x, timestamps = events.values[skip:], timestamps[skip:]
         match_keys = match_keys[skip:] if match_keys is not None else None
         encoded, layer_kv = self.encoder.extend(x, timestamps, user.layer_kv, user.timestamps)
@@ -158,7 +175,7 @@ class SequenceRanker(nn.Module):
         keys, values = self.pooling.keys_values(JaggedTensor(encoded, torch.tensor([0, n]), n), match_keys)
         total = len(user.encoded) + n
         return UserSide(torch.tensor([0, total]), total, torch.cat([user.encoded, encoded]), torch.cat([user.keys, keys]),
-                        torch.cat([user.values, values]), torch.cat([user.timestamps, timestamps]), layer_kv)
+                        torch.cat([user.values, values]), torch.cat([user.timestamps, timestamps]), layer_kv, batch.history_timestamps)
 
     # -- the candidates ------------------------------------------------------------------------------
     def candidate_input(self, item: dict, context: dict) -> torch.Tensor:
@@ -234,7 +251,12 @@ class SequenceRanker(nn.Module):
     def _logits(self, user: UserSide, candidate: torch.Tensor, match: torch.Tensor | None, history_index: torch.Tensor,
                 plan: OneUserPlan | None, dot_parts: list | None) -> torch.Tensor:
         """Keyed pooling, interaction, cross network, heads and dot term of normalised candidates ``[B, Q]``."""
-        pooled = self.pooling.pool(user.keys, user.values, user.offsets, user.max_len, candidate, history_index, match, plan=plan)
+        keys, values = user.keys, user.values
+        if self.recency_in_pooling:
+            if user.timestamps is None or user.request_times is None:
+                raise ValueError("score: recency in the pooling needs the user side's timestamps and request_times (UserSide.at)")
+            keys, values = self.pooling.at_request(keys, values, user.timestamps, user.offsets, user.request_times, self.config.summary_token)
+        pooled = self.pooling.pool(keys, values, user.offsets, user.max_len, candidate, history_index, match, plan=plan)
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         if self.match_counter is not None and match is not None:
             match_keys = user.keys[:, 0, self.pooling.head_dim :].to(match.dtype)

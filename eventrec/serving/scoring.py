@@ -89,7 +89,9 @@ class CandidateScorer:
         """The user side on the scoring device (its float32 tensors; the pooling casts what it reads)."""
         if not self.cast or user.encoded.device == self.device:
             return user
-        return UserSide(user.offsets.to(self.device), user.max_len, *(t.to(self.device) for t in (user.encoded, user.keys, user.values)))
+        moved = (t.to(self.device) if t is not None else None for t in (user.encoded, user.keys, user.values, user.timestamps))
+        times = user.request_times.to(self.device) if user.request_times is not None else None
+        return UserSide(user.offsets.to(self.device), user.max_len, *moved, None, times)
 
     @torch.no_grad()
     def score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, workspace: Workspace | None = None,

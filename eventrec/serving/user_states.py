@@ -111,7 +111,11 @@ class UserStates:
             all(d.sampling == "most_recent" for d in events.streams.values())
 
     def get(self, key: tuple[str, str], events: UserEvents, timestamp: int) -> tuple[UserSide, Status]:
-        """The user side for a request at ``timestamp`` (seconds) and how it was obtained."""
+        """The user side for a request at ``timestamp`` (seconds, :meth:`UserSide.at`) and how it was obtained."""
+        side, status = self._get(key, events, timestamp)
+        return side.at(timestamp), status
+
+    def _get(self, key: tuple[str, str], events: UserEvents, timestamp: int) -> tuple[UserSide, Status]:
         window = request_window(events, timestamp)
         state = self.states.get(key)
         if self.prefix_ok(events, window):

@@ -42,6 +42,12 @@ def served_invariant(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_recency_pooling(tmp_path_factory):
+    """The default encoder with its recency in the keyed pooling (``recency: pooling``): exact incremental appends."""
+    return _train(tmp_path_factory.mktemp("serving_recency_pooling"), recency="pooling")
+
+
+@pytest.fixture(scope="session")
 def served_dot(tmp_path_factory):
     """The default encoder with the factorised dot term (``dot_term``) added to the logits."""
     return _train(tmp_path_factory.mktemp("serving_dot"), dot_term=True)
