@@ -45,14 +45,14 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 from eventrec.data.sampling import SAMPLING_POLICIES
 from eventrec.schema.attributes import (ID_KINDS, NAME_PATTERN, VOCABULARY_KINDS, Attribute, CategoricalAttribute, EmbeddingAttribute,
                                         EventsSource, HashedAttribute, MultiCategoricalAttribute, Name, NumericAttribute, SchemaError,
-                                        _Strict)
+                                        VectorPrecision, _Strict, without_default_precision)
 from eventrec.schema.derived_labels import WINDOW_UNITS, DerivedLabel, MatchColumn, window_seconds
 
 __all__ = [
     "ID_KINDS", "NAME_PATTERN", "VOCABULARY_KINDS", "WINDOW_UNITS", "Attribute", "Boundary", "CategoricalAttribute", "ContentTable",
     "DerivedLabel", "EmbeddingAttribute", "EventsSource", "HashedAttribute", "Impressions", "MatchColumn", "MultiCategoricalAttribute",
-    "Name", "NumericAttribute", "Schema", "SchemaError", "Splits", "Stream", "ValueSampling", "boundary_to_seconds", "builtin_schema_path",
-    "load_schema", "parse_schema", "window_seconds",
+    "Name", "NumericAttribute", "Schema", "SchemaError", "Splits", "Stream", "ValueSampling", "VectorPrecision", "boundary_to_seconds",
+    "builtin_schema_path", "load_schema", "parse_schema", "window_seconds",
 ]
 
 
@@ -239,13 +239,21 @@ class Impressions(_Strict):
 
 
 class ContentTable(_Strict):
-    """A side table of fixed-size vectors keyed by an id (e.g. an ad's content embedding)."""
+    """A side table of fixed-size vectors keyed by an id (e.g. an ad's content embedding).
+
+    ``precision``: how the store keeps the table's vectors: ``float32`` (default), ``float16`` or
+    ``int8`` with a per-row scale (``eventrec/store/vector_precision.py``); batches read float32."""
 
     name: Name
     path: str
     key_column: str
     vector_column: str
     dim: int = Field(..., ge=1, le=4096)
+    precision: VectorPrecision = "float32"
+
+    @model_serializer(mode="wrap")
+    def _without_default_precision(self, handler: Any) -> dict:
+        return without_default_precision(handler(self))
 
 
 Boundary = Union[int, dt.date, dt.datetime]

@@ -3,12 +3,15 @@ hashed, multi-valued, numeric, content embedding (typed, validated; errors name 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+# how the store keeps a vector (an ``embedding`` attribute's per-event column, a content table): float32,
+# float16, or int8 with a per-row float32 scale (eventrec/store/vector_precision.py); batches get float32
+VectorPrecision = Literal["float32", "float16", "int8"]
 
 
 class SchemaError(ValueError):
@@ -88,12 +91,22 @@ class NumericAttribute(_RawColumn, _Strict):
     transform: Literal["none", "log1p"] = "none"
 
 
+def without_default_precision(data: dict) -> dict:
+    """A dumped attribute or content table without ``precision: float32`` (the default): a schema that
+    does not use precisions dumps (and fingerprints) exactly as before they existed."""
+    if data.get("precision") == "float32":
+        data.pop("precision")
+    return data
+
+
 class EmbeddingAttribute(_RawColumn, _Strict):
     """A fixed-size content vector per event.
 
     Either read from a list column of the raw rows (``column``), or looked up from a side table
     (``table``, one of the schema's ``content_tables``) by the value of a categorical attribute of
-    the same stream (``key``).
+    the same stream (``key``). ``precision`` (column vectors only): how the store keeps them,
+    ``float32`` (default), ``float16`` or ``int8`` (a per-row scale); a table's vectors have the
+    table's ``precision``.
     """
 
     kind: Literal["embedding"]
@@ -102,6 +115,11 @@ class EmbeddingAttribute(_RawColumn, _Strict):
     column: str | None = None
     table: Name | None = None
     key: Name | None = None
+    precision: VectorPrecision = "float32"
+
+    @model_serializer(mode="wrap")
+    def _without_default_precision(self, handler: Any) -> dict:
+        return without_default_precision(handler(self))
 
     @model_validator(mode="after")
     def _one_source(self) -> "EmbeddingAttribute":
@@ -111,6 +129,9 @@ class EmbeddingAttribute(_RawColumn, _Strict):
             raise ValueError("'key' is only meaningful with 'table'")
         if self.table is not None and self.column is not None:
             raise ValueError("give either 'column' or 'table', not both")
+        if self.table is not None and self.precision != "float32":
+            raise ValueError(f"precision: a vector looked up from table {self.table!r} is kept at the table's precision; "
+                             f"set content_tables.{self.table}.precision instead")
         return self
 
 

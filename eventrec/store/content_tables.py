@@ -3,7 +3,10 @@
 Each table is aligned once, at build time, with the encoded ids of every vocabulary whose attribute
 looks it up (``EmbeddingAttribute(table=, key=)``): ``content__{table}__{vocabulary}.npy`` holds
 ``[num_embeddings, dim]`` float32, the mean of the table's vectors per encoded id (0 for ids with none,
-for missing / out-of-vocabulary ids, and for non-finite vectors, which are counted as drops).
+for missing / out-of-vocabulary ids, and for non-finite vectors, which are counted as drops), kept at
+the table's ``precision``: float16 ``[num_embeddings, dim]``, or int8 ``[num_embeddings, dim + 4]``
+(codes then the row's scale; :mod:`eventrec.store.vector_precision`). :func:`read_content_table`
+reads one back, checked against the schema.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from eventrec.schema import EmbeddingAttribute, Schema
+from eventrec.schema import ContentTable, EmbeddingAttribute, Schema
 from eventrec.store.encoding import BuildReport
 from eventrec.store.raw_logs import ROW, DataError, require_columns, scan_table
+from eventrec.store.vector_precision import StoredVectors, from_stored, to_stored
 from eventrec.store.vocab import Vocabulary
 
 
@@ -51,6 +55,14 @@ def write_content_tables(schema: Schema, data_dir: Path, vocabularies: dict[str,
             matrix /= np.maximum(counts, 1)[:, None]
             report.counts[f"content_tables.{table_spec.name}.{vocab_name}.shared_slots"] = int((counts > 1).sum())
             name = f"content__{table_spec.name}__{vocab_name}.npy"
-            np.save(out_dir / name, matrix.astype(np.float32), allow_pickle=False)
+            np.save(out_dir / name, to_stored(matrix, table_spec.precision), allow_pickle=False)
             content_files[f"{table_spec.name}/{vocab_name}"] = name
     return content_files
+
+
+def read_content_table(path: Path, table: ContentTable, key: str) -> np.ndarray | StoredVectors:
+    """A written content matrix (``key``: its manifest key ``table/vocabulary``): float32 ``[ids, dim]``,
+    or :class:`StoredVectors` at the table's lower precision. A file whose dtype or width is not the
+    schema's ``content_tables.{name}.precision`` / ``dim`` raises a ValueError naming that field."""
+    stored = np.load(path, allow_pickle=False)
+    return from_stored(stored, table.precision, table.dim, f"content_tables.{table.name}.precision ({key}: {path.name})")

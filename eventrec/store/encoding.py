@@ -17,6 +17,7 @@ import polars as pl
 from eventrec.schema import EmbeddingAttribute, Schema
 from eventrec.store.layout import TIME, Ragged
 from eventrec.store.raw_logs import ROW, DataError
+from eventrec.store.vector_precision import from_stored, to_stored
 from eventrec.store.vocab import NumericStatistics, Vocabulary, build_vocabulary_from_counts, normalize, numeric_statistics, value_counts
 
 
@@ -130,23 +131,27 @@ class AttributeEncoder:
                     f"{source}: column {attribute.source_column!r}, row {int(frame[ROW][position])}: "
                     f"expected a vector of {attribute.dim} floats, got {column[position]!r}"
                 )
-            matrix = np.asarray(column.cast(pl.Array(pl.Float32, attribute.dim)).to_numpy(), dtype=np.float32).reshape(-1, attribute.dim)
+            # a copy: polars may hand out a read-only view, and the non-finite rows are zeroed below
+            matrix = np.array(column.cast(pl.Array(pl.Float32, attribute.dim)).to_numpy(), dtype=np.float32).reshape(-1, attribute.dim)
             bad = ~np.isfinite(matrix).all(axis=1)
             matrix[bad] = 0.0
             report.null(key, int(bad.sum()))
-            return {"values": matrix}
+            return {"values": to_stored(matrix, attribute.precision)}  # [rows, dim] or int8 [rows, dim + 4] (store/vector_precision.py)
         return {}  # table-looked-up embeddings are gathered at batch time from the content matrix
 
     def encode_records(self, place: str, attributes: list, frame: pl.DataFrame, source: Path | str = "<request>",
                        report: BuildReport | None = None) -> dict[str, np.ndarray | Ragged]:
         """Encoded columns of ``attributes`` over ``frame``'s rows, by attribute name: ``[rows]`` arrays,
-        ``[rows, dim]`` vectors, or :class:`Ragged` multi-valued ids. Attributes looked up in a side
-        table have no column here (they are gathered at batch time)."""
+        ``[rows, dim]`` float32 vectors (as the store gives them back: through its ``precision``), or
+        :class:`Ragged` multi-valued ids. Attributes looked up in a side table have no column here
+        (they are gathered at batch time)."""
         frame = frame.with_row_index(ROW) if ROW not in frame.columns else frame
         report = report if report is not None else BuildReport()
         out: dict[str, np.ndarray | Ragged] = {}
         for attribute in attributes:
             encoded = self.encode(place, attribute, frame, report, source)
-            if encoded:
+            if encoded and isinstance(attribute, EmbeddingAttribute):
+                out[attribute.name] = from_stored(encoded["values"], attribute.precision, attribute.dim, f"{place}.{attribute.name}")[:]
+            elif encoded:
                 out[attribute.name] = Ragged(encoded["values"].astype(np.int64), encoded["offsets"]) if "offsets" in encoded else encoded["values"]
         return out

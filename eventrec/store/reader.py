@@ -2,8 +2,9 @@
 
 Each stream becomes flat numpy arrays over all users' events, sorted by (user row, time), with
 ``user_offsets [U+1]`` giving each user's segment: ``timestamps [E]``, per attribute ``[E]`` (ids
-or normalised numbers) or ``[E, dim]`` (vectors), and multi-valued attributes as ``values [T]`` plus
-``event_offsets [E+1]``. The examples are columns over impressions ``[I]``. Histories are stored once
+or normalised numbers) or ``[E, dim]`` (vectors: float32, or at the schema's lower ``precision`` a
+:class:`~eventrec.store.vector_precision.StoredVectors` whose indexing dequantizes to float32, so that
+batches are made alike), and multi-valued attributes as ``values [T]`` plus ``event_offsets [E+1]``. The examples are columns over impressions ``[I]``. Histories are stored once
 per user; an example refers to its user row and a cut per stream.
 """
 
@@ -22,8 +23,10 @@ import pyarrow.parquet as pq
 
 from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.schema import EmbeddingAttribute, Schema, SchemaError, parse_schema
-from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, Ragged, recover_interrupted_swap
+from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, Ragged, recover_interrupted_swap, schema_fingerprint
+from eventrec.store.content_tables import read_content_table
 from eventrec.store.sampling_values import value_column, value_sampling
+from eventrec.store.vector_precision import StoredVectors, from_stored
 from eventrec.store.vocab import Vocabulary
 
 
@@ -37,6 +40,31 @@ def _list_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Arra
     offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
     child = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     return offsets - offsets[0], child
+
+
+def _rows(child: pa.Array, field: str) -> np.ndarray:
+    """A column of equal-length lists (fixed-size, or plain lists as Parquet gives them back) →
+    ``[rows, width]`` in its own dtype (float32, float16, int8)."""
+    if isinstance(child, pa.ChunkedArray):
+        child = child.combine_chunks()
+    if isinstance(child.type, pa.FixedSizeListType):
+        width, flat = child.type.list_size, child.flatten()
+    else:
+        offsets, flat = _list_parts(child)
+        lengths = np.diff(offsets)
+        width = int(lengths[0]) if len(lengths) else 0
+        if (lengths != width).any():
+            raise StoreError(f"{field}: vectors of different lengths in the store")
+    return np.asarray(flat.to_numpy(zero_copy_only=False)).reshape(-1, width) if width else np.zeros((len(child), 0), np.float32)
+
+
+def _vectors(child: pa.Array, attribute: EmbeddingAttribute, field: str) -> np.ndarray | StoredVectors:
+    """A stored vector column at its schema ``precision`` (:mod:`eventrec.store.vector_precision`),
+    checked: a dtype or width not the schema's raises :class:`StoreError` naming ``field``."""
+    try:
+        return from_stored(_rows(child, field), attribute.precision, attribute.dim, f"{field}.precision")
+    except ValueError as error:
+        raise StoreError(str(error)) from None
 
 
 def _numpy(child: pa.Array) -> np.ndarray:
@@ -56,9 +84,9 @@ class StreamData:
     sampling: Any  # the schema's declaration: a policy name, or a mapping form (ValueSampling)
     user_offsets: np.ndarray
     timestamps: np.ndarray
-    attributes: dict[str, np.ndarray | Ragged] = field(default_factory=dict)
-    # table-looked-up embeddings: attribute name → (key attribute name, content matrix [V, dim])
-    looked_up: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    attributes: dict[str, np.ndarray | StoredVectors | Ragged] = field(default_factory=dict)
+    # table-looked-up embeddings: attribute name → (key attribute name, content matrix [V, dim]: an array or StoredVectors)
+    looked_up: dict[str, tuple[str, np.ndarray | StoredVectors]] = field(default_factory=dict)
     # [E] float32 per-event values of a value policy (store/sampling_values.py); None for other policies
     sampling_values: np.ndarray | None = None
 
@@ -91,10 +119,30 @@ class EventStore:
         self.vocabularies = {name: Vocabulary.from_json(name, data) for name, data in json.loads(vocabularies_text).items()}
         self.statistics = json.loads(statistics_text)
         self._encoding_fingerprint = hashlib.sha256(
-            "\0".join([str(self.manifest.get("schema_fingerprint")), vocabularies_text, statistics_text]).encode()).hexdigest()[:16]
-        self.content = {key: np.load(self.path / name, allow_pickle=False) for key, name in self.manifest["content_files"].items()}
+            "\0".join([self._precision_free_fingerprint(), vocabularies_text, statistics_text]).encode()).hexdigest()[:16]
+        tables = {t.name: t for t in self.schema.content_tables}
+        try:  # [ids, dim] float32, or StoredVectors at the table's precision
+            self.content = {key: read_content_table(self.path / name, tables[key.split("/")[0]], key)
+                            for key, name in self.manifest["content_files"].items()}
+        except ValueError as error:
+            raise StoreError(f"{self.path}: {error}") from None
         self._load_users()
         self._load_examples()
+
+    def _precision_free_fingerprint(self) -> str:
+        """The schema fingerprint the encoding fingerprint reads: the manifest's, or for a schema with
+        vector precisions (``precision`` other than float32) that of the same schema at float32. Storage
+        precision changes no id nor statistic: a model trained on the float32 store of some logs reads
+        their float16 / int8 store (vectors within the precision's rounding)."""
+        schema = json.loads(json.dumps(self.manifest["schema"]))  # a copy to edit
+        imp = schema["impressions"]
+        declarations = [a for s in schema["streams"] for a in s.get("attributes", [])] + imp["item_attributes"] + \
+            imp.get("context_attributes", []) + schema.get("content_tables", [])
+        if not any("precision" in d for d in declarations):
+            return str(self.manifest.get("schema_fingerprint"))
+        for declaration in declarations:
+            declaration.pop("precision", None)
+        return schema_fingerprint(parse_schema(schema, "<manifest>"))
 
     @classmethod
     def open(cls, path: Path | str) -> "EventStore":
@@ -120,6 +168,8 @@ class EventStore:
                 if attribute.kind == "multi_categorical":
                     inner_offsets, inner = _list_parts(child)
                     data.attributes[attribute.name] = Ragged(_numpy(inner).astype(np.int64), inner_offsets)
+                elif isinstance(attribute, EmbeddingAttribute):
+                    data.attributes[attribute.name] = _vectors(child, attribute, f"{self.path}: streams.{stream.name}.{attribute.name}")
                 else:
                     data.attributes[attribute.name] = _numpy(child)
             self.streams[stream.name] = data
@@ -136,7 +186,7 @@ class EventStore:
         imp = self.schema.impressions
         self.item: dict[str, np.ndarray | Ragged] = {}
         self.context: dict[str, np.ndarray | Ragged] = {}
-        self.item_looked_up: dict[str, tuple[str, np.ndarray]] = {}
+        self.item_looked_up: dict[str, tuple[str, np.ndarray | StoredVectors]] = {}
         for group, attributes, target in (("item", imp.item_attributes, self.item), ("context", imp.context_attributes, self.context)):
             for attribute in attributes:
                 if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None:
@@ -147,6 +197,8 @@ class EventStore:
                 if attribute.kind == "multi_categorical":
                     offsets, child = _list_parts(array)
                     target[attribute.name] = Ragged(_numpy(child).astype(np.int64), offsets)
+                elif isinstance(attribute, EmbeddingAttribute):
+                    target[attribute.name] = _vectors(array, attribute, f"{self.path}: impressions.{group}.{attribute.name}")
                 else:
                     target[attribute.name] = _numpy(array)
         self.label_names = imp.all_labels
