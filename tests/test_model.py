@@ -11,7 +11,7 @@ import torch
 
 from eventrec.data.gather import make_batch
 from eventrec.data.dlrm_features import DlrmFeatureBuilder
-from eventrec.model.config import DlrmConfig, ExperimentalModelConfig, SequenceModelConfig
+from eventrec.model.config import CandidateSearchConfig, DlrmConfig, ExperimentalModelConfig, SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.training.objectives.losses import multitask_loss
 from eventrec.training.factory import build_model
@@ -226,7 +226,8 @@ def test_score_over_embedded_candidates_equals_forward(tiny_store, name):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("update", [TIME_CONFIGS["invariant"], TIME_CONFIGS["invariant_token"], dict(recency="pooling")])
+@pytest.mark.parametrize("update", [TIME_CONFIGS["invariant"], TIME_CONFIGS["invariant_token"], dict(recency="pooling"),
+                                    dict(recency="pooling", candidate_search=CandidateSearchConfig(recent=1, per_match=1))])
 def test_extend_user_equals_encoding_everything(tiny_store, update):
     """A user side grown one event at a time (the encoder layers' delta attention over their cached
     keys and values; each batch holds only the new event) equals all the events encoded at once."""
@@ -252,6 +253,8 @@ def test_extend_user_equals_encoding_everything(tiny_store, update):
         for end in range(1, count + 1):
             grown = model.encode_user(batch(window(end - 1, end)), cache=grown)
     torch.testing.assert_close(grown.timestamps, full.timestamps)
+    if full.match_ids is not None:
+        torch.testing.assert_close(grown.match_ids, full.match_ids)
     for got, expected in [(grown.encoded, full.encoded), (grown.keys, full.keys), (grown.values, full.values)] + \
             [pair for kv_grown, kv_full in zip(grown.layer_kv, full.layer_kv) for pair in zip(kv_grown, kv_full)]:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

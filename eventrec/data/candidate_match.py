@@ -65,7 +65,9 @@ def match_pairs(schema: Schema) -> list[MatchPair]:
     return pairs
 
 
-def _reserved(kind: str) -> tuple[int, ...]:
+def reserved_ids(kind: str) -> tuple[int, ...]:
+    """The ids of an attribute of ``kind`` that match nothing: missing, and out of vocabulary except for
+    hashed attributes (whose unseen values keep their identity in their bucket)."""
     return (MISSING_ID, OOV_ID) if kind != "hashed" else (MISSING_ID,)
 
 
@@ -92,7 +94,7 @@ def match_statistics(store: EventStore, example_indices: np.ndarray, pair: Match
         matched[token_owner[hit]] = True
     else:
         matched = column[events].astype(np.int64) == candidate[example_of]
-    matched &= ~np.isin(candidate, _reserved(attribute.kind))[example_of]  # a reserved candidate id matches nothing
+    matched &= ~np.isin(candidate, reserved_ids(attribute.kind))[example_of]  # a reserved candidate id matches nothing
     owner, event_times = example_of[matched], data.timestamps[events[matched]]
     counts = np.zeros((batch, len(windows)), dtype=np.float32)
     for column_index, seconds in enumerate(windows.values()):

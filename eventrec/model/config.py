@@ -49,6 +49,16 @@ def _move_legacy_fields(data: dict) -> dict:
     return data
 
 
+class CandidateSearchConfig(_Config):
+    """Which events each candidate's keyed pooling reads (eventrec/model/candidate_search.py): the
+    summary token, the ``recent`` most recent events, and per match vocabulary the ``per_match`` most
+    recent events with the candidate's id in it. Ranking then costs O(recent + V·per_match) per
+    candidate, whatever the history's length (SIM's search, then exact attention)."""
+
+    recent: int = Field(64, ge=0, description="the most recent events every candidate reads")
+    per_match: int = Field(64, ge=1, description="per match vocabulary, the most recent events with the candidate's id in it")
+
+
 class SequenceModelConfig(_Config):
     """The event-sequence ranker: event model, jagged transformer, ad-keyed pooling, head."""
 
@@ -84,6 +94,9 @@ class SequenceModelConfig(_Config):
         True, description="add to the pooling scores a learned, per-head weight of the cosine similarity between the "
         "candidate's and each event's embeddings in every vocabulary they share (target attention)")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
+    candidate_search: CandidateSearchConfig | None = Field(
+        None, description="None: every candidate's pooling reads the whole history; else only the events a search by the "
+        "candidate's ids picks (needs match_attention and a vocabulary the candidates share with the events)")
     cross_layers: int = Field(2, ge=0)
     cross_rank: int | None = Field(
         None, ge=1, description="None: full-rank cross layers (F x F weights on the head's F inputs); r: each weight is "

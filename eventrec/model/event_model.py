@@ -27,6 +27,7 @@ from eventrec.data.batch import EventBatch
 from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, id_attributes_only
+from eventrec.model.candidate_search import NO_ID
 from eventrec.model.identity_codes import identity_codes
 from eventrec.ops.time_buckets import time_gap_bucket
 
@@ -88,13 +89,28 @@ class EventModel(nn.Module):
             blocks += [absent if a is None else identity_codes(attributes[a], dim) for _, a in pairs]
         return torch.cat(blocks, dim=-1)
 
+    def match_ids(self, name: str, attributes: dict, count: int, device) -> torch.Tensor:
+        """``[N, V]`` int64: each event's id in every match vocabulary (``NO_ID`` where the stream lacks it)."""
+        columns = [torch.full((count,), NO_ID, dtype=torch.int64, device=device) if a is None else attributes[a].to(torch.int64)
+                   for a in self.match_attributes[name]]
+        return torch.stack(columns, dim=1) if columns else torch.zeros(count, 0, dtype=torch.int64, device=device)
+
     def forward(self, batch: EventBatch, first_position: int = 0) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
-        """The batch's histories as jagged event embeddings (see the module's doc). ``first_position``
-        (``recency: pooling``): the order index of each history's first event, for events that continue
-        a history encoded before (:meth:`SequenceRanker.extend_user`)."""
+        """The batch's histories as jagged event embeddings, their times and match keys (:meth:`timeline`)."""
+        return self.timeline(batch, first_position)[:3]
+
+    def timeline(self, batch: EventBatch, first_position: int = 0
+                 ) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The batch's histories as jagged event embeddings ``[sum(N_g), D]`` (see the module's doc), the
+        positions' times ``[sum(N_g)]``, match keys ``[sum(N_g), V·E]`` (or None) and, with
+        ``candidate_search``, the positions' ids in the match vocabularies ``[sum(N_g), V]`` (``NO_ID``
+        at the summary token; else None). ``first_position`` (``recency: pooling``): the order index of
+        each history's first event, for events that continue a history encoded before
+        (:meth:`SequenceRanker.extend_user`)."""
         device = batch.history_timestamps.device
         num_histories = batch.num_histories
-        pieces, rows, times, matches = [], [], [], []
+        with_ids = self.config.candidate_search is not None and bool(self.match_vocabularies)
+        pieces, rows, times, matches, ids = [], [], [], [], []
         for index, name in enumerate(self.stream_names):
             stream = batch.streams[name]
             if len(stream.timestamps) == 0:
@@ -105,17 +121,21 @@ class EventModel(nn.Module):
             times.append(stream.timestamps)
             if self.match_vocabularies:
                 matches.append(self.match_keys(name, stream.attributes, len(x), device))
+            if with_ids:
+                ids.append(self.match_ids(name, stream.attributes, len(x), device))
         match_dim = self.match_dim
         if not pieces:
             pieces, rows, times = [torch.zeros(0, self.config.model_dim, device=device)], [torch.zeros(0, dtype=torch.int64, device=device)], [torch.zeros(0, dtype=torch.int64, device=device)]
             matches = [torch.zeros(0, match_dim, device=device)] if self.match_vocabularies else []
         x, row, t = torch.cat(pieces), torch.cat(rows), torch.cat(times)
         match = torch.cat(matches) if matches else None
+        event_ids = (torch.cat(ids) if ids else torch.zeros(0, len(self.match_vocabularies), dtype=torch.int64, device=device)) if with_ids else None
         # time order within each history; stable sorts keep stream order, then position, on ties
         order = torch.sort(t, stable=True).indices
         order = order[torch.sort(row[order], stable=True).indices]
         x, row, t = x.index_select(0, order), row[order], t[order]  # index_select: the fast backward
         match = match.index_select(0, order) if match is not None else None
+        event_ids = event_ids[order] if event_ids is not None else None
         lengths = torch.bincount(row, minlength=num_histories)
         offsets = torch.zeros(num_histories + 1, dtype=torch.int64, device=device)
         torch.cumsum(lengths, 0, out=offsets[1:])
@@ -125,6 +145,7 @@ class EventModel(nn.Module):
             kept = keep.nonzero().squeeze(1)
             x, row, t, from_end = x.index_select(0, kept), row[kept], t[kept], from_end[kept]
             match = match.index_select(0, kept) if match is not None else None
+            event_ids = event_ids[kept] if event_ids is not None else None
             lengths = torch.bincount(row, minlength=num_histories)
             torch.cumsum(lengths, 0, out=offsets[1:])
         if self.config.timestamp_encoding and self.config.recency == "encoder":
@@ -137,9 +158,15 @@ class EventModel(nn.Module):
             x = x + self.order(from_start)
         if self.config.summary_token:
             token_times = batch.history_timestamps if self.config.recency == "encoder" else torch.full_like(batch.history_timestamps, SUMMARY_TIME)
+            positions_before = offsets
             x, t, match, offsets, lengths = self._prepend_summary_token(x, t, match, offsets, lengths, token_times)
+            if event_ids is not None:
+                with_token = event_ids.new_full((len(x), event_ids.shape[1]), NO_ID)
+                with_token[torch.arange(len(event_ids), device=device) + torch.repeat_interleave(
+                    torch.arange(1, num_histories + 1, device=device), positions_before[1:] - positions_before[:-1], output_size=len(event_ids))] = event_ids
+                event_ids = with_token
         max_len = int(lengths.max()) if num_histories else 0
-        return JaggedTensor(x, offsets, max_len), t, match
+        return JaggedTensor(x, offsets, max_len), t, match, event_ids
 
     def _prepend_summary_token(self, x, t, match, offsets, lengths, token_times):
         """Insert the learned token at position 0 of every history (its times: ``token_times [G]``)."""

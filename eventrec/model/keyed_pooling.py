@@ -25,10 +25,12 @@ import torch
 from torch import nn
 
 from eventrec.data.jagged import JaggedTensor
+from eventrec.model.candidate_search import Search, UserSearchIndex, search_mask
 from eventrec.ops import keyed_pooling_attention
 from eventrec.ops.attention import auto_backend
 from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
 from eventrec.ops.keyed_pooling_one_user import FactoredMatch, OneUserPlan
+from eventrec.ops.selected_pooling import selected_pooling_attention
 from eventrec.ops.time_buckets import time_gap_bucket
 
 MatchForm = Literal["auto", "folded", "bias"]
@@ -71,9 +73,16 @@ class KeyedAttentionPooling(nn.Module):
             return keys, values
         lengths = offsets[1:] - offsets[:-1]
         history = torch.repeat_interleave(torch.arange(len(lengths), device=keys.device), lengths, output_size=len(keys))
-        bucket = time_gap_bucket(request_times[history] - timestamps, self.recency_buckets)
+        summary = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
         if summary_token:
-            bucket[offsets[:-1][lengths > 0]] = self.recency_buckets
+            summary[offsets[:-1][lengths > 0]] = True
+        return self.with_recency(keys, values, timestamps, request_times[history], summary)
+
+    def with_recency(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, request_times: torch.Tensor,
+                     summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[P, H, d (+ V·E)]`` of P positions (times ``[P]``, read at ``request_times [P]``,
+        ``summary [P]`` True at summary tokens) plus their recency embeddings (first ``d`` dims of each head)."""
+        bucket = time_gap_bucket(request_times - timestamps, self.recency_buckets).masked_fill(summary, self.recency_buckets)
         n, head_dim = len(keys), self.head_dim
         pad = keys.shape[-1] - head_dim  # the match part of the keys (values: zeros) stays as it is
         shift_k = self.recency_keys(bucket).to(keys.dtype).view(n, self.num_heads, head_dim)
@@ -98,7 +107,8 @@ class KeyedAttentionPooling(nn.Module):
         return (self.query(query_input).view(batch, self.num_slots, self.model_dim) + self.slots).view(batch, self.num_slots, self.num_heads, self.head_dim)
 
     def pool(self, keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, max_len: int, query_input: torch.Tensor, history_index: torch.Tensor,
-             match_query: torch.Tensor | None = None, *, match_form: MatchForm = "auto", plan: OneUserPlan | None = None) -> torch.Tensor:
+             match_query: torch.Tensor | None = None, *, match_form: MatchForm = "auto", plan: OneUserPlan | None = None,
+             search: Search | None = None) -> torch.Tensor:
         """Pool precomputed keys/values for ``B`` candidates → ``[B, M, D]``.
 
         ``match_query [B, V·E]``: the candidate's unit-normalised embeddings in the match vocabularies.
@@ -106,7 +116,9 @@ class KeyedAttentionPooling(nn.Module):
         = ``V·E`` more dimensions of every query and key (what the Triton kernels take), ``"bias"`` = a
         score bias computed once per candidate and head (4-5x less work on the CPU), ``"auto"`` =
         "folded" where the op runs the Triton kernels, "bias" elsewhere. ``plan``: one user (``offsets
-        [2]``) through the op's ``"one_user"`` backend, run as the plan says (serving).
+        [2]``) through the op's ``"one_user"`` backend, run as the plan says (serving). ``search``: each
+        candidate reads only the positions :func:`~eventrec.model.candidate_search.search_mask` selects
+        (the others get a score of ``-inf``; the match term then goes as a bias).
         """
         if plan is not None:
             return self.pool_one_user(keys, values, query_input, match_query, plan)
@@ -120,7 +132,9 @@ class KeyedAttentionPooling(nn.Module):
         torch.cumsum(counts, 0, out=candidate_offsets[1:])
         bias = None
         if self.match_vocabularies and match_query is not None:
-            form = match_form if match_form != "auto" else ("folded" if auto_backend(q) == "triton" else "bias")
+            form = match_form if match_form != "auto" else ("folded" if auto_backend(q) == "triton" and search is None else "bias")
+            if search is not None and form != "bias":
+                raise ValueError("candidate_search: the pooling takes the selection as a score bias (match_form 'bias')")
             if form not in ("folded", "bias"):
                 raise ValueError(f"match_form: 'auto', 'folded' or 'bias', got {match_form!r}")
             if form == "folded":  # the kernels take the match term as more query / key dimensions
@@ -130,6 +144,10 @@ class KeyedAttentionPooling(nn.Module):
                 if keys.shape[-1] != head_dim + self.match_dim:
                     raise ValueError(f"match_query needs keys with their match part: width {head_dim + self.match_dim}, got {keys.shape[-1]}")
                 bias = self.match_bias(match_query.index_select(0, order), keys[:, 0, head_dim:], offsets, candidate_offsets).to(q.dtype)
+                if search is not None:
+                    chosen = search_mask(search.event_ids, offsets, search.candidate_ids.index_select(0, order), candidate_offsets,
+                                         search.config.recent, search.config.per_match, search.summary_token)
+                    bias = bias.masked_fill(~chosen[:, : bias.shape[-1]].unsqueeze(1), float("-inf"))
                 keys, values = keys[..., :head_dim], values[..., :head_dim]
         width = q.shape[-1]
         pooled_sorted = keyed_pooling_attention(
@@ -154,6 +172,33 @@ class KeyedAttentionPooling(nn.Module):
         offsets = torch.tensor([0, len(keys)], device=keys.device)
         pooled = keyed_pooling_attention(q.reshape(1, batch * self.num_slots, self.num_heads, head_dim), keys[..., :head_dim], values[..., :head_dim],
                                          offsets, scale=head_dim**-0.5, bias_group=self.num_slots, match=match, plan=plan, backend="one_user")
+        return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
+
+    def pool_searched(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, request_time: torch.Tensor, query_input: torch.Tensor,
+                      match_query: torch.Tensor, search: Search, index: UserSearchIndex) -> torch.Tensor:
+        """:meth:`pool` with ``search`` for one user's keys/values ``[N, H, d + V·E]`` (times ``[N]``, a request
+        at ``request_time [1]``) and ``B`` candidates, reading only the searched positions (``index``: the
+        user's :class:`~eventrec.model.candidate_search.UserSearchIndex`): O(recent + V·per_match) per
+        candidate, not O(N) → ``[B, M, D]``."""
+        config = search.config
+        shared, extra, extra_candidate = index.positions_for(search.candidate_ids, config.recent, config.per_match, search.summary_token)
+        batch, head_dim = len(query_input), self.head_dim
+        q = self.queries(query_input)  # [B, M, H, d]
+        picked = torch.cat([shared, extra])
+        k, v = keys.index_select(0, picked).to(q.dtype), values.index_select(0, picked).to(q.dtype)
+        if self.recency_buckets:
+            summary = torch.zeros(len(picked), dtype=torch.bool, device=picked.device)
+            summary[: len(shared)] = shared == 0 if search.summary_token else False
+            k, v = self.with_recency(k, v, timestamps.index_select(0, picked), request_time.expand(len(picked)), summary)
+        vocabularies = self.match_vocabularies
+        weight = (self.match_weight * head_dim**-0.5).to(q.dtype)  # [H, V]
+        queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
+        match_keys = k[:, 0, head_dim:].reshape(len(picked), vocabularies, -1)  # [S + T, V, E]
+        s = len(shared)
+        shared_bias = torch.einsum("bve,sve,hv->bhs", queries, match_keys[:s], weight)
+        extra_bias = torch.einsum("tve,tve->tv", queries.index_select(0, extra_candidate), match_keys[s:]) @ weight.T  # [T, H]
+        pooled = selected_pooling_attention(q, k[:s, :, :head_dim], v[:s, :, :head_dim], k[s:, :, :head_dim], v[s:, :, :head_dim], extra_candidate,
+                                            shared_bias=shared_bias, extra_bias=extra_bias, scale=head_dim**-0.5)
         return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
     def match_bias(self, match_query: torch.Tensor, match_keys: torch.Tensor, offsets: torch.Tensor, candidate_offsets: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ from torch import nn
 
 from eventrec.data.batch import EventBatch
 from eventrec.data.jagged import JaggedTensor
+from eventrec.data.candidate_match import reserved_ids
+from eventrec.model.candidate_search import NO_MATCH, Search, UserSearchIndex
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
 from eventrec.model.encoder import JaggedTransformerEncoder, LayerKV
@@ -46,7 +48,8 @@ class UserSide:
     :meth:`SequenceRanker.encode_user` with ``capture_kv``) also each encoder layer's keys/values
     ``[N, H, d]``, what :meth:`SequenceRanker.extend_user` grows. ``request_times [G]``: the time of the
     request that reads each history (what the keyed pooling's recency reads with ``recency: pooling``;
-    serving sets it per request with :meth:`at`)."""
+    serving sets it per request with :meth:`at`). ``match_ids [sum(N_g), V]``: with ``candidate_search``,
+    the positions' ids in the match vocabularies (what the search reads)."""
 
     offsets: torch.Tensor
     max_len: int
@@ -56,12 +59,14 @@ class UserSide:
     timestamps: torch.Tensor | None = None
     layer_kv: list[LayerKV] | None = None
     request_times: torch.Tensor | None = None
+    match_ids: torch.Tensor | None = None
 
     def prefix(self, positions: int) -> "UserSide":
         """The first ``positions`` positions of a one-history user side (no layer keys/values)."""
         times = self.timestamps[:positions] if self.timestamps is not None else None
+        ids = self.match_ids[:positions] if self.match_ids is not None else None
         return UserSide(torch.tensor([0, positions]), positions, self.encoded[:positions], self.keys[:positions], self.values[:positions],
-                        times, None, self.request_times)
+                        times, None, self.request_times, ids)
 
     def at(self, request_time: int) -> "UserSide":
         """This one-history user side read by a request at ``request_time`` (seconds)."""
@@ -83,6 +88,9 @@ class SequenceRanker(nn.Module):
         stream_vocabularies = {a.vocabulary_name for s in schema.streams for a in s.attributes if a.kind in ("categorical", "hashed")}
         self.match_vocabularies = sorted(v for v in item_ids if v in stream_vocabularies) if config.match_attention else []
         self.match_item_attributes = [item_ids[v] for v in self.match_vocabularies]
+        self.item_kinds = {a.name: a.kind for a in imp.item_attributes}
+        if config.candidate_search is not None and not self.match_vocabularies:
+            raise ValueError("candidate_search: needs match_attention and a categorical or hashed item attribute whose vocabulary the streams share")
         self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies)
         self.encoder = JaggedTransformerEncoder(config)
         self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
@@ -153,10 +161,10 @@ class SequenceRanker(nn.Module):
         which are encoded against it: :meth:`extend_user`."""
         if cache is not None:
             return self.extend_user(cache, batch)
-        events, timestamps, match_keys = self.event_model(batch)
+        events, timestamps, match_keys, match_ids = self.event_model.timeline(batch)
         encoded, layer_kv = self.encoder.encode(events, timestamps, capture_kv)
         keys, values = self.pooling.keys_values(encoded, match_keys)
-        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv, batch.history_timestamps)
+        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv, batch.history_timestamps, match_ids)
 
     def extend_user(self, user: UserSide, batch: EventBatch) -> UserSide:
         """``user`` (one history, encoded with ``capture_kv``) grown by the events of ``batch`` (one
@@ -167,15 +175,16 @@ class SequenceRanker(nn.Module):
         if user.layer_kv is None or user.timestamps is None:
             raise ValueError("extend_user: the user side was encoded without capture_kv")
         skip = 1 if self.config.summary_token else 0  # the new events' batch has its own summary token
-        events, timestamps, match_keys = self.event_model(batch, first_position=len(user.encoded) - skip)
+        events, timestamps, match_keys, match_ids = self.event_model.timeline(batch, first_position=len(user.encoded) - skip)
         x, timestamps = events.values[skip:], timestamps[skip:]
         match_keys = match_keys[skip:] if match_keys is not None else None
+        match_ids = torch.cat([user.match_ids, match_ids[skip:]]) if match_ids is not None and user.match_ids is not None else None
         encoded, layer_kv = self.encoder.extend(x, timestamps, user.layer_kv, user.timestamps)
         n = len(encoded)
         keys, values = self.pooling.keys_values(JaggedTensor(encoded, torch.tensor([0, n]), n), match_keys)
         total = len(user.encoded) + n
         return UserSide(torch.tensor([0, total]), total, torch.cat([user.encoded, encoded]), torch.cat([user.keys, keys]),
-                        torch.cat([user.values, values]), torch.cat([user.timestamps, timestamps]), layer_kv, batch.history_timestamps)
+                        torch.cat([user.values, values]), torch.cat([user.timestamps, timestamps]), layer_kv, batch.history_timestamps, match_ids)
 
     # -- the candidates ------------------------------------------------------------------------------
     def candidate_input(self, item: dict, context: dict) -> torch.Tensor:
@@ -196,6 +205,16 @@ class SequenceRanker(nn.Module):
         if self.config.identity_match:  # in the order of EventModel.match_keys: embeddings, then codes
             parts += [identity_codes(item[a], self.config.attribute_dim) for _, a in pairs]
         return torch.cat(parts, dim=-1)
+
+    def candidate_ids(self, item: dict) -> torch.Tensor:
+        """``[B, V]`` int64: the candidates' ids in the match vocabularies (``NO_MATCH`` for a reserved id:
+        missing, or out of vocabulary in a categorical one), what ``candidate_search`` searches by."""
+        columns = []
+        for attribute in self.match_item_attributes:
+            ids = item[attribute].to(torch.int64)
+            reserved = torch.tensor(reserved_ids(self.item_kinds[attribute]), device=ids.device)
+            columns.append(ids.masked_fill(torch.isin(ids, reserved), NO_MATCH))
+        return torch.stack(columns, dim=1)
 
     def embed_candidates(self, item: dict) -> torch.Tensor:
         """``[C, Q_item (+ V·E)]``: C candidates' item embeddings, then their match queries; what
@@ -223,16 +242,20 @@ class SequenceRanker(nn.Module):
 
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, user: UserSide, candidates: torch.Tensor, context: torch.Tensor | None = None, history_index: torch.Tensor | None = None,
-              plan: OneUserPlan | None = None, dot_parts: list | None = None) -> torch.Tensor:
+              plan: OneUserPlan | None = None, dot_parts: list | None = None, candidate_ids: torch.Tensor | None = None,
+              search_index: UserSearchIndex | None = None) -> torch.Tensor:
         """Logits ``[C, T]`` of C embedded candidates (:meth:`embed_candidates` rows ``[C, Q_item (+ V·E)]``)
         in their contexts (:meth:`embed_context`: ``[C, Q_ctx]``, or ``[1, Q_ctx]`` for all) over the
         user side's histories (``history_index [C]``; default: all of history 0). ``plan``: one user's
-        candidates through the keyed pooling op's ``"one_user"`` backend (serving)."""
+        candidates through the keyed pooling op's ``"one_user"`` backend (serving). With
+        ``candidate_search``: ``candidate_ids [C, V]`` (:meth:`candidate_ids`), and for one user with a
+        ``plan`` the pooling reads only the searched positions (``search_index``: the user's index,
+        built here when None)."""
         candidate = self.candidate_vectors(candidates, context)
         match = candidates[:, self.item_embedder.out_dim :] if self.match_vocabularies else None
         if history_index is None:
             history_index = torch.zeros(len(candidates), dtype=torch.int64, device=candidates.device)
-        return self._logits(user, candidate, match, history_index, plan, dot_parts)
+        return self._logits(user, candidate, match, history_index, plan, dot_parts, candidate_ids, search_index)
 
     def candidate_vectors(self, candidates: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``[C, Q]``: embedded candidates (:meth:`embed_candidates` rows) in their contexts, normalised:
@@ -246,17 +269,28 @@ class SequenceRanker(nn.Module):
                        dot_parts: list | None = None) -> torch.Tensor:
         """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,
         ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
-        return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts)
+        ids = self.candidate_ids(item) if self.config.candidate_search is not None else None
+        return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts, ids)
 
     def _logits(self, user: UserSide, candidate: torch.Tensor, match: torch.Tensor | None, history_index: torch.Tensor,
-                plan: OneUserPlan | None, dot_parts: list | None) -> torch.Tensor:
+                plan: OneUserPlan | None, dot_parts: list | None, candidate_ids: torch.Tensor | None = None,
+                search_index: UserSearchIndex | None = None) -> torch.Tensor:
         """Keyed pooling, interaction, cross network, heads and dot term of normalised candidates ``[B, Q]``."""
-        keys, values = user.keys, user.values
-        if self.recency_in_pooling:
-            if user.timestamps is None or user.request_times is None:
-                raise ValueError("score: recency in the pooling needs the user side's timestamps and request_times (UserSide.at)")
-            keys, values = self.pooling.at_request(keys, values, user.timestamps, user.offsets, user.request_times, self.config.summary_token)
-        pooled = self.pooling.pool(keys, values, user.offsets, user.max_len, candidate, history_index, match, plan=plan)
+        if self.recency_in_pooling and (user.timestamps is None or user.request_times is None):
+            raise ValueError("score: recency in the pooling needs the user side's timestamps and request_times (UserSide.at)")
+        search = None
+        if self.config.candidate_search is not None:
+            if candidate_ids is None or user.match_ids is None:
+                raise ValueError("score: candidate_search needs the candidates' ids (SequenceRanker.candidate_ids) and the user side's match_ids")
+            search = Search(user.match_ids, candidate_ids, self.config.candidate_search, self.config.summary_token)
+        if search is not None and plan is not None:  # one user: only the searched positions are read
+            index = search_index if search_index is not None else UserSearchIndex.build(user.match_ids)
+            pooled = self.pooling.pool_searched(user.keys, user.values, user.timestamps, user.request_times, candidate, match, search, index)
+        else:
+            keys, values = user.keys, user.values
+            if self.recency_in_pooling:
+                keys, values = self.pooling.at_request(keys, values, user.timestamps, user.offsets, user.request_times, self.config.summary_token)
+            pooled = self.pooling.pool(keys, values, user.offsets, user.max_len, candidate, history_index, match, plan=plan, search=search)
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         if self.match_counter is not None and match is not None:
             match_keys = user.keys[:, 0, self.pooling.head_dim :].to(match.dtype)

@@ -1,0 +1,129 @@
+"""Candidate search: which of a user's events each candidate's keyed pooling reads (``candidate_search``).
+
+SIM's two stages (search the events relevant to the candidate, then attend over them exactly), on
+the ids the schema declares: with ``candidate_search: {recent: R, per_match: K}`` the pooling of
+candidate ``c`` reads only
+
+* the summary token (when the model has one),
+* the ``R`` most recent events, and
+* per match vocabulary ``v`` (a vocabulary the candidate shares with the events: its item id, its
+  category), the ``K`` most recent events whose id in ``v`` equals the candidate's; a reserved
+  candidate id (missing, out of vocabulary) matches nothing.
+
+so that ranking costs ``O(R + V·K)`` per candidate, not ``O(N)``. Two forms of one definition:
+
+* :func:`search_mask`: ``[B, L]`` booleans over padded histories, for training and evaluation (the
+  pooling masks the rest with ``-inf``);
+* :class:`UserSearchIndex` / :meth:`UserSearchIndex.positions`: one user's events sorted by id per
+  vocabulary, built once per user state; a request finds each candidate's events by binary search
+  (serving; what :func:`eventrec.ops.selected_pooling.selected_pooling_attention` pools over).
+
+Tests compare them (``tests/test_candidate_search.py``).
+
+Ids: ``event_ids [sum(N_g), V]`` int64, the events' ids in the match vocabularies (:data:`NO_ID` at
+the summary token and where a stream lacks the vocabulary); ``candidate_ids [B, V]`` int64
+(:data:`NO_MATCH` where the candidate's id is reserved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from eventrec.model.config import CandidateSearchConfig
+from eventrec.ops.jagged_helpers import padded_index
+
+NO_ID = -2
+"""An event's id where it has none in a vocabulary (and the summary token's)."""
+NO_MATCH = -1
+"""A candidate's id that matches no event (a reserved id: missing, out of vocabulary)."""
+
+
+@dataclass
+class Search:
+    """What a search reads: the positions' ids ``event_ids [sum(N_g), V]``, the candidates' ids
+    ``candidate_ids [B, V]`` (in the candidates' order), the search's sizes and whether position 0 of
+    every history is a summary token."""
+
+    event_ids: Tensor
+    candidate_ids: Tensor
+    config: CandidateSearchConfig
+    summary_token: bool
+
+
+def search_mask(event_ids: Tensor, offsets: Tensor, candidate_ids: Tensor, candidate_offsets: Tensor, recent: int, per_match: int,
+                summary_token: bool) -> Tensor:
+    """``[B, L]``: which positions of its history each candidate reads (L: the longest history).
+
+    ``event_ids [sum(N_g), V]`` over G histories (``offsets [G+1]``, the summary token at position 0
+    of each when ``summary_token``); ``candidate_ids [B, V]`` sorted by history (``candidate_offsets
+    [G+1]``). Rows in the order of the candidates, positions past a history's end False."""
+    histories = len(offsets) - 1
+    if histories == 0 or len(candidate_ids) == 0:
+        return torch.zeros(len(candidate_ids), 1, dtype=torch.bool, device=candidate_ids.device)
+    every = torch.arange(histories, device=offsets.device)
+    lengths = offsets[1:] - offsets[:-1]
+    longest = max(int(lengths.max()), 1)
+    most = max(int((candidate_offsets[1:] - candidate_offsets[:-1]).max()), 1)
+    key_index, key_valid = padded_index(offsets, every, longest)  # [G, L]
+    query_index, query_valid = padded_index(candidate_offsets, every, most)  # [G, C]
+    ids = torch.where(key_valid.unsqueeze(-1), event_ids[key_index], NO_ID)  # [G, L, V]
+    wanted = candidate_ids[query_index]  # [G, C, V]
+    matches = (ids.unsqueeze(1) == wanted.unsqueeze(2)) & (wanted.unsqueeze(2) >= 0)  # [G, C, L, V]
+    later = matches.flip(2).cumsum(2).flip(2) - matches.to(torch.int64)  # matching events after each position
+    chosen = (matches & (later < per_match)).any(-1)  # [G, C, L]
+    position = torch.arange(longest, device=offsets.device)
+    from_end = lengths.unsqueeze(1) - 1 - position  # [G, L]: 0 = the most recent position
+    first_event = 1 if summary_token else 0
+    shared = key_valid & (from_end < recent) & (position >= first_event)
+    if summary_token:
+        shared |= key_valid & (position == 0)
+    chosen |= shared.unsqueeze(1)
+    return chosen[query_valid]
+
+
+@dataclass
+class UserSearchIndex:
+    """One user's events sorted by id, per match vocabulary: ``ids [V, N]`` (sorted within each row)
+    and ``positions [V, N]`` (the position of each, increasing among equal ids); ``length`` = N
+    positions (the summary token included)."""
+
+    ids: Tensor
+    positions: Tensor
+    length: int
+
+    @classmethod
+    def build(cls, event_ids: Tensor) -> "UserSearchIndex":
+        """The index of one history's ``event_ids [N, V]``."""
+        n = len(event_ids)
+        keyed = event_ids.T.to(torch.int64) * (n + 1) + torch.arange(n, device=event_ids.device)  # id first, then position
+        order = torch.sort(keyed, dim=1).indices
+        return cls(torch.gather(event_ids.T, 1, order), order, n)
+
+    def positions_for(self, candidate_ids: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """What :func:`search_mask` selects for ``candidate_ids [C, V]`` of this user, split into the
+        positions every candidate reads, ``shared [S]`` (the summary token, then the ``recent`` most
+        recent events, in order), and each candidate's other positions: ``extra [T]`` with
+        ``extra_candidate [T]`` (sorted by candidate, then position; no duplicates)."""
+        device = candidate_ids.device
+        n = self.length
+        first_event = 1 if summary_token else 0
+        recent_start = max(n - recent, first_event)
+        shared = torch.cat([torch.zeros(first_event, dtype=torch.int64, device=device), torch.arange(recent_start, n, device=device)])
+        pairs = []
+        for v in range(self.ids.shape[0]):
+            wanted = candidate_ids[:, v].contiguous()
+            hi = torch.searchsorted(self.ids[v], wanted, right=True)
+            lo = torch.maximum(torch.searchsorted(self.ids[v], wanted), hi - per_match)
+            lo = torch.where(wanted >= 0, lo, hi)  # a reserved id matches nothing
+            count = hi - lo
+            candidate = torch.repeat_interleave(torch.arange(len(wanted), device=device), count)
+            start = torch.repeat_interleave(lo, count)
+            rank = torch.arange(len(candidate), device=device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+            position = self.positions[v][start + rank]
+            keep = position < recent_start  # the recent ones are shared already
+            pairs.append(candidate[keep] * (n + 1) + position[keep])
+        unique = torch.unique(torch.cat(pairs)) if pairs else torch.zeros(0, dtype=torch.int64, device=device)  # sorted
+        return shared, unique % (n + 1), unique // (n + 1)
