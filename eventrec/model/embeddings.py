@@ -59,6 +59,9 @@ class EmbeddingTables(nn.Module):
 
     def bag(self, vocabulary: str, ids: torch.Tensor, offsets: torch.Tensor, mode: str, per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
         """``F.embedding_bag`` over a table (``offsets [bags+1]``), with the table's gradient kind."""
+        table = self.tables[vocabulary]
+        if not isinstance(table, nn.Embedding):  # an inference table at a lower precision (model/quantized_tables.py)
+            return table.bag(ids, offsets, mode, per_sample_weights)
         return F.embedding_bag(ids, self.tables[vocabulary].weight, offsets, mode=mode, per_sample_weights=per_sample_weights,
                                include_last_offset=True, padding_idx=0 if per_sample_weights is None else None, sparse=self.sparse)
 
