@@ -12,12 +12,14 @@ import json
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.numpy import load as load_numpy
 from safetensors.numpy import save as save_numpy
 from safetensors.torch import load as load_torch
 from safetensors.torch import save as save_torch
 
 from eventrec.serving.state import EncodedState, UserEvents
+from eventrec.serving.state_precision import RowwiseInt8, Stored, check_state_precision
 from eventrec.store.reader import EventStore, Ragged, StreamData
 
 STATE_FORMAT = "eventrec.user_state.v1"
@@ -42,18 +44,40 @@ def _header(blob: bytes, parse) -> tuple[dict[str, Any], dict]:
 
 def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
     """``EncodedState`` → bytes. Tensors: ``encoded [P, D]``, ``keys``/``values [P, H, d']``,
-    ``timestamps [P]``, per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``."""
-    tensors = {"encoded": state.encoded, "timestamps": state.timestamps}
+    ``timestamps [P]``, per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
+    precision (header ``precision``, written only when not fp32): bf16 tensors under the same names, or
+    for int8 each as ``{name}.codes`` (int8) and ``{name}.scales [P]`` (float32)."""
+    parts: dict[str, Stored] = {"encoded": state.encoded}
     if state.keys is not None and state.values is not None:
-        tensors |= {"keys": state.keys, "values": state.values}
+        parts |= {"keys": state.keys, "values": state.values}
     for i, (k, v) in enumerate(state.layer_kv or []):
-        tensors |= {f"layer{i}.k": k, f"layer{i}.v": v}
+        parts |= {f"layer{i}.k": k, f"layer{i}.v": v}
+    tensors = {"timestamps": state.timestamps}
+    for name, part in parts.items():
+        tensors |= {f"{name}.codes": part.codes, f"{name}.scales": part.scales} if isinstance(part, RowwiseInt8) else {name: part}
     header = {
         "format": STATE_FORMAT, "model_version": model_version, "user": user,
         "window": [list(w) for w in state.window], "signature": None if state.signature is None else state.signature.hex(),
         "events_version": state.events_version, "layers": None if state.layer_kv is None else len(state.layer_kv),
     }
+    if state.precision != "fp32":  # only then: fp32 blobs are unchanged
+        header["precision"] = state.precision
     return save_torch({k: t.detach().contiguous() for k, t in tensors.items()}, metadata={"eventrec": json.dumps(header)})
+
+
+def _stored_part(tensors: dict, name: str, precision: str) -> Stored | None:
+    """One kept tensor of a decoded state at the header's ``precision`` (None when absent)."""
+    if precision != "int8":
+        part = tensors.get(name)
+        if part is not None and part.dtype != {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]:
+            raise ValueError(f"{name}: {part.dtype}, the header says {precision}")
+        return part
+    if f"{name}.codes" not in tensors:
+        return None
+    codes, scales = tensors[f"{name}.codes"], tensors[f"{name}.scales"]
+    if codes.dtype != torch.int8 or scales.dtype != torch.float32 or scales.shape != codes.shape[:1]:
+        raise ValueError(f"{name}: int8 codes {tuple(codes.shape)} {codes.dtype} with scales {tuple(scales.shape)} {scales.dtype}")
+    return RowwiseInt8(codes, scales)
 
 
 def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
@@ -62,17 +86,21 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
         raise CorruptEntry(f"entry for {header.get('format')}/{header.get('model_version')}/{header.get('user')!r}, "
                            f"wanted {STATE_FORMAT}/{model_version}/{user!r}")
     try:
-        encoded, timestamps = tensors["encoded"], tensors["timestamps"]
+        precision = check_state_precision(header.get("precision", "fp32"))
+        part = lambda name: _stored_part(tensors, name, precision)  # noqa: E731
+        encoded, keys, values, timestamps = part("encoded"), part("keys"), part("values"), tensors["timestamps"]
+        if encoded is None:
+            raise KeyError("encoded")
         layers = header["layers"]
-        layer_kv = None if layers is None else [(tensors[f"layer{i}.k"], tensors[f"layer{i}.v"]) for i in range(layers)]
+        layer_kv = None if layers is None else [(part(f"layer{i}.k"), part(f"layer{i}.v")) for i in range(layers)]
         positions = len(encoded)
-        parts = [timestamps, *(t for t in (tensors.get("keys"), tensors.get("values")) if t is not None), *(t for kv in layer_kv or [] for t in kv)]
-        if any(len(t) != positions for t in parts):
-            raise ValueError("tensors disagree on the number of positions")
+        parts = [timestamps, *(t for t in (keys, values) if t is not None), *(t for kv in layer_kv or [] for t in kv)]
+        if any(t is None or len(t) != positions for t in parts):
+            raise ValueError("tensors missing or disagreeing on the number of positions")
         return EncodedState(
             tuple(tuple(int(x) for x in w) for w in header["window"]),
             None if header["signature"] is None else bytes.fromhex(header["signature"]),
-            encoded, tensors.get("keys"), tensors.get("values"), timestamps, layer_kv, int(header["events_version"]),
+            encoded, keys, values, timestamps, layer_kv, int(header["events_version"]),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptEntry(f"malformed state entry: {error}") from error

@@ -99,7 +99,8 @@ def create_app(service: RankingService, max_body_bytes: int = DEFAULT_MAX_BODY_B
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model_version": service.version, "precision": service.precision, "users_cached": len(service.users)}
+        return {"status": "ok", "model_version": service.version, "precision": service.precision, "table_precision": service.table_precision,
+                "state_precision": service.state_precision, "users_cached": len(service.users)}
 
     @app.get("/metrics", response_class=Response)
     def prometheus() -> Response:

@@ -20,6 +20,7 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 
+from eventrec.serving.state_precision import RowwiseInt8, Stored, compress, precision_of, stored_bytes
 from eventrec.store.reader import EventStore, Ragged, StreamData
 
 
@@ -107,8 +108,8 @@ class UserEvents:
 def tensor_bytes(*items: Any) -> int:
     total = 0
     for item in items:
-        if isinstance(item, torch.Tensor):
-            total += item.numel() * item.element_size()
+        if isinstance(item, (torch.Tensor, RowwiseInt8)):
+            total += stored_bytes(item)
         elif isinstance(item, (list, tuple)):
             total += tensor_bytes(*item)
     return total
@@ -122,20 +123,36 @@ class EncodedState:
     it was computed with (None when the model does not read the request time). ``layer_kv``: per
     encoder layer ``(k, v)`` ``[P, H, d]`` (kept only in the exact-incremental mode), ``keys/values``:
     the keyed pooling's ``[P, H, d']``, ``encoded [P, D]``, ``timestamps [P]`` (P = positions, the
-    summary token included)."""
+    summary token included). The float tensors are kept at the service's ``state_precision``: float32,
+    bfloat16 or :class:`~eventrec.serving.state_precision.RowwiseInt8` (:meth:`kept`); ``nbytes`` is
+    what they hold."""
 
     window: tuple[tuple[int, int], ...]
     signature: bytes | None
-    encoded: torch.Tensor
-    keys: torch.Tensor | None
-    values: torch.Tensor | None
+    encoded: Stored
+    keys: Stored | None
+    values: Stored | None
     timestamps: torch.Tensor
-    layer_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    layer_kv: list[tuple[Stored, Stored]] | None = None
     events_version: int = 0
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.timestamps, self.layer_kv or [])
+
+    @classmethod
+    def kept(cls, window: tuple[tuple[int, int], ...], signature: bytes | None, side: Any, events_version: int,
+             precision: str = "fp32") -> "EncodedState":
+        """The state of a model's user side (``encoded``, ``keys``, ``values``, ``timestamps``, ``layer_kv``)
+        with its float tensors at ``precision`` (:func:`~eventrec.serving.state_precision.compress`)."""
+        layer_kv = None if side.layer_kv is None else [(compress(k, precision), compress(v, precision)) for k, v in side.layer_kv]
+        return cls(window, signature, compress(side.encoded, precision), compress(side.keys, precision), compress(side.values, precision),
+                   side.timestamps, layer_kv, events_version)
+
+    @property
+    def precision(self) -> str:
+        """The precision its tensors are kept at (``fp32``, ``bf16``, ``int8``)."""
+        return precision_of(self.encoded)
 
 
 class UserStateStore(ABC):

@@ -26,6 +26,7 @@ from eventrec.data.sampling import select_events
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.store.point_in_time import cut_before
 from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
+from eventrec.serving.state_precision import check_state_precision, decompress
 from eventrec.store.reader import StreamData
 
 Window = tuple[tuple[int, int], ...]  # per stream (start, end) of the events a request reads
@@ -67,18 +68,23 @@ def window_batch(events: UserEvents, window: Window, timestamp: int, num_tasks: 
 
 
 def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
-    """The cached state as the model's :class:`UserSide` (its first ``positions`` positions: a prefix)."""
+    """The cached state as the model's :class:`UserSide` (its first ``positions`` positions: a prefix),
+    in float32 whatever its ``state_precision`` (:func:`~eventrec.serving.state_precision.decompress`)."""
     n = len(state.encoded)
-    side = UserSide(torch.tensor([0, n]), n, state.encoded, state.keys, state.values, state.timestamps, state.layer_kv)
+    layer_kv = None if state.layer_kv is None else [(decompress(k), decompress(v)) for k, v in state.layer_kv]
+    side = UserSide(torch.tensor([0, n]), n, decompress(state.encoded), decompress(state.keys), decompress(state.values), state.timestamps, layer_kv)
     return side if positions is None or positions == n else side.prefix(positions)
 
 
 class UserStates:
-    """Computes, reuses and grows one model's user states in a :class:`UserStateStore`; the caller
-    holds the service's lock."""
+    """Computes, reuses and grows one model's user states in a :class:`UserStateStore`, kept at
+    ``precision`` (``fp32``, ``bf16``, ``int8``: :mod:`eventrec.serving.state_precision`); the caller
+    holds the service's lock. A request reads the kept state, also right after computing it, so that
+    its scores do not depend on whether the state was cached."""
 
-    def __init__(self, model: SequenceRanker, states: UserStateStore, task_names: list[str]):
+    def __init__(self, model: SequenceRanker, states: UserStateStore, task_names: list[str], precision: str = "fp32"):
         self.model, self.states, self.task_names = model, states, task_names
+        self.precision = check_state_precision(precision)
 
     def batch(self, events: UserEvents, window: Window, timestamp: int) -> EventBatch:
         return window_batch(events, window, timestamp, len(self.task_names), self.task_names)
@@ -93,15 +99,14 @@ class UserStates:
     def compute(self, events: UserEvents, window: Window, timestamp: int, capture: bool) -> EncodedState:
         """The model's user side of the window (with each layer's keys/values when ``capture``)."""
         side = self.model.encode_user(self.batch(events, window, timestamp), capture_kv=capture)
-        return EncodedState(window, self.signature(events, window, timestamp), side.encoded, side.keys, side.values, side.timestamps,
-                            side.layer_kv, events.version)
+        return EncodedState.kept(window, self.signature(events, window, timestamp), side, events.version, self.precision)
 
     @torch.no_grad()
     def extend(self, state: EncodedState, events: UserEvents, window: Window, timestamp: int) -> EncodedState:
         """``state`` grown by the window's events after it (exact: :meth:`SequenceRanker.extend_user`)."""
         new_window = tuple((old_end, end) for (_, old_end), (_, end) in zip(state.window, window))
         side = self.model.extend_user(state_side(state), self.batch(events, new_window, timestamp))
-        return EncodedState(window, None, side.encoded, side.keys, side.values, side.timestamps, side.layer_kv, events.version)
+        return EncodedState.kept(window, None, side, events.version, self.precision)
 
     def prefix_ok(self, events: UserEvents, window: Window) -> bool:
         """Whether this window can be served from a grown or longer state (extendable model, every
