@@ -112,7 +112,7 @@ class RankingService:
         ``"fp32"``, ``"fp16"`` or ``"int8"`` (row-wise; :mod:`eventrec.model.quantized_tables`; a model whose
         tables are at another precision is copied first, the caller's is not changed).
         ``state_precision``: the cached user states, ``"fp32"``, ``"bf16"`` or ``"int8"`` (per-row scale;
-        :mod:`eventrec.serving.state_precision`): about 2x / 3.5x less memory per cached user, scores
+        :mod:`eventrec.serving.state_precision`): about 2x / 3.9x less memory per cached user, scores
         within 1e-2 of fp32 (``docs/serving.md``)."""
         if scoring_slots < 1:
             raise ValueError(f"scoring_slots: must be >= 1, got {scoring_slots}")
