@@ -172,8 +172,15 @@ def train(
     threads: int = typer.Option(1, min=1, help=THREADS_HELP),
     experimental: bool = typer.Option(False, "--experimental", help="Allow the config's experimental sections (research "
                                       "objectives and model variants, not part of a production recipe)."),
+    nproc_per_node: int = typer.Option(0, "--nproc-per-node", min=0, help="Train on N processes of this machine (torchrun; gloo, NCCL "
+                                       "on CUDA): TorchRec-sharded tables, the rest data parallel (docs/distributed_training.md)."),
+    sharding: str = typer.Option("auto", help="Distributed training: auto (TorchRec's planner chooses) | row_wise | table_wise."),
 ) -> None:
     """Train a model on the store's train split, early-stopping on validation."""
+    from eventrec.training.launch import launch, launched_by_torchrun, without_option
+
+    if nproc_per_node and not launched_by_torchrun():
+        raise typer.Exit(launch(without_option(sys.argv[1:], "--nproc-per-node"), nproc_per_node))
     _set_threads(threads)
     from eventrec.store.reader import EventStore
     from eventrec.training.trainer import Trainer
@@ -185,14 +192,25 @@ def train(
     if sections and not experimental:
         _fail(ValueError(f"{config}: {' and '.join(sections)}: research settings, not part of a production recipe; "
                          "pass --experimental to train with them"))
+    rank = 0
     try:
         loaded = EventStore.open(store)
         for where, objective in train_config.all_objectives():  # refused before anything is built
             objective.check(loaded, model_config, where)
-        trainer = Trainer(loaded, model_config, train_config, out)  # refuses empty splits, another store or config to resume
+        if launched_by_torchrun():  # one of N processes (TorchRec imported only here)
+            from eventrec.training.distributed import DistributedTrainer
+            from eventrec.training.sharding import DistributedEnv
+
+            env = DistributedEnv.from_torchrun()
+            rank = env.rank
+            trainer = DistributedTrainer(loaded, model_config, train_config, out, env, sharding)
+        else:
+            trainer = Trainer(loaded, model_config, train_config, out)  # refuses empty splits, another store or config to resume
     except (StoreError, ValueError) as error:
         _fail(error)
     _, result = trainer.fit()
+    if rank != 0:
+        return  # rank 0 reports
     typer.echo(f"best_epoch {result.best_epoch} (counted from 0, as in result.json and the logs; the progress bar's "
                f"'epoch {result.best_epoch + 1}/{train_config.epochs}'), {result.steps} steps, {result.seconds:.1f}s; checkpoint {out / 'best'}")
     typer.echo(json.dumps(json_ready(result.best_validation), indent=1))

@@ -99,10 +99,14 @@ class Trainer:
         remove_stale_temporaries(self.run_dir)  # left by a run killed while writing
         self._build()
         self.resume()
-        names = store.label_names
+        self._open_logs()
+
+    def _open_logs(self) -> None:
+        """The CSV logs of the run directory, without the rows of steps after the checkpoint resumed from."""
+        names = self.store.label_names
         self.train_log = CsvLog(self.run_dir / "train_log.csv", ["step", "epoch", "loss", "learning_rate", *[f"loss_{n}" for n in names]])
         self.eval_log = CsvLog(self.run_dir / "eval_log.csv", ["step", "epoch", "task", "ne", "auc", "gauc", "logloss", "calibration", "count"])
-        self.score_log = CsvLog(self.run_dir / "score_log.csv", ["step", "epoch", "score", "metrics"]) if validation_score else None
+        self.score_log = CsvLog(self.run_dir / "score_log.csv", ["step", "epoch", "score", "metrics"]) if self.validation_score else None
         for log in (self.train_log, self.eval_log, self.score_log):
             if log is not None:  # rows logged after the checkpoint resumed from are written again
                 log.drop_after(self.state["step"])
@@ -165,19 +169,27 @@ class Trainer:
         """One optimizer step on ``batch``; returns (the loss, the learning rate)."""
         state = self.state
         lr = learning_rate(state["step"], self.total_steps, self.config)
-        context = forward(self.model, batch, self.objectives, self.store, self.catalogue)
-        loss, per_task = total_loss(self.objectives, context)
+        loss, per_task = self.loss(batch)
         optimizer_step(self.optimizers, loss, lr, self.config.clip_norm)
         for callback in self.callbacks:
             callback.after_step()
         state["step"] += 1
         state["batch_in_epoch"] += 1
-        value = loss.item()
+        value = self.logged_loss(loss)
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {state['step']}; lower the learning rate")
         tasks = {} if per_task is None else {f"loss_{n}": float(v) for n, v in zip(self.store.label_names, per_task)}
         self.train_log.write({"step": state["step"], "epoch": state["epoch"], "loss": value, "learning_rate": lr, **tasks})
         return value, lr
+
+    def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the loss to back-propagate for ``batch``, the first objective's per-task losses ``[T]`` or None)."""
+        context = forward(self.model, batch, self.objectives, self.store, self.catalogue)
+        return total_loss(self.objectives, context)
+
+    def logged_loss(self, loss: torch.Tensor) -> float:
+        """The step's loss as the training log records it."""
+        return loss.item()
 
     def validate(self, epoch: int) -> bool:
         """Validation (never test) of the weights the callbacks choose (the raw ones without any);
@@ -256,8 +268,13 @@ class Trainer:
 
     def fit(self) -> tuple[torch.nn.Module, TrainResult]:
         """Train to the end (or early stop), then load ``best/``, calibrate it and write ``result.json``."""
-        state = self.state
         started = time.perf_counter()
+        self.train_epochs()
+        return self.finish(started)
+
+    def train_epochs(self) -> None:
+        """Train the remaining epochs (until early stopping stops), checkpointing ``last/`` at each epoch end."""
+        state = self.state
         self.model.train()
         stopped = state.setdefault("stopped", False)
         while state["epoch"] < self.config.epochs and not stopped:
@@ -267,6 +284,10 @@ class Trainer:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             self.checkpoint(self.last, with_optimizers=True)
+
+    def finish(self, started: float) -> tuple[torch.nn.Module, TrainResult]:
+        """Load ``best/``, calibrate it (once) and write ``result.json``; ``started``: the fit's start time."""
+        state = self.state
         load_checkpoint(self.run_dir / "best", self.model)
         self.model.eval()
         if self.config.calibrate and not state.get("calibrated"):
