@@ -38,6 +38,16 @@ class BuildReport:
             self.nulls[key] = self.nulls.get(key, 0) + int(n)
 
 
+@dataclass
+class TrainingSummary:
+    """The training-period inputs of the vocabularies and statistics of some rows, summable over parts:
+    ``counts``: vocabulary → value-count frames (``value``, ``len``), one per place and part;
+    ``numeric``: ``place.attribute`` → (order columns, frame of the order columns and ``value``)."""
+
+    counts: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+    numeric: dict[str, tuple[list[str], pl.DataFrame]] = field(default_factory=dict)
+
+
 class AttributeEncoder:
     """Learns vocabularies and numeric statistics from the training period, then encodes."""
 
@@ -59,6 +69,13 @@ class AttributeEncoder:
         """``places``: (place name, attributes, raw frame with ``_t``, order) for every stream and
         impressions. Numeric statistics are computed over the training rows sorted by ``order``
         (e.g. the file row), so that their floating-point sums do not depend on the frame's order."""
+        self.fit_summaries([self.training_summary(places)])
+
+    def training_summary(self, places: list[tuple[str, list, pl.DataFrame, list[str]]]) -> "TrainingSummary":
+        """What :meth:`fit` needs of ``places`` (same form), in a form that adds up over parts of the
+        rows: per vocabulary the training values' counts, per numeric attribute its training values
+        with their ``order`` columns. :meth:`fit_summaries` of the summaries of the parts of a user
+        partition gives the vocabularies and statistics of the whole, bit for bit."""
         # categorical values are counted per place (lazily, only the needed column of the training
         # rows), and the counts summed per vocabulary: never all the training values at once
         def value_dtype(frame: pl.DataFrame, attribute: Any) -> pl.DataType:
@@ -72,14 +89,12 @@ class AttributeEncoder:
             for attribute in attributes:
                 if attribute.kind in ("categorical", "multi_categorical"):
                     dtypes.setdefault(attribute.vocabulary_name, set()).add(value_dtype(frame, attribute))
-        training: dict[str, list[pl.DataFrame]] = {}
-        options: dict[str, tuple[int, int | None]] = {}
+        summary = TrainingSummary()
         for place, attributes, frame, order in places:
             train = frame.lazy().filter(pl.col(TIME) < self.train_end)
             numeric = sorted({a.source_column for a in attributes if a.kind == "numeric"} - set(order))
             if numeric:
                 numeric_train = train.select(*order, *numeric).collect()
-                numeric_train = numeric_train.sort(order) if order else numeric_train
             for attribute in attributes:
                 if attribute.kind in ("categorical", "multi_categorical"):
                     values = pl.col(attribute.source_column)
@@ -87,14 +102,36 @@ class AttributeEncoder:
                         values = values.explode()
                     if value_dtype(frame, attribute) == pl.String or len(dtypes[attribute.vocabulary_name]) > 1:
                         values = values.cast(pl.String)
-                    training.setdefault(attribute.vocabulary_name, []).append(value_counts(train.select(values.alias("value"))))
-                    min_count, max_size = options.get(attribute.vocabulary_name, (attribute.min_count, attribute.max_size))
-                    options[attribute.vocabulary_name] = (max(min_count, attribute.min_count), max_size or attribute.max_size)
+                    summary.counts.setdefault(attribute.vocabulary_name, []).append(value_counts(train.select(values.alias("value"))))
                 elif attribute.kind == "numeric":
-                    self.statistics[f"{place}.{attribute.name}"] = numeric_statistics(numeric_train[attribute.source_column], attribute.transform)
-        for name, parts in training.items():
+                    summary.numeric[f"{place}.{attribute.name}"] = (
+                        order, numeric_train.select(*order, pl.col(attribute.source_column).alias("value")))
+        return summary
+
+    def fit_summaries(self, summaries: list["TrainingSummary"]) -> None:
+        """Learn the vocabularies and statistics from the summaries of parts of the rows (any order)."""
+        options: dict[str, tuple[int, int | None]] = {}
+        for _, attribute in self.schema.all_attributes():
+            if attribute.kind in ("categorical", "multi_categorical"):
+                min_count, max_size = options.get(attribute.vocabulary_name, (attribute.min_count, attribute.max_size))
+                options[attribute.vocabulary_name] = (max(min_count, attribute.min_count), max_size or attribute.max_size)
+        counts: dict[str, list[pl.DataFrame]] = {}
+        numeric: dict[str, tuple[list[str], list[pl.DataFrame]]] = {}
+        for summary in summaries:
+            for name, parts in summary.counts.items():
+                counts.setdefault(name, []).extend(parts)
+            for key, (order, frame) in summary.numeric.items():
+                numeric.setdefault(key, (order, []))[1].append(frame)
+        for place, attribute in self.schema.all_attributes():
+            key = f"{place}.{attribute.name}"
+            if attribute.kind == "numeric" and key in numeric:
+                order, frames = numeric[key]
+                train = pl.concat(frames) if len(frames) > 1 else frames[0]
+                train = train.sort(order) if order else train  # one sum order, whatever the parts
+                self.statistics[key] = numeric_statistics(train["value"], attribute.transform)
+        for name in counts:
             min_count, max_size = options[name]
-            self.vocabularies[name] = build_vocabulary_from_counts(name, parts, min_count, max_size)
+            self.vocabularies[name] = build_vocabulary_from_counts(name, counts[name], min_count, max_size)
         for _, attribute in self.schema.all_attributes():
             if attribute.kind == "hashed":
                 self.vocabularies[attribute.vocabulary_name] = Vocabulary(attribute.vocabulary_name, buckets=self.schema.hash_buckets(attribute.vocabulary_name))

@@ -67,8 +67,21 @@ def later_label(schema: Schema, derived: DerivedLabel, data_dir: Path, impressio
                 boundaries: tuple[int, int], report: BuildReport) -> np.ndarray:
     """``[N]`` float32 label (1, 0 or NaN) of ``derived`` for the impressions (``USER``, ``TIME`` and
     the match columns, in the examples' order; ``split [N]`` 0/1/2); counts go to ``report``."""
-    keys = [USER] + [f"_match{i}" for i in range(len(derived.match_columns))]
-    events, data_end = _events(schema, derived, data_dir, keys)
+    events, data_end = _events(schema, derived, data_dir, label_keys(derived))
+    return later_label_from_events(derived, events, data_end, impressions, split, boundaries, report)
+
+
+def label_keys(derived: DerivedLabel) -> list[str]:
+    """The columns an event and an impression must share: the user, then each match column."""
+    return [USER] + [f"_match{i}" for i in range(len(derived.match_columns))]
+
+
+def later_label_from_events(derived: DerivedLabel, events: pl.DataFrame, data_end: int, impressions: pl.DataFrame, split: np.ndarray,
+                            boundaries: tuple[int, int], report: BuildReport) -> np.ndarray:
+    """:func:`later_label` from the events that count (``label_keys`` and ``TIME``, null keys dropped)
+    and the last timestamp of the whole events source. Given the events of some users only, it gives
+    the labels of those users' impressions: a label depends on its own user's events alone."""
+    keys = label_keys(derived)
     queries = impressions.select(pl.col(USER), *[pl.col(m.impression).alias(k) for m, k in zip(derived.match_columns, keys[1:])])
     events, queries = _aligned(events, queries, keys)
     segments = events.select(keys).unique(maintain_order=True).with_row_index(KEY)

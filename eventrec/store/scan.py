@@ -1,0 +1,149 @@
+"""The first pass of a partitioned build: what must be known of all the raw rows before any partition.
+
+One pass over every table, batch by batch, keeps: the rows of each user (to plan the partitions),
+the impression times (to resolve fraction splits) or the impressions per split, each derived label's
+last source timestamp, the request ids' users and times, and whether any row fails a check of the
+in-memory loaders (null user id, unparsable, null or out-of-range timestamp, label other than 0/1/null,
+a request spanning users or times, an empty file). Such input is handed to the in-memory build, which
+names the first offending row exactly as it always did. Each piece is a :class:`ScanPart` that adds
+up: the Spark engine scans the read tasks in parallel and merges their parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from eventrec.schema import Schema
+from eventrec.store.layout import TIME, USER
+from eventrec.store.raw_logs import MAX_TIMESTAMP_SECONDS
+from eventrec.store.sources import Sources, data_end_expr
+from eventrec.store.splits import needs_impression_times, split_of
+from eventrec.store.user_partitions import ROWS
+
+COMPACT_ROWS = 2_000_000  # partial per-user counts are summed once they hold this many rows
+
+
+@dataclass
+class ScanPart:
+    """What a pass over some batches saw (:func:`scan_batch`), summed by :meth:`add`."""
+
+    table_rows: dict[str, int] = field(default_factory=dict)
+    consumer_rows: dict[str, int] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    user_rows: list[pl.DataFrame] = field(default_factory=list)
+    impression_times: list[np.ndarray] = field(default_factory=list)
+    split_sizes: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.int64))
+    requests: list[pl.DataFrame] = field(default_factory=list)
+    data_end: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: "ScanPart") -> None:
+        for name, n in other.table_rows.items():
+            self.table_rows[name] = self.table_rows.get(name, 0) + n
+        for name, n in other.consumer_rows.items():
+            self.consumer_rows[name] = self.consumer_rows.get(name, 0) + n
+        self.refused |= other.refused
+        self.user_rows += other.user_rows
+        self.impression_times += other.impression_times
+        self.split_sizes = self.split_sizes + other.split_sizes
+        self.requests += other.requests
+        for name, end in other.data_end.items():
+            self.data_end[name] = max(end, self.data_end.get(name, end))
+        self.compact()
+
+    def compact(self, threshold: int = COMPACT_ROWS) -> None:
+        """Sum the partial per-user counts (and request ranges) once they grow past ``threshold`` rows."""
+        if len(self.user_rows) > 1 and sum(f.height for f in self.user_rows) > threshold:
+            self.user_rows = [users_of(self.user_rows)]
+        if len(self.requests) > 1 and sum(f.height for f in self.requests) > threshold:
+            self.requests = [_request_ranges(self.requests)]
+
+
+def users_of(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """The sorted distinct users of per-user count frames, with their summed ``rows``."""
+    return pl.concat(parts).group_by(USER).agg(pl.col(ROWS).sum()).sort(USER)
+
+
+def _request_ranges(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(parts).group_by("request").agg(
+        pl.col("user_min").min(), pl.col("user_max").max(), pl.col("t_min").min(), pl.col("t_max").max())
+
+
+def user_key_dtype(sources: Sources) -> pl.DataType:
+    """The dtype users are compared in: the files' own, or String when the impressions and streams
+    disagree (as :func:`eventrec.store.load.read_logs`)."""
+    dtypes = {c.empty().schema[USER] for c in sources.consumers if c.kind != "derived"}
+    return dtypes.pop() if len(dtypes) == 1 else pl.String
+
+
+def _bad_timestamp(frame: pl.DataFrame) -> bool:
+    t = pl.col(TIME)
+    return bool(frame.select((t.is_null() | (t < 0) | (t >= MAX_TIMESTAMP_SECONDS)).any()).item())
+
+
+def scan_batch(schema: Schema, sources: Sources, pattern: str, batch: pl.DataFrame, key_dtype: pl.DataType,
+               boundaries: tuple[int, int] | None) -> ScanPart:
+    """What the first pass keeps of one batch of the table of ``pattern`` (``boundaries``: the
+    schema's time split boundaries, None when they are fractions of the impressions)."""
+    part = ScanPart(table_rows={pattern: batch.height})
+    imp = schema.impressions
+    for consumer in sources.of_table(pattern):
+        rows = consumer.rows(batch)
+        part.consumer_rows[consumer.key] = rows.height
+        if _bad_timestamp(rows):
+            part.refused.add(f"{consumer.key}: timestamps")
+            continue
+        if consumer.kind == "derived":
+            derived = next(d for d in imp.derived_labels if d.name == consumer.name)
+            end = batch.select(data_end_expr(schema, derived, consumer.table)).item()
+            if end is not None:
+                part.data_end[consumer.name] = int(end)
+            continue
+        if rows[USER].null_count():
+            part.refused.add(f"{consumer.key}: null user ids")
+            continue
+        users = rows.select(pl.col(USER).cast(key_dtype) if rows.schema[USER] != key_dtype else pl.col(USER))
+        part.user_rows.append(users.group_by(USER).agg(pl.len().cast(pl.Int64).alias(ROWS)))
+        if consumer.kind != "impressions":
+            continue
+        for label in imp.labels:
+            if rows.select((pl.col(label).is_not_null() & ~pl.col(label).cast(pl.Float64).is_in([0.0, 1.0])).any()).item():
+                part.refused.add(f"impressions: label {label}")
+        times = rows[TIME].to_numpy()
+        if boundaries is None:
+            part.impression_times.append(times)
+        elif len(times):
+            part.split_sizes = part.split_sizes + np.bincount(split_of(times, boundaries), minlength=3)
+        if imp.request_column:
+            keyed = rows.filter(pl.col(imp.request_column).is_not_null())
+            part.requests.append(keyed.group_by(pl.col(imp.request_column).alias("request")).agg(
+                pl.col(USER).min().alias("user_min"), pl.col(USER).max().alias("user_max"),
+                pl.col(TIME).min().alias("t_min"), pl.col(TIME).max().alias("t_max")))
+    part.compact()
+    return part
+
+
+def refusals(schema: Schema, sources: Sources, scan: ScanPart) -> list[str]:
+    """Every reason the in-memory loaders would refuse the input, from a whole-input scan."""
+    out = sorted(scan.refused)
+    if scan.consumer_rows.get("impressions:impressions", 0) == 0:
+        out.append("impressions: no rows")
+    for consumer in sources.consumers:
+        if consumer.kind == "stream" and scan.consumer_rows.get(consumer.key, 0) == 0:
+            pattern = next(p for p, t in sources.tables.items() if t is consumer.table)
+            if scan.table_rows.get(pattern, 0) == 0:
+                out.append(f"{consumer.key}: an empty events file")
+    if scan.requests:
+        ranges = _request_ranges(scan.requests)
+        if ranges.filter((pl.col("user_min") != pl.col("user_max")) | (pl.col("t_min") != pl.col("t_max"))).height:
+            out.append("impressions: a request spanning several users or times")
+    return out
+
+
+def impression_times(schema: Schema, scan: ScanPart) -> np.ndarray | None:
+    """All impression times (any order) when the splits are fractions, else None."""
+    if not needs_impression_times(schema):
+        return None
+    return np.concatenate(scan.impression_times) if scan.impression_times else np.zeros(0, dtype=np.int64)

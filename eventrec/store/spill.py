@@ -1,0 +1,66 @@
+"""The embedded engine's spill: each consumer's raw rows, split by user partition, in Arrow IPC files.
+
+One pass over the raw tables writes ``{consumer}-{partition}.arrow`` (uncompressed Arrow IPC, string
+views kept as they are) inside the build's temporary folder; each partition's files are then read
+twice (summary, then build), one partition at a time. The files are removed with that folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+
+class SpillWriter:
+    """Appends row batches to one IPC file per (consumer, partition); :meth:`close` finishes them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._writers: dict[tuple[int, int], ipc.RecordBatchFileWriter] = {}
+
+    def write(self, consumer: int, partitions: np.ndarray, frame: pl.DataFrame) -> None:
+        """Append ``frame``'s rows to their partitions' files (``partitions [rows]``; -1: dropped)."""
+        if frame.height == 0:
+            return
+        if (partitions == partitions[0]).all():  # e.g. logs sorted by user: no gather
+            ordered = partitions
+        else:
+            order = np.argsort(partitions, kind="stable")
+            ordered, frame = partitions[order], frame[order]
+        table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+        edges = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1], [True]]))
+        for start, end in zip(edges[:-1], edges[1:]):
+            partition = int(ordered[start])
+            if partition < 0:
+                continue
+            writer = self._writers.get((consumer, partition))
+            if writer is None:
+                writer = ipc.new_file(spill_path(self.folder, consumer, partition), table.schema)
+                self._writers[(consumer, partition)] = writer
+            writer.write_table(table.slice(start, end - start))
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+def spill_path(folder: Path, consumer: int, partition: int) -> Path:
+    return folder / f"{consumer}-{partition}.arrow"
+
+
+def read_spill(folder: Path, consumer: int, partition: int, empty: pl.DataFrame) -> pl.DataFrame:
+    """One consumer's rows of one partition (``empty``, its columns, when it has none)."""
+    path = spill_path(folder, consumer, partition)
+    if not path.exists():
+        return empty
+    with pa.OSFile(str(path)) as file:  # read, not memory-mapped: the pages are freed with the frame
+        table = ipc.open_file(file).read_all()
+    frame = pl.from_arrow(table, rechunk=False)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.cast(dict(empty.schema)) if frame.schema != empty.schema else frame
