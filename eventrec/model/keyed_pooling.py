@@ -185,20 +185,22 @@ class KeyedAttentionPooling(nn.Module):
         batch, head_dim = len(query_input), self.head_dim
         q = self.queries(query_input)  # [B, M, H, d]
         picked = torch.cat([shared, extra])
-        k, v = keys.index_select(0, picked).to(q.dtype), values.index_select(0, picked).to(q.dtype)
+        # only what is read: each head's content part, and the match part once (it is the same for every head)
+        k = keys[:, :, :head_dim].index_select(0, picked).to(q.dtype)  # [S + T, H, d]
+        v = values[:, :, :head_dim].index_select(0, picked).to(q.dtype)
+        vocabularies = self.match_vocabularies
+        match_keys = keys[:, 0, head_dim:].index_select(0, picked).to(q.dtype).view(len(picked), vocabularies, -1)  # [S + T, V, E]
         if self.recency_buckets:
             summary = torch.zeros(len(picked), dtype=torch.bool, device=picked.device)
             summary[: len(shared)] = shared == 0 if search.summary_token else False
             k, v = self.with_recency(k, v, timestamps.index_select(0, picked), request_time.expand(len(picked)), summary)
-        vocabularies = self.match_vocabularies
         weight = (self.match_weight * head_dim**-0.5).to(q.dtype)  # [H, V]
         queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
-        match_keys = k[:, 0, head_dim:].reshape(len(picked), vocabularies, -1)  # [S + T, V, E]
         s = len(shared)
-        shared_bias = torch.einsum("bve,sve,hv->bhs", queries, match_keys[:s], weight)
+        shared_bias = torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", queries, match_keys[:s]), weight)
         extra_bias = torch.einsum("tve,tve->tv", queries.index_select(0, extra_candidate), match_keys[s:]) @ weight.T  # [T, H]
-        pooled = selected_pooling_attention(q, k[:s, :, :head_dim], v[:s, :, :head_dim], k[s:, :, :head_dim], v[s:, :, :head_dim], extra_candidate,
-                                            shared_bias=shared_bias, extra_bias=extra_bias, scale=head_dim**-0.5)
+        pooled = selected_pooling_attention(q, k[:s], v[:s], k[s:], v[s:], extra_candidate, shared_bias=shared_bias, extra_bias=extra_bias,
+                                            scale=head_dim**-0.5)
         return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
     def match_bias(self, match_query: torch.Tensor, match_keys: torch.Tensor, offsets: torch.Tensor, candidate_offsets: torch.Tensor) -> torch.Tensor:

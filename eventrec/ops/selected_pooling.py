@@ -41,25 +41,31 @@ def selected_pooling_reference(q: Tensor, shared_k: Tensor, shared_v: Tensor, sh
 
 def selected_pooling_torch(q: Tensor, shared_k: Tensor, shared_v: Tensor, shared_bias: Tensor | None, extra_k: Tensor, extra_v: Tensor,
                            extra_bias: Tensor | None, extra_candidate: Tensor, scale: float) -> Tensor:
-    """Dense scores over the shared keys ``[C, M, H, S]``, jagged scores of the extras ``[T, M, H]``,
-    one softmax over both through a per-candidate maximum and ``index_add`` sums."""
-    c, m, h, _ = q.shape
-    shared = torch.einsum("cmhd,shd->cmhs", q, shared_k) * scale
+    """Dense batched products: the extras padded per candidate to ``[C, T_max, H, d]`` (T_max: the most
+    any candidate has), scores ``[C, M, H, S + T_max]`` with ``-inf`` on the padding, one softmax."""
+    c, m, h, d = q.shape
+    counts = torch.bincount(extra_candidate, minlength=c)
+    most = int(counts.max()) if len(extra_candidate) else 0
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(extra_candidate), device=q.device) - starts[extra_candidate]  # each extra's place in its candidate's row
+    flat = extra_candidate * most + slot
+    index = torch.zeros(c * most, dtype=torch.int64, device=q.device)
+    index[flat] = torch.arange(len(extra_candidate), device=q.device)
+    valid = torch.zeros(c * most, dtype=torch.bool, device=q.device)
+    valid[flat] = True
+    index, valid = index.view(c, most), valid.view(c, most)
+    keys = extra_k[index]  # [C, T_max, H, d]
+    scores = [torch.einsum("cmhd,shd->cmhs", q, shared_k) * scale, torch.einsum("cmhd,cthd->cmht", q, keys) * scale]
     if shared_bias is not None:
-        shared = shared + shared_bias.unsqueeze(1)
-    extra = torch.einsum("tmhd,thd->tmh", q.index_select(0, extra_candidate), extra_k) * scale
+        scores[0] = scores[0] + shared_bias.unsqueeze(1)
+    any_key = (counts > 0) | (len(shared_k) > 0)  # [C]: a candidate without keys keeps finite scores, zero weights
+    padding = torch.zeros(c, most, h, dtype=q.dtype, device=q.device).masked_fill_((~valid & any_key.unsqueeze(1)).unsqueeze(-1), float("-inf"))
     if extra_bias is not None:
-        extra = extra + extra_bias.unsqueeze(1)
-    with torch.no_grad():  # the softmax's shift: any value gives the same result (and no gradient)
-        top = shared.amax(-1) if shared.shape[-1] else q.new_full((c, m, h), float("-inf"))
-        top = top.scatter_reduce(0, extra_candidate.view(-1, 1, 1).expand_as(extra), extra, "amax", include_self=True)  # [C, M, H]
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # no key at all: zeros below
-    shared = torch.exp(shared - top.unsqueeze(-1))
-    extra = torch.exp(extra - top.index_select(0, extra_candidate))
-    total = shared.sum(-1).index_add(0, extra_candidate, extra)  # [C, M, H]
-    pooled = torch.einsum("cmhs,shd->cmhd", shared, shared_v)
-    pooled = pooled.index_add(0, extra_candidate, extra.unsqueeze(-1) * extra_v.unsqueeze(1))
-    return pooled / total.clamp_min(torch.finfo(total.dtype).tiny).unsqueeze(-1)
+        padding = padding + extra_bias[index]
+    scores[1] = scores[1] + padding.permute(0, 2, 1).unsqueeze(1)
+    weights = torch.softmax(torch.cat(scores, dim=-1), dim=-1) * any_key.view(c, 1, 1, 1)  # [C, M, H, S + T_max]
+    s = len(shared_k)
+    return torch.einsum("cmhs,shd->cmhd", weights[..., :s], shared_v) + torch.einsum("cmht,cthd->cmhd", weights[..., s:], extra_v[index])
 
 
 def selected_pooling_attention(q: Tensor, shared_k: Tensor, shared_v: Tensor, extra_k: Tensor, extra_v: Tensor, extra_candidate: Tensor, *,
