@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean redis-server
+.PHONY: setup demo test clean redis-server distributed
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# Distributed training's TorchRec and FBGEMM (CPU build), as pinned in pyproject's `distributed` extra,
+# installed with --no-deps: torchrec's metadata asks for the CUDA fbgemm-gpu, and fbgemm-gpu-cpu 1.9.0
+# does not load with torch 2.13 (1.8.0 does). The check fails if torch is no longer 2.13.0.
+$(VENV)/.distributed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['distributed']))")
+	$(BIN)/python -c "import torch, torchrec, fbgemm_gpu; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
+	touch $@
+
+distributed: $(VENV)/.distributed
+
 demo: setup
 	$(BIN)/eventrec demo --workdir runs/demo
 
@@ -28,7 +38,7 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server not found: the Redis tests are skipped (apt-get install redis-server)"; fi; }
 
-test: setup redis-server
+test: setup distributed redis-server
 	$(BIN)/python -m pytest -q
 
 clean:
