@@ -31,23 +31,34 @@ FORMAT_VERSION = 1
 FILES = ("events.parquet", "impressions.parquet", "ad_content.parquet", "candidates.parquet", "world.json")
 
 
-def generate_world(out_dir: str | Path, num_users: int = 10_000, days: int = 30, seed: int = 0, *,
-                   overwrite: bool = True, progress=None, **params) -> dict:
+PRESETS = ("default", "long")
+
+
+def generate_world(out_dir: str | Path, num_users: int | None = None, days: int | None = None, seed: int = 0, *,
+                   preset: str = "default", overwrite: bool = True, progress=None, **params) -> dict:
     """Simulate a world and write it to ``out_dir``; returns the summary also stored in world.json.
 
-    ``params`` are further :class:`WorldConfig` fields (e.g. ``num_ads``, ``sequence_strength``,
-    ``num_candidate_requests``). ``progress(stage: str, done: int, total: int)`` is called during
-    the work if given. An existing ``out_dir`` is replaced only if it is empty or holds a world
-    (a ``world.json``) and ``overwrite`` is true; a killed run leaves it as it was.
+    ``preset``: ``"default"`` (the world below; 10 000 users, 30 days unless given) or ``"long"``
+    (the long-history world of ``long_world.py``; 1 000 users, 180 days unless given).
+    ``params`` are further config fields (:class:`WorldConfig`, or
+    :class:`~eventrec.synthetic.long_world.LongConfig` for ``"long"``; e.g. ``num_ads``,
+    ``sequence_strength``, ``num_candidate_requests``). ``progress(stage: str, done: int, total: int)``
+    is called during the work if given. An existing ``out_dir`` is replaced only if it is empty or
+    holds a world (a ``world.json``) and ``overwrite`` is true; a killed run leaves it as it was.
     """
-    cfg = WorldConfig(num_users=num_users, days=days, seed=seed, **params)
+    if preset not in PRESETS:
+        raise ValueError(f"generate_world: preset: expected one of {PRESETS} (got {preset!r})")
+    if preset == "long":
+        from eventrec.synthetic.long_generate import generate_long_world
+
+        out_dir = Path(out_dir)
+        _check_out_dir(out_dir, overwrite)
+        return generate_long_world(out_dir, num_users=1_000 if num_users is None else num_users,
+                                   days=180 if days is None else days, seed=seed, progress=progress, **params)
+    cfg = WorldConfig(num_users=10_000 if num_users is None else num_users, days=30 if days is None else days,
+                      seed=seed, **params)
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        contents = list(out_dir.iterdir()) if out_dir.is_dir() else None
-        if contents is None or (contents and not (out_dir / "world.json").exists()):
-            raise FileExistsError(f"{out_dir}: exists and is not a synthetic world directory; not replacing it")
-        if contents and not overwrite:
-            raise FileExistsError(f"{out_dir}: a world is already there (overwrite=False)")
+    _check_out_dir(out_dir, overwrite)
     report = progress or (lambda stage, done, total: None)
     timings = {}
     t_start = time.perf_counter()
@@ -80,8 +91,22 @@ def generate_world(out_dir: str | Path, num_users: int = 10_000, days: int = 30,
     return {**summary, "out_dir": str(out_dir), "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
-def load_world(directory: str | Path) -> World:
-    """Rebuild the latent world of a generated directory from its world.json."""
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory that is not a world (or any world when ``overwrite`` is false)."""
+    if out_dir.exists():
+        contents = list(out_dir.iterdir()) if out_dir.is_dir() else None
+        if contents is None or (contents and not (out_dir / "world.json").exists()):
+            raise FileExistsError(f"{out_dir}: exists and is not a synthetic world directory; not replacing it")
+        if contents and not overwrite:
+            raise FileExistsError(f"{out_dir}: a world is already there (overwrite=False)")
+
+
+def load_world(directory: str | Path):
+    """Rebuild the latent world of a generated directory from its world.json.
+
+    A :class:`World`, or a :class:`~eventrec.synthetic.long_world.LongWorld` for a long-history
+    world (``"preset": "long"`` in world.json).
+    """
     path = Path(directory) / "world.json"
     try:
         meta = json.loads(path.read_text())
@@ -89,6 +114,13 @@ def load_world(directory: str | Path) -> World:
         raise FileNotFoundError(f"{path}: not found; is {directory} a synthetic world?") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    preset = meta.get("preset", "default")
+    if preset == "long":
+        from eventrec.synthetic.long_world import LongConfig, LongWorld
+
+        return LongWorld(LongConfig.from_dict(meta["config"]))
+    if preset != "default":
+        raise ValueError(f"{path}: preset: expected one of {PRESETS} (got {preset!r})")
     return World(WorldConfig.from_dict(meta["config"]))
 
 

@@ -303,6 +303,16 @@ def true_probabilities(world, queries, events=None):
         world = World(world)
     if events is None:
         raise ValueError("true_probabilities: give the events table (or a world directory)")
+    if not isinstance(world, World):  # the long-history preset (or its config)
+        from eventrec.synthetic.long_model import true_probabilities_long
+        from eventrec.synthetic.long_world import LongConfig, LongWorld
+
+        if isinstance(world, LongConfig):
+            world = LongWorld(world)
+        if not isinstance(world, LongWorld):
+            raise ValueError(f"true_probabilities: world: expected a directory, World, WorldConfig, LongWorld or "
+                             f"LongConfig (got {type(world).__name__})")
+        return true_probabilities_long(world, queries, events)
     if not isinstance(events, pl.DataFrame):
         events = pl.from_arrow(events)
     missing = [c for c in ("user_id", "timestamp", "ad_id", "placement") if c not in queries.columns]
