@@ -54,15 +54,19 @@ def _schema_path(schema: str) -> Path:
 @app.command()
 def generate(
     out: Path = typer.Option(..., help="Directory to write the raw logs into (replaced atomically)."),
-    users: int = typer.Option(10_000, min=1, help="Number of users."),
-    days: int = typer.Option(30, min=2, help="Days of simulated time."),
+    users: Optional[int] = typer.Option(None, min=1, help="Number of users (default 10000; 1000 with --preset long)."),
+    days: Optional[int] = typer.Option(None, min=2, help="Days of simulated time (default 30; 180 with --preset long)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical files."),
+    preset: Literal["default", "long"] = typer.Option("default", help="default: the ads world; long: histories of ~2k events (tail to 100k) whose truth reads weeks-old events (schema synthetic_long)."),
 ) -> None:
     """Generate the synthetic ads world (raw Parquet logs in the format a real user brings)."""
     from eventrec.synthetic import generate_world
 
     started = time.perf_counter()
-    summary = generate_world(out, num_users=users, days=days, seed=seed)
+    try:
+        summary = generate_world(out, num_users=users, days=days, seed=seed, preset=preset)
+    except (ValueError, FileExistsError) as error:
+        _fail(error)
     typer.echo(json.dumps(summary, indent=1, default=str))
     typer.echo(f"generated {out} in {time.perf_counter() - started:.1f}s")
 
