@@ -140,7 +140,13 @@ class DistributedTrainer(Trainer):
 
     def _shard(self) -> None:
         """Swap the model's tables for their TorchRec twin, shard it, copy each rank's rows (and
-        SparseAdam state) into its shards, and wrap the model in ``DistributedModelParallel``."""
+        SparseAdam state) into its shards, and wrap the model in ``DistributedModelParallel``. The run's
+        random generator is left as one process leaves it (sharding initialises the shards at random
+        before they are overwritten)."""
+        with torch.random.fork_rng(devices=[]):
+            self._shard_tables()
+
+    def _shard_tables(self) -> None:
         env, config = self.env, self.config
         quiet_torchrec()
         ranker, plain = self.model, self.model.tables
@@ -259,6 +265,7 @@ class DistributedTrainer(Trainer):
         with self._one_process(with_optimizers) as here:
             if here:
                 super().checkpoint(directory, with_optimizers)
+        dist.barrier()  # written before any rank goes on: a job killed later finds it whole
 
     def validate(self, epoch: int) -> bool:
         """Rank 0 validates the gathered model (and keeps ``best/``); every rank gets its state and verdict."""
