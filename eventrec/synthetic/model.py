@@ -283,7 +283,8 @@ def true_probabilities(world, queries, events=None):
 
     ``world``: a world directory written by :func:`~eventrec.synthetic.generate_world` (its
     ``world.json`` rebuilds the latent world; its ``events.parquet`` is the history unless
-    ``events`` is given), a :class:`World`, or a :class:`WorldConfig`.
+    ``events`` is given), a :class:`World`, or a :class:`WorldConfig` (for the long-history preset:
+    a ``LongWorld`` or ``LongConfig``; its truth is ``long_model.probabilities``).
     ``queries``: a polars DataFrame with ``user_id``, ``timestamp`` (unix s), ``ad_id``,
     ``placement`` (name) and optionally ``hour_of_day`` (default: UTC hour of ``timestamp``).
     ``events``: the events table (events.parquet format) to read the users' histories from; only
