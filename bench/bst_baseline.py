@@ -50,7 +50,7 @@ def bst_logits(service: RankingService, user_id, rows: torch.Tensor, context: to
     model = service.model
     events = service.user_events(user_id)
     batch = window_batch(events, request_window(events, seconds), seconds, len(service.task_names), service.task_names)
-    history, times, match = model.event_model(batch)
+    history, times, match, _ = model.event_model(batch)
     b, n = len(rows), len(history.values)
     candidate = model.candidate_vectors(rows, context)  # [B, Q]
     x = with_candidate_token(history.values, model.candidate_projection(candidate))  # [B·(N+1), D]

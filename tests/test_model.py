@@ -66,7 +66,7 @@ def test_truncation_is_exact(tiny_store):
     config = CONFIGS["causal"].model_copy(update={"max_history": 2})
     model = _model(tiny_store, config)
     batch = make_batch(tiny_store, np.array([5]))
-    events, _, _ = model.event_model(batch)
+    events, _, _, _ = model.event_model(batch)
     assert events.lengths().tolist() == [2 + 1]  # the two most recent events after the summary token
     # the kept events are the two most recent of the merged timeline
     with torch.no_grad():

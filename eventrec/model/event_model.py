@@ -95,12 +95,7 @@ class EventModel(nn.Module):
                    for a in self.match_attributes[name]]
         return torch.stack(columns, dim=1) if columns else torch.zeros(count, 0, dtype=torch.int64, device=device)
 
-    def forward(self, batch: EventBatch, first_position: int = 0) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None]:
-        """The batch's histories as jagged event embeddings, their times and match keys (:meth:`timeline`)."""
-        return self.timeline(batch, first_position)[:3]
-
-    def timeline(self, batch: EventBatch, first_position: int = 0
-                 ) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, batch: EventBatch, first_position: int = 0) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The batch's histories as jagged event embeddings ``[sum(N_g), D]`` (see the module's doc), the
         positions' times ``[sum(N_g)]``, match keys ``[sum(N_g), V·E]`` (or None) and, with
         ``candidate_search``, the positions' ids in the match vocabularies ``[sum(N_g), V]`` (``NO_ID``

@@ -49,7 +49,9 @@ class UserSide:
     ``[N, H, d]``, what :meth:`SequenceRanker.extend_user` grows. ``request_times [G]``: the time of the
     request that reads each history (what the keyed pooling's recency reads with ``recency: pooling``;
     serving sets it per request with :meth:`at`). ``match_ids [sum(N_g), V]``: with ``candidate_search``,
-    the positions' ids in the match vocabularies (what the search reads)."""
+    the positions' ids in the match vocabularies (what the search reads); ``search_index``: their
+    :class:`~eventrec.model.candidate_search.UserSearchIndex` (one history; serving builds it once per
+    cached state, :meth:`score` builds it when absent)."""
 
     offsets: torch.Tensor
     max_len: int
@@ -60,6 +62,7 @@ class UserSide:
     layer_kv: list[LayerKV] | None = None
     request_times: torch.Tensor | None = None
     match_ids: torch.Tensor | None = None
+    search_index: UserSearchIndex | None = None
 
     def prefix(self, positions: int) -> "UserSide":
         """The first ``positions`` positions of a one-history user side (no layer keys/values)."""
@@ -161,7 +164,7 @@ class SequenceRanker(nn.Module):
         which are encoded against it: :meth:`extend_user`."""
         if cache is not None:
             return self.extend_user(cache, batch)
-        events, timestamps, match_keys, match_ids = self.event_model.timeline(batch)
+        events, timestamps, match_keys, match_ids = self.event_model(batch)
         encoded, layer_kv = self.encoder.encode(events, timestamps, capture_kv)
         keys, values = self.pooling.keys_values(encoded, match_keys)
         return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv, batch.history_timestamps, match_ids)
@@ -175,7 +178,7 @@ class SequenceRanker(nn.Module):
         if user.layer_kv is None or user.timestamps is None:
             raise ValueError("extend_user: the user side was encoded without capture_kv")
         skip = 1 if self.config.summary_token else 0  # the new events' batch has its own summary token
-        events, timestamps, match_keys, match_ids = self.event_model.timeline(batch, first_position=len(user.encoded) - skip)
+        events, timestamps, match_keys, match_ids = self.event_model(batch, first_position=len(user.encoded) - skip)
         x, timestamps = events.values[skip:], timestamps[skip:]
         match_keys = match_keys[skip:] if match_keys is not None else None
         match_ids = torch.cat([user.match_ids, match_ids[skip:]]) if match_ids is not None and user.match_ids is not None else None
@@ -284,7 +287,7 @@ class SequenceRanker(nn.Module):
                 raise ValueError("score: candidate_search needs the candidates' ids (SequenceRanker.candidate_ids) and the user side's match_ids")
             search = Search(user.match_ids, candidate_ids, self.config.candidate_search, self.config.summary_token)
         if search is not None and plan is not None:  # one user: only the searched positions are read
-            index = search_index if search_index is not None else UserSearchIndex.build(user.match_ids)
+            index = search_index or user.search_index or UserSearchIndex.build(user.match_ids)
             pooled = self.pooling.pool_searched(user.keys, user.values, user.timestamps, user.request_times, candidate, match, search, index)
         else:
             keys, values = user.keys, user.values

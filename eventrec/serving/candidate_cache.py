@@ -19,6 +19,7 @@ class CandidateCache:
         self.max_entries = max_entries
         self.keys = np.zeros(0, dtype=np.uint64)
         self.rows = torch.zeros(0, 0)
+        self.ids = torch.zeros(0, 0, dtype=torch.int64)  # with candidate_search: the match vocabularies' ids [entries, V]
         self.lock = threading.Lock()
         self.hits = self.misses = 0
 
@@ -29,15 +30,17 @@ class CandidateCache:
         pos = np.searchsorted(self.keys, hashes).clip(max=len(self.keys) - 1)
         return self.keys[pos] == hashes, pos
 
-    def insert(self, hashes: np.ndarray, rows: torch.Tensor) -> None:
+    def insert(self, hashes: np.ndarray, rows: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Add rows ``[n, Q]`` (and ids ``[n, V]``) under their hashes."""
         hashes, first = np.unique(hashes, return_index=True)
         rows = rows[torch.from_numpy(first)]
-        if len(self.keys) + len(hashes) > self.max_entries or self.rows.shape[-1] != rows.shape[-1]:
-            self.keys, self.rows = np.zeros(0, dtype=np.uint64), rows[:0]
+        ids = ids[torch.from_numpy(first)] if ids is not None else torch.zeros(len(rows), 0, dtype=torch.int64)
+        if len(self.keys) + len(hashes) > self.max_entries or self.rows.shape[-1] != rows.shape[-1] or self.ids.shape[-1] != ids.shape[-1]:
+            self.keys, self.rows, self.ids = np.zeros(0, dtype=np.uint64), rows[:0], ids[:0]
         keys = np.concatenate([self.keys, hashes])
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.rows = keys[order], torch.cat([self.rows, rows])[torch.from_numpy(order)]
+        order = torch.from_numpy(np.argsort(keys, kind="stable"))
+        self.keys, self.rows, self.ids = keys[order.numpy()], torch.cat([self.rows, rows])[order], torch.cat([self.ids, ids])[order]
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.rows.numel() * self.rows.element_size()
+        return self.keys.nbytes + self.rows.numel() * self.rows.element_size() + self.ids.numel() * self.ids.element_size()

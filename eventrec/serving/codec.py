@@ -44,7 +44,7 @@ def _header(blob: bytes, parse) -> tuple[dict[str, Any], dict]:
 
 def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
     """``EncodedState`` → bytes. Tensors: ``encoded [P, D]``, ``keys``/``values [P, H, d']``,
-    ``timestamps [P]``, per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
+    ``timestamps [P]``, ``match_ids [P, V]`` (with ``candidate_search``), per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
     precision (header ``precision``, written only when not fp32): bf16 tensors under the same names, or
     for int8 each as ``{name}.codes`` (int8) and ``{name}.scales [P]`` (float32)."""
     parts: dict[str, Stored] = {"encoded": state.encoded}
@@ -53,6 +53,8 @@ def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
     for i, (k, v) in enumerate(state.layer_kv or []):
         parts |= {f"layer{i}.k": k, f"layer{i}.v": v}
     tensors = {"timestamps": state.timestamps}
+    if state.match_ids is not None:
+        tensors["match_ids"] = state.match_ids
     for name, part in parts.items():
         tensors |= {f"{name}.codes": part.codes, f"{name}.scales": part.scales} if isinstance(part, RowwiseInt8) else {name: part}
     header = {
@@ -94,13 +96,14 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
         layers = header["layers"]
         layer_kv = None if layers is None else [(part(f"layer{i}.k"), part(f"layer{i}.v")) for i in range(layers)]
         positions = len(encoded)
-        parts = [timestamps, *(t for t in (keys, values) if t is not None), *(t for kv in layer_kv or [] for t in kv)]
+        match_ids = tensors.get("match_ids")
+        parts = [timestamps, *(t for t in (keys, values, match_ids) if t is not None), *(t for kv in layer_kv or [] for t in kv)]
         if any(t is None or len(t) != positions for t in parts):
             raise ValueError("tensors missing or disagreeing on the number of positions")
         return EncodedState(
             tuple(tuple(int(x) for x in w) for w in header["window"]),
             None if header["signature"] is None else bytes.fromhex(header["signature"]),
-            encoded, keys, values, timestamps, layer_kv, int(header["events_version"]),
+            encoded, keys, values, timestamps, layer_kv, int(header["events_version"]), match_ids,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptEntry(f"malformed state entry: {error}") from error

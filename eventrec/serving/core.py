@@ -259,20 +259,31 @@ class RankingService:
     @torch.no_grad()
     def item_rows(self, frame: pl.DataFrame) -> tuple[torch.Tensor, int, int]:
         """``[C, Q_item + V·E]``: item embeddings and match queries, from the cache where present."""
+        rows, _, hits, misses = self.cached_items(frame)
+        return rows, hits, misses
+
+    @torch.no_grad()
+    def cached_items(self, frame: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+        """:meth:`item_rows`, and with ``candidate_search`` the candidates' ids ``[C, V]``
+        (:meth:`SequenceRanker.candidate_ids`, cached beside the rows); (rows, ids, hits, misses)."""
         hashes = frame.hash_rows(seed=0).to_numpy()
+        search = self.model.config.candidate_search is not None
         with self.candidates.lock:
             found, pos = self.candidates.lookup(hashes)
             missing = np.flatnonzero(~found)
             if len(missing):
-                self.candidates.insert(hashes[missing], self.embed_items(frame[missing.tolist()]))
+                group = self.records.group(self.schema.impressions.item_attributes, frame[missing.tolist()])
+                self.candidates.insert(hashes[missing], self.model.embed_candidates(group), self.model.candidate_ids(group) if search else None)
                 found, pos = self.candidates.lookup(hashes)
                 assert found.all()
-            rows = self.candidates.rows[torch.from_numpy(pos)]
+            index = torch.from_numpy(pos)
+            rows = self.candidates.rows[index]
+            ids = self.candidates.ids[index] if search else None
             self.candidates.hits += len(hashes) - len(missing)
             self.candidates.misses += len(missing)
-        return rows, len(hashes) - len(missing), len(missing)
+        return rows, ids, len(hashes) - len(missing), len(missing)
 
-    def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, ids: torch.Tensor | None = None) -> torch.Tensor:
         """The model's scores of cached item rows for one user, in the service's precision and on its
         scoring device, ``candidate_chunk`` rows at a time: float32 logits ``[C, T]`` on the CPU."""
         if not len(rows):
@@ -280,7 +291,8 @@ class RankingService:
         workspace = self.workspaces.get()  # blocks while every scoring slot is busy
         try:
             step = self.candidate_chunk or len(rows)
-            return torch.cat([self.scorer.score(user, rows[start : start + step], context, workspace, self.attention_chunk).cpu()
+            return torch.cat([self.scorer.score(user, rows[start : start + step], context, workspace, self.attention_chunk,
+                                                candidate_ids=ids[start : start + step] if ids is not None else None).cpu()
                               for start in range(0, len(rows), step)])
         finally:
             self.workspaces.put(workspace)
@@ -339,8 +351,8 @@ class RankingService:
         timings = {"encode": time.perf_counter() - started}
         side, status = self.user_side(user_id, seconds)
         timings["user_side"] = time.perf_counter() - started - timings["encode"]
-        rows, hits, misses = self.item_rows(frame)
-        logits = self._score(side, rows, context_vector)  # the model is read-only here: no lock (scoring slots)
+        rows, ids, hits, misses = self.cached_items(frame)
+        logits = self._score(side, rows, context_vector, ids)  # the model is read-only here: no lock (scoring slots)
         scores = torch.sigmoid(logits).float().cpu().numpy()
         order = np.argsort(-scores[:, 0], kind="stable") if len(scores) else np.zeros(0, dtype=np.int64)
         if top_k is not None:

@@ -90,18 +90,20 @@ class CandidateScorer:
         if not self.cast or user.encoded.device == self.device:
             return user
         moved = (t.to(self.device) if t is not None else None for t in (user.encoded, user.keys, user.values, user.timestamps))
-        times = user.request_times.to(self.device) if user.request_times is not None else None
-        return UserSide(user.offsets.to(self.device), user.max_len, *moved, None, times)
+        times, ids = (t.to(self.device) if t is not None else None for t in (user.request_times, user.match_ids))
+        return UserSide(user.offsets.to(self.device), user.max_len, *moved, None, times, ids)
 
     @torch.no_grad()
     def score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, workspace: Workspace | None = None,
-              chunk: int | None = None, plan: OneUserPlan | None = None) -> torch.Tensor:
+              chunk: int | None = None, plan: OneUserPlan | None = None, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits ``[C, T]`` of embedded candidates ``rows [C, Q_item (+ V·E)]`` in the request's
         context ``[1, Q_ctx]`` for one user: :meth:`SequenceRanker.score` of this scorer's model, run as
-        ``plan`` says (default :meth:`plan` of ``workspace`` and ``chunk``)."""
+        ``plan`` says (default :meth:`plan` of ``workspace`` and ``chunk``); ``candidate_ids [C, V]`` with
+        ``candidate_search`` (:meth:`SequenceRanker.candidate_ids`)."""
         rows = rows.to(self.device, self.dtype)
         context = context.to(self.device, self.dtype) if context is not None else None
-        return self.model.score(self.user(user), rows, context, plan=plan if plan is not None else self.plan(workspace, chunk)).float()
+        ids = candidate_ids.to(self.device) if candidate_ids is not None else None
+        return self.model.score(self.user(user), rows, context, plan=plan if plan is not None else self.plan(workspace, chunk), candidate_ids=ids).float()
 
 
 class Float32Output(nn.Module):

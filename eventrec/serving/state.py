@@ -123,7 +123,8 @@ class EncodedState:
     it was computed with (None when the model does not read the request time). ``layer_kv``: per
     encoder layer ``(k, v)`` ``[P, H, d]`` (kept only in the exact-incremental mode), ``keys/values``:
     the keyed pooling's ``[P, H, d']``, ``encoded [P, D]``, ``timestamps [P]`` (P = positions, the
-    summary token included). The float tensors are kept at the service's ``state_precision``: float32,
+    summary token included); ``match_ids [P, V]`` with ``candidate_search`` (the positions' ids
+    the search reads; its index, ``search_index``, is built on first use and never stored). The float tensors are kept at the service's ``state_precision``: float32,
     bfloat16 or :class:`~eventrec.serving.state_precision.RowwiseInt8` (:meth:`kept`); ``nbytes`` is
     what they hold."""
 
@@ -135,10 +136,12 @@ class EncodedState:
     timestamps: torch.Tensor
     layer_kv: list[tuple[Stored, Stored]] | None = None
     events_version: int = 0
+    match_ids: torch.Tensor | None = None
     nbytes: int = field(init=False)
+    search_index: Any = field(default=None, init=False, compare=False, repr=False)  # built from match_ids on first use, never stored
 
     def __post_init__(self) -> None:
-        self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.timestamps, self.layer_kv or [])
+        self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.timestamps, self.layer_kv or [], self.match_ids)
 
     @classmethod
     def kept(cls, window: tuple[tuple[int, int], ...], signature: bytes | None, side: Any, events_version: int,
@@ -147,7 +150,7 @@ class EncodedState:
         with its float tensors at ``precision`` (:func:`~eventrec.serving.state_precision.compress`)."""
         layer_kv = None if side.layer_kv is None else [(compress(k, precision), compress(v, precision)) for k, v in side.layer_kv]
         return cls(window, signature, compress(side.encoded, precision), compress(side.keys, precision), compress(side.values, precision),
-                   side.timestamps, layer_kv, events_version)
+                   side.timestamps, layer_kv, events_version, side.match_ids)
 
     @property
     def precision(self) -> str:

@@ -23,6 +23,7 @@ import torch
 from eventrec.data.batch import EventBatch
 from eventrec.data.gather import gather_stream
 from eventrec.data.sampling import select_events
+from eventrec.model.candidate_search import UserSearchIndex
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.store.point_in_time import cut_before
 from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
@@ -72,8 +73,15 @@ def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
     in float32 whatever its ``state_precision`` (:func:`~eventrec.serving.state_precision.decompress`)."""
     n = len(state.encoded)
     layer_kv = None if state.layer_kv is None else [(decompress(k), decompress(v)) for k, v in state.layer_kv]
-    side = UserSide(torch.tensor([0, n]), n, decompress(state.encoded), decompress(state.keys), decompress(state.values), state.timestamps, layer_kv)
-    return side if positions is None or positions == n else side.prefix(positions)
+    side = UserSide(torch.tensor([0, n]), n, decompress(state.encoded), decompress(state.keys), decompress(state.values), state.timestamps, layer_kv,
+                    match_ids=state.match_ids)
+    if positions is not None and positions != n:
+        return side.prefix(positions)
+    if state.match_ids is not None:  # candidate search: the index of the whole state, built once
+        if state.search_index is None:
+            state.search_index = UserSearchIndex.build(state.match_ids)
+        side.search_index = state.search_index
+    return side
 
 
 class UserStates:

@@ -48,6 +48,13 @@ def served_recency_pooling(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_search(tmp_path_factory):
+    """``recency: pooling`` with a narrow candidate search (each candidate reads the summary token, the
+    most recent event and its most recent match per vocabulary): served through ops.selected_pooling."""
+    return _train(tmp_path_factory.mktemp("serving_search"), recency="pooling", candidate_search={"recent": 1, "per_match": 1})
+
+
+@pytest.fixture(scope="session")
 def served_dot(tmp_path_factory):
     """The default encoder with the factorised dot term (``dot_term``) added to the logits."""
     return _train(tmp_path_factory.mktemp("serving_dot"), dot_term=True)
