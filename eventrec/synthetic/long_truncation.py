@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.lengths):
         parser.error("--lengths: expected positive integers")
-    print(json.dumps(report_for_directory(args.world, lengths=tuple(args.lengths)), indent=1))
+    try:
+        report = report_for_directory(args.world, lengths=tuple(args.lengths))
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ class LongConfig:
             raise ValueError("LongConfig.recurring_interests: recurring_interests + background_categories must not "
                              "exceed num_categories")
         if self.days < 15:
-            raise ValueError(f"LongConfig.days: expected >= 15 so that interests can recur after weeks (got {self.days})")
+            raise ValueError(f"LongConfig.days: expected >= 15 so that interests can recur after weeks "
+                             f"(got {self.days})")
         for name in ("mean_events_per_user", "session_events", "episode_days", "dormancy_days",
                      "requests_per_event"):
             value = getattr(self, name)
