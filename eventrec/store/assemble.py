@@ -61,10 +61,13 @@ class RowGroupWriter:
             self._writer.close()
 
 
+PART_BATCH = 8_192  # rows per record batch of a part file: the merge holds one batch per part
+
+
 def write_ipc(table: pa.Table, path: Path) -> None:
-    """A part file: ``table`` as uncompressed Arrow IPC, in record batches of ``ROW_GROUP`` rows."""
+    """A part file: ``table`` as uncompressed Arrow IPC, in record batches of ``PART_BATCH`` rows."""
     with ipc.new_file(str(path), table.schema) as writer:
-        writer.write_table(table, max_chunksize=ROW_GROUP)
+        writer.write_table(table, max_chunksize=PART_BATCH)
 
 
 def _batches(path: Path) -> Iterator[pa.Table]:

@@ -22,6 +22,8 @@ from eventrec.store.sources import ReadTask, Sources, read_batches
 from eventrec.store.spill import SpillWriter, read_spill
 from eventrec.store.user_partitions import UserPartitions
 
+SCAN_BATCH_ROWS = 262_144  # the first pass reads a few columns: larger batches, less overhead
+
 
 class EmbeddedEngine:
     """Runs the partitioned build in this process (see the module docstring)."""
@@ -34,7 +36,7 @@ class EmbeddedEngine:
         for task in tasks:
             part = ScanPart(table_rows={task.pattern: 0})
             table = sources.tables[task.pattern]
-            for batch in read_batches(table, task, sources.raw_columns(task.pattern)):
+            for batch in read_batches(table, task, sources.raw_columns(task.pattern, scan=True), SCAN_BATCH_ROWS):
                 part.add(scan_batch(schema, sources, task.pattern, batch, key_dtype, boundaries))
             parts.append(part)
         return parts

@@ -90,7 +90,7 @@ def scan_batch(schema: Schema, sources: Sources, pattern: str, batch: pl.DataFra
     part = ScanPart(table_rows={pattern: batch.height})
     imp = schema.impressions
     for consumer in sources.of_table(pattern):
-        rows = consumer.rows(batch)
+        rows = consumer.scan_rows(batch)
         part.consumer_rows[consumer.key] = rows.height
         if _bad_timestamp(rows):
             part.refused.add(f"{consumer.key}: timestamps")

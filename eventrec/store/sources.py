@@ -44,6 +44,8 @@ class Consumer:
     raw_columns: tuple[str, ...]
     select: tuple[pl.Expr, ...]
     row_filter: pl.Expr | None = None
+    scan_raw_columns: tuple[str, ...] = ()
+    scan_select: tuple[pl.Expr, ...] = ()
 
     @property
     def key(self) -> str:
@@ -53,6 +55,12 @@ class Consumer:
         """The consumer's rows of a batch of its table (same columns as its in-memory loader)."""
         kept = batch.filter(self.row_filter) if self.row_filter is not None else batch
         return kept.select(self.select)
+
+    def scan_rows(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """What the first pass needs of the consumer's rows of a batch (``scan_raw_columns`` read):
+        ``_user``, ``_t`` and, for the impressions, the labels and the request id."""
+        kept = batch.filter(self.row_filter) if self.row_filter is not None else batch
+        return kept.select(self.scan_select)
 
     def empty(self) -> pl.DataFrame:
         """No rows, with the columns and dtypes of :meth:`rows`."""
@@ -65,15 +73,16 @@ class Sources:
     """Every consumer of a schema, grouped by the table they read (``tables``: path pattern → table)."""
 
     consumers: list[Consumer]
+    data_dir: Path
     tables: dict[str, RawTable] = field(default_factory=dict)
 
     def of_table(self, pattern: str) -> list[Consumer]:
         """The consumers reading the table of ``pattern``, in schema order."""
         return [c for c in self.consumers if c.table is self.tables[pattern]]
 
-    def raw_columns(self, pattern: str) -> list[str]:
-        """The raw columns any consumer reads from the table of ``pattern``."""
-        return sorted({column for c in self.of_table(pattern) for column in c.raw_columns})
+    def raw_columns(self, pattern: str, scan: bool = False) -> list[str]:
+        """The raw columns any consumer reads from the table of ``pattern`` (``scan``: in the first pass)."""
+        return sorted({column for c in self.of_table(pattern) for column in (c.scan_raw_columns if scan else c.raw_columns)})
 
     def get(self, kind: str, name: str) -> Consumer:
         return next(c for c in self.consumers if c.kind == kind and c.name == name)
@@ -94,7 +103,11 @@ def _impressions(schema: Schema, table: RawTable) -> Consumer:
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
     select = (pl.col(ROW), pl.col(imp.user_column).alias(USER), pl.col(imp.timestamp_column),
               timestamp_seconds(table, imp.timestamp_column, imp.timestamp_unit).alias(TIME), *[pl.col(c) for c in columns])
-    return Consumer("impressions", "impressions", table, imp.timestamp_column, tuple(sorted(needed)), select)
+    scan = [imp.user_column, imp.timestamp_column, *imp.labels, *([imp.request_column] if imp.request_column else [])]
+    scan_select = (pl.col(imp.user_column).alias(USER), timestamp_seconds(table, imp.timestamp_column, imp.timestamp_unit).alias(TIME),
+                   *[pl.col(c) for c in dict.fromkeys(scan[2:]) if c not in (imp.user_column, imp.timestamp_column)])
+    return Consumer("impressions", "impressions", table, imp.timestamp_column, tuple(sorted(needed)), select,
+                    scan_raw_columns=tuple(sorted(set(scan))), scan_select=scan_select)
 
 
 def _stream(schema: Schema, stream: Stream, table: RawTable) -> Consumer:
@@ -115,7 +128,10 @@ def _stream(schema: Schema, stream: Stream, table: RawTable) -> Consumer:
     )
     raw = set(needed) | ({source.type_column} if carries_type else set())
     row_filter = pl.col(source.type_column).cast(pl.String).is_in(stream.event_types) if typed else None
-    return Consumer("stream", stream.name, table, source.timestamp_column, tuple(sorted(raw)), select, row_filter)
+    scan = {source.user_column, source.timestamp_column} | ({source.type_column} if typed else set())
+    scan_select = (pl.col(source.user_column).alias(USER), timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME))
+    return Consumer("stream", stream.name, table, source.timestamp_column, tuple(sorted(raw)), select, row_filter,
+                    tuple(sorted(scan)), scan_select)
 
 
 def _derived(schema: Schema, derived: DerivedLabel, table: RawTable) -> Consumer:
@@ -130,12 +146,15 @@ def _derived(schema: Schema, derived: DerivedLabel, table: RawTable) -> Consumer
               timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
               *[pl.col(m.event).alias(key) for m, key in zip(derived.match_columns, keys)])
     row_filter = pl.col(str(source.type_column)).cast(pl.String).is_in(derived.events)
-    return Consumer("derived", derived.name, table, source.timestamp_column, tuple(sorted(needed)), select, row_filter)
+    scan = (source.user_column, source.timestamp_column, str(source.type_column))
+    scan_select = (pl.col(source.user_column).alias(USER), timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME))
+    return Consumer("derived", derived.name, table, source.timestamp_column, tuple(sorted(needed)), select, row_filter,
+                    tuple(sorted(set(scan))), scan_select)
 
 
 def plan_sources(schema: Schema, data_dir: Path) -> Sources:
     """The consumers of ``schema``'s raw logs (checks every needed column: :class:`DataError`)."""
-    sources = Sources([])
+    sources = Sources([], Path(data_dir))
 
     def table(pattern: str) -> RawTable:
         if pattern not in sources.tables:
