@@ -97,6 +97,9 @@ def build(
     data: Path = typer.Option(..., help="Directory of the raw logs the schema's paths are relative to."),
     out: Path = typer.Option(..., help="Store directory: absent, empty or a previous store (replaced atomically); never --data or inside it."),
     allow_empty_splits: bool = typer.Option(False, "--allow-empty-splits", help="Build even if the schema's time boundaries leave a split without impressions."),
+    engine: str = typer.Option("polars", help="polars (partitioned, in this process), spark (the same partitions on Spark; pip install '.[spark]' and Java 17) or memory (all rows at once; the reference). All write the same bytes."),
+    spark_master: str = typer.Option(None, help="--engine spark: the Spark master URL (default: the session of spark-submit, else local[*])."),
+    rows_per_partition: int = typer.Option(1_000_000, help="Raw rows (events and impressions) per user partition: the unit of memory of the partitioned engines."),
 ) -> None:
     """Build the people-centric event store and point-in-time examples from raw logs."""
     from eventrec.store.build import build_store
@@ -104,8 +107,9 @@ def build(
     try:
         parsed = load_schema(_schema_path(schema))
         with _stage_bar("build") as say:
-            manifest = build_store(parsed, data, out, progress=say, allow_empty_splits=allow_empty_splits)
-    except (SchemaError, DataError) as error:
+            manifest = build_store(parsed, data, out, progress=say, allow_empty_splits=allow_empty_splits, engine=engine,
+                                   rows_per_partition=rows_per_partition, spark_master=spark_master)
+    except (SchemaError, DataError, ValueError) as error:
         _fail(error)
     typer.echo(f"built {out} in {manifest['build_seconds']:.1f}s")
     typer.echo(json.dumps({"counts": manifest["counts"], "drops": manifest["drops"], "nulls_encoded_as_missing": manifest["nulls_encoded_as_missing"]}, indent=1))

@@ -93,8 +93,10 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
 
 def _engine(name: str, spark_master: str | None):
     if name == "spark":
-        from eventrec.store.spark_engine import SparkEngine  # pyspark is an optional extra
-
+        try:
+            from eventrec.store.spark_engine import SparkEngine  # pyspark is an optional extra
+        except ImportError as error:
+            raise ValueError(f"engine 'spark': {error}; install it with pip install 'eventrec[spark]' (or make spark)") from None
         return SparkEngine(spark_master)
     from eventrec.store.embedded_engine import EmbeddedEngine
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -51,6 +52,9 @@ def spark_session(master: str | None) -> Any:
     (default ``local[*]``). A given ``master`` always makes a session of its own."""
     from pyspark.sql import SparkSession
 
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ValueError("engine 'spark': no Java runtime (java not on PATH, JAVA_HOME unset); Spark 4 needs Java 17+ "
+                         "(Debian: apt-get install openjdk-17-jre-headless; make spark does it as root)")
     active = SparkSession.getActiveSession()
     if active is not None and master is None:
         return active
