@@ -124,6 +124,11 @@ def test_two_processes_log_the_losses_of_one_process(world, one_process):
     assert np.abs(np.diff(one[:, 1])).max() > 0.01  # the losses move: the comparison is not of constants
     for checkpoint in ("last", "best"):  # in the one-process format: same tensors, close values
         _assert_weights_close(one_process / checkpoint, out / checkpoint)
+    expected, got = load_file(str(one_process / "last" / "optimizer.safetensors")), load_file(str(out / "last" / "optimizer.safetensors"))
+    assert expected.keys() == got.keys() and any(k.startswith("sparse_adam.") for k in got)
+    assert torch.equal(got.pop("rng.torch"), expected.pop("rng.torch"))  # sharding leaves the run's generator as it was
+    for key, value in expected.items():  # AdamW's and SparseAdam's moments (a wrong gradient scale shows here)
+        assert (got[key] - value).abs().max() <= 1e-4 * value.abs().max(), key
     with (one_process / "eval_log.csv").open() as f, (out / "eval_log.csv").open() as g:
         expected, got = list(csv.DictReader(f)), list(csv.DictReader(g))
     assert [(r["step"], r["task"]) for r in got] == [(r["step"], r["task"]) for r in expected]
@@ -200,3 +205,61 @@ def test_the_workers_command_line_drops_the_launch_option():
 
     argv = ["train", "--store", "s", "--nproc-per-node", "2", "--out", "o", "--nproc-per-node=4"]
     assert without_option(argv, "--nproc-per-node") == ["train", "--store", "s", "--out", "o"]
+
+
+def test_the_sharded_tables_read_and_train_like_embedding_tables_with_sparse_adam(tmp_path):
+    """The readable reference (``EmbeddingTables`` + ``torch.optim.SparseAdam``) against the TorchRec
+    twin (sharded lookups, gradients through the accumulators, SparseAdam on the shard), in one
+    gloo process: lookups with padding ids and repeats, mean bags, three steps (a table unread in the
+    last one keeps its step count)."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from eventrec.model.embeddings import EmbeddingTables, FeatureSpec
+    from eventrec.model.sharded_tables import ShardedEmbeddingTables
+    from eventrec.training.sharded_adam import ShardedSparseAdam
+    from eventrec.training.sharding import DistributedEnv, plan_tables, shard_model
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        reference = EmbeddingTables(FeatureSpec(None, {"a": 50, "b": 7}), 4)
+        holder = nn.Module()
+        holder.tables, holder.dense = ShardedEmbeddingTables.like(reference), nn.Linear(1, 1)
+        env = DistributedEnv(0, 1, 0, 1, "gloo", torch.device("cpu"))
+        shard_model(holder, env, *plan_tables(holder, env, "row_wise", 8))
+        twin = holder.tables
+        with torch.no_grad():
+            for name in twin.names:
+                twin.local_rows(name).zero_()[:, :4] = reference.tables[name].weight
+        expected_optimizer = torch.optim.SparseAdam(list(reference.parameters()), lr=0.01)
+        optimizer = ShardedSparseAdam(twin, {"a": 0, "b": 0}, lr=0.01)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(3):
+            ids = torch.tensor([3, 0, 17, 3, 49, 0, 8])
+            bag_ids, offsets = torch.tensor([1, 0, 6, 6, 2]), torch.tensor([0, 2, 2, 5])
+            scale_a, scale_b = torch.randn(7, 4, generator=generator), torch.randn(3, 4, generator=generator)
+            read_b = step < 2
+            twin.prefetch({"a": [ids], **({"b": [bag_ids]} if read_b else {})})
+            losses = []
+            for tables in (reference, twin):
+                loss = (tables["a"](ids) * scale_a).sum()
+                if read_b:
+                    loss = loss + (tables.bag("b", bag_ids, offsets, mode="mean") * scale_b).sum()
+                losses.append(loss)
+            torch.testing.assert_close(losses[1], losses[0])
+            for each, loss in ((expected_optimizer, losses[0]), (optimizer, losses[1])):
+                each.zero_grad(set_to_none=True)
+                loss.backward()
+                each.step()
+            for name in twin.names:
+                rows = twin.local_rows(name)
+                torch.testing.assert_close(rows[:, :4], reference.tables[name].weight.detach(), rtol=1e-5, atol=1e-6, msg=name)
+                assert not rows[:, 4:].any(), "the accumulators are zeroed after each step"
+        states = optimizer.table_states()
+        for name in twin.names:
+            expected = expected_optimizer.state[reference.tables[name].weight]
+            assert states[name]["step"] == expected["step"] == {"a": 3, "b": 2}[name]
+            torch.testing.assert_close(states[name]["exp_avg_sq"], expected["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+    finally:
+        dist.destroy_process_group()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,8 +100,10 @@ def shard_model(model: nn.Module, env: DistributedEnv, plan: ShardingPlan, shard
     ranks, the rest in ``DistributedDataParallel`` (unused parameters allowed: a rank's batch may miss
     a stream that another rank's has)."""
     wrapper = DefaultDataParallelWrapper(static_graph=False, find_unused_parameters=True)
-    return DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=env.device, plan=plan,
-                                    sharders=sharders, data_parallel_wrapper=wrapper)
+    with warnings.catch_warnings():  # TorchRec's DDP wrapper passes an argument DDP now calls deprecated
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return DistributedModelParallel(model, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD), device=env.device, plan=plan,
+                                        sharders=sharders, data_parallel_wrapper=wrapper)
 
 
 def shard_layout(plan: ShardingPlan, tables_path: str) -> dict[str, list[tuple[int, int, int]]]:
