@@ -1,0 +1,170 @@
+"""The partitioned build (issue 24 item 3) against the in-memory reference: the same bytes on the tiny
+world, a synthetic world in time order over several files (CSV impressions), mixed user id types and
+the trivago samples (labels from later events), for partitions of one user up to one partition;
+bad input named as the in-memory build names it; a killed build; and the pieces (partition plan,
+row-group writer, merge)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eventrec.schema import load_schema
+from eventrec.store.assemble import RowGroupWriter, merge_sorted, write_ipc
+from eventrec.store.build import build_store
+from eventrec.store.layout import USER, write_parquet
+from eventrec.store.raw_logs import DataError
+from eventrec.store.reader import EventStore
+from eventrec.store.user_partitions import ROWS, plan_partitions
+from store_worlds import digest, synthetic_world, trivago_sample
+
+
+def _same_as_in_memory(schema_path: Path, data: Path, out: Path, rows_per_partition: list[int]) -> dict:
+    schema = load_schema(schema_path)
+    reference = build_store(schema, data, out / "memory", engine="memory")
+    expected = digest(out / "memory")
+    for rows in rows_per_partition:
+        messages: list[str] = []
+        build_store(schema, data, out / f"polars-{rows}", rows_per_partition=rows, progress=messages.append)
+        assert digest(out / f"polars-{rows}") == expected, f"rows_per_partition={rows}"
+        assert not any("refused" in m for m in messages), messages  # built by the partitioned engine itself
+    return reference
+
+
+def test_tiny_world_any_partition_size(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    _same_as_in_memory(schema_path, data, tmp_path, [1, 2, 5, 1_000_000])
+
+
+def test_synthetic_world_in_time_order_over_files_and_csv(tmp_path):
+    schema_path = synthetic_world(tmp_path)
+    manifest = _same_as_in_memory(schema_path, schema_path.parent, tmp_path / "stores", [2_000, 50_000])
+    assert manifest["counts"]["users"] > 200 and manifest["counts"]["impressions"] > 1_000
+
+
+def test_mixed_user_id_types(tiny_world, tmp_path):
+    """Impression user ids as strings, event user ids as integers: compared as strings by both."""
+    schema_path, data = tiny_world
+    impressions = pl.read_parquet(data / "impressions.parquet")
+    impressions.with_columns(pl.col("user_id").cast(pl.String)).write_parquet(data / "impressions.parquet")
+    _same_as_in_memory(schema_path, data, tmp_path, [1, 3])
+
+
+@pytest.mark.parametrize("adapter", ["trivago_lists_small", "trivago_views"])
+def test_trivago_samples_with_labels_from_later_events(tmp_path, adapter):
+    schema_path, data = trivago_sample(tmp_path / "data", adapter)
+    manifest = _same_as_in_memory(schema_path, data, tmp_path / "stores", [3_000])
+    assert any(k.startswith("labels.") and k.endswith(".positives") for k in manifest["counts"])
+
+
+def _break(data: Path, file: str, change) -> None:
+    change(pl.read_parquet(data / file)).write_parquet(data / file)
+
+
+BAD_INPUTS = {
+    "null user id": ("impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 3).then(None).otherwise(pl.col("user_id")).alias("user_id"))),
+    "unparsable timestamp": ("events.parquet", lambda f: f.with_columns(pl.col("timestamp").cast(pl.String).str.replace("^150$", "yesterday"))),
+    "bad label": ("impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 6).then(3).otherwise(pl.col("click")).cast(pl.Int8).alias("click"))),
+    "request spanning users": ("impressions.parquet", lambda f: f.with_columns(pl.when(pl.col("request_id") == 4).then(1).otherwise(pl.col("request_id")).alias("request_id"))),
+    "missing column": ("events.parquet", lambda f: f.drop("price")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_named_as_the_in_memory_build_names_it(tiny_world, tmp_path, case):
+    schema_path, data = tiny_world
+    _break(data, *BAD_INPUTS[case])
+    messages = {}
+    for engine in ("memory", "polars"):
+        with pytest.raises(DataError) as info:
+            build_store(load_schema(schema_path), data, tmp_path / engine, engine=engine, rows_per_partition=1)
+        messages[engine] = str(info.value)
+        assert not (tmp_path / engine).exists() and not any(tmp_path.glob(f".{engine}.tmp-*"))
+    assert messages["polars"] == messages["memory"]
+
+
+def test_options_are_checked(tiny_world, tmp_path):
+    schema_path, data = tiny_world
+    for kwargs, field in (({"engine": "duckdb"}, "engine"), ({"rows_per_partition": 0}, "rows_per_partition"),
+                          ({"spark_master": "local[1]"}, "spark_master")):
+        with pytest.raises(ValueError, match=field):
+            build_store(load_schema(schema_path), data, tmp_path / "s", **kwargs)
+
+
+def test_killed_while_spilling_then_rerun(tiny_world, tmp_path):
+    """SIGKILL once the work folder exists (the spill): the previous store stays, the rerun
+    completes and leaves no temporary folder."""
+    schema_path, data = tiny_world
+    out = tmp_path / "store"
+    command = [sys.executable, "-m", "eventrec.cli", "build", "--schema", str(schema_path), "--data", str(data), "--out", str(out),
+               "--rows-per-partition", "20000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1"}
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    previous = digest(out)
+    events = pl.read_parquet(data / "events.parquet")
+    pl.concat([events.with_columns(pl.col("user_id") + 10 * k) for k in range(3_000)]).write_parquet(data / "events.parquet", row_group_size=2_000)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(".store.tmp-*/_work/spill/*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert child.poll() is None, "the build ended before it spilled: make the world bigger"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    EventStore.open(out)
+    assert digest(out) == previous
+    subprocess.run(command, check=True, capture_output=True, env=env)
+    assert EventStore.open(out).manifest["counts"]["streams.click.events"] == 6 * 3_000
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".store")] == []
+
+
+# -- the pieces ------------------------------------------------------------------------------------
+
+def test_partition_plan_keeps_users_whole_and_near_the_target():
+    users = pl.DataFrame({USER: [1, 2, 3, 5, 8, 13], ROWS: [4, 4, 30, 1, 1, 2]})
+    plan = plan_partitions(users, rows_per_partition=8)
+    # a user starts a partition when the rows before it cross a multiple of 8: user 3 alone (heavier
+    # than a partition), user 13 starts at row 40
+    assert plan.user_counts == (2, 1, 2, 1) and plan.row_counts == (8, 30, 2, 2)
+    assert plan.offsets == [0, 2, 3, 5]
+    assert plan.assign(pl.Series([1, 2, 3, 4, 13, 100, None])).tolist() == [0, 0, 1, 1, 3, 3, -1]
+    assert plan.assign(pl.Series(["3", "x"])).tolist() == [1, -1]  # other id types cast (unparsable: no partition)
+    single = plan_partitions(users, rows_per_partition=1_000)
+    assert single.count == 1 and single.assign(pl.Series([0, 99])).tolist() == [0, 0]
+
+
+def test_row_group_writer_writes_the_bytes_of_write_parquet(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 150_000
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(0, 4, n))])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 9, int(offsets[-1])).astype(np.int32)))
+    table = pa.table({"a": rng.integers(0, 1000, n), "s": pa.array([f"u{i % 977}" for i in range(n)], type=pa.large_string()), "l": lists})
+    write_parquet(table, tmp_path / "whole.parquet")
+    writer = RowGroupWriter(tmp_path / "pieces.parquet")
+    start = 0
+    for size in (1, 70_000, 3, 65_533, 14_463):
+        writer.write(table.slice(start, size))
+        start += size
+    writer.close()
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "pieces.parquet").read_bytes()
+
+
+def test_merge_sorted_equals_a_sort(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = pl.DataFrame({"t": rng.integers(0, 50, 30_000), "r": rng.permutation(30_000), "v": rng.normal(size=30_000)})
+    parts = []
+    for k, part in enumerate(rows.with_columns((pl.col("r") % 7).alias("p")).partition_by("p")):
+        path = tmp_path / f"{k}.arrow"
+        write_ipc(part.drop("p").sort(["t", "r"]).to_arrow(), path)
+        parts.append(path)
+    merged = pl.from_arrow(pa.concat_tables(list(merge_sorted(parts, "t", "r"))))
+    assert merged.equals(rows.sort(["t", "r"]))
