@@ -263,3 +263,12 @@ def test_the_sharded_tables_read_and_train_like_embedding_tables_with_sparse_ada
             torch.testing.assert_close(states[name]["exp_avg_sq"], expected["exp_avg_sq"], rtol=1e-5, atol=1e-9)
     finally:
         dist.destroy_process_group()
+
+
+def test_the_documented_install_is_the_pinned_extra():
+    import tomllib
+
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["distributed"]
+    page = (ROOT / "docs" / "distributed_training.md").read_text()
+    assert {"torchrec==1.9.2", "fbgemm-gpu-cpu==1.8.0"} <= set(pins)
+    assert [pin for pin in pins if pin not in page] == []
