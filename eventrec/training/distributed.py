@@ -128,8 +128,13 @@ class DistributedTrainer(Trainer):
                                     batch_fn=RankShare(self.batch_fn, env.rank, env.world))
 
     def resume(self) -> None:
-        """Resume ``last/`` (if any) into the one-process model, then shard it."""
-        super().resume()
+        """Resume ``last/`` (if any) into the one-process model, then shard it. Rank 0 reads it first
+        (finishing, alone, a checkpoint swap a kill interrupted), then the others."""
+        if self.env.rank == 0:
+            super().resume()
+        dist.barrier()
+        if self.env.rank != 0:
+            super().resume()
         self._shard()
 
     def _open_logs(self) -> None:
@@ -174,7 +179,7 @@ class DistributedTrainer(Trainer):
                     starts[name] = start
         # each rank back-propagates world x its share (DDP averages); TorchRec divides the tables' gradients likewise
         scale = 1.0 if get_gradient_division() else 1.0 / env.world
-        sparse = ShardedSparseAdam(twin, starts, config.learning_rate, scale)
+        sparse = ShardedSparseAdam(twin, starts, config.learning_rate, scale, device=env.device)
         sparse.load_table_states(states)
         adamw = self.optimizers["adamw"]
         if env.device.type != "cpu":  # the state follows the parameters to the device

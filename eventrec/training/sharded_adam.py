@@ -27,17 +27,18 @@ class ShardedSparseAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam`` (learning rate ``lr``, default betas and eps) over the weight columns
     of this rank's shards of ``tables``. ``row_starts[vocabulary]``: the first table row of this rank's
     shard. ``gradient_scale``: the factor from the accumulated sums to the gradient of the loss (1 when
-    the loss each rank back-propagates is scaled to cancel TorchRec's division by the world size)."""
+    the loss each rank back-propagates is scaled to cancel TorchRec's division by the world size).
+    ``device``: where the shards are (for a rank that holds none)."""
 
     def __init__(self, tables: ShardedEmbeddingTables, row_starts: dict[str, int], lr: float, gradient_scale: float = 1.0,
-                 group: dist.ProcessGroup | None = None):
+                 group: dist.ProcessGroup | None = None, device: torch.device | None = None):
         self.tables, self.row_starts, self.gradient_scale, self.group = tables, dict(row_starts), gradient_scale, group
         self.vocabularies = [name for name in tables.names if tables.local_rows(name).numel()]
         dim = tables.dim
         # leaves that share the shards' storage: SparseAdam's in-place update writes the table's weights
         self.weights = {name: nn.Parameter(tables.local_rows(name).detach()[:, :dim]) for name in self.vocabularies}
         if not self.weights:  # a rank without any shard (more ranks than rows to share): one empty parameter
-            self.weights = {"": nn.Parameter(torch.zeros(0, dim))}
+            self.weights = {"": nn.Parameter(torch.zeros(0, dim, device=device))}
         super().__init__(list(self.weights.values()), lr=lr)
 
     def read_anywhere(self) -> dict[str, bool]:

@@ -123,6 +123,7 @@ def describe(layout: dict[str, list[tuple[int, int, int]]]) -> str:
                      for name, shards in layout.items())
 
 
+@torch.no_grad()
 def gather_rows(local: dict[str, torch.Tensor], layout: dict[str, list[tuple[int, int, int]]], num_rows: dict[str, int],
                 env: DistributedEnv, dst: int = 0) -> dict[str, torch.Tensor] | None:
     """Whole tables on rank ``dst`` (CPU float32 ``[V, width]``, None elsewhere) from every rank's
