@@ -8,6 +8,7 @@ import torch
 
 from eventrec.ops import causal_linear_attention, linear_attention_extend
 from eventrec.ops.linear_attention_reference import causal_linear_attention_reference
+from eventrec.ops.linear_attention_torch import pick_chunk
 
 from ops_cases import offsets_from
 
@@ -102,6 +103,18 @@ def test_extend_backends_agree():
     for backend in ("torch", "auto"):
         got = linear_attention_extend(q, k, v, g, state, backend=backend, chunk_size=32)
         torch.testing.assert_close(got, recurrent, rtol=0, atol=1e-12)
+
+
+def test_the_chunk_follows_the_lengths():
+    """Short histories get small chunks (less padding), one long history larger ones (fewer steps); the
+    automatic choice gives the forced chunks' result."""
+    assert pick_chunk([3, 5, 12, 1] * 100) == 16
+    assert pick_chunk([100_000]) > 16
+    assert pick_chunk([100_000], limit=16) == 16
+    assert pick_chunk([]) == 16
+    q, k, v, g, offsets = inputs(LENGTHS)
+    automatic, _ = causal_linear_attention(q, k, v, g, offsets)
+    torch.testing.assert_close(automatic, causal_linear_attention(q, k, v, g, offsets, chunk_size=64)[0], rtol=0, atol=1e-12)
 
 
 def test_empty_batches_and_all_empty_sequences():
