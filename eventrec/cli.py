@@ -15,8 +15,10 @@ from tqdm import tqdm
 from eventrec.evaluation.metrics import json_ready, worse_than_constant
 from eventrec.store.raw_logs import DataError
 from eventrec.schema import SchemaError, builtin_schema_path, load_schema
+from eventrec.content.commands import app as content_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rank items by learning from people's raw event sequences.")
+app.add_typer(content_app, name="content")  # eventrec content embed | quantize (eventrec/content/commands.py)
 
 
 @contextmanager

@@ -13,6 +13,10 @@ Output (in ``out_dir``):
   per rating), ``movie_id``, ``genres``, ``year``, label ``like`` = rating >= 4, context = the user's
   ``age_bucket``, ``gender``, ``occupation``; the raw ``rating`` as an extra (non-feature) column.
 - ``movies.parquet``, ``users.parquet``: the parsed side tables.
+- ``item_text.parquet``: ``movie_id, text``, one line per movie for a text encoder (the content step,
+  docs/content.md): the title with a trailing article moved to the front ("Usual Suspects, The" →
+  "The Usual Suspects"), the release year, then the genres: ``"Toy Story (1995). Genres: Animation,
+  Children's, Comedy."``
 - ``summary.json``: the counts returned by :func:`prepare`, drops included.
 
 Many ratings share a (user, timestamp) (a user rating a batch of films in the same second); by the
@@ -76,6 +80,20 @@ def _read_movies(path: Path, summary: dict) -> pl.DataFrame:
     ).sort("movie_id")
     summary["movies"] = movies.height
     return movies
+
+
+# "Usual Suspects, The" → "The Usual Suspects" (and A, An, and the French / Italian / German / Spanish articles)
+TRAILING_ARTICLE = r"^(.*), (The|A|An|Il|La|Le|Les|L'|Das|Der|Die|El)$"
+
+
+def _item_text(movies: pl.DataFrame) -> pl.DataFrame:
+    """``movie_id, text``: "Title (year). Genres: A, B." per movie (see the module doc)."""
+    title = pl.col("title").str.strip_chars().fill_null("")
+    title = pl.when(title.str.contains(TRAILING_ARTICLE)).then(
+        title.str.replace(TRAILING_ARTICLE, "$2 $1").str.replace(r"^(L') ", "$1")).otherwise(title)
+    year = pl.when(pl.col("year").is_not_null()).then(pl.format(" ({})", pl.col("year"))).otherwise(pl.lit(""))
+    genres = pl.when(pl.col("genres").list.len() > 0).then(pl.format(" Genres: {}.", pl.col("genres").list.join(", "))).otherwise(pl.lit(""))
+    return movies.select("movie_id", pl.concat_str([title, year, pl.lit("."), genres]).alias("text"))
 
 
 def _read_users(path: Path, summary: dict) -> pl.DataFrame:
@@ -161,4 +179,5 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     summary["distinct_movies_rated"] = events["movie_id"].n_unique()
     summary["ratings_sharing_user_and_second"] = int(same_second["n"].sum())
 
-    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions, "movies.parquet": movies, "users.parquet": users}, summary)
+    return write_outputs(out_dir, source_dir, {"events.parquet": events, "impressions.parquet": impressions, "movies.parquet": movies, "users.parquet": users,
+                                         "item_text.parquet": _item_text(movies)}, summary)

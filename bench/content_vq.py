@@ -1,0 +1,185 @@
+"""Content on MovieLens-100K: no content vs raw 384-d text vectors vs residual-VQ codes, overall and on
+test impressions of cold items (items never seen in training).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/content_vq.py --seeds 3 --threads 1 --out bench/out/vq_ml100k
+    OMP_NUM_THREADS=1 .venv/bin/python bench/content_vq.py --users 80 --seeds 1 --out /tmp/vq_tiny   # a tiny check
+
+Steps, each skipped when its output exists (a killed run resumes):
+
+1. ``eventrec.adapters.ml100k.prepare`` into ``OUT/logs`` (``--users N``: then only users 1..N's rows);
+2. ``content embed``: the adapter's ``item_text.parquet`` (title, year, genres) → 384-d MiniLM
+   vectors ``item_text_minilm.parquet`` (needs the ``text`` extra);
+3. ``content quantize``: 3 levels × 256 codes fitted on the training period's movies (schema
+   ``ml100k``'s splits), every movie encoded, the codes attached to the events and impressions;
+4. per variant, one after the other: ``bench/compare_models.py --dataset ml100k --schema S --models
+   sequence --seeds K --workdir OUT/<variant>`` (``OUT/<variant>/logs`` links to ``OUT/logs``) with
+   the schemas ``ml100k`` (none), ``ml100k_text`` (vectors: an ``embedding`` content table) and
+   ``ml100k_text_vq`` (codes: 3 categorical attributes shared by events and candidates);
+5. the table: test AUC / NE (mean ± std over seeds) overall, on cold items
+   (:mod:`eventrec.evaluation.cold_items`) and on rare items (1–9 training impressions), the gains
+   over no content, the share of the vectors' cold-item gain the codes keep, and bytes per event.
+   Written to ``OUT/report.md`` and ``OUT/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {"none": "ml100k", "vectors": "ml100k_text", "codes": "ml100k_text_vq"}
+RARE_BELOW = 10  # "rare": items with 1..RARE_BELOW-1 training impressions
+
+
+def prepare_logs(logs: Path, users: int | None) -> None:
+    """The adapter's files in ``logs`` (only users 1..``users`` with ``users``)."""
+    import polars as pl
+
+    from eventrec.adapters import prepare_dataset
+
+    if (logs / "impressions.parquet").exists():
+        return
+    prepare_dataset("ml100k", logs)
+    if users:
+        for name in ("events.parquet", "impressions.parquet"):
+            frame = pl.read_parquet(logs / name).filter(pl.col("user_id") <= users)
+            tmp = logs / f".{name}.tmp"
+            frame.write_parquet(tmp)
+            os.replace(tmp, logs / name)
+
+
+def embed_and_quantize(logs: Path, threads: int, seed: int) -> dict:
+    import torch
+
+    from eventrec.content.quantize import quantize_table
+    from eventrec.content.text_encoder import MiniLMEncoder, embed_table
+    from eventrec.schema import builtin_schema_path, load_schema
+
+    torch.set_num_threads(threads)
+    vectors = logs / "item_text_minilm.parquet"
+    if not vectors.exists():
+        print(json.dumps(embed_table(logs / "item_text.parquet", "movie_id", "text", vectors, MiniLMEncoder(), batch_size=64)), flush=True)
+    report_path = logs / "text_vq.json"
+    if not (logs / "impressions_text_vq.parquet").exists() or not report_path.exists():
+        quantize_table(load_schema(builtin_schema_path("ml100k")), logs, vectors, "movie_id", "text", levels=3, codes=256, seed=seed,
+                       attach=["events.parquet", "impressions.parquet"])
+    return json.loads(report_path.read_text())
+
+
+def run_variant(out: Path, variant: str, args: argparse.Namespace) -> None:
+    """compare_models for one schema, in a child process (one training at a time)."""
+    workdir = out / variant
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "logs").exists():
+        (workdir / "logs").symlink_to(out / "logs", target_is_directory=True)
+    command = [sys.executable, str(ROOT / "bench" / "compare_models.py"), "--dataset", "ml100k", "--models", "sequence",
+               "--schema", str(ROOT / "eventrec" / "schemas" / f"{VARIANTS[variant]}.yaml"), "--seeds", str(args.seeds),
+               "--epochs", str(args.epochs), "--threads", str(args.threads), "--workdir", str(workdir)]
+    print("$ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def measure(out: Path, seeds: int) -> dict:
+    """Per variant and subset: AUC and NE per seed, and the subsets' sizes."""
+    from eventrec.evaluation.cold_items import cold_item_mask, cold_item_metrics
+    from eventrec.store.reader import EventStore
+
+    result: dict = {}
+    for variant in VARIANTS:
+        store = EventStore.open(out / variant / "store")
+        test = store.split_indices("test")
+        train_counts: dict = {}
+        for item in store.item_ids[store.split_indices("train")].tolist():
+            train_counts[item] = train_counts.get(item, 0) + 1
+        counts = np.array([train_counts.get(item, 0) for item in store.item_ids[test].tolist()])
+        cold = cold_item_mask(store, test)
+        subsets = {"all": np.ones(len(test), dtype=bool), "cold": cold, "rare": (counts > 0) & (counts < RARE_BELOW) & ~cold}
+        rows: dict = {name: {"auc": [], "ne": []} for name in subsets}
+        for seed in range(seeds):
+            probs = np.load(out / variant / "runs" / f"sequence_seed{seed}" / "test_predictions.npy")
+            for name, mask in subsets.items():
+                metrics = cold_item_metrics(store, test, probs, mask)[store.label_names[0]]
+                rows[name]["auc"].append(metrics["auc"])
+                rows[name]["ne"].append(metrics["ne"])
+        sizes = {name: {"impressions": int(mask.sum()), "items": int(len(np.unique(store.item_ids[test][mask])))} for name, mask in subsets.items()}
+        stream = store.streams["rating"]
+        code_names = [a for a in stream.attributes if "_vq" in a]
+        result[variant] = {"metrics": rows, "sizes": sizes, "train_end": int(store.manifest["splits"]["train_end"]),
+                           "code_bytes_in_memory": int(sum(np.asarray(stream.attributes[a]).dtype.itemsize for a in code_names))}
+    return result
+
+
+def report(measured: dict, quantized: dict, command: str) -> tuple[str, dict]:
+    lines = [f"Command: `{command}`", "",
+             "| variant | subset | impressions (items) | AUC | NE | ΔAUC vs none |", "|---|---|---|---|---|---|"]
+    summary: dict = {}
+    for subset in ("all", "cold", "rare"):
+        base = _mean_std(measured["none"]["metrics"][subset]["auc"])[0]
+        for variant in VARIANTS:
+            m = measured[variant]["metrics"][subset]
+            auc, ne = _mean_std(m["auc"]), _mean_std(m["ne"])
+            size = measured[variant]["sizes"][subset]
+            summary.setdefault(variant, {})[subset] = {"auc": auc, "ne": ne, **size}
+            delta = "" if variant == "none" else f"{auc[0] - base:+.4f}"
+            lines.append(f"| {variant} | {subset} | {size['impressions']:,} ({size['items']:,}) | {auc[0]:.4f} ± {auc[1]:.4f} | "
+                         f"{ne[0]:.4f} ± {ne[1]:.4f} | {delta} |")
+    cold = {v: summary[v]["cold"]["auc"][0] for v in VARIANTS}
+    vector_gain, code_gain = cold["vectors"] - cold["none"], cold["codes"] - cold["none"]
+    kept = code_gain / vector_gain if vector_gain > 0 else None
+    vector_bytes = quantized["bytes_per_item"]["float32_vector"]
+    code_bytes, in_memory = quantized["bytes_per_item"]["codes"], measured["codes"]["code_bytes_in_memory"]
+    lines += ["",
+              f"Cold-item gain over no content: vectors {vector_gain:+.4f} AUC, codes {code_gain:+.4f} AUC"
+              + (f" → the codes keep {kept:.0%} of the vectors' gain." if kept is not None else " (the vectors show no gain: no share to keep)."),
+              f"Bytes per event for the item's content: float32 vector {vector_bytes} B; {quantized['levels']} codes of {quantized['codes']}: "
+              f"{code_bytes} B at one byte each ({vector_bytes / code_bytes:.0f}x smaller), {in_memory} B as the store holds them "
+              f"in memory ({vector_bytes / max(in_memory, 1):.0f}x smaller).",
+              f"Codebooks fitted on {quantized['fitted_items']} training-period movies (before {quantized['train_end']}); "
+              f"{quantized['items_not_in_training']} movies only encoded. Reconstruction MSE after 0..{quantized['levels']} levels: "
+              f"training movies {', '.join(f'{e:.3f}' for e in quantized['mse_by_levels']['training_items'])}; "
+              f"others {', '.join(f'{e:.3f}' for e in quantized['mse_by_levels'].get('other_items', []))}."]
+    return "\n".join(lines), {"summary": summary, "cold_gain": {"vectors": vector_gain, "codes": code_gain, "kept": kept},
+                              "bytes_per_event": {"float32_vector": vector_bytes, "codes": code_bytes, "codes_in_memory": in_memory},
+                              "per_seed": measured, "quantize": quantized}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "vq_ml100k")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--users", type=int, default=None, help="keep users 1..N only (a tiny check)")
+    parser.add_argument("--vq-seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    out = args.out.resolve()
+    prepare_logs(out / "logs", args.users)
+    quantized = embed_and_quantize(out / "logs", args.threads, args.vq_seed)
+    for variant in VARIANTS:
+        run_variant(out, variant, args)
+    measured = measure(out, args.seeds)
+    ends = {v: m["train_end"] for v, m in measured.items()}
+    if len(set(ends.values()) | {quantized["train_end"]}) != 1:
+        raise SystemExit(f"train_end differs between the stores {ends} and the codebooks' fit {quantized['train_end']}")
+    command = "OMP_NUM_THREADS=1 python bench/content_vq.py " + " ".join(sys.argv[1:])
+    table, data = report(measured, quantized, command)
+    (out / "report.md").write_text(f"# ml100k: no content vs text vectors vs VQ codes\n\n{table}\n")
+    (out / "report.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
+    print(table)
+    print(f"report {out / 'report.md'}; {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
