@@ -29,6 +29,12 @@ from eventrec.ops import causal_delta_attention, jagged_self_attention
 LayerKV = tuple[torch.Tensor, ...]  # one layer's cache: keys and values [N, H, d] (softmax), or (state [G, H, d, d],) (linear)
 
 
+def is_recurrent(layer_cache: LayerKV) -> bool:
+    """Whether one layer's cache is a linear layer's recurrent ``(state [G, H, d, d],)``, of a size
+    independent of the history's length (else a softmax layer's keys and values, one row per position)."""
+    return len(layer_cache) == 1
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, config: SequenceModelConfig):
         super().__init__()
