@@ -11,8 +11,10 @@ Steps, each skipped when its output exists (a killed run resumes):
    vectors ``item_text_minilm.parquet`` (needs the ``text`` extra);
 3. ``content quantize``: 3 levels × 256 codes fitted on the training period's movies (schema
    ``ml100k``'s splits), every movie encoded, the codes attached to the events and impressions;
-4. per variant, one after the other: ``bench/compare_models.py --dataset ml100k --schema S --models
-   sequence --seeds K --workdir OUT/<variant>`` (``OUT/<variant>/logs`` links to ``OUT/logs``) with
+4. seed by seed, per variant, one process after the other: ``bench/compare_models.py --dataset ml100k
+   --schema S --models sequence --seeds k --workdir OUT/<variant>`` for k = 1..K (finished seeds are
+   read back; ``OUT/<variant>/logs`` links to ``OUT/logs``), so that a stopped run leaves every variant
+   with the same seeds (``--report-only`` tables them), with
    the schemas ``ml100k`` (none), ``ml100k_text`` (vectors: an ``embedding`` content table) and
    ``ml100k_text_vq`` (codes: 3 categorical attributes shared by events and candidates);
 5. the table: test AUC / NE (mean ± std over seeds) overall, on cold items
@@ -73,14 +75,15 @@ def embed_and_quantize(logs: Path, threads: int, seed: int) -> dict:
     return json.loads(report_path.read_text())
 
 
-def run_variant(out: Path, variant: str, args: argparse.Namespace) -> None:
-    """compare_models for one schema, in a child process (one training at a time)."""
+def run_variant(out: Path, variant: str, seeds: int, args: argparse.Namespace) -> None:
+    """compare_models for one schema and seeds 0..``seeds``-1, in a child process (one training at a
+    time; the seeds it finished before are read back, not trained again)."""
     workdir = out / variant
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "logs").exists():
         (workdir / "logs").symlink_to(out / "logs", target_is_directory=True)
     command = [sys.executable, str(ROOT / "bench" / "compare_models.py"), "--dataset", "ml100k", "--models", "sequence",
-               "--schema", str(ROOT / "eventrec" / "schemas" / f"{VARIANTS[variant]}.yaml"), "--seeds", str(args.seeds),
+               "--schema", str(ROOT / "eventrec" / "schemas" / f"{VARIANTS[variant]}.yaml"), "--seeds", str(seeds),
                "--epochs", str(args.epochs), "--threads", str(args.threads), "--workdir", str(workdir)]
     print("$ " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -90,8 +93,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def finished_seeds(out: Path) -> int:
+    """How many seeds (0, 1, ...) every variant has finished."""
+    done = [next(s for s in range(10**6) if not (out / v / "runs" / f"sequence_seed{s}" / "run.json").exists()) for v in VARIANTS]
+    return min(done)
+
+
 def measure(out: Path, seeds: int) -> dict:
-    """Per variant and subset: AUC and NE per seed, and the subsets' sizes."""
+    """Per variant and subset: AUC and NE per seed (seeds 0..``seeds``-1), and the subsets' sizes."""
     from eventrec.evaluation.cold_items import cold_item_mask, cold_item_metrics
     from eventrec.store.reader import EventStore
 
@@ -162,19 +171,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--users", type=int, default=None, help="keep users 1..N only (a tiny check)")
     parser.add_argument("--vq-seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the seeds every variant has finished")
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out.resolve()
     prepare_logs(out / "logs", args.users)
     quantized = embed_and_quantize(out / "logs", args.threads, args.vq_seed)
-    for variant in VARIANTS:
-        run_variant(out, variant, args)
-    measured = measure(out, args.seeds)
+    if not args.report_only:
+        for seeds in range(1, args.seeds + 1):  # seed by seed across the variants: a stopped run leaves comparable seeds
+            for variant in VARIANTS:
+                run_variant(out, variant, seeds, args)
+    seeds = min(args.seeds, finished_seeds(out))
+    if seeds == 0:
+        raise SystemExit(f"no variant-complete seed under {out} yet")
+    measured = measure(out, seeds)
     ends = {v: m["train_end"] for v, m in measured.items()}
     if len(set(ends.values()) | {quantized["train_end"]}) != 1:
         raise SystemExit(f"train_end differs between the stores {ends} and the codebooks' fit {quantized['train_end']}")
     command = "OMP_NUM_THREADS=1 python bench/content_vq.py " + " ".join(sys.argv[1:])
     table, data = report(measured, quantized, command)
+    table = f"Seeds: {seeds} (mean ± std over seeds 0..{seeds - 1}).\n\n{table}"
     (out / "report.md").write_text(f"# ml100k: no content vs text vectors vs VQ codes\n\n{table}\n")
     (out / "report.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
     print(table)

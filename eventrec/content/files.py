@@ -32,7 +32,7 @@ def read_keyed(path: Path, key: str, column: str, purpose: str) -> pl.DataFrame:
     frame = table.collect(table.frame.select(ROW, key, column))
     check_not_null(table, frame, key, "key")
     check_not_null(table, frame, column, purpose)
-    repeated = frame.filter(pl.col(key).is_duplicated())
+    repeated = frame.sort(ROW).filter(~pl.col(key).is_first_distinct())  # the first row that repeats an earlier key
     if repeated.height:
         row, value = repeated.sort(ROW).select(ROW, key).row(0)
         raise DataError(f"{table.path}: column {key!r}, row {row}: key {value!r} appears more than once")
