@@ -44,15 +44,20 @@ def _header(blob: bytes, parse) -> tuple[dict[str, Any], dict]:
 
 def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
     """``EncodedState`` → bytes. Tensors: ``encoded [P, D]``, ``keys``/``values [P, H, d']``,
-    ``timestamps [P]``, ``match_ids [P, V]`` (with ``candidate_search``), per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
+    ``timestamps [P]``, ``match_ids [P, V]`` (with ``candidate_search``), a linear encoder's
+    ``layer{i}.state [1, H, d, d]`` (float32; header ``layer_cache: recurrent``), or per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
     precision (header ``precision``, written only when not fp32): bf16 tensors under the same names, or
     for int8 each as ``{name}.codes`` (int8) and ``{name}.scales [P]`` (float32)."""
     parts: dict[str, Stored] = {"encoded": state.encoded}
     if state.keys is not None and state.values is not None:
         parts |= {"keys": state.keys, "values": state.values}
-    for i, (k, v) in enumerate(state.layer_kv or []):
-        parts |= {f"layer{i}.k": k, f"layer{i}.v": v}
     tensors = {"timestamps": state.timestamps}
+    recurrent = bool(state.layer_kv) and len(state.layer_kv[0]) == 1
+    for i, layer in enumerate(state.layer_kv or []):
+        if recurrent:  # a linear encoder's fixed state, float32 (EncodedState.kept)
+            tensors[f"layer{i}.state"] = layer[0]
+        else:
+            parts |= {f"layer{i}.k": layer[0], f"layer{i}.v": layer[1]}
     if state.match_ids is not None:
         tensors["match_ids"] = state.match_ids
     for name, part in parts.items():
@@ -62,6 +67,8 @@ def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
         "window": [list(w) for w in state.window], "signature": None if state.signature is None else state.signature.hex(),
         "events_version": state.events_version, "layers": None if state.layer_kv is None else len(state.layer_kv),
     }
+    if recurrent:
+        header["layer_cache"] = "recurrent"
     if state.precision != "fp32":  # only then: fp32 blobs are unchanged
         header["precision"] = state.precision
     return save_torch({k: t.detach().contiguous() for k, t in tensors.items()}, metadata={"eventrec": json.dumps(header)})
@@ -94,10 +101,18 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
         if encoded is None:
             raise KeyError("encoded")
         layers = header["layers"]
-        layer_kv = None if layers is None else [(part(f"layer{i}.k"), part(f"layer{i}.v")) for i in range(layers)]
+        recurrent = header.get("layer_cache") == "recurrent"
+        if recurrent:
+            layer_kv = None if layers is None else [(tensors[f"layer{i}.state"],) for i in range(layers)]
+            if any(state.dim() != 4 or state.shape[0] != 1 or state.shape[2] != state.shape[3] or state.dtype != torch.float32
+                   for (state,) in layer_kv or []):
+                raise ValueError("a recurrent layer state is not float32 [1, H, d, d]")
+        else:
+            layer_kv = None if layers is None else [(part(f"layer{i}.k"), part(f"layer{i}.v")) for i in range(layers)]
         positions = len(encoded)
         match_ids = tensors.get("match_ids")
-        parts = [timestamps, *(t for t in (keys, values, match_ids) if t is not None), *(t for kv in layer_kv or [] for t in kv)]
+        per_position = [] if recurrent else [t for kv in layer_kv or [] for t in kv]
+        parts = [timestamps, *(t for t in (keys, values, match_ids) if t is not None), *per_position]
         if any(t is None or len(t) != positions for t in parts):
             raise ValueError("tensors missing or disagreeing on the number of positions")
         return EncodedState(

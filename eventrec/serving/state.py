@@ -134,7 +134,7 @@ class EncodedState:
     keys: Stored | None
     values: Stored | None
     timestamps: torch.Tensor
-    layer_kv: list[tuple[Stored, Stored]] | None = None
+    layer_kv: list[tuple[Stored, ...]] | None = None
     events_version: int = 0
     match_ids: torch.Tensor | None = None
     nbytes: int = field(init=False)
@@ -147,8 +147,11 @@ class EncodedState:
     def kept(cls, window: tuple[tuple[int, int], ...], signature: bytes | None, side: Any, events_version: int,
              precision: str = "fp32") -> "EncodedState":
         """The state of a model's user side (``encoded``, ``keys``, ``values``, ``timestamps``, ``layer_kv``)
-        with its float tensors at ``precision`` (:func:`~eventrec.serving.state_precision.compress`)."""
-        layer_kv = None if side.layer_kv is None else [(compress(k, precision), compress(v, precision)) for k, v in side.layer_kv]
+        with its float tensors at ``precision`` (:func:`~eventrec.serving.state_precision.compress`); a
+        recurrent encoder's fixed per-layer state (``(state [1, H, d, d],)``: one tensor per layer, not
+        one row per position) stays float32: it is small and every later event reads it."""
+        layer_kv = None if side.layer_kv is None else [
+            tuple(compress(t, precision) for t in layer) if len(layer) == 2 else tuple(layer) for layer in side.layer_kv]
         return cls(window, signature, compress(side.encoded, precision), compress(side.keys, precision), compress(side.values, precision),
                    side.timestamps, layer_kv, events_version, side.match_ids)
 

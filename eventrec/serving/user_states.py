@@ -72,7 +72,7 @@ def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
     """The cached state as the model's :class:`UserSide` (its first ``positions`` positions: a prefix),
     in float32 whatever its ``state_precision`` (:func:`~eventrec.serving.state_precision.decompress`)."""
     n = len(state.encoded)
-    layer_kv = None if state.layer_kv is None else [(decompress(k), decompress(v)) for k, v in state.layer_kv]
+    layer_kv = None if state.layer_kv is None else [tuple(decompress(t) for t in layer) for layer in state.layer_kv]
     side = UserSide(torch.tensor([0, n]), n, decompress(state.encoded), decompress(state.keys), decompress(state.values), state.timestamps, layer_kv,
                     match_ids=state.match_ids)
     if positions is not None and positions != n:
