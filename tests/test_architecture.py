@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "serving": {"model", "data", "store", "schema", "training.checkpoint", "training.factory", "ops.keyed_pooling_one_user"},
     "adapters": {"schema"},
     "synthetic": {"evaluation.metrics"},
+    "content": {"schema", "store"},
 }
 
 

@@ -36,6 +36,7 @@ def encoder():
 def test_the_packaged_minilm_gives_real_sentence_vectors_offline(encoder):
     assert os.environ.get("HF_HUB_OFFLINE") == "1" and encoder.dim == 384
     vectors = encoder.encode(TEXTS)
+    assert np.array_equal(encoder.encode(TEXTS), vectors)  # deterministic
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     for row, values in FIRST_VALUES.items():

@@ -56,6 +56,18 @@ def test_movie_and_user_attributes(prepared):
     assert set(impressions["age_bucket"].unique().to_list()) <= {"under_18", "18_24", "25_34", "35_44", "45_49", "50_55", "56_plus"}
 
 
+def test_item_text_is_one_line_per_movie(prepared):
+    out, _ = prepared(NAME)
+    text = pl.read_parquet(out / "item_text.parquet")
+    movies = pl.read_parquet(out / "movies.parquet")
+    assert text["movie_id"].to_list() == movies["movie_id"].to_list() and text["text"].null_count() == 0
+    lines = dict(zip(text["movie_id"].to_list(), text["text"].to_list()))
+    assert lines[1] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+    assert lines[12] == "The Usual Suspects (1995). Genres: Crime, Thriller."  # "Usual Suspects, The"
+    assert lines[14] == "Il Postino (1994). Genres: Drama, Romance."
+    assert lines[267] == "unkonwn. Genres: unknown."  # no parsable year: none written
+
+
 def test_deterministic(prepared, tmp_path):
     out, summary = prepared(NAME)
     assert ml100k.prepare(source_dir(NAME), tmp_path / "again") == summary
