@@ -365,3 +365,15 @@ def test_content_embed_without_the_extra_says_how_to_install_it(tmp_path, monkey
                                       "--out", str(tmp_path / "v.parquet")])
     assert result.exit_code == 2 and "optional extra" in result.output and "make text" in result.output
     assert not (tmp_path / "v.parquet").exists()
+
+
+@pytest.mark.parametrize("vectors, message", [
+    ([[1.0, 2.0], [3.0]], r"column 'vector', row 0: 2 floats, the row of the first key has 1"),
+    ([[1.0, float("nan")], [3.0, 1.0]], r"column 'vector', row 0: not all values are finite"),
+])
+def test_bad_vector_tables_name_the_row(tmp_path, vectors, message):
+    from eventrec.content.files import vectors_of
+
+    pl.DataFrame({"item_id": [2, 1], "vector": vectors}).write_parquet(tmp_path / "v.parquet")
+    with pytest.raises(DataError, match=message):
+        vectors_of(read_keyed(tmp_path / "v.parquet", "item_id", "vector", "vector"), "vector", tmp_path / "v.parquet")
