@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from eventrec.schema import Schema
+from eventrec.store.arrow_memory import returning_arrow_memory
 from eventrec.store.build_in_memory import build_in_memory
 from eventrec.store.layout import check_replaceable, recover_interrupted_swap, remove_stale_temporaries, swap_into_place, write_json
 from eventrec.store.load import Progress
@@ -76,7 +77,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
             manifest = build_in_memory(schema, data_dir, tmp, say, allow_empty_splits)
         else:
             try:
-                manifest = build_partitioned(schema, data_dir, tmp, _engine(engine, spark_master), say, allow_empty_splits, rows_per_partition)
+                with returning_arrow_memory():
+                    manifest = build_partitioned(schema, data_dir, tmp, _engine(engine, spark_master), say, allow_empty_splits, rows_per_partition)
             except Refused as refused:
                 say(f"input refused ({refused}): the in-memory build names the first offending row")
                 shutil.rmtree(tmp)

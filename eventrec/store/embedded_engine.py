@@ -2,36 +2,57 @@
 
 Scan and split read each table once, batch by batch (:func:`~eventrec.store.sources.read_batches`);
 the split writes every consumer's rows to per-partition spill files (:mod:`eventrec.store.spill`).
-Each partition is then read twice, for its training summary and for its rows, and freed before the
-next: peak memory follows the largest partition, not the logs. The users of a partition are written
-by a background thread while the next partition is encoded (pyarrow releases the GIL).
+Each partition is then read for its training summary (its prepared rows, sorted and without exact
+duplicates, written back in place of the raw ones) and read again for its rows, and freed before
+the next: peak memory follows the largest partition, not the logs. The users of a partition are written
+in partition order as the partitions complete; two partitions (``workers``) are worked on at once.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
 
 from eventrec.schema import Schema
-from eventrec.store.assemble import RowGroupWriter, write_ipc
+from eventrec.store.assemble import RowGroupWriter, part_batch_rows, write_ipc
 from eventrec.store.encoding import AttributeEncoder, BuildReport, TrainingSummary
 from eventrec.store.layout import USER
 from eventrec.store.partition import BuildContext, PartitionRows, build_partition, prepare, summarize
 from eventrec.store.scan import ScanPart, scan_batch
 from eventrec.store.sources import ReadTask, Sources, read_batches
-from eventrec.store.spill import SpillWriter, read_spill
+from eventrec.store.spill import SpillWriter, prepared_path, read_spill, spill_path
 from eventrec.store.user_partitions import UserPartitions
 
-SCAN_BATCH_ROWS = 262_144  # the first pass reads a few columns: larger batches, less overhead
+SCAN_BATCH_ROWS = 65_536  # the first pass reads a few columns: larger batches, less overhead
+T = TypeVar("T")
 
 
 class EmbeddedEngine:
-    """Runs the partitioned build in this process (see the module docstring)."""
+    """Runs the partitioned build in this process (see the module docstring), ``workers`` partitions
+    at a time in threads (Polars, pyarrow and numpy release the GIL): peak memory grows with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or min(2, os.cpu_count() or 1)
         self.spill: Path | None = None
+        self.reports: dict[int, BuildReport] = {}
+        # one pool for every step, scan and split included (run in its threads): the allocators keep
+        # per-thread arenas, and memory freed by one step is reused by the next in the same threads
+        self._pool = ThreadPoolExecutor(max_workers=self.workers)
 
     def scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
+        return self._pool.submit(self._scan, schema, sources, tasks, key_dtype, boundaries).result()
+
+    def split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
+        self._pool.submit(self._split, sources, tasks, partitions, work_dir).result()
+
+    def _scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
         parts = []
         for task in tasks:
             part = ScanPart(table_rows={task.pattern: 0})
@@ -41,7 +62,7 @@ class EmbeddedEngine:
             parts.append(part)
         return parts
 
-    def split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
+    def _split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
         self.spill = work_dir
         writer = SpillWriter(work_dir)
         try:
@@ -58,34 +79,66 @@ class EmbeddedEngine:
         assert self.spill is not None
         return PartitionRows({c.key: read_spill(self.spill, i, partition, c.empty()) for i, c in enumerate(sources.consumers)})
 
+    def _in_order(self, count: int, work: Callable[[int], T]) -> Iterator[T]:
+        """``work(p)`` for p in 0..count-1, ``workers`` at a time, results in partition order."""
+        pending: deque[Future] = deque()
+        try:
+            for p in range(count):
+                pending.append(self._pool.submit(work, p))
+                if len(pending) >= self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            wait(pending)
+
     def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> list[TrainingSummary]:
-        return [summarize(ctx, prepare(ctx, self._rows(sources, p), BuildReport())) for p in range(partitions.count)]
+        """Each partition's summary; its prepared rows replace its raw rows in the spill (with the
+        counts of :func:`prepare`), so that :meth:`build` does not prepare them again."""
+        spill = self.spill
+        assert spill is not None
+
+        def one(p: int) -> TrainingSummary:
+            report = BuildReport()
+            prepared = prepare(ctx, self._rows(sources, p), report)
+            summary = summarize(ctx, prepared)
+            for i, consumer in enumerate(sources.consumers):
+                write_ipc(prepared.frames[consumer.key].to_arrow(compat_level=pl.CompatLevel.newest()), prepared_path(spill, i, p), None)
+                spill_path(spill, i, p).unlink(missing_ok=True)
+            self.reports[p] = report
+            return summary
+
+        return list(self._in_order(partitions.count, one))
+
+    def _prepared(self, sources: Sources, partition: int) -> PartitionRows:
+        assert self.spill is not None
+        frames = {}
+        for i, consumer in enumerate(sources.consumers):
+            path = prepared_path(self.spill, i, partition)
+            with pa.OSFile(str(path)) as file:
+                frames[consumer.key] = pl.from_arrow(ipc.open_file(file).read_all(), rechunk=False)
+            path.unlink()
+        return PartitionRows(frames)  # type: ignore[arg-type]
 
     def build(self, ctx: BuildContext, sources: Sources, encoder: AttributeEncoder, partitions: UserPartitions,
-              users: RowGroupWriter, parts_dir: Path) -> tuple[list[BuildReport], list[Path]]:
-        reports, parts = [], []
+              users: RowGroupWriter, parts_dir: Path, user_ids: pl.Series) -> tuple[list[BuildReport], list[Path]]:
         offsets = partitions.offsets
-        writer = ThreadPoolExecutor(max_workers=1)
-        pending: Future | None = None
-        try:
-            for p in range(partitions.count):
-                report = BuildReport()
-                prepared = prepare(ctx, self._rows(sources, p), report)
-                users_table, examples = build_partition(ctx, encoder, prepared, offsets[p], report)
-                del prepared
-                if pending is not None:
-                    pending.result()  # one partition's users in flight at most
-                pending = writer.submit(users.write, users_table)
-                del users_table
-                path = parts_dir / f"examples-{p}.arrow"
-                write_ipc(examples, path)
-                reports.append(report)
-                parts.append(path)
-            if pending is not None:
-                pending.result()
-        finally:
-            writer.shutdown(wait=True)
-        return reports, parts
+
+        def one(p: int) -> tuple[pa.Table, Path]:
+            mine = user_ids.slice(offsets[p], partitions.user_counts[p])
+            users_table, examples = build_partition(ctx, encoder, self._prepared(sources, p), offsets[p], self.reports[p], mine)
+            path = parts_dir / f"examples-{p}.arrow"
+            write_ipc(examples, path, part_batch_rows(partitions.count))
+            return users_table, path
+
+        parts = []
+        for users_table, path in self._in_order(partitions.count, one):
+            users.write(users_table)  # in partition order
+            parts.append(path)
+        return [self.reports[p] for p in range(partitions.count)], parts
 
     def close(self) -> None:
         self.spill = None
+        self._pool.shutdown(wait=True)

@@ -101,12 +101,13 @@ def summarize(ctx: BuildContext, prepared: PartitionRows) -> TrainingSummary:
 
 
 def build_partition(ctx: BuildContext, encoder: AttributeEncoder, prepared: PartitionRows, user_offset: int,
-                    report: BuildReport) -> tuple[pa.Table, pa.Table]:
+                    report: BuildReport, user_ids: pl.Series | None = None) -> tuple[pa.Table, pa.Table]:
     """The partition's rows of ``users.parquet`` and of ``examples.parquet`` (the latter in (time,
     file row) order, with the two sort keys as the last columns). ``user_offset``: the
-    ``users.parquet`` row of the partition's first user. Counts go to ``report``."""
+    ``users.parquet`` row of the partition's first user; ``user_ids``: the partition's users if
+    known (sorted; else :func:`partition_users`). Counts go to ``report``."""
     schema = ctx.schema
-    users = partition_users(schema, prepared)
+    users = partition_users(schema, prepared) if user_ids is None else user_ids.alias(USER).to_frame()
     streams = {s.name: (ctx.paths[f"stream:{s.name}"], prepared.frames.pop(f"stream:{s.name}")) for s in schema.streams}
     user_columns, indexes = encode_streams(schema, streams, users, encoder, report, lambda _message: None)
     users_table = pa.table(user_columns)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import polars as pl
 
 from eventrec.schema import Schema
 from eventrec.store.assemble import RowGroupWriter, merge_sorted
@@ -32,7 +33,7 @@ from eventrec.store.sources import ReadTask, Sources, plan_sources, read_tasks, 
 from eventrec.store.splits import check_splits, needs_impression_times, resolve_splits, split_of
 from eventrec.store.user_partitions import UserPartitions, plan_partitions
 
-DEFAULT_ROWS_PER_PARTITION = 1_000_000
+DEFAULT_ROWS_PER_PARTITION = 250_000  # about 30 MB of raw rows of the synthetic world; two in flight
 
 
 class Engine(Protocol):
@@ -48,9 +49,10 @@ class Engine(Protocol):
         """One training summary per partition."""
 
     def build(self, ctx: BuildContext, sources: Sources, encoder: AttributeEncoder, partitions: UserPartitions,
-              users: RowGroupWriter, parts_dir: Path) -> tuple[list[BuildReport], list[Path]]:
+              users: RowGroupWriter, parts_dir: Path, user_ids: pl.Series) -> tuple[list[BuildReport], list[Path]]:
         """Write the partitions' user rows to ``users`` in partition order and their example rows to
-        part files in ``parts_dir``; return the reports and the part files."""
+        part files in ``parts_dir``; return the reports and the part files. ``user_ids``: every user,
+        sorted (partition ``p``'s are ``user_ids[offsets[p]:][:user_counts[p]]``)."""
 
     def close(self) -> None:
         """Free what :meth:`split` kept."""
@@ -86,7 +88,10 @@ def build_partitioned(schema: Schema, data_dir: Path, out_dir: Path, engine: Eng
     check_splits(schema, sizes, boundaries, allow_empty_splits)
     del times
     tasks = _known_offsets(tasks, parts)
-    partitions = plan_partitions(users_of(scan.user_rows), rows_per_partition)
+    user_rows = users_of(scan.user_rows)
+    partitions = plan_partitions(user_rows, rows_per_partition)
+    user_ids = user_rows[USER]
+    del user_rows
     data_end = scan.data_end
     del scan, parts
     ctx = BuildContext(schema, boundaries, key_dtype, mixed,
@@ -103,7 +108,7 @@ def build_partitioned(schema: Schema, data_dir: Path, out_dir: Path, engine: Eng
         say("encoding the partitions' users and examples")
         (work / "parts").mkdir(parents=True, exist_ok=True)
         users = RowGroupWriter(out_dir / "users.parquet")
-        reports, example_parts = engine.build(ctx, sources, encoder, partitions, users, work / "parts")
+        reports, example_parts = engine.build(ctx, sources, encoder, partitions, users, work / "parts", user_ids)
         users.close()
         engine.close()  # the spill is no longer needed
         say("merging the examples by time")

@@ -232,7 +232,7 @@ def read_batches(table: RawTable, task: ReadTask, columns: list[str], batch_rows
             batches: Iterator[pl.DataFrame] = iter([frame])
         else:
             reader = pq.ParquetFile(task.file, pre_buffer=False, buffer_size=1 << 20)
-            batches = (pl.from_arrow(batch) for batch in reader.iter_batches(batch_rows, row_groups=[task.row_group], columns=columns))  # type: ignore[misc]
+            batches = (pl.from_arrow(batch) for batch in reader.iter_batches(batch_rows, row_groups=[task.row_group], columns=columns, use_threads=False))  # type: ignore[misc]
         for frame in batches:
             casts = {c: types[c] for c in columns if frame.schema[c] != types[c]}
             frame = frame.cast(casts) if casts else frame  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from eventrec.schema import Schema
-from eventrec.store.assemble import RowGroupWriter, write_ipc
+from eventrec.store.assemble import RowGroupWriter, part_batch_rows, write_ipc
 from eventrec.store.encoding import AttributeEncoder, BuildReport, TrainingSummary
 from eventrec.store.layout import USER
 from eventrec.store.partition import BuildContext, PartitionRows, build_partition, prepare, summarize
@@ -119,7 +119,7 @@ def _build_partition(ctx: BuildContext, data_dir: str, encoder: AttributeEncoder
     prepared = prepare(ctx, _rows(ctx.schema, data_dir, pieces), report)
     users, examples = build_partition(ctx, encoder, prepared, offsets[partition], report)
     write_ipc(users, Path(parts_dir) / f"users-{partition}.arrow")
-    write_ipc(examples, Path(parts_dir) / f"examples-{partition}.arrow")
+    write_ipc(examples, Path(parts_dir) / f"examples-{partition}.arrow", part_batch_rows(len(offsets)))
     yield pickle.dumps((partition, report))
 
 
@@ -155,7 +155,7 @@ class SparkEngine:
         return [pickle.loads(s) for s in summaries]
 
     def build(self, ctx: BuildContext, sources: Sources, encoder: AttributeEncoder, partitions: UserPartitions,
-              users: RowGroupWriter, parts_dir: Path) -> tuple[list[BuildReport], list[Path]]:
+              users: RowGroupWriter, parts_dir: Path, user_ids: pl.Series) -> tuple[list[BuildReport], list[Path]]:
         assert self._job is not None
         data_dir, offsets, folder = self._job[1], partitions.offsets, str(parts_dir)
         shared = self.context.broadcast(encoder)

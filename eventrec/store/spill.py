@@ -54,6 +54,11 @@ def spill_path(folder: Path, consumer: int, partition: int) -> Path:
     return folder / f"{consumer}-{partition}.arrow"
 
 
+def prepared_path(folder: Path, consumer: int, partition: int) -> Path:
+    """The rows of :func:`eventrec.store.partition.prepare`, written back by the summary step."""
+    return folder / f"prepared-{consumer}-{partition}.arrow"
+
+
 def read_spill(folder: Path, consumer: int, partition: int, empty: pl.DataFrame) -> pl.DataFrame:
     """One consumer's rows of one partition (``empty``, its columns, when it has none)."""
     path = spill_path(folder, consumer, partition)
