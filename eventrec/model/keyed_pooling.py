@@ -10,8 +10,9 @@ history pools to zeros. For one user and many candidates (serving), ``plan`` pic
 
 With ``recency_buckets`` (the model's ``recency: pooling``), the keys and values of each request
 gain learned embeddings of the recency ``bucket(T - t_j)`` of each event to the request time ``T``
-(:meth:`KeyedAttentionPooling.at_request`; the summary token has a row of its own): the user side
-stays independent of ``T`` and only this O(N·D) step is per request.
+and of its rank from the most recent event (:data:`RANKS` ranks, older ones share a row)
+(:meth:`KeyedAttentionPooling.at_request`; the summary token has rows of its own): the user side
+stays independent of ``T`` and of later events, and only this O(N·D) step is per request.
 
 Shapes: encoded ``[sum(N_g), D]`` over G histories; ``query_input [B, Q]``; ``history_index [B]``
 → pooled ``[B, M, D]``.
@@ -34,6 +35,8 @@ from eventrec.ops.selected_pooling import selected_pooling_attention
 from eventrec.ops.time_buckets import time_gap_bucket
 
 MatchForm = Literal["auto", "folded", "bias"]
+RANKS = 16
+"""With ``recency_buckets``: the positions from the most recent event that get a rank embedding of their own."""
 
 
 class KeyedAttentionPooling(nn.Module):
@@ -60,8 +63,11 @@ class KeyedAttentionPooling(nn.Module):
         if recency_buckets:  # rows 0..buckets-1: the events' recency buckets; the last row: the summary token
             self.recency_keys = nn.Embedding(recency_buckets + 1, model_dim)
             self.recency_values = nn.Embedding(recency_buckets + 1, model_dim)
-            nn.init.normal_(self.recency_keys.weight, std=0.02)
-            nn.init.normal_(self.recency_values.weight, std=0.02)
+            # rows 0..RANKS-1: the position from the most recent event (the last row for all older ones); RANKS: the summary token
+            self.rank_keys = nn.Embedding(RANKS + 1, model_dim)
+            self.rank_values = nn.Embedding(RANKS + 1, model_dim)
+            for table in (self.recency_keys, self.recency_values, self.rank_keys, self.rank_values):
+                nn.init.normal_(table.weight, std=0.02)
 
     def at_request(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, offsets: torch.Tensor,
                    request_times: torch.Tensor, summary_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,17 +82,20 @@ class KeyedAttentionPooling(nn.Module):
         summary = torch.zeros(len(keys), dtype=torch.bool, device=keys.device)
         if summary_token:
             summary[offsets[:-1][lengths > 0]] = True
-        return self.with_recency(keys, values, timestamps, request_times[history], summary)
+        from_end = offsets[1:][history] - 1 - torch.arange(len(keys), device=keys.device)
+        return self.with_recency(keys, values, timestamps, request_times[history], summary, from_end)
 
     def with_recency(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, request_times: torch.Tensor,
-                     summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     summary: torch.Tensor, from_end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[P, H, d (+ V·E)]`` of P positions (times ``[P]``, read at ``request_times [P]``,
-        ``summary [P]`` True at summary tokens) plus their recency embeddings (first ``d`` dims of each head)."""
+        ``summary [P]`` True at summary tokens, ``from_end [P]``: 0 at the most recent position) plus their
+        recency and rank embeddings (first ``d`` dims of each head)."""
         bucket = time_gap_bucket(request_times - timestamps, self.recency_buckets).masked_fill(summary, self.recency_buckets)
+        rank = from_end.clamp(0, RANKS - 1).masked_fill(summary, RANKS)
         n, head_dim = len(keys), self.head_dim
         pad = keys.shape[-1] - head_dim  # the match part of the keys (values: zeros) stays as it is
-        shift_k = self.recency_keys(bucket).to(keys.dtype).view(n, self.num_heads, head_dim)
-        shift_v = self.recency_values(bucket).to(values.dtype).view(n, self.num_heads, head_dim)
+        shift_k = (self.recency_keys(bucket) + self.rank_keys(rank)).to(keys.dtype).view(n, self.num_heads, head_dim)
+        shift_v = (self.recency_values(bucket) + self.rank_values(rank)).to(values.dtype).view(n, self.num_heads, head_dim)
         if pad:
             shift_k = torch.nn.functional.pad(shift_k, (0, pad))
             shift_v = torch.nn.functional.pad(shift_v, (0, pad))
@@ -193,7 +202,7 @@ class KeyedAttentionPooling(nn.Module):
         if self.recency_buckets:
             summary = torch.zeros(len(picked), dtype=torch.bool, device=picked.device)
             summary[: len(shared)] = shared == 0 if search.summary_token else False
-            k, v = self.with_recency(k, v, timestamps.index_select(0, picked), request_time.expand(len(picked)), summary)
+            k, v = self.with_recency(k, v, timestamps.index_select(0, picked), request_time.expand(len(picked)), summary, len(keys) - 1 - picked)
         weight = (self.match_weight * head_dim**-0.5).to(q.dtype)  # [H, V]
         queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
         s = len(shared)
