@@ -48,8 +48,8 @@ DEFAULT_MASTER = "local[*]"
 
 
 def spark_session(master: str | None) -> Any:
-    """The active session (e.g. under ``spark-submit``, or a test's), else a new one on ``master``
-    (default ``local[*]``). A given ``master`` always makes a session of its own."""
+    """The active session (e.g. a test's), else the session of ``spark-submit`` (its master), else a
+    new one on ``master`` (default ``local[*]``; local workers run this Python)."""
     from pyspark.sql import SparkSession
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -58,11 +58,13 @@ def spark_session(master: str | None) -> Any:
     active = SparkSession.getActiveSession()
     if active is not None and master is None:
         return active
+    builder = SparkSession.builder.appName("eventrec build").config("spark.ui.showConsoleProgress", "false")
+    if master is None and "PYSPARK_GATEWAY_PORT" in os.environ:
+        return builder.getOrCreate()  # under spark-submit: its --master and --conf
     master = master or DEFAULT_MASTER
-    builder = SparkSession.builder.appName("eventrec build").master(master).config("spark.ui.showConsoleProgress", "false")
     if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
         os.environ["PYSPARK_PYTHON"] = sys.executable  # local workers run this Python (and its eventrec)
-    return builder.getOrCreate()
+    return builder.master(master).getOrCreate()
 
 
 # -- what the executors run (module-level functions: pickled by reference) -----------------------
