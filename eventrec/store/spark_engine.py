@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -84,8 +85,12 @@ def _split_task(schema: Schema, data_dir: str, task: ReadTask, partitions: UserP
         for index, consumer in consumers:
             rows = consumer.rows(batch)
             assigned = partitions.assign(rows[USER])
-            for partition in sorted(set(assigned.tolist()) - {-1}):
-                yield partition, (index, _ipc_bytes(rows.filter(pl.Series(assigned == partition))))
+            order = np.argsort(assigned, kind="stable")
+            assigned, rows = assigned[order], rows[order]
+            edges = np.flatnonzero(np.concatenate([[True], assigned[1:] != assigned[:-1], [True]])) if len(assigned) else []
+            for start, end in zip(edges[:-1], edges[1:]):
+                if assigned[start] >= 0:  # -1: no user id (a derived label's event): in no partition
+                    yield int(assigned[start]), (index, _ipc_bytes(rows.slice(int(start), int(end - start))))
 
 
 def _ipc_bytes(frame: pl.DataFrame) -> bytes:
