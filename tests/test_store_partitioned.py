@@ -46,6 +46,28 @@ def test_tiny_world_any_partition_size(tiny_world, tmp_path):
     _same_as_in_memory(schema_path, data, tmp_path, [1, 2, 5, 1_000_000])
 
 
+def test_vectors_at_int8_and_value_sampling(tiny_world, tmp_path):
+    """Per-event vectors stored at int8 (clicks and impressions) and a value-sampling stream, whose
+    build carries each event's raw type and price into ``click___sampling_value``."""
+    import yaml
+
+    schema_path, data = tiny_world
+    events = pl.read_parquet(data / "events.parquet")
+    vectors = [[i * 0.37, -0.5 * i, 0.25] for i in range(events.height)]
+    events.with_columns(pl.Series("vec", vectors, dtype=pl.List(pl.Float32))).write_parquet(data / "events.parquet")
+    impressions = pl.read_parquet(data / "impressions.parquet")
+    vectors = [[1.0, 2.0, i / 3] for i in range(impressions.height)]
+    impressions.with_columns(pl.Series("vec", vectors, dtype=pl.List(pl.Float32))).write_parquet(data / "impressions.parquet")
+    spec = yaml.safe_load(schema_path.read_text())
+    vec = {"name": "vec", "kind": "embedding", "dim": 3, "precision": "int8"}
+    spec["streams"][0]["attributes"].append(vec)
+    spec["streams"][0]["sampling"] = {"policy": "value", "event_type_values": {"click": 2.0}, "attribute": "price", "recency_half_life": 100}
+    spec["impressions"]["item_attributes"].append(vec)
+    schema_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _same_as_in_memory(schema_path, data, tmp_path, [1, 4])
+    assert "click___sampling_value" in pq.read_schema(tmp_path / "polars-1" / "users.parquet").names
+
+
 def test_synthetic_world_in_time_order_over_files_and_csv(tmp_path):
     schema_path = synthetic_world(tmp_path)
     manifest = _same_as_in_memory(schema_path, schema_path.parent, tmp_path / "stores", [2_000, 50_000])
