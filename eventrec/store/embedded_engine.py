@@ -1,11 +1,12 @@
-"""The embedded engine of the partitioned build: this process, one partition at a time.
+"""The embedded engine of the partitioned build: this process, ``workers`` threads (default 2).
 
-Scan and split read each table once, batch by batch (:func:`~eventrec.store.sources.read_batches`);
-the split writes every consumer's rows to per-partition spill files (:mod:`eventrec.store.spill`).
-Each partition is then read for its training summary (its prepared rows, sorted and without exact
-duplicates, written back in place of the raw ones) and read again for its rows, and freed before
-the next: peak memory follows the largest partition, not the logs. The users of a partition are written
-in partition order as the partitions complete; two partitions (``workers``) are worked on at once.
+Scan and split read each table batch by batch (:func:`~eventrec.store.sources.read_batches`), the
+read tasks shared among the threads; the split writes every consumer's rows to per-partition spill
+files (:mod:`eventrec.store.spill`), one piece per thread over a contiguous run of tasks. Each
+partition is then read for its training summary (its prepared rows, sorted and without exact
+duplicates, written back for the build), and again for its rows: two partitions at a time (Polars,
+pyarrow and numpy release the GIL), so peak memory follows the partition size, not the logs. The
+users are written in partition order as the partitions complete.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -27,7 +29,7 @@ from eventrec.store.layout import USER
 from eventrec.store.partition import BuildContext, PartitionRows, build_partition, prepare, summarize
 from eventrec.store.scan import ScanPart, scan_batch
 from eventrec.store.sources import ReadTask, Sources, read_batches
-from eventrec.store.spill import SpillWriter, prepared_path, read_spill, spill_path
+from eventrec.store.spill import SpillWriter, prepared_path, read_spill
 from eventrec.store.user_partitions import UserPartitions
 
 SCAN_BATCH_ROWS = 65_536  # the first pass reads a few columns: larger batches, less overhead
@@ -42,42 +44,54 @@ class EmbeddedEngine:
         self.workers = workers or min(2, os.cpu_count() or 1)
         self.spill: Path | None = None
         self.reports: dict[int, BuildReport] = {}
-        # one pool for every step, scan and split included (run in its threads): the allocators keep
-        # per-thread arenas, and memory freed by one step is reused by the next in the same threads
+        self.pieces = 1
+        # one pool for every step: the allocators keep per-thread arenas, and memory freed by one step
+        # is reused by the next in the same threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers)
 
     def scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
-        return self._pool.submit(self._scan, schema, sources, tasks, key_dtype, boundaries).result()
+        return self._scan(schema, sources, tasks, key_dtype, boundaries)
 
     def split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
-        self._pool.submit(self._split, sources, tasks, partitions, work_dir).result()
+        self._split(sources, tasks, partitions, work_dir)
 
     def _scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
-        parts = []
-        for task in tasks:
+        def one(i: int) -> ScanPart:
+            task = tasks[i]
             part = ScanPart(table_rows={task.pattern: 0})
-            table = sources.tables[task.pattern]
-            for batch in read_batches(table, task, sources.raw_columns(task.pattern, scan=True), SCAN_BATCH_ROWS):
+            for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern, scan=True), SCAN_BATCH_ROWS):
                 part.add(scan_batch(schema, sources, task.pattern, batch, key_dtype, boundaries))
-            parts.append(part)
-        return parts
+            return part
+
+        return list(self._in_order(len(tasks), one))
 
     def _split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
+        """``workers`` writers, each over a contiguous run of the tasks (about equal rows)."""
         self.spill = work_dir
-        writer = SpillWriter(work_dir)
-        try:
-            for task in tasks:
-                consumers = [(sources.consumers.index(c), c) for c in sources.of_table(task.pattern)]
-                for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern)):
-                    for index, consumer in consumers:
-                        rows = consumer.rows(batch)
-                        writer.write(index, partitions.assign(rows[USER]), rows)
-        finally:
-            writer.close()
+        rows = np.cumsum([task.rows or 0 for task in tasks])
+        ends = np.searchsorted(rows, rows[-1] * np.arange(1, self.workers) / self.workers, side="left") + 1 if len(rows) else []
+        runs = [run for run in np.split(np.arange(len(tasks)), ends) if len(run)]
+        self.pieces = len(runs)
+
+        def write(piece: int) -> None:
+            writer = SpillWriter(work_dir, piece)
+            try:
+                for i in runs[piece]:
+                    task = tasks[i]
+                    consumers = [(sources.consumers.index(c), c) for c in sources.of_table(task.pattern)]
+                    for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern)):
+                        for index, consumer in consumers:
+                            rows = consumer.rows(batch)
+                            writer.write(index, partitions.assign(rows[USER]), rows)
+            finally:
+                writer.close()
+
+        for _ in self._in_order(len(runs), write):
+            pass
 
     def _rows(self, sources: Sources, partition: int) -> PartitionRows:
         assert self.spill is not None
-        return PartitionRows({c.key: read_spill(self.spill, i, partition, c.empty()) for i, c in enumerate(sources.consumers)})
+        return PartitionRows({c.key: read_spill(self.spill, i, partition, self.pieces, c.empty(), remove=True) for i, c in enumerate(sources.consumers)})
 
     def _in_order(self, count: int, work: Callable[[int], T]) -> Iterator[T]:
         """``work(p)`` for p in 0..count-1, ``workers`` at a time, results in partition order."""
@@ -106,7 +120,6 @@ class EmbeddedEngine:
             summary = summarize(ctx, prepared)
             for i, consumer in enumerate(sources.consumers):
                 write_ipc(prepared.frames[consumer.key].to_arrow(compat_level=pl.CompatLevel.newest()), prepared_path(spill, i, p), None)
-                spill_path(spill, i, p).unlink(missing_ok=True)
             self.reports[p] = report
             return summary
 

@@ -1,8 +1,9 @@
 """The embedded engine's spill: each consumer's raw rows, split by user partition, in Arrow IPC files.
 
-One pass over the raw tables writes ``{consumer}-{partition}.arrow`` (uncompressed Arrow IPC, string
-views kept as they are) inside the build's temporary folder; each partition's files are then read
-twice (summary, then build), one partition at a time. The files are removed with that folder.
+One pass over the raw tables writes ``{consumer}-{partition}-{piece}.arrow`` (uncompressed Arrow IPC,
+string views kept as they are) inside the build's temporary folder, one piece per writer (writers
+take contiguous runs of read tasks, so pieces in order are rows in file order); each partition's
+files are then read for its summary. The files are removed with that folder.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import pyarrow.ipc as ipc
 class SpillWriter:
     """Appends row batches to one IPC file per (consumer, partition); :meth:`close` finishes them."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, piece: int = 0):
         self.folder = folder
+        self.piece = piece
         folder.mkdir(parents=True, exist_ok=True)
         self._writers: dict[tuple[int, int], ipc.RecordBatchFileWriter] = {}
 
@@ -40,7 +42,7 @@ class SpillWriter:
                 continue
             writer = self._writers.get((consumer, partition))
             if writer is None:
-                writer = ipc.new_file(spill_path(self.folder, consumer, partition), table.schema)
+                writer = ipc.new_file(spill_path(self.folder, consumer, partition, self.piece), table.schema)
                 self._writers[(consumer, partition)] = writer
             writer.write_table(table.slice(start, end - start))
 
@@ -50,8 +52,8 @@ class SpillWriter:
         self._writers.clear()
 
 
-def spill_path(folder: Path, consumer: int, partition: int) -> Path:
-    return folder / f"{consumer}-{partition}.arrow"
+def spill_path(folder: Path, consumer: int, partition: int, piece: int) -> Path:
+    return folder / f"{consumer}-{partition}-{piece}.arrow"
 
 
 def prepared_path(folder: Path, consumer: int, partition: int) -> Path:
@@ -59,13 +61,20 @@ def prepared_path(folder: Path, consumer: int, partition: int) -> Path:
     return folder / f"prepared-{consumer}-{partition}.arrow"
 
 
-def read_spill(folder: Path, consumer: int, partition: int, empty: pl.DataFrame) -> pl.DataFrame:
-    """One consumer's rows of one partition (``empty``, its columns, when it has none)."""
-    path = spill_path(folder, consumer, partition)
-    if not path.exists():
+def read_spill(folder: Path, consumer: int, partition: int, pieces: int, empty: pl.DataFrame, remove: bool = False) -> pl.DataFrame:
+    """One consumer's rows of one partition, its ``pieces`` in order (``empty``, its columns, when
+    it has none); ``remove``: delete the files once read."""
+    frames = []
+    for piece in range(pieces):
+        path = spill_path(folder, consumer, partition, piece)
+        if not path.exists():
+            continue
+        with pa.OSFile(str(path)) as file:  # read, not memory-mapped: the pages are freed with the frame
+            frame = pl.from_arrow(ipc.open_file(file).read_all(), rechunk=False)
+        assert isinstance(frame, pl.DataFrame)
+        frames.append(frame.cast(dict(empty.schema)) if frame.schema != empty.schema else frame)
+        if remove:
+            path.unlink()
+    if not frames:
         return empty
-    with pa.OSFile(str(path)) as file:  # read, not memory-mapped: the pages are freed with the frame
-        table = ipc.open_file(file).read_all()
-    frame = pl.from_arrow(table, rechunk=False)
-    assert isinstance(frame, pl.DataFrame)
-    return frame.cast(dict(empty.schema)) if frame.schema != empty.schema else frame
+    return pl.concat(frames, rechunk=False) if len(frames) > 1 else frames[0]
