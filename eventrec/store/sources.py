@@ -5,8 +5,9 @@ loaders (:mod:`eventrec.store.load`, :mod:`eventrec.store.later_labels`): the im
 stream, and each label derived from later events. Applied to a batch of a table's rows it gives
 exactly the rows the in-memory loader would hold for those file rows.
 
-A **read task** is one piece of a table: a row group of a Parquet file (read with pyarrow in batches
-of ``BATCH_ROWS``, so that memory does not grow with the row group's size) or a whole CSV file (read
+A **read task** is one piece of a table: a row group of a Parquet file (its needed columns read whole
+by Polars when they decode to about ``NATIVE_READ_BYTES`` at most, else with pyarrow in batches of
+``BATCH_ROWS``, so that memory does not grow with the row group's size) or a whole CSV file (read
 with Polars as :func:`~eventrec.store.raw_logs.scan_table` does). Tasks are what the Spark engine
 distributes; the embedded engine runs them in order. Every batch carries ``_row``, the row's number in
 the table (the concatenation of its sorted files), and has the dtypes of the table's Polars scan.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from eventrec.schema import DerivedLabel, EventsSource, Schema, Stream
@@ -29,6 +31,7 @@ from eventrec.store.raw_logs import ROW, DataError, RawTable, require_columns, s
 from eventrec.store.sampling_values import EVENT_TYPE, needs_event_type
 
 BATCH_ROWS = 65_536
+NATIVE_READ_BYTES = 16 << 20  # a row group whose needed columns decode to about this much is read whole
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,16 @@ def with_offsets(tasks: list[ReadTask], rows: list[int]) -> list[ReadTask]:
     return out
 
 
+def _row_bytes(schema: pa.Schema, columns: list[str]) -> int:
+    """About the decoded bytes of a row of ``columns``: fixed-width values their width, others
+    (strings, lists) 32 bytes (Parquet's own sizes are of encoded pages, often much smaller)."""
+    total = 0
+    for name in columns:
+        dtype = schema.field(name).type
+        total += dtype.byte_width if pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_temporal(dtype) else 32
+    return total
+
+
 def read_batches(table: RawTable, task: ReadTask, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
     """The task's rows (``columns`` and ``_row``; ``_row`` counts from 0 when the offset is unknown),
     in file order, at most ``batch_rows`` at a time for Parquet, in the dtypes of the table's scan."""
@@ -232,7 +245,12 @@ def read_batches(table: RawTable, task: ReadTask, columns: list[str], batch_rows
             batches: Iterator[pl.DataFrame] = iter([frame])
         else:
             reader = pq.ParquetFile(task.file, pre_buffer=False, buffer_size=1 << 20)
-            batches = (pl.from_arrow(batch) for batch in reader.iter_batches(batch_rows, row_groups=[task.row_group], columns=columns, use_threads=False))  # type: ignore[misc]
+            group = reader.metadata.row_group(task.row_group)
+            if group.num_rows * _row_bytes(reader.schema_arrow, columns) <= NATIVE_READ_BYTES:  # decoded at once: Polars' reader, about twice as fast
+                start = sum(reader.metadata.row_group(g).num_rows for g in range(task.row_group))
+                batches = iter([pl.scan_parquet(task.file).select(columns).slice(start, group.num_rows).collect()])
+            else:  # a bounded batch at a time, whatever the row group's size
+                batches = (pl.from_arrow(batch) for batch in reader.iter_batches(batch_rows, row_groups=[task.row_group], columns=columns, use_threads=False))  # type: ignore[misc]
         for frame in batches:
             casts = {c: types[c] for c in columns if frame.schema[c] != types[c]}
             frame = frame.cast(casts) if casts else frame  # type: ignore[arg-type]
