@@ -216,7 +216,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:<10}{r['seconds']:>10.1f}{r['events'] / r['seconds']:>14,.0f}{r['peak_rss_mb']:>14.0f}{r['own_rss_mb']:>12.0f}"
               f"{r['store_mb']:>12.0f}{r['peak_rss_mb'] / r['store_mb']:>12.1f}")
-    print(f"(peak RSS: the child and its descendants, sampled; own RSS: the child's exact ru_maxrss)")
+    print("(peak RSS: the child and its descendants, sampled; own RSS: the child's exact ru_maxrss)")
     print(f"eventrec stores byte-identical across {', '.join(v for v in results if v != 'duckdb')}: {same}")
     for name, r in results.items():
         if r.get("stages"):

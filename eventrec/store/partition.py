@@ -37,7 +37,6 @@ class BuildContext:
 
     schema: Schema
     boundaries: tuple[int, int]
-    user_dtype: pl.DataType
     mixed_user_types: bool
     timestamp_columns: dict[str, str]   # consumer key → raw timestamp column (dropped by prepare)
     paths: dict[str, str]               # consumer key → the table's path, for error messages

@@ -14,6 +14,7 @@ The engine does scan, split, summarize and build (:class:`Engine`); everything e
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -94,7 +95,7 @@ def build_partitioned(schema: Schema, data_dir: Path, out_dir: Path, engine: Eng
     del user_rows
     data_end = scan.data_end
     del scan, parts
-    ctx = BuildContext(schema, boundaries, key_dtype, mixed,
+    ctx = BuildContext(schema, boundaries, mixed,
                        timestamp_columns={c.key: c.timestamp_column for c in sources.consumers},
                        paths={c.key: str(c.table.path) for c in sources.consumers}, data_end=data_end)
 
@@ -135,6 +136,4 @@ def _known_offsets(tasks: list[ReadTask], parts: list[ScanPart]) -> list[ReadTas
 
 def _remove_work(work: Path) -> None:
     """Remove the work folder this build created (spill and part files only)."""
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)

@@ -87,9 +87,6 @@ class Sources:
         """The raw columns any consumer reads from the table of ``pattern`` (``scan``: in the first pass)."""
         return sorted({column for c in self.of_table(pattern) for column in (c.scan_raw_columns if scan else c.raw_columns)})
 
-    def get(self, kind: str, name: str) -> Consumer:
-        return next(c for c in self.consumers if c.kind == kind and c.name == name)
-
 
 def _impressions(schema: Schema, table: RawTable) -> Consumer:
     """As :func:`eventrec.store.load._load_impressions`."""
