@@ -115,6 +115,16 @@ def test_bad_input_is_named_as_the_in_memory_build_names_it(tiny_world, tmp_path
     assert messages["polars"] == messages["memory"]
 
 
+def test_of_two_errors_the_in_memory_build_s_first_is_named(tiny_world, tmp_path):
+    """A null user id in the impressions (read first) and a missing column in the events (planned
+    first by the partitioned build): the impressions' error, as the in-memory build reports it."""
+    schema_path, data = tiny_world
+    for case in ("null user id", "missing column"):
+        _break(data, *BAD_INPUTS[case])
+    with pytest.raises(DataError, match="impressions.parquet: column 'user_id', row 2: null user id"):
+        build_store(load_schema(schema_path), data, tmp_path / "s", rows_per_partition=1)
+
+
 def test_options_are_checked(tiny_world, tmp_path):
     schema_path, data = tiny_world
     for kwargs, field in (({"engine": "duckdb"}, "engine"), ({"rows_per_partition": 0}, "rows_per_partition"),

@@ -21,7 +21,8 @@ Engines (``engine``), all writing the same bytes (see ``docs/store.md``):
   (:mod:`eventrec.store.partitioned`, :mod:`eventrec.store.embedded_engine`);
 - ``spark``: the same partitions run by Apache Spark (:mod:`eventrec.store.spark_engine`);
 - ``memory``: every row at once (:mod:`eventrec.store.build_in_memory`), the readable reference;
-  the partitioned engines hand it the input they refuse, so that errors name the first bad row.
+  the partitioned engines hand it any input they refuse or fail on with a ``DataError``, so that
+  errors name the first bad row exactly as it does (and in the same order).
 
 The same input gives byte-identical output, whatever the engine and the partition size.
 """
@@ -38,7 +39,8 @@ from eventrec.store.arrow_memory import returning_arrow_memory
 from eventrec.store.build_in_memory import build_in_memory
 from eventrec.store.layout import check_replaceable, recover_interrupted_swap, remove_stale_temporaries, swap_into_place, write_json
 from eventrec.store.load import Progress
-from eventrec.store.partitioned import DEFAULT_ROWS_PER_PARTITION, Refused, build_partitioned
+from eventrec.store.partitioned import DEFAULT_ROWS_PER_PARTITION, build_partitioned
+from eventrec.store.raw_logs import DataError
 
 ENGINES = ("polars", "spark", "memory")
 
@@ -79,7 +81,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
             try:
                 with returning_arrow_memory():
                     manifest = build_partitioned(schema, data_dir, tmp, _engine(engine, spark_master), say, allow_empty_splits, rows_per_partition)
-            except Refused as refused:
+            except DataError as refused:  # Refused by the scan, or an error met on the way
                 say(f"input refused ({refused}): the in-memory build names the first offending row")
                 shutil.rmtree(tmp)
                 tmp.mkdir()
