@@ -68,6 +68,22 @@ def test_vectors_at_int8_and_value_sampling(tiny_world, tmp_path):
     assert "click___sampling_value" in pq.read_schema(tmp_path / "polars-1" / "users.parquet").names
 
 
+def test_labels_from_a_separate_events_file_with_string_user_ids(tiny_world, tmp_path):
+    """A derived label read from its own file whose user ids are strings (the logs' are integers),
+    some of which name no user: matched as strings, and every event counted, in both builds."""
+    import yaml
+
+    schema_path, data = tiny_world
+    clicks = pl.DataFrame({"user": ["1", "2", "x", "3", "1"], "kind": ["buy"] * 5, "at": [60, 130, 20, 220, 400], "ad_id": [6, 7, 5, 9, 8]})
+    clicks.write_parquet(data / "conversions.parquet")
+    spec = yaml.safe_load(schema_path.read_text())
+    source = {"path": "conversions.parquet", "user_column": "user", "timestamp_column": "at", "type_column": "kind"}
+    spec["impressions"]["derived_labels"] = [{"name": "bought", "events": ["buy"], "match": ["ad_id"], "window": 500, "source": source}]
+    schema_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    manifest = _same_as_in_memory(schema_path, data, tmp_path, [1, 4])
+    assert manifest["counts"]["labels.bought.events"] == 5
+
+
 def test_synthetic_world_in_time_order_over_files_and_csv(tmp_path):
     schema_path = synthetic_world(tmp_path)
     manifest = _same_as_in_memory(schema_path, schema_path.parent, tmp_path / "stores", [2_000, 50_000])
@@ -169,7 +185,7 @@ def test_partition_plan_keeps_users_whole_and_near_the_target():
     assert plan.user_counts == (2, 1, 2, 1) and plan.row_counts == (8, 30, 2, 2)
     assert plan.offsets == [0, 2, 3, 5]
     assert plan.assign(pl.Series([1, 2, 3, 4, 13, 100, None])).tolist() == [0, 0, 1, 1, 3, 3, -1]
-    assert plan.assign(pl.Series(["3", "x"])).tolist() == [1, -1]  # other id types cast (unparsable: no partition)
+    assert plan.assign(pl.Series(["3", "x", None])).tolist() == [1, 0, -1]  # other id types cast (not castable: partition 0)
     single = plan_partitions(users, rows_per_partition=1_000)
     assert single.count == 1 and single.assign(pl.Series([0, 99])).tolist() == [0, 0]
 

@@ -38,14 +38,19 @@ class UserPartitions:
         return np.concatenate([[0], np.cumsum(self.user_counts)[:-1]]).astype(np.int64).tolist()
 
     def assign(self, users: pl.Series) -> np.ndarray:
-        """``[n]`` int64 partition of each user id (``users``: the key's dtype or castable; -1: null)."""
+        """``[n]`` int64 partition of each user id: -1 for null; an id of another dtype is cast to
+        the key's (a derived label's events may name users so), and one that does not cast, which
+        no impression can match, goes to partition 0 (it is still counted there)."""
+        missing = users.is_null().to_numpy() if users.null_count() else None
         users = users.cast(self.boundaries.dtype, strict=False) if users.dtype != self.boundaries.dtype else users
         if not len(self.boundaries):
             out = np.zeros(len(users), dtype=np.int64)
         else:
             out = self.boundaries.search_sorted(users.fill_null(self.boundaries[0]), side="right").to_numpy().astype(np.int64)
-        if users.null_count():
-            out[users.is_null().to_numpy()] = -1
+            if users.null_count():
+                out[users.is_null().to_numpy()] = 0
+        if missing is not None:
+            out[missing] = -1
         return out
 
 
