@@ -18,6 +18,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventrec.schema import load_schema
 from eventrec.store.assemble import RowGroupWriter, merge_sorted, write_ipc
@@ -103,6 +105,41 @@ def test_trivago_samples_with_labels_from_later_events(tmp_path, adapter):
     schema_path, data = trivago_sample(tmp_path / "data", adapter)
     manifest = _same_as_in_memory(schema_path, data, tmp_path / "stores", [3_000])
     assert any(k.startswith("labels.") and k.endswith(".positives") for k in manifest["counts"])
+
+
+RANDOM_SCHEMA = {
+    "name": "random",
+    "events": {"path": "events.parquet"},
+    "streams": [{"name": name, "event_types": [name], "max_length": 4,
+                 "attributes": [{"name": "x", "kind": "numeric"}, {"name": "item", "kind": "categorical", "vocabulary": "item"}]}
+                for name in ("a", "b")],
+    "impressions": {"path": "impressions.parquet", "item_column": "item", "labels": ["y"], "request_column": "request",
+                    "item_attributes": [{"name": "item", "kind": "categorical", "vocabulary": "item"}]},
+    "splits": {"train_fraction": 0.6, "validation_fraction": 0.2},
+}
+event = st.tuples(st.integers(0, 6), st.sampled_from(["a", "b", "c"]), st.integers(0, 40), st.sampled_from([0.5, 1.5, None]), st.integers(0, 5))
+impression = st.tuples(st.integers(0, 7), st.integers(0, 42), st.integers(0, 5), st.integers(0, 1))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(event, min_size=1, max_size=50), impressions=st.lists(impression, min_size=1, max_size=20),
+       rows=st.integers(1, 30), data=st.data())
+def test_random_logs_any_partition_size(tmp_path_factory, events, impressions, rows, data):
+    """Random logs with tied times, exact duplicate events (repeated rows), repeated impressions,
+    users with events only or impressions only, rows of no stream, fraction splits: same bytes."""
+    from eventrec.schema import parse_schema
+
+    events = events + data.draw(st.lists(st.sampled_from(events), max_size=5))  # exact duplicates
+    folder = tmp_path_factory.mktemp("logs")
+    pl.DataFrame(events, schema={"user_id": pl.Int64, "event_type": pl.String, "timestamp": pl.Int64, "x": pl.Float64, "item": pl.Int64},
+                 orient="row").write_parquet(folder / "events.parquet", row_group_size=7)
+    frame = pl.DataFrame(impressions, schema={"user_id": pl.Int64, "timestamp": pl.Int64, "item": pl.Int64, "y": pl.Int8}, orient="row")
+    frame.with_columns(pl.struct("user_id", "timestamp").rank("dense").alias("request")).write_parquet(folder / "impressions.parquet")
+    schema = parse_schema(RANDOM_SCHEMA)
+    out = folder.with_name(f"{folder.name}_stores")
+    build_store(schema, folder, out / "memory", engine="memory")
+    build_store(schema, folder, out / "polars", rows_per_partition=rows)
+    assert digest(out / "polars") == digest(out / "memory")
 
 
 def _break(data: Path, file: str, change) -> None:
