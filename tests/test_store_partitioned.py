@@ -253,3 +253,15 @@ def test_merge_sorted_equals_a_sort(tmp_path):
         parts.append(path)
     merged = pl.from_arrow(pa.concat_tables(list(merge_sorted(parts, "t", "r"))))
     assert merged.equals(rows.sort(["t", "r"]))
+
+
+def test_arrow_memory_is_restored_after_nested_builds():
+    from eventrec.store.arrow_memory import returning_arrow_memory
+
+    before = pa.default_memory_pool().backend_name
+    with returning_arrow_memory():
+        inside = pa.default_memory_pool().backend_name
+        with returning_arrow_memory():
+            pass
+        assert pa.default_memory_pool().backend_name == inside  # the inner block does not restore early
+    assert pa.default_memory_pool().backend_name == before
