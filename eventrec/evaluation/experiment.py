@@ -18,7 +18,7 @@ import polars as pl
 
 from eventrec.store.reader import EventStore
 from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict
-from eventrec.training.factory import ModelConfig, batch_function
+from eventrec.training.factory import ModelConfig, batch_function, parse_model_config
 from eventrec.training.trainer import TrainConfig, train
 
 METRICS = ("ne", "auc", "gauc", "logloss", "calibration")
@@ -103,7 +103,7 @@ def run_comparison(
             wanted = json.loads(config.model_dump_json())
             if done.exists():  # a killed comparison resumes: finished runs are not repeated
                 finished = SeedRun(**json.loads(done.read_text()))
-                if finished.config != wanted:
+                if not finished.config or json.loads(parse_model_config(finished.config).model_dump_json()) != wanted:  # a field added since, at its default, matches
                     raise ValueError(f"{run_dir} holds a finished run of another {name!r} config (found {finished.config or 'none recorded'}, "
                                      f"want {wanted}); use another output folder (nothing was deleted)")
                 runs.append(finished)
