@@ -4,7 +4,8 @@ Scan and split read each table batch by batch (:func:`~eventrec.store.sources.re
 read tasks shared among the threads; the split writes every consumer's rows to per-partition spill
 files (:mod:`eventrec.store.spill`), one piece per thread over a contiguous run of tasks. Each
 partition is then read for its training summary (its prepared rows, sorted and without exact
-duplicates, written back for the build), and again for its rows: two partitions at a time (Polars,
+duplicates, written back for the build unless they are the raw rows as they were), and again for
+its rows: two partitions at a time (Polars,
 pyarrow and numpy release the GIL), so peak memory follows the partition size, not the logs. The
 users are written in partition order as the partitions complete.
 """
@@ -29,7 +30,7 @@ from eventrec.store.layout import USER
 from eventrec.store.partition import BuildContext, PartitionRows, build_partition, prepare, summarize
 from eventrec.store.scan import ScanPart, scan_batch
 from eventrec.store.sources import ReadTask, Sources, read_batches
-from eventrec.store.spill import SpillWriter, prepared_path, read_spill
+from eventrec.store.spill import SpillWriter, prepared_path, read_spill, spill_path
 from eventrec.store.user_partitions import UserPartitions
 
 SCAN_BATCH_ROWS = 65_536  # the first pass reads a few columns: larger batches, less overhead
@@ -45,6 +46,7 @@ class EmbeddedEngine:
         self.spill: Path | None = None
         self.reports: dict[int, BuildReport] = {}
         self.pieces = 1
+        self.unchanged: dict[int, set[str]] = {}
         # one pool for every step: the allocators keep per-thread arenas, and memory freed by one step
         # is reused by the next in the same threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers)
@@ -91,7 +93,7 @@ class EmbeddedEngine:
 
     def _rows(self, sources: Sources, partition: int) -> PartitionRows:
         assert self.spill is not None
-        return PartitionRows({c.key: read_spill(self.spill, i, partition, self.pieces, c.empty(), remove=True) for i, c in enumerate(sources.consumers)})
+        return PartitionRows({c.key: read_spill(self.spill, i, partition, self.pieces, c.empty()) for i, c in enumerate(sources.consumers)})
 
     def _in_order(self, count: int, work: Callable[[int], T]) -> Iterator[T]:
         """``work(p)`` for p in 0..count-1, ``workers`` at a time, results in partition order."""
@@ -119,16 +121,26 @@ class EmbeddedEngine:
             prepared = prepare(ctx, self._rows(sources, p), report)
             summary = summarize(ctx, prepared)
             for i, consumer in enumerate(sources.consumers):
+                if consumer.key in prepared.unchanged:  # the build reads its raw spill again
+                    continue
                 write_ipc(prepared.frames[consumer.key].to_arrow(compat_level=pl.CompatLevel.newest()), prepared_path(spill, i, p), None)
+                for piece in range(self.pieces):
+                    spill_path(spill, i, p, piece).unlink(missing_ok=True)
             self.reports[p] = report
+            self.unchanged[p] = prepared.unchanged
             return summary
 
         return list(self._in_order(partitions.count, one))
 
-    def _prepared(self, sources: Sources, partition: int) -> PartitionRows:
+    def _prepared(self, ctx: BuildContext, sources: Sources, partition: int) -> PartitionRows:
+        """The rows :meth:`summarize` prepared: written back, or raw rows it left as they were."""
         assert self.spill is not None
         frames = {}
         for i, consumer in enumerate(sources.consumers):
+            if consumer.key in self.unchanged[partition]:
+                raw = read_spill(self.spill, i, partition, self.pieces, consumer.empty(), remove=True)
+                frames[consumer.key] = raw.drop(ctx.timestamp_columns[consumer.key])
+                continue
             path = prepared_path(self.spill, i, partition)
             with pa.OSFile(str(path)) as file:
                 frames[consumer.key] = pl.from_arrow(ipc.open_file(file).read_all(), rechunk=False)
@@ -141,7 +153,7 @@ class EmbeddedEngine:
 
         def one(p: int) -> tuple[pa.Table, Path]:
             mine = user_ids.slice(offsets[p], partitions.user_counts[p])
-            users_table, examples = build_partition(ctx, encoder, self._prepared(sources, p), offsets[p], self.reports[p], mine)
+            users_table, examples = build_partition(ctx, encoder, self._prepared(ctx, sources, p), offsets[p], self.reports[p], mine)
             path = parts_dir / f"examples-{p}.arrow"
             write_ipc(examples, path, part_batch_rows(partitions.count))
             return users_table, path

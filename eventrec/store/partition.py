@@ -49,6 +49,7 @@ class PartitionRows:
     ``derived:NAME``), as :meth:`~eventrec.store.sources.Consumer.rows` gives them."""
 
     frames: dict[str, pl.DataFrame]
+    unchanged: set[str] = field(default_factory=set)  # after prepare: streams whose rows it kept as they were
 
 
 def prepare(ctx: BuildContext, rows: PartitionRows, report: BuildReport) -> PartitionRows:
@@ -64,19 +65,23 @@ def prepare(ctx: BuildContext, rows: PartitionRows, report: BuildReport) -> Part
     if repeated:
         report.counts["impressions.duplicate_rows_kept"] = repeated
     out[key] = impressions.with_columns(cast_user) if cast_user else impressions
+    unchanged = set()
     for stream in schema.streams:
         key = f"stream:{stream.name}"
-        df = _sorted_by(rows.frames[key].drop(ctx.timestamp_columns[key]), [USER, TIME, ROW])
+        raw = rows.frames[key].drop(ctx.timestamp_columns[key])
+        df = _sorted_by(raw, [USER, TIME, ROW])
         before = df.height
         df = _drop_exact_duplicates(df)
         report.drop(f"streams.{stream.name}.duplicate_events", before - df.height)
         report.counts[f"streams.{stream.name}.raw_rows"] = before
         out[key] = df.with_columns(cast_user).sort([USER, TIME, ROW]) if cast_user else df
+        if out[key] is raw:  # already in order, no duplicate: the raw rows less the raw timestamp
+            unchanged.add(key)
     for derived in schema.impressions.derived_labels:
         key = f"derived:{derived.name}"
         keys = label_keys(derived)
         out[key] = rows.frames[key].select(keys + [TIME]).drop_nulls(keys)
-    return PartitionRows(out)
+    return PartitionRows(out, unchanged)
 
 
 def partition_users(schema: Schema, prepared: PartitionRows) -> pl.DataFrame:
