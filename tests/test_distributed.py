@@ -23,37 +23,16 @@ from eventrec.schema import builtin_schema_path, load_schema
 from eventrec.store.build import build_store
 from eventrec.synthetic import generate_world
 
+from dying_child import child_source
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 20
 CONFIG = """model: {model_dim: 16, num_heads: 2, attribute_dim: 4, pooling_slots: 2, mlp_dims: [8], num_layers: 1}
 train: {epochs: 2, batch_size: 16, max_steps_per_epoch: 10, warmup_steps: 2, patience: 5, checkpoint_every: 5, eval_batch_size: 64}
 """
 # a worker (or the one process): optionally SIGKILL itself at the n-th call of `module|attribute.path:n`,
-# run `eventrec ARGV`, and say whether TorchRec was imported
-CHILD = """
-import importlib, os, signal, sys
-spec, argv = sys.argv[1], sys.argv[2:]
-if spec:
-    target, n = spec.rsplit(":", 1)
-    module_name, path = target.split("|")
-    owner = importlib.import_module(module_name)
-    *parents, attribute = path.split(".")
-    for parent in parents:
-        owner = getattr(owner, parent)
-    original, calls = getattr(owner, attribute), [0]
-    def dying(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(*args, **kwargs)
-    setattr(owner, attribute, dying)
-from eventrec.cli import app
-sys.argv = ["eventrec", *argv]
-try:
-    app()
-finally:
-    print(f"torchrec imported: {'torchrec' in sys.modules}", file=sys.stderr)
-"""
+# run `eventrec ARGV`, and say whether TorchRec was imported (tests/dying_child.py)
+CHILD = child_source(report_torchrec=True)
 KILL_AT_STEP_CALL = "eventrec.training.trainer|Trainer.step:{}"
 
 

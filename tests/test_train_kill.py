@@ -12,32 +12,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from dying_child import child_source
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """model: {model_dim: 16, num_heads: 2, attribute_dim: 4, pooling_slots: 2, mlp_dims: [8]}
 train: {epochs: 3, batch_size: 2, warmup_steps: 1, patience: 5, checkpoint_every: 100}
 """
-# the child: wrap `module|attribute.path:n` so that its n-th call kills the process with SIGKILL
-CHILD = """
-import importlib, os, signal, sys
-spec, argv = sys.argv[1], sys.argv[2:]
-if spec:
-    target, n = spec.rsplit(":", 1)
-    module_name, path = target.split("|")
-    owner = importlib.import_module(module_name)
-    *parents, attribute = path.split(".")
-    for parent in parents:
-        owner = getattr(owner, parent)
-    original, calls = getattr(owner, attribute), [0]
-    def dying(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return original(*args, **kwargs)
-    setattr(owner, attribute, dying)
-from eventrec.cli import app
-sys.argv = ["eventrec", *argv]
-app()
-"""
+# the child: its n-th call of `module|attribute.path:n` kills the process with SIGKILL (tests/dying_child.py)
+CHILD = child_source()
 KILLS = [
     "eventrec.training.trainer|Trainer.step:4",           # mid epoch 2: last/ is at step 2, steps 3 logged
     "os|rename:2",                                         # between the two renames of a checkpoint swap

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from eventrec.schema import EmbeddingAttribute, EventsSource, Schema, Stream
+from eventrec.schema import EmbeddingAttribute, EventsSource, Impressions, Schema, Stream
 from eventrec.store.encoding import BuildReport
 from eventrec.store.layout import TIME, USER
 from eventrec.store.raw_logs import ROW, DataError, RawTable, check_not_null, check_timestamps, first_row, require_columns, scan_table, timestamp_seconds
@@ -31,6 +31,20 @@ def _source_columns(attributes: list) -> dict[str, str]:
         else:
             out[attribute.source_column] = purposes[attribute.kind]
     return out
+
+
+def _impressions_columns(imp: Impressions) -> dict[str, str]:
+    """Raw column → purpose for every column the impressions are read with (user, time, labels,
+    attributes, request id, extra columns and the impression side of later labels' matches)."""
+    needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
+    needed |= {label: "label" for label in imp.labels}
+    needed |= _source_columns(imp.item_attributes + imp.context_attributes)
+    if imp.request_column:
+        needed[imp.request_column] = "id"
+    needed |= {c: "number" for c in imp.extra_columns}
+    for match in (m for derived in imp.derived_labels for m in derived.match_columns):
+        needed.setdefault(match.impression, "id")  # the attribute of a later label (store/later_labels.py)
+    return needed
 
 
 def _load_stream(data_dir: Path, schema: Schema, stream: Stream, report: BuildReport) -> tuple[RawTable, pl.DataFrame]:
@@ -138,14 +152,7 @@ def _load_impressions(data_dir: Path, schema: Schema, report: BuildReport) -> tu
     exact duplicate rows kept and counted (``counts.impressions.duplicate_rows_kept``)."""
     imp = schema.impressions
     imp_table = scan_table(data_dir, imp.path)
-    needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
-    needed |= {label: "label" for label in imp.labels}
-    needed |= _source_columns(imp.item_attributes + imp.context_attributes)
-    if imp.request_column:
-        needed[imp.request_column] = "id"
-    needed |= {c: "number" for c in imp.extra_columns}
-    for match in (m for derived in imp.derived_labels for m in derived.match_columns):
-        needed.setdefault(match.impression, "id")  # the attribute of a later label (store/later_labels.py)
+    needed = _impressions_columns(imp)
     require_columns(imp_table, needed)
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
     frame = imp_table.collect(imp_table.frame.select(

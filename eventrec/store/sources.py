@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from eventrec.schema import DerivedLabel, EventsSource, Schema, Stream
 from eventrec.store.csv_errors import csv_separator
 from eventrec.store.layout import TIME, USER
-from eventrec.store.load import _source_columns
+from eventrec.store.load import _impressions_columns, _source_columns
 from eventrec.store.raw_logs import ROW, DataError, RawTable, require_columns, scan_table, timestamp_seconds
 from eventrec.store.sampling_values import EVENT_TYPE, needs_event_type
 
@@ -91,14 +91,7 @@ class Sources:
 def _impressions(schema: Schema, table: RawTable) -> Consumer:
     """As :func:`eventrec.store.load._load_impressions`."""
     imp = schema.impressions
-    needed = {imp.user_column: "id", imp.timestamp_column: "timestamp"}
-    needed |= {label: "label" for label in imp.labels}
-    needed |= _source_columns(imp.item_attributes + imp.context_attributes)
-    if imp.request_column:
-        needed[imp.request_column] = "id"
-    needed |= {c: "number" for c in imp.extra_columns}
-    for match in (m for derived in imp.derived_labels for m in derived.match_columns):
-        needed.setdefault(match.impression, "id")
+    needed = _impressions_columns(imp)
     require_columns(table, needed)
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
     select = (pl.col(ROW), pl.col(imp.user_column).alias(USER), pl.col(imp.timestamp_column),

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,35 +62,54 @@ def generate_world(out_dir: str | Path, num_users: int | None = None, days: int 
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     report = progress or (lambda stage, done, total: None)
-    timings = {}
-    t_start = time.perf_counter()
-
-    world = World(cfg)
-    timings["latent_s"] = time.perf_counter() - t_start
-    t0 = time.perf_counter()
-    sim = simulate(world, progress=lambda b, n: report("simulate", b, n))
-    timings["simulate_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    events, order = _events_table(world, sim)
-    index = EventIndex(sim.ev_user[order] + 1, sim.ev_type[order], sim.ev_t[order], sim.ev_category[order],
-                       np.where(sim.ev_ad[order] >= 0, world.ad_advertiser[np.maximum(sim.ev_ad[order], 0)], -1),
-                       sim.ev_ad[order], cfg.num_categories)
-    impressions, request_id, imp_order = _impressions_table(world, sim)
-    ad_content = _ad_content_table(world)
-    cutoff = _candidate_cutoff(sim.imp_t, cfg.candidate_quantile)
-    candidates = _candidates_table(world, sim, index, request_id, imp_order, cutoff,
-                                   progress=lambda d, n: report("candidates", d, n))
-    timings["tables_s"] = time.perf_counter() - t0
-
+    clock = _Stopwatch()
+    with clock.stage("latent_s"):
+        world = World(cfg)
+    with clock.stage("simulate_s"):
+        sim = simulate(world, progress=lambda b, n: report("simulate", b, n))
+    with clock.stage("tables_s"):
+        events, order = _events_table(world, sim)
+        index = EventIndex(sim.ev_user[order] + 1, sim.ev_type[order], sim.ev_t[order], sim.ev_category[order],
+                           np.where(sim.ev_ad[order] >= 0, world.ad_advertiser[np.maximum(sim.ev_ad[order], 0)], -1),
+                           sim.ev_ad[order], cfg.num_categories)
+        impressions, request_id, imp_order = _impressions_table(world, sim)
+        ad_content = _ad_content_table(world)
+        cutoff = _candidate_cutoff(sim.imp_t, cfg.candidate_quantile)
+        candidates = _candidates_table(world, sim, index, request_id, imp_order, cutoff,
+                                       progress=lambda d, n: report("candidates", d, n))
     summary = _summary(world, sim, events, impressions, candidates, cutoff)
-    t0 = time.perf_counter()
+    return _write_world(out_dir, events, impressions, ad_content, candidates, summary, clock)
+
+
+class _Stopwatch:
+    """Seconds per stage of a generation, in order, then ``total_s`` since it was made."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block as ``name``."""
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        """Every stage's seconds and ``total_s``, rounded to the millisecond."""
+        seconds = self.seconds | {"total_s": time.perf_counter() - self.start}
+        return {k: round(v, 3) for k, v in seconds.items()}
+
+
+def _write_world(out_dir: Path, events: pa.Table, impressions: pa.Table, ad_content: pa.Table, candidates: pa.Table,
+                 summary: dict, clock: _Stopwatch) -> dict:
+    """Write the four tables and ``world.json`` (``summary``) atomically, timed as ``write_s``; returns what
+    :func:`generate_world` returns (``summary`` with ``out_dir`` and ``timings``)."""
     tables = {"events.parquet": events, "impressions.parquet": impressions, "ad_content.parquet": ad_content,
               "candidates.parquet": candidates}
-    _write_atomically(out_dir, tables, summary)
-    timings["write_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    return {**summary, "out_dir": str(out_dir), "timings": {k: round(v, 3) for k, v in timings.items()}}
+    with clock.stage("write_s"):
+        _write_atomically(out_dir, tables, summary)
+    return {**summary, "out_dir": str(out_dir), "timings": clock.rounded()}
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -254,55 +275,61 @@ def policy_weights(world: World, users: np.ndarray, t: np.ndarray, hist: History
     return pop * (per_cat[:, world.ad_category] + m2 / pop.sum(axis=1, keepdims=True))
 
 
-def _candidates_table(world: World, sim: Simulation, index: EventIndex, request_id, imp_order, cutoff, progress):
-    """K candidate ads for held-out requests after the cutoff, with their true probabilities."""
-    cfg = world.config
-    rng = np.random.default_rng(world.seeds["candidates"])
+CANDIDATE_COLUMNS = ("request_id", "user", "t", "ad", "placement", "hour", "p_click", "p_conversion")
+
+
+def _candidate_requests(num_requests: int, rng: np.random.Generator, sim: Simulation, request_id: np.ndarray,
+                        imp_order: np.ndarray, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``num_requests`` requests after ``cutoff``, drawn without replacement, in request id order.
+
+    ``request_id``: ``[num_impressions]`` per simulation impression; ``imp_order``: the impressions
+    table's row order. Returns the chosen requests' ids ``[n_req]`` and a simulation impression row
+    of each ``[n_req]``.
+    """
     rid = request_id[imp_order]
     uniq, pos = np.unique(rid, return_index=True)  # one (sorted-table) row per request
     t_req = sim.imp_t[imp_order][pos]
     eligible = np.flatnonzero(t_req > cutoff)
-    n_req = min(cfg.num_candidate_requests, len(eligible))
+    n_req = min(num_requests, len(eligible))
     chosen = np.sort(rng.choice(eligible, n_req, replace=False)) if n_req else np.zeros(0, np.int64)
-    src = imp_order[pos[chosen]]  # a simulation impression row of each chosen request
-    users = sim.imp_user[src]
-    t = sim.imp_t[src]
-    placement = sim.imp_placement[src]
-    hour = sim.imp_hour[src]
-    req_ids = uniq[chosen]
-    K = cfg.candidates_per_request
-    cols = {k: [] for k in ("request_id", "user", "t", "ad", "placement", "hour", "p_click", "p_conversion")}
-    chunk = max(1, min(256, 2_000_000 // max(cfg.num_ads, 1)))
-    for lo in range(0, n_req, chunk):
-        progress(lo, n_req)
-        sl = slice(lo, min(lo + chunk, n_req))
-        u, tt = users[sl], t[sl]
-        hist = index.history(u + 1, tt)
-        w = policy_weights(world, u, tt, hist)
-        with np.errstate(divide="ignore"):
-            keys = np.log(w) + rng.gumbel(size=w.shape)  # Gumbel top-K: K ads without replacement
-        k = min(K, w.shape[1])
-        top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
-        top = np.sort(top, axis=1)
-        ok = np.isfinite(keys[np.arange(len(u))[:, None], top])  # fewer than K active ads: drop the rest
-        r_idx = np.repeat(np.arange(len(u)), k).reshape(len(u), k)[ok]
-        ads = top[ok]
-        qu, qt = u[r_idx], tt[r_idx]
-        qhist = hist.take(r_idx)
-        count = index.organic_count(qu + 1, world.ad_category[ads], qt)
-        pc, pv = probabilities(world, qu, qt, ads, placement[sl][r_idx], hour[sl][r_idx], qhist, count)
-        for name, v in (("request_id", req_ids[sl][r_idx]), ("user", qu), ("t", qt), ("ad", ads),
-                        ("placement", placement[sl][r_idx]), ("hour", hour[sl][r_idx]), ("p_click", pc),
-                        ("p_conversion", pv)):
-            cols[name].append(v)
-    c = {k: (np.concatenate(v) if v else np.zeros(0, np.float64 if k.startswith("p_") else np.int64))
-         for k, v in cols.items()}
+    return uniq[chosen], imp_order[pos[chosen]]
+
+
+def _candidate_chunk(num_ads: int) -> int:
+    """Requests per chunk of the candidate sampling (a chunk holds ``[chunk, num_ads]`` weights)."""
+    return max(1, min(256, 2_000_000 // max(num_ads, 1)))
+
+
+def _gumbel_top_k(w: np.ndarray, K: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``K`` ads per request drawn without replacement proportionally to ``w`` ``[n, num_ads]`` (Gumbel
+    top-K); fewer where fewer than ``K`` ads have a weight > 0 (the rest are dropped).
+
+    Returns the request row ``[m]`` and the ad ``[m]`` of each draw, by row, ads ascending within a row.
+    """
+    with np.errstate(divide="ignore"):
+        keys = np.log(w) + rng.gumbel(size=w.shape)
+    k = min(K, w.shape[1])
+    top = np.sort(np.argpartition(-keys, k - 1, axis=1)[:, :k], axis=1)
+    rows = np.arange(w.shape[0])
+    ok = np.isfinite(keys[rows[:, None], top])
+    return np.repeat(rows, k).reshape(len(rows), k)[ok], top[ok]
+
+
+def _candidates_output(parts: list[tuple[np.ndarray, ...]], world: World, start_timestamp: int) -> pa.Table:
+    """The candidates table from sampled chunks, sorted by (user_id, timestamp, request_id, ad_id).
+
+    ``parts``: one tuple of ``[m]`` arrays per chunk, in :data:`CANDIDATE_COLUMNS` order (0-based user,
+    ad, time in seconds from the start); ``world``: the ads' advertiser, category and price.
+    """
+    c = {name: (np.concatenate([part[i] for part in parts]) if parts
+                else np.zeros(0, np.float64 if name.startswith("p_") else np.int64))
+         for i, name in enumerate(CANDIDATE_COLUMNS)}
     order = np.lexsort((c["ad"], c["request_id"], c["t"], c["user"]))
     ad = c["ad"][order].astype(np.int64)
     return pa.table({
         "request_id": _int64(c["request_id"][order]),
         "user_id": _int64(c["user"][order] + 1),
-        "timestamp": _int64(c["t"][order] + cfg.start_timestamp),
+        "timestamp": _int64(c["t"][order] + start_timestamp),
         "ad_id": _int64(ad + 1),
         "advertiser_id": _int64(world.ad_advertiser[ad] + 1),
         "category": _int64(world.ad_category[ad] + 1),
@@ -312,6 +339,33 @@ def _candidates_table(world: World, sim: Simulation, index: EventIndex, request_
         "p_click": pa.array(c["p_click"][order], pa.float64()),
         "p_conversion": pa.array(c["p_conversion"][order], pa.float64()),
     })
+
+
+def _candidates_table(world: World, sim: Simulation, index: EventIndex, request_id, imp_order, cutoff, progress):
+    """K candidate ads for held-out requests after the cutoff, with their true probabilities."""
+    cfg = world.config
+    rng = np.random.default_rng(world.seeds["candidates"])
+    req_ids, src = _candidate_requests(cfg.num_candidate_requests, rng, sim, request_id, imp_order, cutoff)
+    n_req = len(src)
+    users = sim.imp_user[src]
+    t = sim.imp_t[src]
+    placement = sim.imp_placement[src]
+    hour = sim.imp_hour[src]
+    parts = []
+    chunk = _candidate_chunk(cfg.num_ads)
+    for lo in range(0, n_req, chunk):
+        progress(lo, n_req)
+        sl = slice(lo, min(lo + chunk, n_req))
+        u, tt = users[sl], t[sl]
+        hist = index.history(u + 1, tt)
+        w = policy_weights(world, u, tt, hist)
+        r_idx, ads = _gumbel_top_k(w, cfg.candidates_per_request, rng)
+        qu, qt = u[r_idx], tt[r_idx]
+        qhist = hist.take(r_idx)
+        count = index.organic_count(qu + 1, world.ad_category[ads], qt)
+        pc, pv = probabilities(world, qu, qt, ads, placement[sl][r_idx], hour[sl][r_idx], qhist, count)
+        parts.append((req_ids[sl][r_idx], qu, qt, ads, placement[sl][r_idx], hour[sl][r_idx], pc, pv))
+    return _candidates_output(parts, world, cfg.start_timestamp)
 
 
 # ---- summary and writing -----------------------------------------------------------------------------

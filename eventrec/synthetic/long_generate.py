@@ -7,7 +7,6 @@ the history-length distribution and the truncated-oracle report (``long_truncati
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,16 @@ import pyarrow as pa
 
 from eventrec.synthetic.generate import (
     _ad_content_table,
+    _candidate_chunk,
     _candidate_cutoff,
+    _candidate_requests,
+    _candidates_output,
     _events_table,
+    _gumbel_top_k,
     _impressions_table,
-    _int64,
-    _strings,
+    _Stopwatch,
     _summary,
-    _write_atomically,
+    _write_world,
 )
 from eventrec.synthetic.long_history import LongHistoryIndex
 from eventrec.synthetic.long_model import probabilities
@@ -29,7 +31,7 @@ from eventrec.synthetic.long_simulate import POLICY_RECENT, simulate_long
 from eventrec.synthetic.long_truncation import truncation_report
 from eventrec.synthetic.long_world import LongConfig, LongWorld
 from eventrec.synthetic.simulate import Simulation
-from eventrec.synthetic.world import CONTENT_VIEW, PAGE_LIKE, PLACEMENTS
+from eventrec.synthetic.world import CONTENT_VIEW, PAGE_LIKE
 
 PRESET = "long"
 
@@ -39,36 +41,29 @@ def generate_long_world(out_dir: Path, num_users: int = 1_000, days: int = 180, 
     """Simulate a long-history world and write it to ``out_dir`` (already checked by the caller)."""
     cfg = LongConfig(num_users=num_users, days=days, seed=seed, **params)
     report = progress or (lambda stage, done, total: None)
-    timings = {}
-    t_start = time.perf_counter()
-    world = LongWorld(cfg)
-    timings["latent_s"] = time.perf_counter() - t_start
-
-    t0 = time.perf_counter()
+    clock = _Stopwatch()
+    with clock.stage("latent_s"):
+        world = LongWorld(cfg)
     report("simulate", 0, 1)
-    sim = simulate_long(world)
-    timings["simulate_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    with clock.stage("simulate_s"):
+        sim = simulate_long(world)
     base = world.base
-    events, order = _events_table(base, sim)
-    ev_ad = sim.ev_ad[order]
-    index = LongHistoryIndex(sim.ev_user[order], sim.ev_type[order], sim.ev_t[order], sim.ev_category[order],
-                             np.where(ev_ad >= 0, base.ad_advertiser[np.maximum(ev_ad, 0)], -1),
-                             cfg.num_categories, cfg.num_advertisers)
-    impressions, request_id, imp_order = _impressions_table(base, sim)
-    ad_content = _ad_content_table(base)
-    cutoff = _candidate_cutoff(sim.imp_t, cfg.candidate_quantile)
-    report("candidates", 0, 1)
-    candidates = _candidates_table(world, sim, index, request_id, imp_order, cutoff)
-    timings["tables_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    with clock.stage("tables_s"):
+        events, order = _events_table(base, sim)
+        ev_ad = sim.ev_ad[order]
+        index = LongHistoryIndex(sim.ev_user[order], sim.ev_type[order], sim.ev_t[order], sim.ev_category[order],
+                                 np.where(ev_ad >= 0, base.ad_advertiser[np.maximum(ev_ad, 0)], -1),
+                                 cfg.num_categories, cfg.num_advertisers)
+        impressions, request_id, imp_order = _impressions_table(base, sim)
+        ad_content = _ad_content_table(base)
+        cutoff = _candidate_cutoff(sim.imp_t, cfg.candidate_quantile)
+        report("candidates", 0, 1)
+        candidates = _candidates_table(world, sim, index, request_id, imp_order, cutoff)
     report("truncation report", 0, 1)
-    truncation = truncation_report(world, index, sim.imp_user.astype(np.int64), sim.imp_t, sim.imp_ad.astype(np.int64),
-                                   sim.imp_placement.astype(np.int64), sim.imp_hour.astype(np.int64), sim.click,
-                                   sim.p_click)
-    timings["truncation_report_s"] = time.perf_counter() - t0
+    with clock.stage("truncation_report_s"):
+        truncation = truncation_report(world, index, sim.imp_user.astype(np.int64), sim.imp_t,
+                                       sim.imp_ad.astype(np.int64), sim.imp_placement.astype(np.int64),
+                                       sim.imp_hour.astype(np.int64), sim.click, sim.p_click)
 
     summary = _summary(base, sim, events, impressions, candidates, cutoff)
     summary["config"] = cfg.to_dict()
@@ -77,13 +72,7 @@ def generate_long_world(out_dir: Path, num_users: int = 1_000, days: int = 180, 
     summary["simulation"] = {k: int(v) for k, v in sim.stats.items()
                              if k not in ("same_second_events", "cotimed_events")}
     summary["truncation"] = truncation
-    t0 = time.perf_counter()
-    tables = {"events.parquet": events, "impressions.parquet": impressions, "ad_content.parquet": ad_content,
-              "candidates.parquet": candidates}
-    _write_atomically(Path(out_dir), tables, summary)
-    timings["write_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    return {**summary, "out_dir": str(out_dir), "timings": {k: round(v, 3) for k, v in timings.items()}}
+    return _write_world(Path(out_dir), events, impressions, ad_content, candidates, summary, clock)
 
 
 def _history_stats(sim: Simulation, num_users: int) -> dict:
@@ -135,13 +124,8 @@ def _candidates_table(world: LongWorld, sim: Simulation, index: LongHistoryIndex
     cfg = world.config
     base = world.base
     rng = np.random.default_rng(world.seeds["candidates"])
-    rid = request_id[imp_order]
-    uniq, pos = np.unique(rid, return_index=True)
-    t_req = sim.imp_t[imp_order][pos]
-    eligible = np.flatnonzero(t_req > cutoff)
-    n_req = min(cfg.num_candidate_requests, len(eligible))
-    chosen = np.sort(rng.choice(eligible, n_req, replace=False)) if n_req else np.zeros(0, np.int64)
-    src = imp_order[pos[chosen]]
+    req_ids, src = _candidate_requests(cfg.num_candidate_requests, rng, sim, request_id, imp_order, cutoff)
+    n_req = len(src)
     users = sim.imp_user[src].astype(np.int64)
     t = sim.imp_t[src]
     placement, hour = sim.imp_placement[src].astype(np.int64), sim.imp_hour[src].astype(np.int64)
@@ -153,40 +137,13 @@ def _candidates_table(world: LongWorld, sim: Simulation, index: LongHistoryIndex
     key = org_user * np.int64(2**32) + org_t
     begin = np.searchsorted(key, users * np.int64(2**32), side="left")
     cut = np.searchsorted(key, users * np.int64(2**32) + t, side="left")
-    K = cfg.candidates_per_request
-    cols = {k: [] for k in ("request_id", "user", "t", "ad", "placement", "hour", "p_click", "p_conversion")}
-    chunk = max(1, min(256, 2_000_000 // max(cfg.num_ads, 1)))
+    parts = []
+    chunk = _candidate_chunk(cfg.num_ads)
     for lo in range(0, n_req, chunk):
         sl = slice(lo, min(lo + chunk, n_req))
         w = policy_weights_long(world, t[sl], begin[sl], cut[sl], org_category)
-        with np.errstate(divide="ignore"):
-            keys = np.log(w) + rng.gumbel(size=w.shape)
-        k = min(K, w.shape[1])
-        top = np.sort(np.argpartition(-keys, k - 1, axis=1)[:, :k], axis=1)
-        rows = np.arange(w.shape[0])
-        ok = np.isfinite(keys[rows[:, None], top])
-        r_idx = np.repeat(rows, k).reshape(len(rows), k)[ok]
-        ads = top[ok]
+        r_idx, ads = _gumbel_top_k(w, cfg.candidates_per_request, rng)
         qu, qt = users[sl][r_idx], t[sl][r_idx]
         pc, pv = probabilities(world, index, qu, qt, ads, placement[sl][r_idx], hour[sl][r_idx])
-        for name, v in (("request_id", uniq[chosen][sl][r_idx]), ("user", qu), ("t", qt), ("ad", ads),
-                        ("placement", placement[sl][r_idx]), ("hour", hour[sl][r_idx]), ("p_click", pc),
-                        ("p_conversion", pv)):
-            cols[name].append(v)
-    c = {k: (np.concatenate(v) if v else np.zeros(0, np.float64 if k.startswith("p_") else np.int64))
-         for k, v in cols.items()}
-    order = np.lexsort((c["ad"], c["request_id"], c["t"], c["user"]))
-    ad = c["ad"][order].astype(np.int64)
-    return pa.table({
-        "request_id": _int64(c["request_id"][order]),
-        "user_id": _int64(c["user"][order] + 1),
-        "timestamp": _int64(c["t"][order] + cfg.start_timestamp),
-        "ad_id": _int64(ad + 1),
-        "advertiser_id": _int64(base.ad_advertiser[ad] + 1),
-        "category": _int64(base.ad_category[ad] + 1),
-        "price": pa.array(base.ad_price[ad], pa.float64()),
-        "placement": _strings(c["placement"][order].astype(np.int64), PLACEMENTS),
-        "hour_of_day": _int64(c["hour"][order]),
-        "p_click": pa.array(c["p_click"][order], pa.float64()),
-        "p_conversion": pa.array(c["p_conversion"][order], pa.float64()),
-    })
+        parts.append((req_ids[sl][r_idx], qu, qt, ads, placement[sl][r_idx], hour[sl][r_idx], pc, pv))
+    return _candidates_output(parts, base, cfg.start_timestamp)
