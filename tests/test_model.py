@@ -260,3 +260,15 @@ def test_extend_user_equals_encoding_everything(tiny_store, update):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="extend_user"):
         _model(tiny_store, CONFIGS["causal"]).extend_user(full, batch(window(0, 0)))
+
+
+def test_a_recorded_config_without_recency_means_the_encoder():
+    """A checkpoint or run recorded before ``recency`` existed trained with the recency in the encoder."""
+    from eventrec.model.config import as_recorded
+    from eventrec.training.factory import parse_model_config
+
+    data = SequenceModelConfig(recency="encoder").model_dump(mode="json")
+    data.pop("recency")
+    assert parse_model_config(as_recorded(data)).recency == "encoder"
+    assert parse_model_config(as_recorded({**data, "recency": "pooling"})).recency == "pooling"
+    assert as_recorded({"kind": "dlrm"}) == {"kind": "dlrm"} and as_recorded({}) == {}

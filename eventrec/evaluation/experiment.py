@@ -18,6 +18,7 @@ import polars as pl
 
 from eventrec.store.reader import EventStore
 from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict
+from eventrec.model.config import as_recorded
 from eventrec.training.factory import ModelConfig, batch_function, parse_model_config
 from eventrec.training.trainer import TrainConfig, train
 
@@ -103,7 +104,7 @@ def run_comparison(
             wanted = json.loads(config.model_dump_json())
             if done.exists():  # a killed comparison resumes: finished runs are not repeated
                 finished = SeedRun(**json.loads(done.read_text()))
-                if not finished.config or json.loads(parse_model_config(finished.config).model_dump_json()) != wanted:  # a field added since, at its default, matches
+                if not finished.config or json.loads(parse_model_config(as_recorded(finished.config)).model_dump_json()) != wanted:
                     raise ValueError(f"{run_dir} holds a finished run of another {name!r} config (found {finished.config or 'none recorded'}, "
                                      f"want {wanted}); use another output folder (nothing was deleted)")
                 runs.append(finished)

@@ -59,6 +59,20 @@ class CandidateSearchConfig(_Config):
     per_match: int = Field(64, ge=1, description="per match vocabulary, the most recent events with the candidate's id in it")
 
 
+RECORDED_BEFORE_FIELDS = {"recency": "encoder"}
+"""Sequence-model fields added since whose default differs from what models recorded before them
+trained with: a recorded config (``checkpoint.json``, a comparison's ``run.json``: complete dumps)
+without the field means this value (:func:`as_recorded`)."""
+
+
+def as_recorded(data: dict) -> dict:
+    """A model config as a checkpoint or run recorded it, with :data:`RECORDED_BEFORE_FIELDS` filled in
+    where it predates them (a DLRM's config is returned as it is)."""
+    if not data or data.get("kind", "sequence") != "sequence":
+        return data
+    return {**RECORDED_BEFORE_FIELDS, **data}
+
+
 class SequenceModelConfig(_Config):
     """The event-sequence ranker: event model, jagged transformer, ad-keyed pooling, head."""
 

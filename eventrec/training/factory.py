@@ -12,7 +12,7 @@ from torch import nn
 
 from eventrec.data.gather import make_batch
 from eventrec.data.dlrm_features import DlrmFeatureBuilder
-from eventrec.model.config import DlrmConfig, SequenceModelConfig
+from eventrec.model.config import DlrmConfig, SequenceModelConfig, as_recorded
 from eventrec.model.dlrm import DlrmModel
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.sequence_ranker import SequenceRanker
@@ -71,7 +71,7 @@ def load_trained_model(checkpoint: Path, store: EventStore | None = None,
     if store is not None:
         check_store(info, store, checkpoint, allow_store_mismatch)
     try:
-        config = parse_model_config(info["model_config"])
+        config = parse_model_config(as_recorded(info["model_config"]))
         spec = FeatureSpec.from_json(info["feature_spec"])
         with torch.device("meta"):
             skeleton = build_model(spec, config)

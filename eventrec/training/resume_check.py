@@ -12,6 +12,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from eventrec.model.config import as_recorded
+
 RESULT_NEUTRAL_FIELDS = frozenset({"num_workers", "checkpoint_every", "eval_batch_size", "impression_validation"})
 """TrainConfig fields a run may resume with changed: how data is loaded, how often ``last/`` is
 written, the batch size of the validation pass and whether it scores the validation impressions
@@ -49,7 +51,7 @@ def check_resume(saved_info: dict, train_config: BaseModel, model_config: BaseMo
     """Raise ``ValueError`` naming every changed field when the checkpoint's ``train_config`` or
     ``model_config`` differs from the ones given (result-neutral TrainConfig fields excepted)."""
     changes = [f"train_config.{c}" for c in changed_fields(saved_info.get("train_config", {}), train_config, RESULT_NEUTRAL_FIELDS, RETIRED_TRAIN_FIELDS)]
-    changes += [f"model_config.{c}" for c in changed_fields(saved_info.get("model_config", {}), model_config)]
+    changes += [f"model_config.{c}" for c in changed_fields(as_recorded(saved_info.get("model_config", {})), model_config)]
     if changes:
         raise ValueError(f"cannot resume {checkpoint}: it was trained with another configuration ({'; '.join(changes)}); "
                          "resume with the same configuration, or train into a new run directory")
