@@ -15,8 +15,10 @@ Steps, each skipped when its output exists (a killed run resumes):
    --schema S --models sequence --seeds k --workdir OUT/<variant>`` for k = 1..K (finished seeds are
    read back; ``OUT/<variant>/logs`` links to ``OUT/logs``), so that a stopped run leaves every variant
    with the same seeds (``--report-only`` tables them), with
-   the schemas ``ml100k`` (none), ``ml100k_text`` (vectors: an ``embedding`` content table) and
-   ``ml100k_text_vq`` (codes: 3 categorical attributes shared by events and candidates);
+   the schemas ``ml100k`` (none), ``ml100k_text`` (vectors: an ``embedding`` content table),
+   ``ml100k_text_vq`` (codes: 3 categorical attributes shared by events and candidates) and
+   ``ml100k_text_vq_codewords`` (the codes, and each code's codeword looked up from its level's
+   codebook table: the events still carry 3 codes);
 5. the table: test AUC / NE (mean ± std over seeds) overall, on cold items
    (:mod:`eventrec.evaluation.cold_items`) and on rare items (1–9 training impressions), the gains
    over no content, the share of the vectors' cold-item gain the codes keep, and bytes per event.
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"none": "ml100k", "vectors": "ml100k_text", "codes": "ml100k_text_vq"}
+VARIANTS = {"none": "ml100k", "vectors": "ml100k_text", "codes": "ml100k_text_vq", "codewords": "ml100k_text_vq_codewords"}
 RARE_BELOW = 10  # "rare": items with 1..RARE_BELOW-1 training impressions
 
 
@@ -69,7 +71,7 @@ def embed_and_quantize(logs: Path, threads: int, seed: int) -> dict:
     if not vectors.exists():
         print(json.dumps(embed_table(logs / "item_text.parquet", "movie_id", "text", vectors, MiniLMEncoder(), batch_size=64)), flush=True)
     report_path = logs / "text_vq.json"
-    if not (logs / "impressions_text_vq.parquet").exists() or not report_path.exists():
+    if not all((logs / f).exists() for f in ("impressions_text_vq.parquet", "text_vq2_codebook.parquet", report_path.name)):
         quantize_table(load_schema(builtin_schema_path("ml100k")), logs, vectors, "movie_id", "text", levels=3, codes=256, seed=seed,
                        attach=["events.parquet", "impressions.parquet"])
     return json.loads(report_path.read_text())
@@ -144,21 +146,24 @@ def report(measured: dict, quantized: dict, command: str) -> tuple[str, dict]:
             lines.append(f"| {variant} | {subset} | {size['impressions']:,} ({size['items']:,}) | {auc[0]:.4f} ± {auc[1]:.4f} | "
                          f"{ne[0]:.4f} ± {ne[1]:.4f} | {delta} |")
     cold = {v: summary[v]["cold"]["auc"][0] for v in VARIANTS}
-    vector_gain, code_gain = cold["vectors"] - cold["none"], cold["codes"] - cold["none"]
-    kept = code_gain / vector_gain if vector_gain > 0 else None
+    gains = {v: cold[v] - cold["none"] for v in VARIANTS if v != "none"}
+    vector_gain = gains["vectors"]
+    kept = {v: gains[v] / vector_gain if vector_gain > 0 else None for v in gains if v != "vectors"}
     vector_bytes = quantized["bytes_per_item"]["float32_vector"]
     code_bytes, in_memory = quantized["bytes_per_item"]["codes"], measured["codes"]["code_bytes_in_memory"]
     lines += ["",
-              f"Cold-item gain over no content: vectors {vector_gain:+.4f} AUC, codes {code_gain:+.4f} AUC"
-              + (f" → the codes keep {kept:.0%} of the vectors' gain." if kept is not None else " (the vectors show no gain: no share to keep)."),
+              "Cold-item gain over no content (AUC): " + ", ".join(f"{v} {g:+.4f}" for v, g in gains.items())
+              + ("; share of the vectors' gain kept: " + ", ".join(f"{v} {k:.0%}" for v, k in kept.items()) + "."
+                 if vector_gain > 0 else " (the vectors show no gain: no share to keep)."),
               f"Bytes per event for the item's content: float32 vector {vector_bytes} B; {quantized['levels']} codes of {quantized['codes']}: "
               f"{code_bytes} B at one byte each ({vector_bytes / code_bytes:.0f}x smaller), {in_memory} B as the store holds them "
-              f"in memory ({vector_bytes / max(in_memory, 1):.0f}x smaller).",
+              f"in memory ({vector_bytes / max(in_memory, 1):.0f}x smaller); codewords adds the shared codebooks, "
+              f"{quantized['levels']} x {quantized['codes']} x {vector_bytes // 4} float32 ({quantized['levels'] * quantized['codes'] * vector_bytes:,} B), none per event.",
               f"Codebooks fitted on {quantized['fitted_items']} training-period movies (before {quantized['train_end']}); "
               f"{quantized['items_not_in_training']} movies only encoded. Reconstruction MSE after 0..{quantized['levels']} levels: "
               f"training movies {', '.join(f'{e:.3f}' for e in quantized['mse_by_levels']['training_items'])}; "
               f"others {', '.join(f'{e:.3f}' for e in quantized['mse_by_levels'].get('other_items', []))}."]
-    return "\n".join(lines), {"summary": summary, "cold_gain": {"vectors": vector_gain, "codes": code_gain, "kept": kept},
+    return "\n".join(lines), {"summary": summary, "cold_gain": {**gains, "kept": kept},
                               "bytes_per_event": {"float32_vector": vector_bytes, "codes": code_bytes, "codes_in_memory": in_memory},
                               "per_seed": measured, "quantize": quantized}
 

@@ -377,3 +377,27 @@ def test_bad_vector_tables_name_the_row(tmp_path, vectors, message):
     pl.DataFrame({"item_id": [2, 1], "vector": vectors}).write_parquet(tmp_path / "v.parquet")
     with pytest.raises(DataError, match=message):
         vectors_of(read_keyed(tmp_path / "v.parquet", "item_id", "vector", "vector"), "vector", tmp_path / "v.parquet")
+
+
+def test_codebook_tables_let_the_store_read_each_code_s_codeword(tmp_path):
+    """`{name}_vq{l}_codebook.parquet` as content tables keyed by the codes: the three looked-up
+    codewords of a candidate sum to the item's reconstruction."""
+    from eventrec.store.build import build_store
+    from eventrec.store.reader import EventStore
+
+    data = tmp_path / "data"
+    vectors = _points(ITEMS, DIM, seed=7).astype(np.float32)
+    quantize_table(parse_schema(SCHEMA), data, _write_world(data, vectors), "item_id", "text", LEVELS, CODES, seed=0,
+                   attach=["events.parquet", "impressions.parquet"])
+    schema = _with_codes(SCHEMA)
+    for place in (schema["streams"][0]["attributes"], schema["impressions"]["item_attributes"]):
+        place += [{"name": f"{c}_codeword", "kind": "embedding", "dim": DIM, "table": f"{c}_codebook", "key": c} for c in code_columns("text", LEVELS)]
+    schema["content_tables"] = [{"name": f"{c}_codebook", "path": f"{c}_codebook.parquet", "key_column": c, "vector_column": "vector", "dim": DIM}
+                                for c in code_columns("text", LEVELS)]
+    build_store(parse_schema(schema), data, tmp_path / "store")
+    store = EventStore.open(tmp_path / "store")
+    quantizer, _ = ResidualVQ.load(data / "text_vq_codebooks.npz")
+    looked_up = sum(np.asarray(store.item_looked_up[f"{c}_codeword"][1])[store.item[c]] for c in code_columns("text", LEVELS))
+    expected = quantizer.decode(quantizer.encode(vectors[store.item_ids.astype(np.int64)]))
+    known = np.stack([store.item[c] >= 2 for c in code_columns("text", LEVELS)]).all(axis=0)  # codes the training period knows
+    assert known.mean() > 0.9 and np.allclose(looked_up[known], expected[known], atol=1e-5)

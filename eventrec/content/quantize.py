@@ -6,6 +6,9 @@ writes, into ``out_dir``:
 
 - ``{name}_vq_codes.parquet``: ``key, {name}_vq0, ..., {name}_vq{L-1}`` (Int16 codes in ``[0, codes)``);
 - ``{name}_vq_codebooks.npz``: the codebooks ``[L, codes, dim]`` and the fit's metadata;
+- ``{name}_vq{l}_codebook.parquet`` per level: ``{name}_vq{l}, vector`` (the code and its codeword,
+  ``list[float32]``): a content table a schema can look each level's codeword up in by the event's
+  code, so that the model reads the reconstruction's parts while events still carry only codes;
 - ``{name}_vq.json``: the report (items fitted, cold items, reconstruction error per level, bytes);
 - per ``attach`` entry ``FILE[:COLUMN]`` (a raw log relative to ``data_dir``): ``{stem}_{name}_vq.parquet``,
   the file's rows in their order with the code columns joined on ``COLUMN`` (default: the key);
@@ -91,6 +94,11 @@ def quantize_table(schema: Schema, data_dir: Path, vectors_path: Path, key: str,
     fit = {"key": key, "name": name, "levels": levels, "codes": codes, "seed": seed, "max_iterations": max_iterations,
            "train_end": items.train_end, "vectors": str(vectors_path), "fitted_items": int(seen.sum())}
     quantizer.save(out_dir / f"{name}_vq_codebooks.npz", fit)
+    for level, column in enumerate(columns):
+        book = quantizer.codebooks[level].astype(np.float32)
+        write_parquet_atomic(pl.DataFrame({column: pl.Series(column, np.arange(codes), dtype=pl.Int16),
+                                           "vector": pl.Series("vector", book, dtype=pl.Array(pl.Float32, book.shape[1])).cast(pl.List(pl.Float32))}),
+                             out_dir / f"{column}_codebook.parquet")
     cold = ~seen
     report = {
         **fit,
