@@ -59,7 +59,8 @@ def bst_logits(service: RankingService, user_id, rows: torch.Tensor, context: to
     encoded = model.encoder(JaggedTensor(x, offsets, n + 1), t)
     match_keys = None if match is None else with_candidate_token(match, match.new_zeros(b, match.shape[1]))  # the token matches nothing
     keys, values = model.pooling.keys_values(encoded, match_keys)
-    return model.score(UserSide(offsets, n + 1, encoded.values, keys, values), rows, context, torch.arange(b))
+    side = UserSide(offsets, n + 1, encoded.values, keys, values, timestamps=t, request_times=torch.full((b,), seconds, dtype=t.dtype))
+    return model.score(side, rows, context, torch.arange(b))
 
 
 def time_bst(service: RankingService, user_id, candidates: pl.DataFrame, context: dict | None, timestamp: int, batch: int) -> tuple[float, int]:

@@ -27,7 +27,7 @@ CONFIGS = {
                                        experimental=ExperimentalModelConfig(match_count=True, identity_match=True)),
     "no_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], match_attention=False),
     "low_rank_cross": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], cross_rank=3),
-    "recency_pooling": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency="pooling"),
+    "recency_encoder": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency="encoder"),
 }
 
 
@@ -73,7 +73,9 @@ def test_truncation_is_exact(tiny_store):
         full = _model(tiny_store, CONFIGS["causal"]).event_model(batch)[1]
     kept = model.event_model(batch)[1]
     assert kept[1:].tolist() == full[-2:].tolist()
-    assert kept[0].item() == batch.history_timestamps[0].item()  # the summary token's time
+    from eventrec.model.event_model import SUMMARY_TIME
+
+    assert kept[0].item() == SUMMARY_TIME  # the summary token's time (recency: pooling; the request's with recency: encoder)
 
 
 @pytest.mark.parametrize("config", [CONFIGS["causal"], CONFIGS["bidirectional"], DlrmConfig(attribute_dim=4, bottom_mlp=[8, 4], top_mlp=[8])])
@@ -197,12 +199,13 @@ def test_experimental_variants_sit_in_their_section():
             SequenceModelConfig(**removed)
 
 
-READS_TIME = {"causal": True, "bidirectional": True, "invariant": False, "invariant_token": False, "no_summary": True,
-              "recency_pooling": False}
+READS_TIME = {"causal": False, "recency_encoder": True, "bidirectional": False, "invariant": False, "invariant_token": False,
+              "no_summary": True, "no_summary_pooling": False}
 TIME_CONFIGS = {
     "invariant": dict(timestamp_encoding=False, time_bias=True, summary_token=False),
     "invariant_token": dict(timestamp_encoding=False, time_bias=False, summary_token=True),
-    "no_summary": dict(summary_token=False),
+    "no_summary": dict(summary_token=False, recency="encoder"),
+    "no_summary_pooling": dict(summary_token=False),
 }
 
 
@@ -259,7 +262,7 @@ def test_extend_user_equals_encoding_everything(tiny_store, update):
             [pair for kv_grown, kv_full in zip(grown.layer_kv, full.layer_kv) for pair in zip(kv_grown, kv_full)]:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="extend_user"):
-        _model(tiny_store, CONFIGS["causal"]).extend_user(full, batch(window(0, 0)))
+        _model(tiny_store, CONFIGS["recency_encoder"]).extend_user(full, batch(window(0, 0)))
 
 
 def test_a_recorded_config_without_recency_means_the_encoder():

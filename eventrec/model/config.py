@@ -94,7 +94,7 @@ class SequenceModelConfig(_Config):
     time_buckets: int = Field(32, ge=1, le=64)
     timestamp_encoding: bool = Field(True, description="recency and order embeddings (ablation: off)")
     recency: Literal["encoder", "pooling"] = Field(
-        "encoder", description="where the recency bucket(T - t_i) of each event to the request time T enters (with "
+        "pooling", description="where the recency bucket(T - t_i) of each event to the request time T enters (with "
         "timestamp_encoding): 'encoder' = a recency embedding added to the event embeddings, with an order embedding "
         "counted from the most recent event and the summary token at time T (the encoded events depend on T: a cached "
         "user side is recomputed when a bucket changes); 'pooling' = learned recency embeddings added to the keyed "

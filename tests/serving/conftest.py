@@ -31,8 +31,8 @@ def _train(tmp: Path, **overrides):
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
-    """(store, checkpoint dir, raw data dir) of a tiny model with the default (time-reading) encoder."""
-    return _train(tmp_path_factory.mktemp("serving"))
+    """(store, checkpoint dir, raw data dir) of a tiny model whose encoder reads the request time (``recency: encoder``)."""
+    return _train(tmp_path_factory.mktemp("serving"), recency="encoder")
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +43,8 @@ def served_invariant(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served_recency_pooling(tmp_path_factory):
-    """The default encoder with its recency in the keyed pooling (``recency: pooling``): exact incremental appends."""
-    return _train(tmp_path_factory.mktemp("serving_recency_pooling"), recency="pooling")
+    """The default model (``recency: pooling``: the recency in the keyed pooling): exact incremental appends."""
+    return _train(tmp_path_factory.mktemp("serving_recency_pooling"))
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +93,7 @@ def served_bidirectional(tmp_path_factory):
 @pytest.fixture(scope="session")
 def served_no_summary(tmp_path_factory):
     """The default encoder without the summary token (reads the request time through the recency embedding only)."""
-    return _train(tmp_path_factory.mktemp("serving_no_summary"), summary_token=False)
+    return _train(tmp_path_factory.mktemp("serving_no_summary"), summary_token=False, recency="encoder")
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,8 @@ def test_bf16_scorer_close_to_fp32_on_long_histories(served, positions):
     with torch.no_grad():
         p = {}
         for dtype in (torch.float32, torch.bfloat16):
-            user = UserSide(torch.tensor([0, positions]), positions, encoded.values, keys, values)
+            user = UserSide(torch.tensor([0, positions]), positions, encoded.values, keys, values, timestamps=torch.arange(positions) * 60,
+                            request_times=torch.tensor([positions * 60]))
             p[dtype] = torch.sigmoid(CandidateScorer(model, dtype).score(user, rows, context)).numpy()
     difference = np.abs(p[torch.float32] - p[torch.bfloat16])
     assert p[torch.bfloat16].dtype == np.float32
