@@ -27,6 +27,10 @@ class ExperimentalModelConfig(_Config):
         False, description="with match_attention: a count-preserving path beside the keyed pooling (whose softmax returns "
         "a weighted average, blind to how often the candidate occurs): per match block, log1p of the soft count "
         "sum_e sigmoid(a (cos(c, e) - b)) of the history's events matching the candidate (a, b learned), into the heads")
+    match_features: bool = Field(
+        False, description="with match_attention: exact candidate-match features into the heads, per match vocabulary "
+        "(eventrec.model.match_features): log1p of the number of the history's events with the candidate's id, whether "
+        "there is one, and the log age of the most recent one at the request time; O((N + C) log N) per user")
 
 
 _EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
@@ -146,6 +150,17 @@ class SequenceModelConfig(_Config):
     def match_count(self) -> bool:
         """``experimental.match_count`` (False without an experimental section)."""
         return self.experimental is not None and self.experimental.match_count
+
+    @property
+    def match_features(self) -> bool:
+        """``experimental.match_features`` (False without an experimental section)."""
+        return self.experimental is not None and self.experimental.match_features
+
+    @property
+    def reads_match_ids(self) -> bool:
+        """Whether the model reads the events' and candidates' ids in the match vocabularies
+        (``candidate_search``, ``experimental.match_features``)."""
+        return self.candidate_search is not None or self.match_features
 
     @property
     def dot_term(self) -> bool:

@@ -98,13 +98,13 @@ class EventModel(nn.Module):
     def forward(self, batch: EventBatch, first_position: int = 0) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The batch's histories as jagged event embeddings ``[sum(N_g), D]`` (see the module's doc), the
         positions' times ``[sum(N_g)]``, match keys ``[sum(N_g), V·E]`` (or None) and, with
-        ``candidate_search``, the positions' ids in the match vocabularies ``[sum(N_g), V]`` (``NO_ID``
+        ``candidate_search`` or ``match_features``, the positions' ids in the match vocabularies ``[sum(N_g), V]`` (``NO_ID``
         at the summary token; else None). ``first_position`` (``recency: pooling``): the order index of
         each history's first event, for events that continue a history encoded before
         (:meth:`SequenceRanker.extend_user`)."""
         device = batch.history_timestamps.device
         num_histories = batch.num_histories
-        with_ids = self.config.candidate_search is not None and bool(self.match_vocabularies)
+        with_ids = self.config.reads_match_ids and bool(self.match_vocabularies)
         pieces, rows, times, matches, ids = [], [], [], [], []
         for index, name in enumerate(self.stream_names):
             stream = batch.streams[name]

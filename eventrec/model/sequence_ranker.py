@@ -35,6 +35,7 @@ from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
 from eventrec.model.match_count import MatchCount
+from eventrec.model.match_features import FEATURES, match_features, match_features_one_user
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.ops import time_gap_bucket
 from eventrec.ops.jagged_helpers import gather_rows
@@ -94,6 +95,8 @@ class SequenceRanker(nn.Module):
         self.item_kinds = {a.name: a.kind for a in imp.item_attributes}
         if config.candidate_search is not None and not self.match_vocabularies:
             raise ValueError("candidate_search: needs match_attention and a categorical or hashed item attribute whose vocabulary the streams share")
+        if config.match_features and not self.match_vocabularies:
+            raise ValueError("experimental.match_features: needs match_attention and a categorical or hashed item attribute whose vocabulary the streams share")
         self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies)
         self.encoder = JaggedTransformerEncoder(config)
         self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
@@ -113,6 +116,8 @@ class SequenceRanker(nn.Module):
         # the count-preserving path (experimental.match_count): soft counts of matching events per match block
         self.match_counter = MatchCount(self.pooling.match_vocabularies) if config.match_count and self.match_vocabularies else None
         head_in += self.match_counter.blocks if self.match_counter is not None else 0
+        # exact candidate-match features (experimental.match_features): counts and last-match age per match vocabulary
+        head_in += FEATURES * len(self.match_vocabularies) if config.match_features else 0
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
@@ -272,7 +277,7 @@ class SequenceRanker(nn.Module):
                        dot_parts: list | None = None) -> torch.Tensor:
         """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,
         ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
-        ids = self.candidate_ids(item) if self.config.candidate_search is not None else None
+        ids = self.candidate_ids(item) if self.config.reads_match_ids else None
         return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts, ids)
 
     def _logits(self, user: UserSide, candidate: torch.Tensor, match: torch.Tensor | None, history_index: torch.Tensor,
@@ -282,12 +287,14 @@ class SequenceRanker(nn.Module):
         if self.recency_in_pooling and (user.timestamps is None or user.request_times is None):
             raise ValueError("score: recency in the pooling needs the user side's timestamps and request_times (UserSide.at)")
         search = None
+        if self.config.reads_match_ids and (candidate_ids is None or user.match_ids is None):
+            raise ValueError("score: candidate_search and match_features need the candidates' ids (SequenceRanker.candidate_ids) and the user side's match_ids")
         if self.config.candidate_search is not None:
-            if candidate_ids is None or user.match_ids is None:
-                raise ValueError("score: candidate_search needs the candidates' ids (SequenceRanker.candidate_ids) and the user side's match_ids")
             search = Search(user.match_ids, candidate_ids, self.config.candidate_search, self.config.summary_token)
+        if plan is not None and self.config.reads_match_ids:  # one user: its index, built once per state
+            search_index = search_index or user.search_index or UserSearchIndex.build(user.match_ids)
         if search is not None and plan is not None:  # one user: only the searched positions are read
-            index = search_index or user.search_index or UserSearchIndex.build(user.match_ids)
+            index = search_index
             pooled = self.pooling.pool_searched(user.keys, user.values, user.timestamps, user.request_times, candidate, match, search, index)
         else:
             keys, values = user.keys, user.values
@@ -298,6 +305,8 @@ class SequenceRanker(nn.Module):
         if self.match_counter is not None and match is not None:
             match_keys = user.keys[:, 0, self.pooling.head_dim :].to(match.dtype)
             x = torch.cat([x, self.match_counter(match, match_keys, user.offsets, history_index).to(x.dtype)], dim=-1)
+        if self.config.match_features:
+            x = torch.cat([x, self.exact_match_features(user, candidate_ids, history_index, search_index if plan is not None else None).to(x.dtype)], dim=-1)
         dot = None
         if self.config.dot_term:
             users, items = self.dot_user_vectors(user), self.dot_item(candidate)
@@ -305,6 +314,16 @@ class SequenceRanker(nn.Module):
             if dot_parts is not None:
                 dot_parts.extend([users, items])
         return self.output_logits(x, dot)
+
+    def exact_match_features(self, user: UserSide, candidate_ids: torch.Tensor, history_index: torch.Tensor,
+                             index: UserSearchIndex | None = None) -> torch.Tensor:
+        """``[B, 3·V]``: :mod:`eventrec.model.match_features` of the candidates (``candidate_ids [B, V]``)
+        over their histories at the user side's request times; with ``index`` (one user) by its binary search."""
+        if user.timestamps is None or user.request_times is None or user.match_ids is None:
+            raise ValueError("match_features: the user side needs its timestamps, request_times (UserSide.at) and match_ids")
+        if index is not None:
+            return match_features_one_user(index, user.timestamps, user.request_times, candidate_ids)
+        return match_features(user.match_ids, user.offsets, user.timestamps, user.request_times, candidate_ids, history_index)
 
     def output_logits(self, x: torch.Tensor, dot: torch.Tensor | None) -> torch.Tensor:
         """Cross network and heads on the interaction input ``x [B, F]``, plus the dot term ``[B, T]``

@@ -73,6 +73,12 @@ def served_match_count(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_match_features(tmp_path_factory):
+    """``recency: pooling`` with the exact candidate-match features (``match_features``) into the heads."""
+    return _train(tmp_path_factory.mktemp("serving_match_features"), recency="pooling", match_features=True)
+
+
+@pytest.fixture(scope="session")
 def served_low_rank_cross(tmp_path_factory):
     """The default encoder with low-rank cross layers in the head (``cross_rank``)."""
     return _train(tmp_path_factory.mktemp("serving_low_rank_cross"), cross_rank=4)

@@ -1,0 +1,104 @@
+"""Exact candidate-match features (``experimental.match_features``): the batched form and the one-user
+index form follow the definition's loop, and the model's batched and served paths give the same scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eventrec.data.gather import make_batch
+from eventrec.model.candidate_search import NO_ID, NO_MATCH, UserSearchIndex
+from eventrec.model.config import SequenceModelConfig
+from eventrec.model.embeddings import FeatureSpec
+from eventrec.model.match_features import FEATURES, match_features, match_features_one_user, match_features_reference
+from eventrec.ops.keyed_pooling_one_user import EXP_SAFE_LOGIT, OneUserPlan, Workspace
+from eventrec.training.factory import build_model
+
+
+def _random(seed: int, histories: int = 5, vocab: int = 4, v: int = 2):
+    """Histories with a summary token (``NO_ID``), time-ordered events, repeated ids, reserved candidate ids."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 15, histories) + 1
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = rng.integers(0, vocab, (int(lengths.sum()), v))
+    ids[offsets[:-1]] = NO_ID
+    ids[rng.random(ids.shape) < 0.1] = NO_ID
+    times = np.concatenate([np.sort(rng.integers(0, 10**6, n)) for n in lengths])
+    request_times = 10**6 + rng.integers(0, 10**5, histories)
+    history_index = rng.integers(0, histories, 12)
+    candidates = rng.integers(-1, vocab, (12, v))  # -1 = NO_MATCH
+    return [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in (ids, offsets, times, request_times, candidates, history_index)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batched_and_one_user_forms_follow_the_definition(seed):
+    ids, offsets, times, request_times, candidates, history_index = _random(seed)
+    expected = match_features_reference(ids, offsets, times, request_times, candidates, history_index)
+    torch.testing.assert_close(match_features(ids, offsets, times, request_times, candidates, history_index), expected)
+    for g in range(len(offsets) - 1):
+        mine = history_index == g
+        if not mine.any():
+            continue
+        span = slice(int(offsets[g]), int(offsets[g + 1]))
+        got = match_features_one_user(UserSearchIndex.build(ids[span]), times[span], request_times[g], candidates[mine])
+        torch.testing.assert_close(got, expected[mine])
+
+
+def test_counts_and_ages_by_hand():
+    # one history: token, then ids 7, 3, 7 at times 10, 20, 30; request at 100
+    ids = torch.tensor([[NO_ID], [7], [3], [7]])
+    times = torch.tensor([0, 10, 20, 30])
+    offsets, request = torch.tensor([0, 4]), torch.tensor([100])
+    candidates = torch.tensor([[7], [3], [5], [NO_MATCH]])
+    got = match_features(ids, offsets, times, request, candidates, torch.zeros(4, dtype=torch.int64))
+    scale = math.log1p(2**31 - 1)
+    expected = torch.tensor([[math.log1p(2), 1, math.log1p(70) / scale], [math.log1p(1), 1, math.log1p(80) / scale], [0, 0, 0], [0, 0, 0]])
+    torch.testing.assert_close(got, expected.float())
+    assert got.shape == (4, FEATURES)
+
+
+def test_empty_histories_and_no_candidates():
+    empty = torch.zeros(0, 1, dtype=torch.int64)
+    got = match_features(empty, torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int64), torch.tensor([5]), torch.tensor([[3]]), torch.tensor([0]))
+    torch.testing.assert_close(got, torch.zeros(1, FEATURES))
+    assert match_features(empty, torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int64), torch.tensor([5]), torch.zeros(0, 1, dtype=torch.int64),
+                          torch.zeros(0, dtype=torch.int64)).shape == (0, FEATURES)
+
+
+@pytest.mark.parametrize("recency", ["encoder", "pooling"])
+def test_model_one_user_path_equals_the_batched_path(tiny_store, recency):
+    torch.manual_seed(0)
+    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency=recency,
+                                 experimental={"match_features": True})
+    model = build_model(FeatureSpec.from_store(tiny_store), config).eval()
+    everything = np.arange(tiny_store.num_examples)
+    plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
+    with torch.no_grad():
+        expected = model(make_batch(tiny_store, everything))
+        for i in everything:
+            batch = make_batch(tiny_store, np.array([i]))
+            user = model.encode_user(batch)
+            got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), plan=plan,
+                              candidate_ids=model.candidate_ids(batch.item))
+            torch.testing.assert_close(got[0], expected[i], rtol=1e-5, atol=1e-6)
+
+
+def test_the_features_reach_the_logits_and_train(tiny_store):
+    torch.manual_seed(0)
+    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], experimental={"match_features": True})
+    model = build_model(FeatureSpec.from_store(tiny_store), config)
+    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    user = model.encode_user(batch)
+    ids = model.candidate_ids(batch.item)
+    features = model.exact_match_features(user, ids, batch.history_index)
+    assert features.shape == (tiny_store.num_examples, FEATURES * len(model.match_vocabularies))
+    assert (features[:, 1] > 0).any(), "the tiny store has candidates seen before in their histories"
+    model(batch).sum().backward()
+
+
+def test_needs_a_match_vocabulary(tiny_store):
+    with pytest.raises(ValueError, match="match_features"):
+        build_model(FeatureSpec.from_store(tiny_store), SequenceModelConfig(match_attention=False, experimental={"match_features": True}))
