@@ -1,6 +1,7 @@
 """Ranking cost with a cached user: full keyed pooling against the candidate search (``candidate_search``), in one run.
 
     .venv/bin/python bench/bounded_ranking.py [--events 1024 16384 100000] [--candidates 1000 5000] [--recent 64] [--per-match 64]
+                                              [--threads 1] [--full-up-to 20000]
 
 Setup: the world of ``bench/serving_latency.py`` (one click stream of N events per user with hashed ad
 ids out of 1M and 50 categories; candidates with random ad ids and categories) with ``max_length``
@@ -9,13 +10,16 @@ category, ``recency: pooling``), random weights (latency does not depend on trai
 is encoded once, with ``num_layers=0`` so that a 100k-event history can be encoded here at all: the
 cost of ranking against a *cached* user side does not depend on how it was encoded.
 
-Per (N, C), interleaved so that both see the same machine load, one thread:
+Per (N, C), interleaved so that both see the same machine load, ``--threads`` torch threads (default one):
 * full: :meth:`SequenceRanker.score` with a one-user plan (the serving path: the keyed pooling op's
   ``"one_user"`` backend over all N positions);
 * search: the same weights with ``candidate_search: {recent, per_match}``: each candidate reads the
   summary token, the ``recent`` most recent events and, per match vocabulary, its ``per_match`` most
   recent matches (``ops.selected_pooling``), with the user's search index built beforehand (once per
   user state); the index build is timed on its own.
+
+Full pooling is skipped (and said so) where ``N · C`` exceeds ``--full-up-to`` × 1,000 (its seconds
+per request at N=100k would take most of a run).
 
 Prints p50 / p99 (ms) per cell, the ratio full / search, and the growth of each from the smallest to the
 largest N (a bounded cost stays flat).
@@ -79,8 +83,10 @@ def main() -> None:
     parser.add_argument("--recent", type=int, default=64)
     parser.add_argument("--per-match", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--full-up-to", type=int, default=20_000, help="time full pooling only where N·C <= this × 1,000")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     from eventrec.model.candidate_search import UserSearchIndex
     from eventrec.ops.keyed_pooling_one_user import EXP_SAFE_LOGIT, OneUserPlan, Workspace
@@ -102,10 +108,12 @@ def main() -> None:
             index_ms = (time.perf_counter() - started) * 1000
             for c in args.candidates:
                 rows, ids, context = candidates(full, store, c, seed=c)
-                samples: dict[str, list[float]] = {"full": [], "search": []}
                 with torch.no_grad():
                     calls = {"full": lambda: full.score(side, rows, context, plan=plan),
                              "search": lambda: searched.score(searched_side, rows, context, plan=plan, candidate_ids=ids, search_index=index)}
+                    if n * c > args.full_up_to * 1000:
+                        del calls["full"]
+                    samples: dict[str, list[float]] = {name: [] for name in calls}
                     for call in calls.values():
                         call()  # warm
                     for _ in range(args.repeats):
@@ -115,20 +123,26 @@ def main() -> None:
                             samples[name].append(time.perf_counter() - started)
                 cell = {name: serving_latency.percentiles(values) for name, values in samples.items()}
                 rows_out.append({"n": n, "c": c, "index_ms": index_ms, **cell})
-                print(f"N={n} C={c}: full {cell['full'][0]:.1f}/{cell['full'][1]:.1f} ms, search {cell['search'][0]:.1f}/{cell['search'][1]:.1f} ms", flush=True)
-    print(f"\nrecent={args.recent}, per_match={args.per_match}; one thread; p50 / p99 over {args.repeats} interleaved repeats\n")
+                print(f"N={n} C={c}: full {_cell(cell, 'full')} ms, search {_cell(cell, 'search')} ms", flush=True)
+    print(f"\nrecent={args.recent}, per_match={args.per_match}; {args.threads} thread(s); p50 / p99 over {args.repeats} interleaved repeats; "
+          f"full pooling skipped where N·C > {args.full_up_to * 1000:,}\n")
     print("| N events | C candidates | full pooling p50 / p99 (ms) | candidate search p50 / p99 (ms) | full / search (p50) | search index build (ms, once per user state) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows_out:
-        print(f"| {r['n']} | {r['c']} | {r['full'][0]:.1f} / {r['full'][1]:.1f} | {r['search'][0]:.1f} / {r['search'][1]:.1f} | "
-              f"{r['full'][0] / r['search'][0]:.1f}x | {r['index_ms']:.1f} |")
+        ratio = f"{r['full'][0] / r['search'][0]:.1f}x" if "full" in r else "-"
+        print(f"| {r['n']} | {r['c']} | {_cell(r, 'full')} | {_cell(r, 'search')} | {ratio} | {r['index_ms']:.1f} |")
     for c in args.candidates:
         cells = [r for r in rows_out if r["c"] == c]
         if len(cells) > 1:
             lo, hi = cells[0], cells[-1]
-            print(f"\nC={c}: N {lo['n']} → {hi['n']} ({hi['n'] / lo['n']:.0f}x events): full p50 x{hi['full'][0] / lo['full'][0]:.1f}, "
-                  f"search p50 x{hi['search'][0] / lo['search'][0]:.1f}", end="")
+            growth = {name: f"x{hi[name][0] / lo[name][0]:.1f}" if name in hi and name in lo else "not timed at both" for name in ("full", "search")}
+            print(f"\nC={c}: N {lo['n']} → {hi['n']} ({hi['n'] / lo['n']:.0f}x events): full p50 {growth['full']}, search p50 {growth['search']}", end="")
     print()
+
+
+def _cell(cell: dict, name: str) -> str:
+    """``p50 / p99`` of one variant of a cell, or "skipped"."""
+    return f"{cell[name][0]:.1f} / {cell[name][1]:.1f}" if name in cell else "skipped"
 
 
 if __name__ == "__main__":
