@@ -123,7 +123,7 @@ class EncodedState:
     it was computed with (None when the model does not read the request time). ``layer_kv``: per
     encoder layer ``(k, v)`` ``[P, H, d]`` (kept only in the exact-incremental mode), ``keys/values``:
     the keyed pooling's ``[P, H, d']``, ``encoded [P, D]``, ``timestamps [P]`` (P = positions, the
-    summary token included); ``match_ids [P, V]`` with ``candidate_search`` (the positions' ids
+    summary token included); ``match_ids [P, V]`` with ``candidate_search`` or ``match_features`` (the positions' ids
     the search reads; its index, ``search_index``, is built on first use and never stored). The float tensors are kept at the service's ``state_precision``: float32,
     bfloat16 or :class:`~eventrec.serving.state_precision.RowwiseInt8` (:meth:`kept`); ``nbytes`` is
     what they hold."""
