@@ -194,15 +194,18 @@ class KeyedAttentionPooling(nn.Module):
         batch, head_dim = len(query_input), self.head_dim
         q = self.queries(query_input)  # [B, M, H, d]
         picked = torch.cat([shared, extra])
+        # many candidates pick the same events (those of a shared category): each distinct position is
+        # read, and its recency added, once ([U, ...]), then spread to the S + T picks
+        distinct, spread = torch.unique(picked, return_inverse=True)
         # only what is read: each head's content part, and the match part once (it is the same for every head)
-        k = keys[:, :, :head_dim].index_select(0, picked).to(q.dtype)  # [S + T, H, d]
-        v = values[:, :, :head_dim].index_select(0, picked).to(q.dtype)
+        k = keys.index_select(0, distinct)[:, :, :head_dim].to(q.dtype)  # [U, H, d]
+        v = values.index_select(0, distinct)[:, :, :head_dim].to(q.dtype)
         vocabularies = self.match_vocabularies
-        match_keys = keys[:, 0, head_dim:].index_select(0, picked).to(q.dtype).view(len(picked), vocabularies, -1)  # [S + T, V, E]
+        match_keys = keys[:, 0, head_dim:].index_select(0, distinct).to(q.dtype).view(len(distinct), vocabularies, -1)  # [U, V, E]
         if self.recency_buckets:
-            summary = torch.zeros(len(picked), dtype=torch.bool, device=picked.device)
-            summary[: len(shared)] = shared == 0 if search.summary_token else False
-            k, v = self.with_recency(k, v, timestamps.index_select(0, picked), request_time.expand(len(picked)), summary, len(keys) - 1 - picked)
+            summary = (distinct == 0) if search.summary_token else torch.zeros(len(distinct), dtype=torch.bool, device=picked.device)
+            k, v = self.with_recency(k, v, timestamps.index_select(0, distinct), request_time.expand(len(distinct)), summary, len(keys) - 1 - distinct)
+        k, v, match_keys = k.index_select(0, spread), v.index_select(0, spread), match_keys.index_select(0, spread)  # [S + T, ...]
         weight = (self.match_weight * head_dim**-0.5).to(q.dtype)  # [H, V]
         queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
         s = len(shared)
