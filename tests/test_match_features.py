@@ -1,4 +1,4 @@
-"""Exact candidate-match features (``experimental.match_features``): the batched form and the one-user
+"""Exact candidate-match features (``match_features``, the default): the batched form and the one-user
 index form follow the definition's loop, and the model's batched and served paths give the same scores."""
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ def test_empty_histories_and_no_candidates():
 @pytest.mark.parametrize("recency", ["encoder", "pooling"])
 def test_model_one_user_path_equals_the_batched_path(tiny_store, recency):
     torch.manual_seed(0)
-    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency=recency,
-                                 experimental={"match_features": True})
+    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency=recency)
     model = build_model(FeatureSpec.from_store(tiny_store), config).eval()
     everything = np.arange(tiny_store.num_examples)
     plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
@@ -88,7 +87,7 @@ def test_model_one_user_path_equals_the_batched_path(tiny_store, recency):
 
 def test_the_features_reach_the_logits_and_train(tiny_store):
     torch.manual_seed(0)
-    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], experimental={"match_features": True})
+    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
     model = build_model(FeatureSpec.from_store(tiny_store), config)
     batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
     user = model.encode_user(batch)
@@ -99,6 +98,26 @@ def test_the_features_reach_the_logits_and_train(tiny_store):
     model(batch).sum().backward()
 
 
-def test_needs_a_match_vocabulary(tiny_store):
-    with pytest.raises(ValueError, match="match_features"):
-        build_model(FeatureSpec.from_store(tiny_store), SequenceModelConfig(match_attention=False, experimental={"match_features": True}))
+def test_off_without_a_match_vocabulary_and_when_asked(tiny_store):
+    spec = FeatureSpec.from_store(tiny_store)
+    base = build_model(spec, SequenceModelConfig())
+    for config in (SequenceModelConfig(match_attention=False), SequenceModelConfig(match_features=False)):
+        model = build_model(spec, config)
+        assert not model.uses_match_features and not model.reads_match_ids
+    assert base.uses_match_features and base.reads_match_ids
+    without = build_model(spec, SequenceModelConfig(match_features=False))
+    width = lambda m: sum(p.numel() for p in m.heads.parameters())  # noqa: E731  (the heads read 3·V more inputs)
+    assert width(base) > width(without)
+
+
+def test_recorded_configs_keep_what_they_trained_with():
+    """A config recorded before the field (a checkpoint, a comparison's run) trained without the features;
+    one recorded while they were experimental keeps its value."""
+    from eventrec.model.config import as_recorded
+    from eventrec.training.factory import parse_model_config
+
+    assert SequenceModelConfig().match_features
+    assert not parse_model_config(as_recorded({"kind": "sequence"})).match_features
+    experimental = parse_model_config(as_recorded({"kind": "sequence", "experimental": {"match_features": True, "dot_term": False}}))
+    assert experimental.match_features and experimental.experimental is not None and not experimental.dot_term
+    assert parse_model_config(as_recorded({"kind": "sequence", "experimental": {"match_features": True}})).experimental is None

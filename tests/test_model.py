@@ -25,8 +25,7 @@ CONFIGS = {
                                     experimental=ExperimentalModelConfig(dot_term=True)),
     "match_count": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
                                        experimental=ExperimentalModelConfig(match_count=True, identity_match=True)),
-    "match_features": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
-                                          experimental=ExperimentalModelConfig(match_features=True)),
+    "no_match_features": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], match_features=False),
     "no_match": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], match_attention=False),
     "low_rank_cross": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], cross_rank=3),
     "recency_encoder": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency="encoder"),
@@ -227,7 +226,7 @@ def test_score_over_embedded_candidates_equals_forward(tiny_store, name):
     with torch.no_grad():
         expected = model(batch)
         user = model.encode_user(batch)
-        ids = model.candidate_ids(batch.item) if model.config.reads_match_ids else None
+        ids = model.candidate_ids(batch.item) if model.reads_match_ids else None
         got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), batch.history_index, candidate_ids=ids)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 

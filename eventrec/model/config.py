@@ -27,13 +27,10 @@ class ExperimentalModelConfig(_Config):
         False, description="with match_attention: a count-preserving path beside the keyed pooling (whose softmax returns "
         "a weighted average, blind to how often the candidate occurs): per match block, log1p of the soft count "
         "sum_e sigmoid(a (cos(c, e) - b)) of the history's events matching the candidate (a, b learned), into the heads")
-    match_features: bool = Field(
-        False, description="with match_attention: exact candidate-match features into the heads, per match vocabulary "
-        "(eventrec.model.match_features): log1p of the number of the history's events with the candidate's id, whether "
-        "there is one, and the log age of the most recent one at the request time; O((N + C) log N) per user")
 
 
 _EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
+_PROMOTED = ("match_features",)  # experimental fields that became production fields (a recorded experimental value wins)
 _REMOVED = {"transition_match": False, "pooling": "keyed_attention"}  # removed variants: their default is all that is accepted
 
 
@@ -45,6 +42,11 @@ def _move_legacy_fields(data: dict) -> dict:
     for name, default in _REMOVED.items():
         if name in data and data.pop(name) != default:
             raise ValueError(f"{name}: this variant was removed (it showed no gain, docs/results.md); only {default!r} is accepted")
+    experimental = data.get("experimental")
+    if isinstance(experimental, dict) and any(name in experimental for name in _PROMOTED):
+        experimental = dict(experimental)
+        data.update({name: experimental.pop(name) for name in _PROMOTED if name in experimental})
+        data["experimental"] = experimental or None
     legacy = {name: data.pop(name) for name in _EXPERIMENTAL_FIELDS if name in data}
     if any(legacy.values()):
         experimental = data.get("experimental") or {}
@@ -63,7 +65,7 @@ class CandidateSearchConfig(_Config):
     per_match: int = Field(64, ge=1, description="per match vocabulary, the most recent events with the candidate's id in it")
 
 
-RECORDED_BEFORE_FIELDS = {"recency": "encoder"}
+RECORDED_BEFORE_FIELDS = {"recency": "encoder", "match_features": False}
 """Sequence-model fields added since whose default differs from what models recorded before them
 trained with: a recorded config (``checkpoint.json``, a comparison's ``run.json``: complete dumps)
 without the field means this value (:func:`as_recorded`)."""
@@ -111,6 +113,11 @@ class SequenceModelConfig(_Config):
     match_attention: bool = Field(
         True, description="add to the pooling scores a learned, per-head weight of the cosine similarity between the "
         "candidate's and each event's embeddings in every vocabulary they share (target attention)")
+    match_features: bool = Field(
+        True, description="with match_attention: exact candidate-match features into the heads, per match vocabulary "
+        "(eventrec.model.match_features): log1p of the number of the history's events with the candidate's id, whether "
+        "there is one, and the log age of the most recent one at the request time (what the candidate-count and recency "
+        "rules read, which the softmax pooling's weighted average cannot count); O((N + C) log N) per user")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     candidate_search: CandidateSearchConfig | None = Field(
         None, description="None: every candidate's pooling reads the whole history; else only the events a search by the "
@@ -150,17 +157,6 @@ class SequenceModelConfig(_Config):
     def match_count(self) -> bool:
         """``experimental.match_count`` (False without an experimental section)."""
         return self.experimental is not None and self.experimental.match_count
-
-    @property
-    def match_features(self) -> bool:
-        """``experimental.match_features`` (False without an experimental section)."""
-        return self.experimental is not None and self.experimental.match_features
-
-    @property
-    def reads_match_ids(self) -> bool:
-        """Whether the model reads the events' and candidates' ids in the match vocabularies
-        (``candidate_search``, ``experimental.match_features``)."""
-        return self.candidate_search is not None or self.match_features
 
     @property
     def dot_term(self) -> bool:

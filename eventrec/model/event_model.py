@@ -38,9 +38,11 @@ as a full recompute would)."""
 
 
 class EventModel(nn.Module):
-    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables, match_vocabularies: list[str] | None = None):
+    def __init__(self, spec: FeatureSpec, config: SequenceModelConfig, tables: EmbeddingTables, match_vocabularies: list[str] | None = None,
+                 with_ids: bool = False):
         super().__init__()
         self.config = config
+        self.with_ids = with_ids and bool(match_vocabularies)  # whether forward returns the positions' match ids
         self.__dict__["tables"] = tables
         self.match_vocabularies = list(match_vocabularies or [])
         # per stream: the attribute holding each match vocabulary (None when the stream lacks it)
@@ -98,13 +100,13 @@ class EventModel(nn.Module):
     def forward(self, batch: EventBatch, first_position: int = 0) -> tuple[JaggedTensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The batch's histories as jagged event embeddings ``[sum(N_g), D]`` (see the module's doc), the
         positions' times ``[sum(N_g)]``, match keys ``[sum(N_g), V·E]`` (or None) and, with
-        ``candidate_search`` or ``match_features``, the positions' ids in the match vocabularies ``[sum(N_g), V]`` (``NO_ID``
+        ``with_ids`` (candidate search, match features), the positions' ids in the match vocabularies ``[sum(N_g), V]`` (``NO_ID``
         at the summary token; else None). ``first_position`` (``recency: pooling``): the order index of
         each history's first event, for events that continue a history encoded before
         (:meth:`SequenceRanker.extend_user`)."""
         device = batch.history_timestamps.device
         num_histories = batch.num_histories
-        with_ids = self.config.reads_match_ids and bool(self.match_vocabularies)
+        with_ids = self.with_ids
         pieces, rows, times, matches, ids = [], [], [], [], []
         for index, name in enumerate(self.stream_names):
             stream = batch.streams[name]

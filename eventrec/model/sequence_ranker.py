@@ -95,9 +95,9 @@ class SequenceRanker(nn.Module):
         self.item_kinds = {a.name: a.kind for a in imp.item_attributes}
         if config.candidate_search is not None and not self.match_vocabularies:
             raise ValueError("candidate_search: needs match_attention and a categorical or hashed item attribute whose vocabulary the streams share")
-        if config.match_features and not self.match_vocabularies:
-            raise ValueError("experimental.match_features: needs match_attention and a categorical or hashed item attribute whose vocabulary the streams share")
-        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies)
+        # exact candidate-match features (match_features): where the candidate shares a vocabulary with the events
+        self.uses_match_features = config.match_features and bool(self.match_vocabularies)
+        self.event_model = EventModel(spec, config, self.tables, self.match_vocabularies, with_ids=self.reads_match_ids)
         self.encoder = JaggedTransformerEncoder(config)
         self.item_embedder = AttributeEmbedder(imp.item_attributes, self.tables)
         self.context_embedder = AttributeEmbedder(imp.context_attributes, self.tables) if imp.context_attributes else None
@@ -116,8 +116,7 @@ class SequenceRanker(nn.Module):
         # the count-preserving path (experimental.match_count): soft counts of matching events per match block
         self.match_counter = MatchCount(self.pooling.match_vocabularies) if config.match_count and self.match_vocabularies else None
         head_in += self.match_counter.blocks if self.match_counter is not None else 0
-        # exact candidate-match features (experimental.match_features): counts and last-match age per match vocabulary
-        head_in += FEATURES * len(self.match_vocabularies) if config.match_features else 0
+        head_in += FEATURES * len(self.match_vocabularies) if self.uses_match_features else 0
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
@@ -142,6 +141,12 @@ class SequenceRanker(nn.Module):
         if c.recency == "pooling":
             return False
         return c.timestamp_encoding or (c.time_bias and c.summary_token)
+
+    @property
+    def reads_match_ids(self) -> bool:
+        """Whether the model reads the events' and the candidates' ids in the match vocabularies
+        (``candidate_search``; the match features): the user side then keeps ``match_ids``."""
+        return bool(self.match_vocabularies) and (self.config.candidate_search is not None or self.uses_match_features)
 
     @property
     def extendable(self) -> bool:
@@ -277,7 +282,7 @@ class SequenceRanker(nn.Module):
                        dot_parts: list | None = None) -> torch.Tensor:
         """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,
         ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
-        ids = self.candidate_ids(item) if self.config.reads_match_ids else None
+        ids = self.candidate_ids(item) if self.reads_match_ids else None
         return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts, ids)
 
     def _logits(self, user: UserSide, candidate: torch.Tensor, match: torch.Tensor | None, history_index: torch.Tensor,
@@ -287,11 +292,11 @@ class SequenceRanker(nn.Module):
         if self.recency_in_pooling and (user.timestamps is None or user.request_times is None):
             raise ValueError("score: recency in the pooling needs the user side's timestamps and request_times (UserSide.at)")
         search = None
-        if self.config.reads_match_ids and (candidate_ids is None or user.match_ids is None):
+        if self.reads_match_ids and (candidate_ids is None or user.match_ids is None):
             raise ValueError("score: candidate_search and match_features need the candidates' ids (SequenceRanker.candidate_ids) and the user side's match_ids")
         if self.config.candidate_search is not None:
             search = Search(user.match_ids, candidate_ids, self.config.candidate_search, self.config.summary_token)
-        if plan is not None and self.config.reads_match_ids:  # one user: its index, built once per state
+        if plan is not None and self.reads_match_ids:  # one user: its index, built once per state
             search_index = search_index or user.search_index or UserSearchIndex.build(user.match_ids)
         if search is not None and plan is not None:  # one user: only the searched positions are read
             index = search_index
@@ -305,7 +310,7 @@ class SequenceRanker(nn.Module):
         if self.match_counter is not None and match is not None:
             match_keys = user.keys[:, 0, self.pooling.head_dim :].to(match.dtype)
             x = torch.cat([x, self.match_counter(match, match_keys, user.offsets, history_index).to(x.dtype)], dim=-1)
-        if self.config.match_features:
+        if self.uses_match_features:
             x = torch.cat([x, self.exact_match_features(user, candidate_ids, history_index, search_index if plan is not None else None).to(x.dtype)], dim=-1)
         dot = None
         if self.config.dot_term:

@@ -267,7 +267,7 @@ class RankingService:
         """:meth:`item_rows`, and with ``candidate_search`` the candidates' ids ``[C, V]``
         (:meth:`SequenceRanker.candidate_ids`, cached beside the rows); (rows, ids, hits, misses)."""
         hashes = frame.hash_rows(seed=0).to_numpy()
-        search = self.model.config.reads_match_ids
+        search = self.model.reads_match_ids
         with self.candidates.lock:
             found, pos = self.candidates.lookup(hashes)
             missing = np.flatnonzero(~found)

@@ -73,9 +73,10 @@ def served_match_count(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def served_match_features(tmp_path_factory):
-    """``recency: pooling`` with the exact candidate-match features (``match_features``) into the heads."""
-    return _train(tmp_path_factory.mktemp("serving_match_features"), recency="pooling", match_features=True)
+def served_no_match_features(tmp_path_factory):
+    """``recency: pooling`` without the exact candidate-match features (``match_features: false``, the
+    models trained before they were the default)."""
+    return _train(tmp_path_factory.mktemp("serving_no_match_features"), recency="pooling", match_features=False)
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def view(t: int, category: str = "shoes") -> dict:
     return {"event_type": "view", "timestamp": t, "category": category, "topics": ["a"]}
 
 
-VARIANTS = ["served", "served_recency_pooling", "served_search", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_match_count", "served_match_features", "served_low_rank_cross",
+VARIANTS = ["served", "served_recency_pooling", "served_search", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_match_count", "served_no_match_features", "served_low_rank_cross",
             "served_bidirectional", "served_no_summary", "served_no_match"]
 
 
@@ -110,7 +110,7 @@ def _fresh(service: RankingService) -> RankingService:
     return fresh
 
 
-@pytest.mark.parametrize("fixture", ["served_recency_pooling", "served_search", "served_match_features", "served_invariant", "served_invariant_token"])
+@pytest.mark.parametrize("fixture", ["served_recency_pooling", "served_search", "served_no_match_features", "served_invariant", "served_invariant_token"])
 def test_incremental_append_equals_full_recompute(fixture, request):
     store, checkpoint, _ = request.getfixturevalue(fixture)
     service = RankingService.load(checkpoint, store)
