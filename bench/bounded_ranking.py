@@ -109,7 +109,7 @@ def main() -> None:
             for c in args.candidates:
                 rows, ids, context = candidates(full, store, c, seed=c)
                 with torch.no_grad():
-                    calls = {"full": lambda: full.score(side, rows, context, plan=plan),
+                    calls = {"full": lambda: full.score(side, rows, context, plan=plan, candidate_ids=ids, search_index=index),
                              "search": lambda: searched.score(searched_side, rows, context, plan=plan, candidate_ids=ids, search_index=index)}
                     if n * c > args.full_up_to * 1000:
                         del calls["full"]

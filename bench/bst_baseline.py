@@ -44,13 +44,18 @@ def with_candidate_token(history: torch.Tensor, token: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def bst_logits(service: RankingService, user_id, rows: torch.Tensor, context: torch.Tensor | None, seconds: int) -> torch.Tensor:
-    """Logits ``[B, T]`` of ``B`` candidates (item rows ``[B, Q_item (+ V·E)]``), each with its own
-    encoder pass over the user's history and itself."""
+def bst_logits(service: RankingService, user_id, items: tuple[torch.Tensor, torch.Tensor | None], context: torch.Tensor | None,
+               seconds: int) -> torch.Tensor:
+    """Logits ``[B, T]`` of ``B`` candidates (``items``: their rows ``[B, Q_item (+ V·E)]`` and match ids
+    ``[B, V]`` or None, :meth:`RankingService.embed_items`), each with its own encoder pass over the
+    user's history and itself."""
+    from eventrec.model.candidate_search import NO_ID
+
+    rows, ids = items
     model = service.model
     events = service.user_events(user_id)
     batch = window_batch(events, request_window(events, seconds), seconds, len(service.task_names), service.task_names)
-    history, times, match, _ = model.event_model(batch)
+    history, times, match, event_ids = model.event_model(batch)
     b, n = len(rows), len(history.values)
     candidate = model.candidate_vectors(rows, context)  # [B, Q]
     x = with_candidate_token(history.values, model.candidate_projection(candidate))  # [B·(N+1), D]
@@ -59,8 +64,10 @@ def bst_logits(service: RankingService, user_id, rows: torch.Tensor, context: to
     encoded = model.encoder(JaggedTensor(x, offsets, n + 1), t)
     match_keys = None if match is None else with_candidate_token(match, match.new_zeros(b, match.shape[1]))  # the token matches nothing
     keys, values = model.pooling.keys_values(encoded, match_keys)
-    side = UserSide(offsets, n + 1, encoded.values, keys, values, timestamps=t, request_times=torch.full((b,), seconds, dtype=t.dtype))
-    return model.score(side, rows, context, torch.arange(b))
+    match_ids = None if event_ids is None else with_candidate_token(event_ids, event_ids.new_full((b, event_ids.shape[1]), NO_ID))
+    side = UserSide(offsets, n + 1, encoded.values, keys, values, timestamps=t, request_times=torch.full((b,), seconds, dtype=t.dtype),
+                    match_ids=match_ids)
+    return model.score(side, rows, context, torch.arange(b), candidate_ids=ids)
 
 
 def time_bst(service: RankingService, user_id, candidates: pl.DataFrame, context: dict | None, timestamp: int, batch: int) -> tuple[float, int]:
@@ -74,7 +81,7 @@ def time_bst(service: RankingService, user_id, candidates: pl.DataFrame, context
     bst_logits(service, user_id, service.embed_items(candidates[:batch]), service.context_tensor(context), seconds)
     started = time.perf_counter()
     for start in range(0, candidates.height, batch):
-        rows = service.embed_items(candidates[start : start + batch])
-        logits = bst_logits(service, user_id, rows, service.context_tensor(context), seconds)
+        items = service.embed_items(candidates[start : start + batch])
+        logits = bst_logits(service, user_id, items, service.context_tensor(context), seconds)
         assert np.isfinite(logits.numpy()).all()
     return (time.perf_counter() - started) / candidates.height, batch

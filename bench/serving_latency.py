@@ -115,9 +115,9 @@ def timed(call) -> tuple[float, object]:
 def scores_with_model_pooling(service, user: int, pool: pl.DataFrame, context: dict) -> np.ndarray:
     """The request with the cached user and candidate rows, scored by the model's generic keyed pooling."""
     side, _ = service.user_side(user, service.request_seconds(REQUEST_TIME))
-    rows, _, _ = service.item_rows(service.candidate_frame(pool))
+    rows, ids, _, _ = service.cached_items(service.candidate_frame(pool))
     with torch.no_grad():
-        return torch.sigmoid(service.model.score(side, rows, service.context_tensor(context))).numpy()
+        return torch.sigmoid(service.model.score(side, rows, service.context_tensor(context), candidate_ids=ids)).numpy()
 
 
 def naive_scores(service, user: int, pool: pl.DataFrame, context: dict, batch: int) -> np.ndarray:
@@ -132,8 +132,8 @@ def naive_scores(service, user: int, pool: pl.DataFrame, context: dict, batch: i
     with torch.no_grad():
         for start in range(0, pool.height, batch):
             side = service.model.encode_user(window_batch(events, request_window(events, seconds), seconds, len(service.task_names), service.task_names))
-            rows = service.embed_items(pool[start : start + batch])
-            out.append(torch.sigmoid(service.model.score(side, rows, context_vector)).numpy())
+            rows, ids = service.embed_items(pool[start : start + batch])
+            out.append(torch.sigmoid(service.model.score(side, rows, context_vector, candidate_ids=ids)).numpy())
     return np.concatenate(out)
 
 

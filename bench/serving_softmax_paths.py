@@ -55,10 +55,10 @@ def main() -> None:
         samples: dict[str, list[float]] = {name: [] for name in paths}
         seconds = service.request_seconds(REQUEST_TIME)
         side, _ = service.user_side(0, seconds)
-        rows, _, _ = service.item_rows(service.candidate_frame(pool))
+        rows, ids, _, _ = service.cached_items(service.candidate_frame(pool))
         context_vector = service.context_tensor(context)
         plans = {name: dataclasses.replace(service.scorer.plan(), max_unshifted_logit=bound) for name, bound in paths.items()}
-        score = lambda name: torch.sigmoid(service.scorer.score(side, rows, context_vector, plan=plans[name])).numpy()  # noqa: E731
+        score = lambda name: torch.sigmoid(service.scorer.score(side, rows, context_vector, plan=plans[name], candidate_ids=ids)).numpy()  # noqa: E731
         scores = {name: score(name) for name in paths}  # warm: buffers
         for _ in range(args.repeats):
             for name in paths:

@@ -24,15 +24,17 @@ from bench.quality.ranking_metrics import hit_rate_and_ndcg, target_ranks
 from bench.quality.variant import NextItemVariant, load_variant
 
 
-def logit_and_dot(service, user, rows, context, seconds: int) -> tuple:
+def logit_and_dot(service, user, items, context, seconds: int) -> tuple:
     """The whole logits ``z`` and dot terms ``d`` (``[C]`` each, first task) of embedded candidates
-    ``rows`` for ``user``: the model's own :meth:`SequenceRanker.score`, with its ``dot_parts``."""
+    ``items`` (rows and match ids, :meth:`RankingService.embed_items`) for ``user``: the model's own
+    :meth:`SequenceRanker.score`, with its ``dot_parts``."""
     import torch
 
     side, _ = service.user_side(user, seconds)
     dot_parts: list = []
     with torch.no_grad():
-        whole = service.model.score(side, rows, context, plan=service.scorer.plan(), dot_parts=dot_parts)
+        rows, ids = items
+        whole = service.model.score(side, rows, context, plan=service.scorer.plan(), dot_parts=dot_parts, candidate_ids=ids)
     users, vectors = dot_parts  # [1, T, D], [C, D]
     return whole[:, 0].float(), (vectors.float() @ users[0].float().T)[:, 0]
 
@@ -66,14 +68,14 @@ def main() -> None:
     service = RankingService.load(run_dir / "best", store, max_candidates=max(10_000, items.height))
     if not service.model.config.dot_term:
         raise SystemExit(f"{tag}: the model has no dot term")
-    rows = service.embed_items(service.candidate_frame(items))
+    embedded = service.embed_items(service.candidate_frame(items))
     context = service.context_tensor(None)
     targets = sequences.filter((pl.col("split") == "test") & pl.col("user_id").is_in(users.tolist())).sort("user_id")
     index = {item: i for i, item in enumerate(items["item_id"].to_list())}
     whole, dot, target = [], [], []
     started = time.perf_counter()
     for user, item, when in targets.select("user_id", "item_id", "event_time").iter_rows():
-        z_user, d_user = logit_and_dot(service, user, rows, context, service.request_seconds(int(when)))
+        z_user, d_user = logit_and_dot(service, user, embedded, context, service.request_seconds(int(when)))
         whole.append(z_user.numpy())
         dot.append(d_user.numpy())
         target.append(index[item])

@@ -252,20 +252,19 @@ class RankingService:
 
     # -- the candidate side ------------------------------------------------------------------------
     @torch.no_grad()
-    def embed_items(self, frame: pl.DataFrame) -> torch.Tensor:
-        """``[C, Q_item (+ V·E)]`` for candidate records, without the cache (:meth:`SequenceRanker.embed_candidates`)."""
-        return self.model.embed_candidates(self.records.group(self.schema.impressions.item_attributes, frame))
-
-    @torch.no_grad()
-    def item_rows(self, frame: pl.DataFrame) -> tuple[torch.Tensor, int, int]:
-        """``[C, Q_item + V·E]``: item embeddings and match queries, from the cache where present."""
-        rows, _, hits, misses = self.cached_items(frame)
-        return rows, hits, misses
+    def embed_items(self, frame: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Candidate records without the cache: their rows ``[C, Q_item (+ V·E)]``
+        (:meth:`SequenceRanker.embed_candidates`) and, for a model that reads them, their match ids
+        ``[C, V]`` (:meth:`SequenceRanker.candidate_ids`; else None): what :meth:`SequenceRanker.score` takes."""
+        group = self.records.group(self.schema.impressions.item_attributes, frame)
+        return self.model.embed_candidates(group), (self.model.candidate_ids(group) if self.model.reads_match_ids else None)
 
     @torch.no_grad()
     def cached_items(self, frame: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
-        """:meth:`item_rows`, and with ``candidate_search`` the candidates' ids ``[C, V]``
-        (:meth:`SequenceRanker.candidate_ids`, cached beside the rows); (rows, ids, hits, misses)."""
+        """Candidate records' rows ``[C, Q_item + V·E]`` (item embeddings and match queries) and, for a
+        model that reads them (candidate search, match features), their ids ``[C, V]``
+        (:meth:`SequenceRanker.candidate_ids`, cached beside the rows), from the cache where present;
+        (rows, ids, hits, misses)."""
         hashes = frame.hash_rows(seed=0).to_numpy()
         search = self.model.reads_match_ids
         with self.candidates.lock:

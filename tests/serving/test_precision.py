@@ -38,10 +38,10 @@ def top(scores: np.ndarray, k: int) -> set[int]:
     return set(np.argsort(-scores[:, 0], kind="stable")[:k].tolist())
 
 
-def random_model(store, seed: int) -> SequenceRanker:
-    """The default config (D=64, 4 heads, 4 slots, match attention) with random weights."""
+def random_model(store, seed: int, **config) -> SequenceRanker:
+    """The default config (D=64, 4 heads, 4 slots, match attention; ``config`` overrides) with random weights."""
     torch.manual_seed(seed)
-    return SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig()).eval()
+    return SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig(**config)).eval()
 
 
 def test_precision_is_validated(served):
@@ -90,11 +90,11 @@ def test_bf16_on_a_model_with_large_logits(served):
     store, checkpoint, _ = served
     fp32 = RankingService.load(checkpoint, store)
     bf16 = RankingService.load(checkpoint, store, precision="bf16")
-    rows, _, _ = fp32.item_rows(fp32.candidate_frame(many_candidates()))
+    rows, ids, _, _ = fp32.cached_items(fp32.candidate_frame(many_candidates()))
     context = fp32.context_tensor({"placement": "feed"})
     for user, t in [(1, 250), (2, 400), (3, 160)]:
         side, _ = fp32.user_side(user, t)
-        za, zb = fp32._score(side, rows, context), bf16._score(side, rows, context)
+        za, zb = fp32._score(side, rows, context, ids), bf16._score(side, rows, context, ids)
         assert zb.dtype == torch.float32
         assert (za - zb).abs().max() < 0.03 * za.abs().max()
         assert len(top(za.numpy(), 100) & top(zb.numpy(), 100)) >= 85
@@ -104,7 +104,7 @@ def test_bf16_on_a_model_with_large_logits(served):
 def test_bf16_scorer_close_to_fp32_on_long_histories(served, positions):
     """Scorer level, random default-size model and a random user of ``positions`` positions."""
     store, _, _ = served
-    model = random_model(store, positions)
+    model = random_model(store, positions, match_features=False)  # the pooling's precision (random users have no ids)
     pooling = model.pooling
     torch.manual_seed(1)
     match_dim = pooling.match_dim
