@@ -74,8 +74,11 @@ def _model(store, **search):
 
 
 @pytest.mark.parametrize("recency", ["encoder", "pooling"])
-def test_searched_serving_path_equals_the_masked_training_path(tiny_store, recency):
-    model = _model(tiny_store, recent=1, per_match=1, recency=recency)
+@pytest.mark.parametrize("search", [{"recent": 1, "per_match": 1}, {}], ids=["search", "no_search"])
+def test_one_user_serving_path_equals_the_batched_training_path(tiny_store, recency, search):
+    """The searched positions (ops.selected_pooling) against the training mask; and, with or without
+    the search, the match features from the user's index against their batched form."""
+    model = _model(tiny_store, recency=recency, **search)
     everything = np.arange(tiny_store.num_examples)
     plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """Exact candidate-match features (``match_features``, the default): the batched form and the one-user
-index form follow the definition's loop, and the model's batched and served paths give the same scores."""
+index form follow the definition's loop (the model's one-user path against its batched path:
+``tests/test_candidate_search.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from eventrec.model.candidate_search import NO_ID, NO_MATCH, UserSearchIndex
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.match_features import FEATURES, match_features, match_features_one_user, match_features_reference
-from eventrec.ops.keyed_pooling_one_user import EXP_SAFE_LOGIT, OneUserPlan, Workspace
 from eventrec.training.factory import build_model
 
 
@@ -66,23 +66,6 @@ def test_empty_histories_and_no_candidates():
     torch.testing.assert_close(got, torch.zeros(1, FEATURES))
     assert match_features(empty, torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int64), torch.tensor([5]), torch.zeros(0, 1, dtype=torch.int64),
                           torch.zeros(0, dtype=torch.int64)).shape == (0, FEATURES)
-
-
-@pytest.mark.parametrize("recency", ["encoder", "pooling"])
-def test_model_one_user_path_equals_the_batched_path(tiny_store, recency):
-    torch.manual_seed(0)
-    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency=recency)
-    model = build_model(FeatureSpec.from_store(tiny_store), config).eval()
-    everything = np.arange(tiny_store.num_examples)
-    plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
-    with torch.no_grad():
-        expected = model(make_batch(tiny_store, everything))
-        for i in everything:
-            batch = make_batch(tiny_store, np.array([i]))
-            user = model.encode_user(batch)
-            got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), plan=plan,
-                              candidate_ids=model.candidate_ids(batch.item))
-            torch.testing.assert_close(got[0], expected[i], rtol=1e-5, atol=1e-6)
 
 
 def test_the_features_reach_the_logits_and_train(tiny_store):
