@@ -299,8 +299,7 @@ class SequenceRanker(nn.Module):
         if plan is not None and self.reads_match_ids:  # one user: its index, built once per state
             search_index = search_index or user.search_index or UserSearchIndex.build(user.match_ids)
         if search is not None and plan is not None:  # one user: only the searched positions are read
-            index = search_index
-            pooled = self.pooling.pool_searched(user.keys, user.values, user.timestamps, user.request_times, candidate, match, search, index)
+            pooled = self.pooling.pool_searched(user.keys, user.values, user.timestamps, user.request_times, candidate, match, search, search_index)
         else:
             keys, values = user.keys, user.values
             if self.recency_in_pooling:

@@ -266,18 +266,18 @@ class RankingService:
         (:meth:`SequenceRanker.candidate_ids`, cached beside the rows), from the cache where present;
         (rows, ids, hits, misses)."""
         hashes = frame.hash_rows(seed=0).to_numpy()
-        search = self.model.reads_match_ids
+        with_ids = self.model.reads_match_ids
         with self.candidates.lock:
             found, pos = self.candidates.lookup(hashes)
             missing = np.flatnonzero(~found)
             if len(missing):
                 group = self.records.group(self.schema.impressions.item_attributes, frame[missing.tolist()])
-                self.candidates.insert(hashes[missing], self.model.embed_candidates(group), self.model.candidate_ids(group) if search else None)
+                self.candidates.insert(hashes[missing], self.model.embed_candidates(group), self.model.candidate_ids(group) if with_ids else None)
                 found, pos = self.candidates.lookup(hashes)
                 assert found.all()
             index = torch.from_numpy(pos)
             rows = self.candidates.rows[index]
-            ids = self.candidates.ids[index] if search else None
+            ids = self.candidates.ids[index] if with_ids else None
             self.candidates.hits += len(hashes) - len(missing)
             self.candidates.misses += len(missing)
         return rows, ids, len(hashes) - len(missing), len(missing)
