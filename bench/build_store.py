@@ -179,7 +179,7 @@ def main() -> None:
                         help="issue: ~10M events and ~1M impressions at 1M users (issue 2); default: the generator's defaults")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "build_store")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--rows-per-partition", type=int, default=250_000, help="the partitioned engines' partition size (raw rows)")
+    parser.add_argument("--rows-per-partition", type=int, default=200_000, help="the partitioned engines' partition size (raw rows)")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--world", type=Path)
     parser.add_argument("--out", type=Path)

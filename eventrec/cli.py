@@ -101,7 +101,7 @@ def build(
     allow_empty_splits: bool = typer.Option(False, "--allow-empty-splits", help="Build even if the schema's time boundaries leave a split without impressions."),
     engine: str = typer.Option("polars", help="polars (partitioned, in this process), spark (the same partitions on Spark; pip install '.[spark]' and Java 17) or memory (all rows at once; the reference). All write the same bytes."),
     spark_master: str = typer.Option(None, help="--engine spark: the Spark master URL (default: the session of spark-submit, else local[*])."),
-    rows_per_partition: int = typer.Option(250_000, help="Raw rows (events and impressions) per user partition: the unit of memory of the partitioned engines."),
+    rows_per_partition: int = typer.Option(200_000, help="Raw rows (table rows of events and impressions) per user partition: the unit of memory of the partitioned engines."),
 ) -> None:
     """Build the people-centric event store and point-in-time examples from raw logs."""
     from eventrec.store.build import build_store

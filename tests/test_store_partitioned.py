@@ -265,3 +265,12 @@ def test_arrow_memory_is_restored_after_nested_builds():
             pass
         assert pa.default_memory_pool().backend_name == inside  # the inner block does not restore early
     assert pa.default_memory_pool().backend_name == before
+
+
+def test_the_command_line_s_partition_size_is_the_library_s():
+    import inspect
+
+    from eventrec import cli
+    from eventrec.store.partitioned import DEFAULT_ROWS_PER_PARTITION
+
+    assert inspect.signature(cli.build).parameters["rows_per_partition"].default.default == DEFAULT_ROWS_PER_PARTITION

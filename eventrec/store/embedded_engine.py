@@ -1,13 +1,13 @@
 """The embedded engine of the partitioned build: this process, ``workers`` threads (default 2).
 
-Scan and split read each table batch by batch (:func:`~eventrec.store.sources.read_batches`), the
-read tasks shared among the threads; the split writes every consumer's rows to per-partition spill
-files (:mod:`eventrec.store.spill`), one piece per thread over a contiguous run of tasks. Each
-partition is then read for its training summary (its prepared rows, sorted and without exact
-duplicates, written back for the build unless they are the raw rows as they were), and again for
-its rows: two partitions at a time (Polars,
-pyarrow and numpy release the GIL), so peak memory follows the partition size, not the logs. The
-users are written in partition order as the partitions complete.
+The count pass and the split read each table batch by batch (:func:`~eventrec.store.sources.read_batches`),
+the read tasks shared among the threads; the split checks every consumer's rows and writes them to
+per-partition spill files (:mod:`eventrec.store.spill`), one piece per thread over a contiguous run
+of tasks. Each partition is then read for its training summary and its users (its prepared rows,
+sorted and without exact duplicates, written back for the build unless they are the raw rows as they
+were), and again for its rows: two partitions at a time (Polars, pyarrow and numpy release the GIL),
+so peak memory follows the partition size, not the logs. The users are written in partition order as
+the partitions complete.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from eventrec.schema import Schema
 from eventrec.store.assemble import RowGroupWriter, part_batch_rows, write_ipc
 from eventrec.store.encoding import AttributeEncoder, BuildReport, TrainingSummary
 from eventrec.store.layout import USER
-from eventrec.store.partition import BuildContext, PartitionRows, build_partition, prepare, summarize
-from eventrec.store.scan import ScanPart, scan_batch
+from eventrec.store.partition import BuildContext, PartitionRows, build_partition, partition_users, prepare, summarize
+from eventrec.store.scan import ScanPart, check_rows, count_batch, users_of
 from eventrec.store.sources import ReadTask, Sources, read_batches
 from eventrec.store.spill import SpillWriter, prepared_path, read_spill, spill_path
 from eventrec.store.user_partitions import UserPartitions
 
-SCAN_BATCH_ROWS = 65_536  # the first pass reads a few columns: larger batches, less overhead
+COUNT_BATCH_ROWS = 262_144  # the count pass reads the user ids only: larger batches, less overhead
 T = TypeVar("T")
 
 
@@ -47,27 +47,27 @@ class EmbeddedEngine:
         self.reports: dict[int, BuildReport] = {}
         self.pieces = 1
         self.unchanged: dict[int, set[str]] = {}
+        self.users: dict[int, pl.Series] = {}  # each partition's users, from its summary to its build
         # one pool for every step: the allocators keep per-thread arenas, and memory freed by one step
         # is reused by the next in the same threads
         self._pool = ThreadPoolExecutor(max_workers=self.workers)
 
-    def scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
-        return self._scan(schema, sources, tasks, key_dtype, boundaries)
-
-    def split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
-        self._split(sources, tasks, partitions, work_dir)
-
-    def _scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
+    def count(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype) -> tuple[list[int], pl.DataFrame]:
         def one(i: int) -> ScanPart:
             task = tasks[i]
             part = ScanPart(table_rows={task.pattern: 0})
-            for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern, scan=True), SCAN_BATCH_ROWS):
-                part.add(scan_batch(schema, sources, task.pattern, batch, key_dtype, boundaries))
+            for batch in read_batches(sources.tables[task.pattern], task, sources.user_columns(task.pattern), COUNT_BATCH_ROWS):
+                part.add(count_batch(sources, task.pattern, batch, key_dtype))
             return part
 
-        return list(self._in_order(len(tasks), one))
+        rows, users = [], ScanPart()
+        for task, part in zip(tasks, self._in_order(len(tasks), one)):
+            rows.append(part.table_rows[task.pattern])
+            users.add(ScanPart(user_rows=part.user_rows))  # summed as the tasks end: a few tasks' users at a time
+        return rows, users_of(users.user_rows, key_dtype)
 
-    def _split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
+    def split(self, schema: Schema, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path,
+              boundaries) -> list[ScanPart]:
         """``workers`` writers, each over a contiguous run of the tasks (about equal rows)."""
         self.spill = work_dir
         rows = np.cumsum([task.rows or 0 for task in tasks])
@@ -75,21 +75,27 @@ class EmbeddedEngine:
         runs = [run for run in np.split(np.arange(len(tasks)), ends) if len(run)]
         self.pieces = len(runs)
 
-        def write(piece: int) -> None:
+        def write(piece: int) -> list[ScanPart]:
             writer = SpillWriter(work_dir, piece)
+            checked = []
             try:
                 for i in runs[piece]:
                     task = tasks[i]
                     consumers = [(sources.consumers.index(c), c) for c in sources.of_table(task.pattern)]
+                    part = ScanPart()
                     for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern)):
                         for index, consumer in consumers:
                             rows = consumer.rows(batch)
-                            writer.write(index, partitions.assign(rows[USER]), rows)
+                            check = check_rows(schema, consumer, rows, batch, boundaries)
+                            part.add(check)
+                            if not check.refused:  # refused rows are never spilled: the build stops after the split
+                                writer.write(index, partitions.assign(rows[USER]), rows)
+                    checked.append(part)
             finally:
                 writer.close()
+            return checked
 
-        for _ in self._in_order(len(runs), write):
-            pass
+        return [part for parts in self._in_order(len(runs), write) for part in parts]
 
     def _rows(self, sources: Sources, partition: int) -> PartitionRows:
         assert self.spill is not None
@@ -110,9 +116,9 @@ class EmbeddedEngine:
                 future.cancel()
             wait(pending)
 
-    def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> list[TrainingSummary]:
-        """Each partition's summary; its prepared rows replace its raw rows in the spill (with the
-        counts of :func:`prepare`), so that :meth:`build` does not prepare them again."""
+    def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> tuple[list[TrainingSummary], list[int]]:
+        """Each partition's summary and users; its prepared rows replace its raw rows in the spill
+        (with the counts of :func:`prepare`), so that :meth:`build` does not prepare them again."""
         spill = self.spill
         assert spill is not None
 
@@ -120,6 +126,7 @@ class EmbeddedEngine:
             report = BuildReport()
             prepared = prepare(ctx, self._rows(sources, p), report)
             summary = summarize(ctx, prepared)
+            self.users[p] = partition_users(ctx.schema, prepared)[USER]
             for i, consumer in enumerate(sources.consumers):
                 if consumer.key in prepared.unchanged:  # the build reads its raw spill again
                     continue
@@ -130,7 +137,8 @@ class EmbeddedEngine:
             self.unchanged[p] = prepared.unchanged
             return summary
 
-        return list(self._in_order(partitions.count, one))
+        summaries = list(self._in_order(partitions.count, one))
+        return summaries, [len(self.users[p]) for p in range(partitions.count)]
 
     def _prepared(self, ctx: BuildContext, sources: Sources, partition: int) -> PartitionRows:
         """The rows :meth:`summarize` prepared: written back, or raw rows it left as they were."""
@@ -148,11 +156,11 @@ class EmbeddedEngine:
         return PartitionRows(frames)  # type: ignore[arg-type]
 
     def build(self, ctx: BuildContext, sources: Sources, encoder: AttributeEncoder, partitions: UserPartitions,
-              users: RowGroupWriter, parts_dir: Path, user_ids: pl.Series) -> tuple[list[BuildReport], list[Path]]:
+              users: RowGroupWriter, parts_dir: Path) -> tuple[list[BuildReport], list[Path]]:
         offsets = partitions.offsets
 
         def one(p: int) -> tuple[pa.Table, Path]:
-            mine = user_ids.slice(offsets[p], partitions.user_counts[p])
+            mine = self.users.pop(p)
             users_table, examples = build_partition(ctx, encoder, self._prepared(ctx, sources, p), offsets[p], self.reports[p], mine)
             path = parts_dir / f"examples-{p}.arrow"
             write_ipc(examples, path, part_batch_rows(partitions.count))
@@ -166,4 +174,5 @@ class EmbeddedEngine:
 
     def close(self) -> None:
         self.spill = None
+        self.users.clear()
         self._pool.shutdown(wait=True)

@@ -1,12 +1,17 @@
-"""The first pass of a partitioned build: what must be known of all the raw rows before any partition.
+"""What a partitioned build must know of all the raw rows, from its two passes over them.
 
-One pass over every table, batch by batch, keeps: the rows of each user (to plan the partitions),
-the impression times (to resolve fraction splits) or the impressions per split, each derived label's
-last source timestamp, the request ids' users and times, and whether any row fails a check of the
-in-memory loaders (null user id, unparsable, null or out-of-range timestamp, label other than 0/1/null,
-a request spanning users or times, an empty file). Such input is handed to the in-memory build, which
-names the first offending row exactly as it always did. Each piece is a :class:`ScanPart` that adds
-up: the Spark engine scans the read tasks in parallel and merges their parts.
+- The **count pass** reads only the user columns: each table's rows per user (:func:`count_batch`),
+  which plan the user partitions, and each read task's row count (the ``_row`` offsets of CSV files).
+  Counts are of table rows, whichever consumers keep them: they balance the partitions, nothing else.
+- The **split** pass checks every consumer's rows as it routes them (:func:`check_rows`): the
+  impression times (to resolve fraction splits) or the impressions per split, each derived label's
+  last source timestamp, the request ids' users and times, and whether any row fails a check of the
+  in-memory loaders (null user id, unparsable, null or out-of-range timestamp, label other than
+  0/1/null, a request spanning users or times, an empty file). Such input is handed to the in-memory
+  build, which names the first offending row exactly as it always did.
+
+Each piece is a :class:`ScanPart` that adds up: the Spark engine runs the read tasks in parallel and
+merges their parts.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import polars as pl
 from eventrec.schema import Schema
 from eventrec.store.layout import TIME, USER
 from eventrec.store.raw_logs import MAX_TIMESTAMP_SECONDS
-from eventrec.store.sources import Sources, data_end_expr
+from eventrec.store.sources import Consumer, Sources, data_end_expr
 from eventrec.store.splits import needs_impression_times, split_of
 from eventrec.store.user_partitions import ROWS
 
@@ -28,7 +33,7 @@ COMPACT_ROWS = 1_000_000  # see ScanPart.compact
 
 @dataclass
 class ScanPart:
-    """What a pass over some batches saw (:func:`scan_batch`), summed by :meth:`add`."""
+    """What a pass over some batches saw (:func:`count_batch`, :func:`check_rows`), summed by :meth:`add`."""
 
     table_rows: dict[str, int] = field(default_factory=dict)
     consumer_rows: dict[str, int] = field(default_factory=dict)
@@ -62,9 +67,12 @@ class ScanPart:
                 self.user_rows = [users_of(self.user_rows)]
 
 
-def users_of(parts: list[pl.DataFrame]) -> pl.DataFrame:
+def users_of(parts: list[pl.DataFrame], key_dtype: pl.DataType | None = None) -> pl.DataFrame:
     """The sorted distinct users of per-user count frames, with their summed ``rows`` (sorted first,
-    then grouped in order: about half the memory of a hash grouping of a million users)."""
+    then grouped in order: about half the memory of a hash grouping of a million users); no parts:
+    no users (of ``key_dtype``)."""
+    if not parts:
+        return pl.DataFrame({USER: pl.Series([], dtype=key_dtype or pl.Int64), ROWS: pl.Series([], dtype=pl.Int64)})
     return pl.concat(parts).sort(USER).group_by(USER, maintain_order=True).agg(pl.col(ROWS).sum())
 
 
@@ -85,53 +93,60 @@ def user_key_dtype(sources: Sources) -> pl.DataType:
     return dtypes.pop() if len(dtypes) == 1 else pl.String
 
 
+def count_batch(sources: Sources, pattern: str, batch: pl.DataFrame, key_dtype: pl.DataType) -> ScanPart:
+    """The count pass's part of a batch of the table of ``pattern`` (its user columns,
+    :meth:`Sources.user_columns`): the batch's rows per user (null ids left out, and ids that do not
+    cast to the key's dtype, which no impression can match)."""
+    part = ScanPart(table_rows={pattern: batch.height})
+    for column in sources.user_columns(pattern):
+        users = batch.select(pl.col(column).cast(key_dtype, strict=False).alias(USER) if batch.schema[column] != key_dtype else pl.col(column).alias(USER))
+        part.user_rows.append(users.drop_nulls().group_by(USER).agg(pl.len().cast(pl.Int64).alias(ROWS)))
+    part.compact()
+    return part
+
+
 def _bad_timestamp(frame: pl.DataFrame) -> bool:
     t = pl.col(TIME)
     return bool(frame.select((t.is_null() | (t < 0) | (t >= MAX_TIMESTAMP_SECONDS)).any()).item())
 
 
-def scan_batch(schema: Schema, sources: Sources, pattern: str, batch: pl.DataFrame, key_dtype: pl.DataType,
+def check_rows(schema: Schema, consumer: Consumer, rows: pl.DataFrame, batch: pl.DataFrame,
                boundaries: tuple[int, int] | None) -> ScanPart:
-    """What the first pass keeps of one batch of the table of ``pattern`` (``boundaries``: the
-    schema's time split boundaries, None when they are fractions of the impressions)."""
-    part = ScanPart(table_rows={pattern: batch.height})
+    """What the split keeps of one consumer's ``rows`` (:meth:`Consumer.rows`) of a ``batch`` of
+    its table (``boundaries``: the schema's time split boundaries, None when they are fractions of
+    the impressions)."""
+    part = ScanPart(consumer_rows={consumer.key: rows.height})
     imp = schema.impressions
-    for consumer in sources.of_table(pattern):
-        rows = consumer.scan_rows(batch)
-        part.consumer_rows[consumer.key] = rows.height
-        if _bad_timestamp(rows):
-            part.refused.add(f"{consumer.key}: timestamps")
-            continue
-        if consumer.kind == "derived":
-            derived = next(d for d in imp.derived_labels if d.name == consumer.name)
-            end = batch.select(data_end_expr(schema, derived, consumer.table)).item()
-            if end is not None:
-                part.data_end[consumer.name] = int(end)
-            continue
-        if rows[USER].null_count():
-            part.refused.add(f"{consumer.key}: null user ids")
-            continue
-        users = rows.select(pl.col(USER).cast(key_dtype) if rows.schema[USER] != key_dtype else pl.col(USER))
-        part.user_rows.append(users.group_by(USER).agg(pl.len().cast(pl.Int64).alias(ROWS)))
-        if consumer.kind != "impressions":
-            continue
-        for label in imp.labels:
-            if rows.select((pl.col(label).is_not_null() & ~pl.col(label).cast(pl.Float64).is_in([0.0, 1.0])).any()).item():
-                part.refused.add(f"impressions: label {label}")
-        times = rows[TIME].to_numpy()
-        if boundaries is None:
-            part.impression_times.append(times)
-        elif len(times):
-            part.split_sizes = part.split_sizes + np.bincount(split_of(times, boundaries), minlength=3)
-        if imp.request_column:
-            keyed = rows.filter(pl.col(imp.request_column).is_not_null())
-            part.requests.append(keyed.select(pl.col(imp.request_column).alias("request"), USER, TIME).unique())
-    part.compact()
+    if _bad_timestamp(rows):
+        part.refused.add(f"{consumer.key}: timestamps")
+        return part
+    if consumer.kind == "derived":
+        derived = next(d for d in imp.derived_labels if d.name == consumer.name)
+        end = batch.select(data_end_expr(schema, derived, consumer.table)).item()
+        if end is not None:
+            part.data_end[consumer.name] = int(end)
+        return part
+    if rows[USER].null_count():
+        part.refused.add(f"{consumer.key}: null user ids")
+        return part
+    if consumer.kind != "impressions":
+        return part
+    for label in imp.labels:
+        if rows.select((pl.col(label).is_not_null() & ~pl.col(label).cast(pl.Float64).is_in([0.0, 1.0])).any()).item():
+            part.refused.add(f"impressions: label {label}")
+    times = rows[TIME].to_numpy()
+    if boundaries is None:
+        part.impression_times.append(times)
+    elif len(times):
+        part.split_sizes = part.split_sizes + np.bincount(split_of(times, boundaries), minlength=3)
+    if imp.request_column:
+        keyed = rows.filter(pl.col(imp.request_column).is_not_null())
+        part.requests.append(keyed.select(pl.col(imp.request_column).alias("request"), USER, TIME).unique())
     return part
 
 
 def refusals(schema: Schema, sources: Sources, scan: ScanPart) -> list[str]:
-    """Every reason the in-memory loaders would refuse the input, from a whole-input scan."""
+    """Every reason the in-memory loaders would refuse the input, from the whole input's checks."""
     out = sorted(scan.refused)
     if scan.consumer_rows.get("impressions:impressions", 0) == 0:
         out.append("impressions: no rows")

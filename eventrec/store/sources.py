@@ -38,7 +38,8 @@ NATIVE_READ_BYTES = 16 << 20  # a row group whose needed columns decode to about
 class Consumer:
     """One reader of a raw table: ``kind`` "impressions", "stream" or "derived" (a label from later
     events), ``name`` (the stream's or the label's), the rows it keeps (``row_filter``) and the
-    columns it selects from them (``select``: ``_row``, ``_user``, the raw timestamp, ``_t``, ...)."""
+    columns it selects from them (``select``: ``_row``, ``_user``, the raw timestamp, ``_t``, ...),
+    and its raw user id column (``user_column``, what the count pass reads)."""
 
     kind: str
     name: str
@@ -46,9 +47,8 @@ class Consumer:
     timestamp_column: str
     raw_columns: tuple[str, ...]
     select: tuple[pl.Expr, ...]
+    user_column: str
     row_filter: pl.Expr | None = None
-    scan_raw_columns: tuple[str, ...] = ()
-    scan_select: tuple[pl.Expr, ...] = ()
 
     @property
     def key(self) -> str:
@@ -58,12 +58,6 @@ class Consumer:
         """The consumer's rows of a batch of its table (same columns as its in-memory loader)."""
         kept = batch.filter(self.row_filter) if self.row_filter is not None else batch
         return kept.select(self.select)
-
-    def scan_rows(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """What the first pass needs of the consumer's rows of a batch (``scan_raw_columns`` read):
-        ``_user``, ``_t`` and, for the impressions, the labels and the request id."""
-        kept = batch.filter(self.row_filter) if self.row_filter is not None else batch
-        return kept.select(self.scan_select)
 
     def empty(self) -> pl.DataFrame:
         """No rows, with the columns and dtypes of :meth:`rows`."""
@@ -83,9 +77,13 @@ class Sources:
         """The consumers reading the table of ``pattern``, in schema order."""
         return [c for c in self.consumers if c.table is self.tables[pattern]]
 
-    def raw_columns(self, pattern: str, scan: bool = False) -> list[str]:
-        """The raw columns any consumer reads from the table of ``pattern`` (``scan``: in the first pass)."""
-        return sorted({column for c in self.of_table(pattern) for column in (c.scan_raw_columns if scan else c.raw_columns)})
+    def raw_columns(self, pattern: str) -> list[str]:
+        """The raw columns any consumer reads from the table of ``pattern``."""
+        return sorted({column for c in self.of_table(pattern) for column in c.raw_columns})
+
+    def user_columns(self, pattern: str) -> list[str]:
+        """The raw user id columns of the consumers of the table of ``pattern`` (the count pass's)."""
+        return sorted({c.user_column for c in self.of_table(pattern)})
 
 
 def _impressions(schema: Schema, table: RawTable) -> Consumer:
@@ -96,11 +94,7 @@ def _impressions(schema: Schema, table: RawTable) -> Consumer:
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
     select = (pl.col(ROW), pl.col(imp.user_column).alias(USER), pl.col(imp.timestamp_column),
               timestamp_seconds(table, imp.timestamp_column, imp.timestamp_unit).alias(TIME), *[pl.col(c) for c in columns])
-    scan = [imp.user_column, imp.timestamp_column, *imp.labels, *([imp.request_column] if imp.request_column else [])]
-    scan_select = (pl.col(imp.user_column).alias(USER), timestamp_seconds(table, imp.timestamp_column, imp.timestamp_unit).alias(TIME),
-                   *[pl.col(c) for c in dict.fromkeys(scan[2:]) if c not in (imp.user_column, imp.timestamp_column)])
-    return Consumer("impressions", "impressions", table, imp.timestamp_column, tuple(sorted(needed)), select,
-                    scan_raw_columns=tuple(sorted(set(scan))), scan_select=scan_select)
+    return Consumer("impressions", "impressions", table, imp.timestamp_column, tuple(sorted(needed)), select, imp.user_column)
 
 
 def _stream(schema: Schema, stream: Stream, table: RawTable) -> Consumer:
@@ -121,10 +115,7 @@ def _stream(schema: Schema, stream: Stream, table: RawTable) -> Consumer:
     )
     raw = set(needed) | ({source.type_column} if carries_type else set())
     row_filter = pl.col(source.type_column).cast(pl.String).is_in(stream.event_types) if typed else None
-    scan = {source.user_column, source.timestamp_column} | ({source.type_column} if typed else set())
-    scan_select = (pl.col(source.user_column).alias(USER), timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME))
-    return Consumer("stream", stream.name, table, source.timestamp_column, tuple(sorted(raw)), select, row_filter,
-                    tuple(sorted(scan)), scan_select)
+    return Consumer("stream", stream.name, table, source.timestamp_column, tuple(sorted(raw)), select, source.user_column, row_filter)
 
 
 def _derived(schema: Schema, derived: DerivedLabel, table: RawTable) -> Consumer:
@@ -139,10 +130,7 @@ def _derived(schema: Schema, derived: DerivedLabel, table: RawTable) -> Consumer
               timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
               *[pl.col(m.event).alias(key) for m, key in zip(derived.match_columns, keys)])
     row_filter = pl.col(str(source.type_column)).cast(pl.String).is_in(derived.events)
-    scan = (source.user_column, source.timestamp_column, str(source.type_column))
-    scan_select = (pl.col(source.user_column).alias(USER), timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME))
-    return Consumer("derived", derived.name, table, source.timestamp_column, tuple(sorted(needed)), select, row_filter,
-                    tuple(sorted(set(scan))), scan_select)
+    return Consumer("derived", derived.name, table, source.timestamp_column, tuple(sorted(needed)), select, source.user_column, row_filter)
 
 
 def plan_sources(schema: Schema, data_dir: Path) -> Sources:

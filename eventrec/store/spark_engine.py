@@ -3,13 +3,14 @@
 The driver (:mod:`eventrec.store.partitioned`) is the same as the embedded engine's; Spark runs the
 four distributed steps with the same functions, so the store is the same, byte for byte:
 
-- **scan**: one Spark task per read task (a Parquet row group or a CSV file), each reading its rows
-  with the embedded reader (:func:`~eventrec.store.sources.read_batches`: pyarrow, the dtypes of the
-  Polars scan) and returning its :class:`~eventrec.store.scan.ScanPart`;
-- **split**: the read tasks again, each emitting ``(partition, (consumer, Arrow IPC bytes))`` for
-  every consumer's rows, shuffled with ``partitionBy`` so that Spark partition ``p`` holds exactly
-  user partition ``p`` (kept on disk for the next two steps);
-- **summarize**: per Spark partition, the training summary of its rows;
+- **count**: one Spark task per read task (a Parquet row group or a CSV file), each reading its user
+  ids with the embedded reader (:func:`~eventrec.store.sources.read_batches`: pyarrow, the dtypes of
+  the Polars scan) and returning its :class:`~eventrec.store.scan.ScanPart`;
+- **split**: the read tasks again (every needed column), first checked (each task's
+  :func:`~eventrec.store.scan.check_rows` parts, collected), then each emitting ``(partition,
+  (consumer, Arrow IPC bytes))`` for every consumer's rows, shuffled with ``partitionBy`` so that
+  Spark partition ``p`` holds exactly user partition ``p`` (kept on disk for the next two steps);
+- **summarize**: per Spark partition, the training summary of its rows and its users;
 - **build**: per Spark partition, with the fitted encoder (broadcast), its user rows and example rows
   written as part files into the build's work folder; the driver writes ``users.parquet`` from them
   in partition order and merges the examples.
@@ -39,12 +40,12 @@ from eventrec.schema import Schema
 from eventrec.store.assemble import RowGroupWriter, part_batch_rows, write_ipc
 from eventrec.store.encoding import AttributeEncoder, BuildReport, TrainingSummary
 from eventrec.store.layout import USER
-from eventrec.store.partition import BuildContext, PartitionRows, build_partition, prepare, summarize
-from eventrec.store.scan import ScanPart, scan_batch
+from eventrec.store.partition import BuildContext, PartitionRows, build_partition, partition_users, prepare, summarize
+from eventrec.store.scan import ScanPart, check_rows, count_batch, users_of
 from eventrec.store.sources import BATCH_ROWS, ReadTask, Sources, plan_sources, read_batches
 from eventrec.store.user_partitions import UserPartitions
 
-SCAN_BATCH_ROWS = 262_144
+COUNT_BATCH_ROWS = 262_144
 DEFAULT_MASTER = "local[*]"
 
 
@@ -70,11 +71,20 @@ def spark_session(master: str | None) -> Any:
 
 # -- what the executors run (module-level functions: pickled by reference) -----------------------
 
-def _scan_task(schema: Schema, data_dir: str, task: ReadTask, key_dtype: pl.DataType, boundaries: tuple[int, int] | None) -> bytes:
+def _count_task(schema: Schema, data_dir: str, task: ReadTask, key_dtype: pl.DataType) -> bytes:
     sources = plan_sources(schema, Path(data_dir))
     part = ScanPart(table_rows={task.pattern: 0})
-    for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern, scan=True), SCAN_BATCH_ROWS):
-        part.add(scan_batch(schema, sources, task.pattern, batch, key_dtype, boundaries))
+    for batch in read_batches(sources.tables[task.pattern], task, sources.user_columns(task.pattern), COUNT_BATCH_ROWS):
+        part.add(count_batch(sources, task.pattern, batch, key_dtype))
+    return pickle.dumps(part)
+
+
+def _check_task(schema: Schema, data_dir: str, task: ReadTask, boundaries: tuple[int, int] | None) -> bytes:
+    sources = plan_sources(schema, Path(data_dir))
+    part = ScanPart()
+    for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern), BATCH_ROWS):
+        for consumer in sources.of_table(task.pattern):
+            part.add(check_rows(schema, consumer, consumer.rows(batch), batch, boundaries))
     return pickle.dumps(part)
 
 
@@ -117,7 +127,8 @@ def _rows(schema: Schema, data_dir: str, pieces: Iterator[tuple[int, tuple[int, 
 
 
 def _summarize_partition(ctx: BuildContext, data_dir: str, pieces: Iterator) -> Iterator[bytes]:
-    yield pickle.dumps(summarize(ctx, prepare(ctx, _rows(ctx.schema, data_dir, pieces), BuildReport())))
+    prepared = prepare(ctx, _rows(ctx.schema, data_dir, pieces), BuildReport())
+    yield pickle.dumps((summarize(ctx, prepared), partition_users(ctx.schema, prepared).height))
 
 
 def _build_partition(ctx: BuildContext, data_dir: str, encoder: AttributeEncoder, offsets: list[int], parts_dir: str,
@@ -139,30 +150,36 @@ class SparkEngine:
         self._split: Any = None
         self._job: tuple[Schema, str] | None = None
 
-    def scan(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> list[ScanPart]:
+    def count(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype) -> tuple[list[int], pl.DataFrame]:
+        data_dir = str(sources.data_dir)
+        rdd = self.context.parallelize(tasks, max(1, len(tasks)))
+        rows, users = [], ScanPart()
+        for task, payload in zip(tasks, rdd.map(lambda task: _count_task(schema, data_dir, task, key_dtype)).collect()):
+            part = pickle.loads(payload)
+            rows.append(part.table_rows[task.pattern])
+            users.add(ScanPart(user_rows=part.user_rows))
+        return rows, users_of(users.user_rows, key_dtype)
+
+    def split(self, schema: Schema, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path,
+              boundaries) -> list[ScanPart]:
+        from pyspark import StorageLevel
+
         data_dir = str(sources.data_dir)
         self._job = (schema, data_dir)
         rdd = self.context.parallelize(tasks, max(1, len(tasks)))
-        parts = rdd.map(lambda task: _scan_task(schema, data_dir, task, key_dtype, boundaries)).collect()
-        return [pickle.loads(part) for part in parts]
-
-    def split(self, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path) -> None:
-        from pyspark import StorageLevel
-
-        assert self._job is not None
-        schema, data_dir = self._job
-        rdd = self.context.parallelize(tasks, max(1, len(tasks)))
+        checked = [pickle.loads(part) for part in rdd.map(lambda task: _check_task(schema, data_dir, task, boundaries)).collect()]
         pieces = rdd.flatMap(lambda task: _split_task(schema, data_dir, task, partitions))
         self._split = pieces.partitionBy(partitions.count, lambda partition: partition).persist(StorageLevel.DISK_ONLY)
+        return checked
 
-    def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> list[TrainingSummary]:
+    def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> tuple[list[TrainingSummary], list[int]]:
         assert self._job is not None
         data_dir = self._job[1]
-        summaries = self._split.mapPartitions(lambda pieces: _summarize_partition(ctx, data_dir, pieces)).collect()
-        return [pickle.loads(s) for s in summaries]
+        results = [pickle.loads(r) for r in self._split.mapPartitions(lambda pieces: _summarize_partition(ctx, data_dir, pieces)).collect()]
+        return [summary for summary, _ in results], [users for _, users in results]
 
     def build(self, ctx: BuildContext, sources: Sources, encoder: AttributeEncoder, partitions: UserPartitions,
-              users: RowGroupWriter, parts_dir: Path, user_ids: pl.Series) -> tuple[list[BuildReport], list[Path]]:
+              users: RowGroupWriter, parts_dir: Path) -> tuple[list[BuildReport], list[Path]]:
         assert self._job is not None
         data_dir, offsets, folder = self._job[1], partitions.offsets, str(parts_dir)
         shared = self.context.broadcast(encoder)

@@ -1,15 +1,18 @@
 """User partitions: contiguous ranges of the sorted user ids, each holding about ``rows_per_partition``
-raw rows (events and impressions), so that a build holds one partition's rows at a time.
+raw rows (table rows of the user's events and impressions), so that a build holds one partition's
+rows at a time.
 
 Ranges rather than hash buckets: the users of partition ``p`` are rows ``offsets[p] ..`` of
 ``users.parquet`` (sorted by id), so the partitions' user tables are written one after the other, and
 an impression's user row is its partition's offset plus its rank inside the partition. A user is
-never split: a user with more rows than the target gets a partition of their own.
+never split: a user with more rows than the target gets a partition of their own. The plan is made
+from the count pass (every table row of a user id, whichever consumer keeps it); the users of the store
+a partition holds are counted once its rows are prepared (:meth:`UserPartitions.with_user_counts`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -22,7 +25,8 @@ ROWS = "rows"
 @dataclass(frozen=True)
 class UserPartitions:
     """``boundaries [P-1]``: the first user id of partitions 1..P-1 (sorted, the user key's dtype);
-    ``user_counts [P]``: users per partition; ``row_counts [P]``: raw rows per partition."""
+    ``user_counts [P]``: users per partition; ``row_counts [P]``: raw rows per partition (as planned:
+    the users and rows of the count pass, until :meth:`with_user_counts` gives the store's users)."""
 
     boundaries: pl.Series
     user_counts: tuple[int, ...]
@@ -36,6 +40,12 @@ class UserPartitions:
     def offsets(self) -> list[int]:
         """``[P]``: the ``users.parquet`` row of each partition's first user."""
         return np.concatenate([[0], np.cumsum(self.user_counts)[:-1]]).astype(np.int64).tolist()
+
+    def with_user_counts(self, user_counts: list[int]) -> "UserPartitions":
+        """The same partitions with ``user_counts [P]``: the store's users each one holds."""
+        if len(user_counts) != self.count:
+            raise ValueError(f"{len(user_counts)} user counts for {self.count} partitions")
+        return replace(self, user_counts=tuple(int(n) for n in user_counts))
 
     def assign(self, users: pl.Series) -> np.ndarray:
         """``[n]`` int64 partition of each user id: -1 for null; an id of another dtype is cast to
