@@ -9,8 +9,10 @@ Steps, each skipped when its output exists (a killed run resumes):
 1. ``eventrec.adapters.ml100k.prepare`` into ``OUT/logs`` (``--users N``: then only users 1..N's rows);
 2. ``content embed``: the adapter's ``item_text.parquet`` (title, year, genres) → 384-d MiniLM
    vectors ``item_text_minilm.parquet`` (needs the ``text`` extra);
-3. ``content quantize``: 3 levels × 256 codes fitted on the training period's movies (schema
-   ``ml100k``'s splits), every movie encoded, the codes attached to the events and impressions;
+3. ``content quantize``: ``--levels`` (default 3) × ``--codes`` (default 256) codes fitted on the
+   training period's movies (schema ``ml100k``'s splits), every movie encoded, the codes attached to
+   the events and impressions (fewer than 3 levels: the code schemas less the levels beyond, written
+   to ``OUT/schemas``; use a separate ``--out`` per codebook shape);
 4. seed by seed, per variant, one process after the other: ``bench/compare_models.py --dataset ml100k
    --schema S --models sequence --seeds k --workdir OUT/<variant>`` for k = 1..K (finished seeds are
    read back; ``OUT/<variant>/logs`` links to ``OUT/logs``), so that a stopped run leaves every variant
@@ -59,7 +61,7 @@ def prepare_logs(logs: Path, users: int | None) -> None:
             os.replace(tmp, logs / name)
 
 
-def embed_and_quantize(logs: Path, threads: int, seed: int) -> dict:
+def embed_and_quantize(logs: Path, threads: int, seed: int, levels: int = 3, codes: int = 256) -> dict:
     import torch
 
     from eventrec.content.quantize import quantize_table
@@ -71,10 +73,38 @@ def embed_and_quantize(logs: Path, threads: int, seed: int) -> dict:
     if not vectors.exists():
         print(json.dumps(embed_table(logs / "item_text.parquet", "movie_id", "text", vectors, MiniLMEncoder(), batch_size=64)), flush=True)
     report_path = logs / "text_vq.json"
-    if not all((logs / f).exists() for f in ("impressions_text_vq.parquet", "text_vq2_codebook.parquet", report_path.name)):
-        quantize_table(load_schema(builtin_schema_path("ml100k")), logs, vectors, "movie_id", "text", levels=3, codes=256, seed=seed,
+    if not all((logs / f).exists() for f in ("impressions_text_vq.parquet", f"text_vq{levels - 1}_codebook.parquet", report_path.name)):
+        quantize_table(load_schema(builtin_schema_path("ml100k")), logs, vectors, "movie_id", "text", levels=levels, codes=codes, seed=seed,
                        attach=["events.parquet", "impressions.parquet"])
-    return json.loads(report_path.read_text())
+    quantized = json.loads(report_path.read_text())
+    if (quantized["levels"], quantized["codes"]) != (levels, codes):
+        raise SystemExit(f"{logs} holds codes of {quantized['levels']} x {quantized['codes']}, not {levels} x {codes}: use another --out")
+    return quantized
+
+
+def schema_path(out: Path, variant: str, levels: int) -> Path:
+    """The variant's schema: the built-in one, or for the code variants with fewer than 3 levels that
+    schema less the attributes and codebook tables of the levels beyond (written under ``OUT/schemas``)."""
+    import yaml
+
+    builtin = ROOT / "eventrec" / "schemas" / f"{VARIANTS[variant]}.yaml"
+    if levels == 3 or variant in ("none", "vectors"):
+        return builtin
+    if not 1 <= levels < 3:
+        raise SystemExit(f"--levels {levels}: the code schemas have 3 levels; 1 or 2 are derived from them")
+    dropped = tuple(f"text_vq{level}" for level in range(levels, 3))
+    spec = yaml.safe_load(builtin.read_text())
+    keep = lambda attribute: not str(attribute["name"]).startswith(dropped)  # noqa: E731
+    for stream in spec["streams"]:
+        stream["attributes"] = [a for a in stream["attributes"] if keep(a)]
+    spec["impressions"]["item_attributes"] = [a for a in spec["impressions"]["item_attributes"] if keep(a)]
+    if "content_tables" in spec:
+        spec["content_tables"] = [t for t in spec["content_tables"] if not str(t["name"]).startswith(dropped)]
+    spec["name"] = f"{spec['name']}_{levels}levels"
+    path = out / "schemas" / f"{spec['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
 
 
 def run_variant(out: Path, variant: str, seeds: int, args: argparse.Namespace) -> None:
@@ -85,7 +115,7 @@ def run_variant(out: Path, variant: str, seeds: int, args: argparse.Namespace) -
     if not (workdir / "logs").exists():
         (workdir / "logs").symlink_to(out / "logs", target_is_directory=True)
     command = [sys.executable, str(ROOT / "bench" / "compare_models.py"), "--dataset", "ml100k", "--models", "sequence",
-               "--schema", str(ROOT / "eventrec" / "schemas" / f"{VARIANTS[variant]}.yaml"), "--seeds", str(seeds),
+               "--schema", str(schema_path(out, variant, args.levels)), "--seeds", str(seeds),
                "--epochs", str(args.epochs), "--threads", str(args.threads), "--workdir", str(workdir)]
     print("$ " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -176,12 +206,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--users", type=int, default=None, help="keep users 1..N only (a tiny check)")
     parser.add_argument("--vq-seed", type=int, default=0)
+    parser.add_argument("--levels", type=int, default=3, help="residual levels of the codebooks (1..3)")
+    parser.add_argument("--codes", type=int, default=256, help="codes per level")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the seeds every variant has finished")
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out.resolve()
     prepare_logs(out / "logs", args.users)
-    quantized = embed_and_quantize(out / "logs", args.threads, args.vq_seed)
+    quantized = embed_and_quantize(out / "logs", args.threads, args.vq_seed, args.levels, args.codes)
     if not args.report_only:
         for seeds in range(1, args.seeds + 1):  # seed by seed across the variants: a stopped run leaves comparable seeds
             for variant in VARIANTS:
