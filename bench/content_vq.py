@@ -3,6 +3,7 @@ test impressions of cold items (items never seen in training).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/content_vq.py --seeds 3 --threads 1 --out bench/out/vq_ml100k
     OMP_NUM_THREADS=1 .venv/bin/python bench/content_vq.py --users 80 --seeds 1 --out /tmp/vq_tiny   # a tiny check
+    .venv/bin/python bench/content_vq.py --levels 1 --codes 32 --variants codes --threads 2 --out bench/out/vq_32x1  # coarser codes
 
 Steps, each skipped when its output exists (a killed run resumes):
 
@@ -125,19 +126,19 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def finished_seeds(out: Path) -> int:
+def finished_seeds(out: Path, variants: list[str]) -> int:
     """How many seeds (0, 1, ...) every variant has finished."""
-    done = [next(s for s in range(10**6) if not (out / v / "runs" / f"sequence_seed{s}" / "run.json").exists()) for v in VARIANTS]
+    done = [next(s for s in range(10**6) if not (out / v / "runs" / f"sequence_seed{s}" / "run.json").exists()) for v in variants]
     return min(done)
 
 
-def measure(out: Path, seeds: int) -> dict:
+def measure(out: Path, seeds: int, variants: list[str]) -> dict:
     """Per variant and subset: AUC and NE per seed (seeds 0..``seeds``-1), and the subsets' sizes."""
     from eventrec.evaluation.cold_items import cold_item_mask, cold_item_metrics
     from eventrec.store.reader import EventStore
 
     result: dict = {}
-    for variant in VARIANTS:
+    for variant in variants:
         store = EventStore.open(out / variant / "store")
         test = store.split_indices("test")
         train_counts: dict = {}
@@ -167,7 +168,7 @@ def report(measured: dict, quantized: dict, command: str) -> tuple[str, dict]:
     summary: dict = {}
     for subset in ("all", "cold", "rare"):
         base = _mean_std(measured["none"]["metrics"][subset]["auc"])[0]
-        for variant in VARIANTS:
+        for variant in measured:
             m = measured[variant]["metrics"][subset]
             auc, ne = _mean_std(m["auc"]), _mean_std(m["ne"])
             size = measured[variant]["sizes"][subset]
@@ -175,8 +176,8 @@ def report(measured: dict, quantized: dict, command: str) -> tuple[str, dict]:
             delta = "" if variant == "none" else f"{auc[0] - base:+.4f}"
             lines.append(f"| {variant} | {subset} | {size['impressions']:,} ({size['items']:,}) | {auc[0]:.4f} ± {auc[1]:.4f} | "
                          f"{ne[0]:.4f} ± {ne[1]:.4f} | {delta} |")
-    cold = {v: summary[v]["cold"]["auc"][0] for v in VARIANTS}
-    gains = {v: cold[v] - cold["none"] for v in VARIANTS if v != "none"}
+    cold = {v: summary[v]["cold"]["auc"][0] for v in measured}
+    gains = {v: cold[v] - cold["none"] for v in measured if v != "none"}
     vector_gain = gains["vectors"]
     kept = {v: gains[v] / vector_gain if vector_gain > 0 else None for v in gains if v != "vectors"}
     vector_bytes = quantized["bytes_per_item"]["float32_vector"]
@@ -208,20 +209,23 @@ def main() -> None:
     parser.add_argument("--vq-seed", type=int, default=0)
     parser.add_argument("--levels", type=int, default=3, help="residual levels of the codebooks (1..3)")
     parser.add_argument("--codes", type=int, default=256, help="codes per level")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the variants to train (none, vectors and codes always)")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the seeds every variant has finished")
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out.resolve()
+    variants = [v for v in VARIANTS if v in {"none", "vectors", "codes", *args.variants}]
     prepare_logs(out / "logs", args.users)
     quantized = embed_and_quantize(out / "logs", args.threads, args.vq_seed, args.levels, args.codes)
     if not args.report_only:
         for seeds in range(1, args.seeds + 1):  # seed by seed across the variants: a stopped run leaves comparable seeds
-            for variant in VARIANTS:
+            for variant in variants:
                 run_variant(out, variant, seeds, args)
-    seeds = min(args.seeds, finished_seeds(out))
+    seeds = min(args.seeds, finished_seeds(out, variants))
     if seeds == 0:
         raise SystemExit(f"no variant-complete seed under {out} yet")
-    measured = measure(out, seeds)
+    measured = measure(out, seeds, variants)
     ends = {v: m["train_end"] for v, m in measured.items()}
     if len(set(ends.values()) | {quantized["train_end"]}) != 1:
         raise SystemExit(f"train_end differs between the stores {ends} and the codebooks' fit {quantized['train_end']}")
