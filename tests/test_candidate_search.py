@@ -106,3 +106,34 @@ def test_a_search_that_selects_everything_is_full_pooling_and_a_narrow_one_diffe
 def test_search_needs_a_match_vocabulary(tiny_store):
     with pytest.raises(ValueError, match="candidate_search"):
         build_model(FeatureSpec.from_store(tiny_store), SequenceModelConfig(match_attention=False, candidate_search=CandidateSearchConfig()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_a_scorer_on_another_device_moves_the_user_s_index_and_does_not_rebuild_it(tiny_store, monkeypatch):
+    from eventrec.model import candidate_search
+    from eventrec.serving.scoring import CandidateScorer
+
+    model = _model(tiny_store, recent=1, per_match=1, recency="pooling")
+    batch = make_batch(tiny_store, np.array([0]))
+    plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
+    with torch.no_grad():
+        user = model.encode_user(batch)
+        user.search_index = UserSearchIndex.build(user.match_ids)
+        rows, context, ids = model.embed_candidates(batch.item), model.embed_context(batch.context), model.candidate_ids(batch.item)
+        expected = model.score(user, rows, context, plan=plan, candidate_ids=ids)
+        builds = []
+        monkeypatch.setattr(candidate_search.UserSearchIndex, "build", classmethod(lambda cls, ids: builds.append(1)))
+        scorer = CandidateScorer(model, device="cuda")
+        got = scorer.score(user, rows, context, plan=plan, candidate_ids=ids)
+    assert builds == []
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_index_moved_to_a_device_selects_the_same_positions():
+    ids, offsets, candidates, candidate_offsets = _random_histories(0, summary=True)
+    index = UserSearchIndex.build(torch.from_numpy(ids[offsets[0] : offsets[1]]))
+    moved = index.to("cpu")
+    wanted = torch.from_numpy(candidates[candidate_offsets[0] : candidate_offsets[0] + 3])
+    for a, b in zip(index.positions_for(wanted, 2, 1, True), moved.positions_for(wanted, 2, 1, True)):
+        assert torch.equal(a, b)
+    assert moved.length == index.length

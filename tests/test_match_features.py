@@ -15,6 +15,7 @@ from eventrec.model.candidate_search import NO_ID, NO_MATCH, UserSearchIndex
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.match_features import FEATURES, match_features, match_features_one_user, match_features_reference
+from eventrec.training.config import TrainConfig
 from eventrec.training.factory import build_model
 
 
@@ -102,5 +103,19 @@ def test_recorded_configs_keep_what_they_trained_with():
     assert SequenceModelConfig().match_features
     assert not parse_model_config(as_recorded({"kind": "sequence"})).match_features
     experimental = parse_model_config(as_recorded({"kind": "sequence", "experimental": {"match_features": True, "dot_term": False}}))
-    assert experimental.match_features and experimental.experimental is not None and not experimental.dot_term
+    assert experimental.match_features and experimental.experimental is None and not experimental.dot_term  # all else at its default
     assert parse_model_config(as_recorded({"kind": "sequence", "experimental": {"match_features": True}})).experimental is None
+    kept = parse_model_config(as_recorded({"kind": "sequence", "experimental": {"match_features": True, "dot_term": True}}))
+    assert kept.match_features and kept.dot_term
+
+
+def test_a_run_trained_while_the_features_were_experimental_resumes_with_today_s_default():
+    """Its checkpoint's complete dump (experimental section with match_features) against the default."""
+    from eventrec.training.resume_check import check_resume
+
+    recorded = SequenceModelConfig().model_dump(mode="json")
+    recorded.pop("match_features")
+    recorded["experimental"] = {"identity_match": False, "dot_term": False, "match_count": False, "match_features": True}
+    check_resume({"model_config": recorded}, TrainConfig(), SequenceModelConfig(), "ckpt")  # no change: resumes
+    with pytest.raises(ValueError, match="match_features: True → False"):
+        check_resume({"model_config": recorded}, TrainConfig(), SequenceModelConfig(match_features=False), "ckpt")

@@ -102,6 +102,10 @@ class UserSearchIndex:
         order = torch.sort(keyed, dim=1).indices
         return cls(torch.gather(event_ids.T, 1, order), order, n)
 
+    def to(self, device: torch.device | str) -> "UserSearchIndex":
+        """The same index on ``device``."""
+        return UserSearchIndex(self.ids.to(device), self.positions.to(device), self.length)
+
     def positions_for(self, candidate_ids: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor, Tensor]:
         """What :func:`search_mask` selects for ``candidate_ids [C, V]`` of this user, split into the
         positions every candidate reads, ``shared [S]`` (the summary token, then the ``recent`` most

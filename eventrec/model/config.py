@@ -73,9 +73,16 @@ without the field means this value (:func:`as_recorded`)."""
 
 def as_recorded(data: dict) -> dict:
     """A model config as a checkpoint or run recorded it, with :data:`RECORDED_BEFORE_FIELDS` filled in
-    where it predates them (a DLRM's config is returned as it is)."""
+    where it predates them, its promoted experimental fields at the top level, and an ``experimental``
+    section left at every default written as none (what it means; a DLRM's config is returned as it is)."""
     if not data or data.get("kind", "sequence") != "sequence":
         return data
+    experimental = data.get("experimental")
+    if isinstance(experimental, dict) and any(name in experimental for name in _PROMOTED):
+        promoted = {name: experimental[name] for name in _PROMOTED if name in experimental}
+        rest = {k: v for k, v in experimental.items() if k not in promoted}
+        defaults = ExperimentalModelConfig().model_dump(mode="json")
+        data = {**data, **promoted, "experimental": None if all(defaults.get(k) == v for k, v in rest.items()) else rest}
     return {**RECORDED_BEFORE_FIELDS, **data}
 
 
