@@ -19,7 +19,9 @@ Per (N, C), interleaved so that both see the same machine load, ``--threads`` to
   user state); the index build is timed on its own.
 
 Full pooling is skipped (and said so) where ``N · C`` exceeds ``--full-up-to`` × 1,000 (its seconds
-per request at N=100k would take most of a run).
+per request at N=100k would take most of a run). Per C, the cross network and heads alone
+(:meth:`SequenceRanker.output_logits` on ``[C, F]`` interaction inputs) are timed too: the part of a
+ranking's cost that no search removes, whatever N.
 
 Prints p50 / p99 (ms) per cell, the ratio full / search, and the growth of each from the smallest to the
 largest N (a bounded cost stays flat).
@@ -100,6 +102,7 @@ def main() -> None:
         full, searched = build_models(store, args.recent, args.per_match)
         plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=True)
         rows_out = []
+        heads_ms: dict[int, tuple] = {}
         for row, n in enumerate(args.events):
             side = user_side(full, store, row, serving_latency.REQUEST_TIME)
             searched_side = user_side(searched, store, row, serving_latency.REQUEST_TIME)
@@ -121,6 +124,10 @@ def main() -> None:
                             started = time.perf_counter()
                             call()
                             samples[name].append(time.perf_counter() - started)
+                    if c not in heads_ms:
+                        x = torch.randn(c, _interaction_width(full))
+                        full.output_logits(x, None)  # warm
+                        heads_ms[c] = serving_latency.percentiles([_timed(lambda: full.output_logits(x, None)) for _ in range(args.repeats)])
                 cell = {name: serving_latency.percentiles(values) for name, values in samples.items()}
                 rows_out.append({"n": n, "c": c, "index_ms": index_ms, **cell})
                 print(f"N={n} C={c}: full {_cell(cell, 'full')} ms, search {_cell(cell, 'search')} ms", flush=True)
@@ -131,6 +138,8 @@ def main() -> None:
     for r in rows_out:
         ratio = f"{r['full'][0] / r['search'][0]:.1f}x" if "full" in r else "-"
         print(f"| {r['n']} | {r['c']} | {_cell(r, 'full')} | {_cell(r, 'search')} | {ratio} | {r['index_ms']:.1f} |")
+    for c, (p50, p99) in sorted(heads_ms.items()):
+        print(f"C={c}: cross network and heads alone (any N) {p50:.1f} / {p99:.1f} ms p50 / p99")
     for c in args.candidates:
         cells = [r for r in rows_out if r["c"] == c]
         if len(cells) > 1:
@@ -138,6 +147,18 @@ def main() -> None:
             growth = {name: f"x{hi[name][0] / lo[name][0]:.1f}" if name in hi and name in lo else "not timed at both" for name in ("full", "search")}
             print(f"\nC={c}: N {lo['n']} → {hi['n']} ({hi['n'] / lo['n']:.0f}x events): full p50 {growth['full']}, search p50 {growth['search']}", end="")
     print()
+
+
+def _interaction_width(model) -> int:
+    """F of the interaction input ``[C, F]`` that :meth:`SequenceRanker.output_logits` reads."""
+    first = next(m for m in [*model.cross.modules(), *model.heads.modules()] if isinstance(m, torch.nn.Linear))
+    return first.in_features
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def _cell(cell: dict, name: str) -> str:
