@@ -2,6 +2,7 @@
 inference and the cached user states (issue 23 item 2), in one run on the synthetic world.
 
     .venv/bin/python bench/quantization.py --users 50000 [--checkpoint RUN/best] [--workdir bench/out/quantization]
+    .venv/bin/python bench/quantization.py --latency-only [--threads 2]     # step 6 alone
 
 1. The synthetic world (``--users``), its store built three times: the ad content table
    (``content_tables.ad_content.precision``) at float32, float16 and int8 (per-row scale).
@@ -263,6 +264,20 @@ def latency_rows(args) -> list[dict]:
     return rows
 
 
+def latency_table(latency: list[dict], args) -> list[str]:
+    """The serving latency rows (:func:`latency_rows`) as a Markdown table with its heading."""
+    names = [k for k in latency[0] if k not in ("n", "c")]
+    lines = [f"## Serving latency (p50 / p99 ms; random default-size model, {args.repeats} requests per cell, {torch.get_num_threads()} threads)", "",
+             "| N events | C candidates | " + " | ".join(f"{name}: cached user | {name}: user recomputed" for name in names) +
+             " | " + " | ".join(f"{name}: state KiB, max abs dp" for name in names[1:]) + " |",
+             "|---:|---:|" + "---:|" * (3 * len(names) - 1)]
+    for row in latency:
+        cells = " | ".join(f"{row[n]['cached'][0]:.1f} / {row[n]['cached'][1]:.1f} | {row[n]['recomputed'][0]:.1f} / {row[n]['recomputed'][1]:.1f}" for n in names)
+        extra = " | ".join(f"{row[n]['state_bytes'] / 1024:.0f} (fp32 {row['fp32']['state_bytes'] / 1024:.0f}), {row[n]['max_dp']:.1e}" for n in names[1:])
+        lines.append(f"| {row['n']} | {row['c']} | {cells} | {extra} |")
+    return lines
+
+
 def report(quality: list[dict], serving: list[dict], serving_info: dict, memory: list, latency: list[dict], args) -> str:
     tasks = list(quality[0]["metrics"])
     base = quality[0]["metrics"]
@@ -284,15 +299,7 @@ def report(quality: list[dict], serving: list[dict], serving_info: dict, memory:
     states = {r["states"]: r["bytes_per_user"] for r in serving if r["tables"] == "fp32"}
     lines.append(f"| cached user state (per user) | fp32 / bf16 / int8 | {states['fp32']:,.0f} / {states['bf16']:,.0f} / {states['int8']:,.0f} | |")
     if latency:
-        names = [k for k in latency[0] if k not in ("n", "c")]
-        lines += ["", f"## Serving latency (p50 / p99 ms; random default-size model, {args.repeats} requests per cell, {torch.get_num_threads()} threads)", "",
-                  "| N events | C candidates | " + " | ".join(f"{name}: cached user | {name}: user recomputed" for name in names) +
-                  " | " + " | ".join(f"{name}: state KiB, max abs dp" for name in names[1:]) + " |",
-                  "|---:|---:|" + "---:|" * (3 * len(names) - 1)]
-        for row in latency:
-            cells = " | ".join(f"{row[n]['cached'][0]:.1f} / {row[n]['cached'][1]:.1f} | {row[n]['recomputed'][0]:.1f} / {row[n]['recomputed'][1]:.1f}" for n in names)
-            extra = " | ".join(f"{row[n]['state_bytes'] / 1024:.0f} (fp32 {row['fp32']['state_bytes'] / 1024:.0f}), {row[n]['max_dp']:.1e}" for n in names[1:])
-            lines.append(f"| {row['n']} | {row['c']} | {cells} | {extra} |")
+        lines += ["", *latency_table(latency, args)]
     lines += ["", "## Goal (issue 23): >= 4x less memory for states and content vectors, <= 0.001 AUC loss, serving scores within 1e-2", ""]
     content = {p: r for part, p, r, _ in memory if part.startswith("content vectors")}
     for precision in ("float16", "int8"):
@@ -324,8 +331,12 @@ def main() -> None:
     parser.add_argument("--latency-candidates", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--repeats", type=int, default=15, help="requests per latency cell and service")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--latency-only", action="store_true", help="only step 6, the serving latency table (no world, no training)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.latency_only:
+        print("\n".join(latency_table(latency_rows(args), args)) + f"\n\ntorch {torch.__version__}, {torch.get_num_threads()} threads")
+        return
 
     from eventrec.synthetic import generate_world
 
