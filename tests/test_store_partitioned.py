@@ -100,6 +100,19 @@ def test_mixed_user_id_types(tiny_world, tmp_path):
     _same_as_in_memory(schema_path, data, tmp_path, [1, 3])
 
 
+def test_partitions_of_users_no_stream_reads(tiny_world, tmp_path):
+    """The count pass counts every table row, whichever reader keeps it: users whose events are all of
+    a type no stream reads plan partitions that hold no user of the store, which build to nothing."""
+    schema_path, data = tiny_world
+    events = pl.read_parquet(data / "events.parquet")
+    unread = events.head(1).select([pl.lit(None, dtype=dtype).alias(name) if name not in ("user_id", "timestamp", "event_type") else pl.col(name)
+                                    for name, dtype in events.schema.items()])
+    others = pl.concat([unread.with_columns(pl.lit(10_000 + k).cast(events.schema["user_id"]).alias("user_id"),
+                                            pl.lit("unread_type").cast(events.schema["event_type"]).alias("event_type")) for k in range(6)])
+    pl.concat([events, others]).write_parquet(data / "events.parquet")
+    _same_as_in_memory(schema_path, data, tmp_path, [1, 2])
+
+
 @pytest.mark.parametrize("adapter", ["trivago_lists_small", "trivago_views"])
 def test_trivago_samples_with_labels_from_later_events(tmp_path, adapter):
     schema_path, data = trivago_sample(tmp_path / "data", adapter)
