@@ -34,6 +34,18 @@ _PROMOTED = ("match_features",)  # experimental fields that became production fi
 _REMOVED = {"transition_match": False, "pooling": "keyed_attention"}  # removed variants: their default is all that is accepted
 
 
+def _promote(data: dict, drop_defaults: bool = False) -> dict:
+    """``data`` with the :data:`_PROMOTED` fields of its ``experimental`` section moved to the top level
+    (the rest of the section stays; none when empty, or with ``drop_defaults`` when all at its defaults)."""
+    experimental = data.get("experimental")
+    if not (isinstance(experimental, dict) and any(name in experimental for name in _PROMOTED)):
+        return data
+    rest = {k: v for k, v in experimental.items() if k not in _PROMOTED}
+    defaults = ExperimentalModelConfig().model_dump(mode="json") if drop_defaults else {}
+    empty = not rest or (drop_defaults and all(defaults.get(k) == v for k, v in rest.items()))
+    return {**data, **{name: experimental[name] for name in _PROMOTED if name in experimental}, "experimental": None if empty else rest}
+
+
 def _move_legacy_fields(data: dict) -> dict:
     """A config written before ``experimental`` existed (a checkpoint's ``config.json``, an older
     YAML): ``identity_match`` / ``dot_term`` at the top level move into ``experimental``; the removed
@@ -42,11 +54,7 @@ def _move_legacy_fields(data: dict) -> dict:
     for name, default in _REMOVED.items():
         if name in data and data.pop(name) != default:
             raise ValueError(f"{name}: this variant was removed (it showed no gain, docs/results.md); only {default!r} is accepted")
-    experimental = data.get("experimental")
-    if isinstance(experimental, dict) and any(name in experimental for name in _PROMOTED):
-        experimental = dict(experimental)
-        data.update({name: experimental.pop(name) for name in _PROMOTED if name in experimental})
-        data["experimental"] = experimental or None
+    data = _promote(data)
     legacy = {name: data.pop(name) for name in _EXPERIMENTAL_FIELDS if name in data}
     if any(legacy.values()):
         experimental = data.get("experimental") or {}
@@ -77,13 +85,7 @@ def as_recorded(data: dict) -> dict:
     section left at every default written as none (what it means; a DLRM's config is returned as it is)."""
     if not data or data.get("kind", "sequence") != "sequence":
         return data
-    experimental = data.get("experimental")
-    if isinstance(experimental, dict) and any(name in experimental for name in _PROMOTED):
-        promoted = {name: experimental[name] for name in _PROMOTED if name in experimental}
-        rest = {k: v for k, v in experimental.items() if k not in promoted}
-        defaults = ExperimentalModelConfig().model_dump(mode="json")
-        data = {**data, **promoted, "experimental": None if all(defaults.get(k) == v for k, v in rest.items()) else rest}
-    return {**RECORDED_BEFORE_FIELDS, **data}
+    return {**RECORDED_BEFORE_FIELDS, **_promote(data, drop_defaults=True)}
 
 
 class SequenceModelConfig(_Config):
