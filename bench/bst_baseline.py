@@ -63,10 +63,10 @@ def bst_logits(service: RankingService, user_id, items: tuple[torch.Tensor, torc
     offsets = torch.arange(b + 1) * (n + 1)
     encoded = model.encoder(JaggedTensor(x, offsets, n + 1), t)
     match_keys = None if match is None else with_candidate_token(match, match.new_zeros(b, match.shape[1]))  # the token matches nothing
-    keys, values = model.pooling.keys_values(encoded, match_keys)
+    keys, values = model.pooling.keys_values(encoded)
     match_ids = None if event_ids is None else with_candidate_token(event_ids, event_ids.new_full((b, event_ids.shape[1]), NO_ID))
     side = UserSide(offsets, n + 1, encoded.values, keys, values, timestamps=t, request_times=torch.full((b,), seconds, dtype=t.dtype),
-                    match_ids=match_ids)
+                    match_ids=match_ids, match_keys=match_keys)
     return model.score(side, rows, context, torch.arange(b), candidate_ids=ids)
 
 

@@ -50,8 +50,9 @@ def run(pooling: KeyedAttentionPooling, x: dict, backward: bool, form: str) -> N
     from eventrec.data.jagged import JaggedTensor
 
     encoded = x["encoded"].requires_grad_(backward)
-    keys, values = pooling.keys_values(JaggedTensor(encoded, x["offsets"], x["max_len"]), x["match_keys"])
-    out = pooling.pool(keys, values, x["offsets"], x["max_len"], x["query_input"], x["history_index"], x["match_query"], match_form=form)
+    keys, values = pooling.keys_values(JaggedTensor(encoded, x["offsets"], x["max_len"]))
+    out = pooling.pool(keys, values, x["offsets"], x["max_len"], x["query_input"], x["history_index"], x["match_query"], x["match_keys"],
+                       match_form=form)
     if backward:
         out.square().mean().backward()
 

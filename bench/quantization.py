@@ -180,7 +180,7 @@ def serving_rows(store, checkpoint: Path, logs: Path, args) -> tuple[list[dict],
             scores[setting].append(result.scores)
             state = service.users.get((service._user_key(user), service.state_version))
             if state is not None:
-                states[setting].append((state.nbytes, len(state.encoded)))
+                states[setting].append((state.nbytes, state.positions))
             service.users.pop((service._user_key(user), service.state_version))  # next request of this user: computed again
     reference = np.concatenate(scores[settings[0]])
     labels = pl.concat(requests)[imp.all_labels[0]].to_numpy().astype(np.float64)

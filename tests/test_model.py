@@ -260,6 +260,8 @@ def test_extend_user_equals_encoding_everything(tiny_store, update):
     torch.testing.assert_close(grown.timestamps, full.timestamps)
     if full.match_ids is not None:
         torch.testing.assert_close(grown.match_ids, full.match_ids)
+    if full.match_keys is not None:
+        torch.testing.assert_close(grown.match_keys, full.match_keys, atol=1e-6, rtol=0)
     for got, expected in [(grown.encoded, full.encoded), (grown.keys, full.keys), (grown.values, full.values)] + \
             [pair for kv_grown, kv_full in zip(grown.layer_kv, full.layer_kv) for pair in zip(kv_grown, kv_full)]:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

@@ -15,7 +15,9 @@ and of its rank from the most recent event (:data:`RANKS` ranks, older ones shar
 stays independent of ``T`` and of later events, and only this O(N·D) step is per request.
 
 Shapes: encoded ``[sum(N_g), D]`` over G histories; ``query_input [B, Q]``; ``history_index [B]``
-→ pooled ``[B, M, D]``.
+→ pooled ``[B, M, D]``. The user side is kept lean: keys and values ``[sum(N_g), H, d]`` and, with
+match attention, the events' match keys ``[sum(N_g), V·E]`` once (the same for every head); the
+padded form the Triton kernels read (``"folded"``) is built per call, never kept.
 """
 
 from __future__ import annotations
@@ -71,10 +73,10 @@ class KeyedAttentionPooling(nn.Module):
 
     def at_request(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, offsets: torch.Tensor,
                    request_times: torch.Tensor, summary_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[sum(N_g), H, d (+ V·E)]`` of histories read by requests at ``request_times
+        """Keys and values ``[sum(N_g), H, d]`` of histories read by requests at ``request_times
         [G]`` (int64 seconds): with ``recency_buckets``, the learned recency embeddings of each position's
         ``bucket(T_g - t_j)`` (``timestamps [sum(N_g)]``; the summary token at each history's position 0
-        when ``summary_token``: its own row) added to the first ``d`` dims of every head; unchanged otherwise."""
+        when ``summary_token``: its own row) added to every head; unchanged otherwise."""
         if not self.recency_buckets or len(keys) == 0:
             return keys, values
         lengths = offsets[1:] - offsets[:-1]
@@ -87,28 +89,29 @@ class KeyedAttentionPooling(nn.Module):
 
     def with_recency(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, request_times: torch.Tensor,
                      summary: torch.Tensor, from_end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[P, H, d (+ V·E)]`` of P positions (times ``[P]``, read at ``request_times [P]``,
+        """Keys and values ``[P, H, d]`` of P positions (times ``[P]``, read at ``request_times [P]``,
         ``summary [P]`` True at summary tokens, ``from_end [P]``: 0 at the most recent position) plus their
-        recency and rank embeddings (first ``d`` dims of each head)."""
+        recency and rank embeddings."""
         bucket = time_gap_bucket(request_times - timestamps, self.recency_buckets).masked_fill(summary, self.recency_buckets)
         rank = from_end.clamp(0, RANKS - 1).masked_fill(summary, RANKS)
         n, head_dim = len(keys), self.head_dim
-        pad = keys.shape[-1] - head_dim  # the match part of the keys (values: zeros) stays as it is
         shift_k = (self.recency_keys(bucket) + self.rank_keys(rank)).to(keys.dtype).view(n, self.num_heads, head_dim)
         shift_v = (self.recency_values(bucket) + self.rank_values(rank)).to(values.dtype).view(n, self.num_heads, head_dim)
-        if pad:
-            shift_k = torch.nn.functional.pad(shift_k, (0, pad))
-            shift_v = torch.nn.functional.pad(shift_v, (0, pad))
         return keys + shift_k, values + shift_v
 
-    def keys_values(self, encoded: JaggedTensor, match_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The user side, computed once per history: keys and values ``[sum(N_g), H, d (+ V·E)]``."""
+    def keys_values(self, encoded: JaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user side, computed once per history: keys and values ``[sum(N_g), H, d]`` (the match
+        keys, when the model has them, stay the event model's ``[sum(N_g), V·E]``)."""
         n = len(encoded.values)
         k, v = self.key_value(self.norm(encoded.values)).view(n, 2, self.num_heads, self.head_dim).unbind(1)
-        if self.match_vocabularies and match_keys is not None:
-            k = torch.cat([k, match_keys.unsqueeze(1).expand(n, self.num_heads, self.match_dim)], dim=-1)
-            v = torch.cat([v, v.new_zeros(n, self.num_heads, self.match_dim)], dim=-1)
         return k, v
+
+    def folded_keys_values(self, keys: torch.Tensor, values: torch.Tensor, match_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys ``[N, H, d + V·E]`` with the match keys appended to every head, and values padded with
+        zeros to the same width: the form of the match term that the Triton kernels take."""
+        n = len(keys)
+        folded = torch.cat([keys, match_keys.to(keys.dtype).unsqueeze(1).expand(n, self.num_heads, self.match_dim)], dim=-1)
+        return folded, torch.nn.functional.pad(values, (0, self.match_dim))
 
     def queries(self, query_input: torch.Tensor) -> torch.Tensor:
         """``[B, M, H, d]``: each candidate's slot queries, ``slot_m + W_q [c; context]``."""
@@ -116,11 +119,12 @@ class KeyedAttentionPooling(nn.Module):
         return (self.query(query_input).view(batch, self.num_slots, self.model_dim) + self.slots).view(batch, self.num_slots, self.num_heads, self.head_dim)
 
     def pool(self, keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, max_len: int, query_input: torch.Tensor, history_index: torch.Tensor,
-             match_query: torch.Tensor | None = None, *, match_form: MatchForm = "auto", plan: OneUserPlan | None = None,
-             search: Search | None = None) -> torch.Tensor:
-        """Pool precomputed keys/values for ``B`` candidates → ``[B, M, D]``.
+             match_query: torch.Tensor | None = None, match_keys: torch.Tensor | None = None, *, match_form: MatchForm = "auto",
+             plan: OneUserPlan | None = None, search: Search | None = None) -> torch.Tensor:
+        """Pool precomputed keys/values ``[sum(N_g), H, d]`` for ``B`` candidates → ``[B, M, D]``.
 
-        ``match_query [B, V·E]``: the candidate's unit-normalised embeddings in the match vocabularies.
+        ``match_query [B, V·E]``: the candidate's unit-normalised embeddings in the match vocabularies;
+        ``match_keys [sum(N_g), V·E]``: the events' (both or neither).
         ``match_form``: how the match term reaches the attention (same scores either way): ``"folded"``
         = ``V·E`` more dimensions of every query and key (what the Triton kernels take), ``"bias"`` = a
         score bias computed once per candidate and head (4-5x less work on the CPU), ``"auto"`` =
@@ -129,8 +133,10 @@ class KeyedAttentionPooling(nn.Module):
         candidate reads only the positions :func:`~eventrec.model.candidate_search.search_mask` selects
         (the others get a score of ``-inf``; the match term then goes as a bias).
         """
+        if self.match_vocabularies and (match_query is None) != (match_keys is None):
+            raise ValueError("pool: match_query and match_keys go together")
         if plan is not None:
-            return self.pool_one_user(keys, values, query_input, match_query, plan)
+            return self.pool_one_user(keys, values, query_input, match_query, match_keys, plan)
         batch = len(history_index)
         head_dim = self.head_dim
         q = self.queries(query_input)
@@ -149,15 +155,13 @@ class KeyedAttentionPooling(nn.Module):
             if form == "folded":  # the kernels take the match term as more query / key dimensions
                 per_vocabulary = match_query.view(batch, 1, self.match_vocabularies, -1) * self.match_weight.unsqueeze(-1)  # [B, H, V, E]
                 q = torch.cat([q, per_vocabulary.reshape(batch, 1, self.num_heads, self.match_dim).expand(batch, self.num_slots, self.num_heads, self.match_dim)], dim=-1)
+                keys, values = self.folded_keys_values(keys, values, match_keys)
             else:  # the same term as a score bias, once per candidate and head instead of per slot and head
-                if keys.shape[-1] != head_dim + self.match_dim:
-                    raise ValueError(f"match_query needs keys with their match part: width {head_dim + self.match_dim}, got {keys.shape[-1]}")
-                bias = self.match_bias(match_query.index_select(0, order), keys[:, 0, head_dim:], offsets, candidate_offsets).to(q.dtype)
+                bias = self.match_bias(match_query.index_select(0, order), match_keys, offsets, candidate_offsets).to(q.dtype)
                 if search is not None:
                     chosen = search_mask(search.event_ids, offsets, search.candidate_ids.index_select(0, order), candidate_offsets,
                                          search.config.recent, search.config.per_match, search.summary_token)
                     bias = bias.masked_fill(~chosen[:, : bias.shape[-1]].unsqueeze(1), float("-inf"))
-                keys, values = keys[..., :head_dim], values[..., :head_dim]
         width = q.shape[-1]
         pooled_sorted = keyed_pooling_attention(
             q.index_select(0, order).reshape(batch * self.num_slots, self.num_heads, width), keys, values, offsets,
@@ -168,24 +172,24 @@ class KeyedAttentionPooling(nn.Module):
         return self.out(pooled)
 
     def pool_one_user(self, keys: torch.Tensor, values: torch.Tensor, query_input: torch.Tensor, match_query: torch.Tensor | None,
-                      plan: OneUserPlan) -> torch.Tensor:
-        """:meth:`pool` for one user's keys/values ``[N, H, d (+ V·E)]`` (any float dtype) and ``B``
-        candidates, through the op's ``"one_user"`` backend → ``[B, M, D]``."""
+                      match_keys: torch.Tensor | None, plan: OneUserPlan) -> torch.Tensor:
+        """:meth:`pool` for one user's keys/values ``[N, H, d]`` (any float dtype; match keys ``[N, V·E]``
+        or None) and ``B`` candidates, through the op's ``"one_user"`` backend → ``[B, M, D]``."""
         batch, head_dim = len(query_input), self.head_dim
         q = self.queries(query_input)
         match = None
-        if self.match_vocabularies and match_query is not None and keys.shape[-1] > head_dim:
+        if self.match_vocabularies and match_query is not None and match_keys is not None:
             vocabularies, dim = self.match_vocabularies, self.match_dim // self.match_vocabularies
-            match = FactoredMatch(match_query.reshape(batch, vocabularies, dim), keys[:, 0, head_dim:].reshape(len(keys), vocabularies, dim),
+            match = FactoredMatch(match_query.reshape(batch, vocabularies, dim), match_keys.reshape(len(keys), vocabularies, dim),
                                   self.match_weight * head_dim**-0.5)
         offsets = torch.tensor([0, len(keys)], device=keys.device)
-        pooled = keyed_pooling_attention(q.reshape(1, batch * self.num_slots, self.num_heads, head_dim), keys[..., :head_dim], values[..., :head_dim],
+        pooled = keyed_pooling_attention(q.reshape(1, batch * self.num_slots, self.num_heads, head_dim), keys, values,
                                          offsets, scale=head_dim**-0.5, bias_group=self.num_slots, match=match, plan=plan, backend="one_user")
         return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
-    def pool_searched(self, keys: torch.Tensor, values: torch.Tensor, timestamps: torch.Tensor, request_time: torch.Tensor, query_input: torch.Tensor,
-                      match_query: torch.Tensor, search: Search, index: UserSearchIndex) -> torch.Tensor:
-        """:meth:`pool` with ``search`` for one user's keys/values ``[N, H, d + V·E]`` (times ``[N]``, a request
+    def pool_searched(self, keys: torch.Tensor, values: torch.Tensor, match_keys: torch.Tensor, timestamps: torch.Tensor, request_time: torch.Tensor,
+                      query_input: torch.Tensor, match_query: torch.Tensor, search: Search, index: UserSearchIndex) -> torch.Tensor:
+        """:meth:`pool` with ``search`` for one user's keys/values ``[N, H, d]`` and match keys ``[N, V·E]`` (times ``[N]``, a request
         at ``request_time [1]``) and ``B`` candidates, reading only the searched positions (``index``: the
         user's :class:`~eventrec.model.candidate_search.UserSearchIndex`): O(recent + V·per_match) per
         candidate, not O(N) → ``[B, M, D]``."""
@@ -197,11 +201,10 @@ class KeyedAttentionPooling(nn.Module):
         # many candidates pick the same events (those of a shared category): each distinct position is
         # read, and its recency added, once ([U, ...]), then spread to the S + T picks
         distinct, spread = torch.unique(picked, return_inverse=True)
-        # only what is read: each head's content part, and the match part once (it is the same for every head)
-        k = keys.index_select(0, distinct)[:, :, :head_dim].to(q.dtype)  # [U, H, d]
-        v = values.index_select(0, distinct)[:, :, :head_dim].to(q.dtype)
+        k = keys.index_select(0, distinct).to(q.dtype)  # [U, H, d]
+        v = values.index_select(0, distinct).to(q.dtype)
         vocabularies = self.match_vocabularies
-        match_keys = keys[:, 0, head_dim:].index_select(0, distinct).to(q.dtype).view(len(distinct), vocabularies, -1)  # [U, V, E]
+        match_keys = match_keys.index_select(0, distinct).to(q.dtype).view(len(distinct), vocabularies, -1)  # [U, V, E]
         if self.recency_buckets:
             summary = (distinct == 0) if search.summary_token else torch.zeros(len(distinct), dtype=torch.bool, device=picked.device)
             k, v = self.with_recency(k, v, timestamps.index_select(0, distinct), request_time.expand(len(distinct)), summary, len(keys) - 1 - distinct)
@@ -241,5 +244,6 @@ class KeyedAttentionPooling(nn.Module):
 
     def forward(self, encoded: JaggedTensor, query_input: torch.Tensor, history_index: torch.Tensor,
                 match_keys: torch.Tensor | None = None, match_query: torch.Tensor | None = None) -> torch.Tensor:
-        keys, values = self.keys_values(encoded, match_keys)
-        return self.pool(keys, values, encoded.offsets, encoded.max_len, query_input, history_index, match_query)
+        keys, values = self.keys_values(encoded)
+        return self.pool(keys, values, encoded.offsets, encoded.max_len, query_input, history_index, match_query,
+                         match_keys if self.match_vocabularies and match_query is not None else None)

@@ -44,8 +44,10 @@ from eventrec.ops.keyed_pooling_one_user import OneUserPlan
 
 @dataclass
 class UserSide:
-    """What the candidate side reads: encoded events ``[sum(N_g), D]``, keyed-pooling keys/values
-    ``[sum(N_g), H, d (+ V·E)]``, the positions' times ``[sum(N_g)]``; with ``layer_kv`` (one history,
+    """What the candidate side reads: encoded events ``[sum(N_g), D]`` (None in a cached state of a
+    model that does not read them: :attr:`SequenceRanker.reads_encoded`), keyed-pooling keys/values
+    ``[sum(N_g), H, d]`` and, with match attention, the events' match keys ``match_keys [sum(N_g), V·E]``
+    (the same for every head: kept once), the positions' times ``[sum(N_g)]``; with ``layer_kv`` (one history,
     :meth:`SequenceRanker.encode_user` with ``capture_kv``) also each encoder layer's keys/values
     ``[N, H, d]``, what :meth:`SequenceRanker.extend_user` grows. ``request_times [G]``: the time of the
     request that reads each history (what the keyed pooling's recency reads with ``recency: pooling``;
@@ -56,7 +58,7 @@ class UserSide:
 
     offsets: torch.Tensor
     max_len: int
-    encoded: torch.Tensor
+    encoded: torch.Tensor | None
     keys: torch.Tensor
     values: torch.Tensor
     timestamps: torch.Tensor | None = None
@@ -64,13 +66,18 @@ class UserSide:
     request_times: torch.Tensor | None = None
     match_ids: torch.Tensor | None = None
     search_index: UserSearchIndex | None = None
+    match_keys: torch.Tensor | None = None
+
+    @property
+    def positions(self) -> int:
+        """``sum(N_g)``: the positions of all histories (summary tokens included)."""
+        return len(self.keys)
 
     def prefix(self, positions: int) -> "UserSide":
         """The first ``positions`` positions of a one-history user side (no layer keys/values)."""
-        times = self.timestamps[:positions] if self.timestamps is not None else None
-        ids = self.match_ids[:positions] if self.match_ids is not None else None
-        return UserSide(torch.tensor([0, positions]), positions, self.encoded[:positions], self.keys[:positions], self.values[:positions],
-                        times, None, self.request_times, ids)
+        first = lambda t: t[:positions] if t is not None else None  # noqa: E731
+        return UserSide(torch.tensor([0, positions]), positions, first(self.encoded), self.keys[:positions], self.values[:positions],
+                        first(self.timestamps), None, self.request_times, first(self.match_ids), match_keys=first(self.match_keys))
 
     def at(self, request_time: int) -> "UserSide":
         """This one-history user side read by a request at ``request_time`` (seconds)."""
@@ -149,6 +156,12 @@ class SequenceRanker(nn.Module):
         return bool(self.match_vocabularies) and (self.config.candidate_search is not None or self.uses_match_features)
 
     @property
+    def reads_encoded(self) -> bool:
+        """Whether scoring reads the encoded events of the user side (the experimental dot term reads a
+        history's last one); serving keeps them in a cached state only then."""
+        return self.config.dot_term
+
+    @property
     def extendable(self) -> bool:
         """Whether a user side can be grown by :meth:`extend_user` and read as a prefix: a causal
         encoder that does not read the request time (an event's encoding then depends only on the
@@ -176,8 +189,9 @@ class SequenceRanker(nn.Module):
             return self.extend_user(cache, batch)
         events, timestamps, match_keys, match_ids = self.event_model(batch)
         encoded, layer_kv = self.encoder.encode(events, timestamps, capture_kv)
-        keys, values = self.pooling.keys_values(encoded, match_keys)
-        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv, batch.history_timestamps, match_ids)
+        keys, values = self.pooling.keys_values(encoded)
+        return UserSide(encoded.offsets, encoded.max_len, encoded.values, keys, values, timestamps, layer_kv, batch.history_timestamps, match_ids,
+                        match_keys=match_keys if self.match_vocabularies else None)
 
     def extend_user(self, user: UserSide, batch: EventBatch) -> UserSide:
         """``user`` (one history, encoded with ``capture_kv``) grown by the events of ``batch`` (one
@@ -188,16 +202,18 @@ class SequenceRanker(nn.Module):
         if user.layer_kv is None or user.timestamps is None:
             raise ValueError("extend_user: the user side was encoded without capture_kv")
         skip = 1 if self.config.summary_token else 0  # the new events' batch has its own summary token
-        events, timestamps, match_keys, match_ids = self.event_model(batch, first_position=len(user.encoded) - skip)
+        events, timestamps, match_keys, match_ids = self.event_model(batch, first_position=user.positions - skip)
         x, timestamps = events.values[skip:], timestamps[skip:]
         match_keys = match_keys[skip:] if match_keys is not None else None
         match_ids = torch.cat([user.match_ids, match_ids[skip:]]) if match_ids is not None and user.match_ids is not None else None
         encoded, layer_kv = self.encoder.extend(x, timestamps, user.layer_kv, user.timestamps)
         n = len(encoded)
-        keys, values = self.pooling.keys_values(JaggedTensor(encoded, torch.tensor([0, n]), n), match_keys)
-        total = len(user.encoded) + n
-        return UserSide(torch.tensor([0, total]), total, torch.cat([user.encoded, encoded]), torch.cat([user.keys, keys]),
-                        torch.cat([user.values, values]), torch.cat([user.timestamps, timestamps]), layer_kv, batch.history_timestamps, match_ids)
+        keys, values = self.pooling.keys_values(JaggedTensor(encoded, torch.tensor([0, n]), n))
+        total = user.positions + n
+        grown = torch.cat([user.encoded, encoded]) if user.encoded is not None else None
+        grown_match = torch.cat([user.match_keys, match_keys]) if user.match_keys is not None and match_keys is not None else None
+        return UserSide(torch.tensor([0, total]), total, grown, torch.cat([user.keys, keys]), torch.cat([user.values, values]),
+                        torch.cat([user.timestamps, timestamps]), layer_kv, batch.history_timestamps, match_ids, match_keys=grown_match)
 
     # -- the candidates ------------------------------------------------------------------------------
     def candidate_input(self, item: dict, context: dict) -> torch.Tensor:
@@ -243,6 +259,8 @@ class SequenceRanker(nn.Module):
     def dot_user_vectors(self, user: UserSide) -> torch.Tensor:
         """``[G, T, D]``: per history and task, the user vector of the dot term, from the history's last
         encoded position (the causal encoder's summary of all its events; the summary token when empty)."""
+        if user.encoded is None:
+            raise ValueError("dot term: the user side was kept without its encoded events")
         last = user.encoded[user.offsets[1:] - 1]
         return self.dot_user(last).view(len(last), self.num_tasks, -1)
 
@@ -299,16 +317,17 @@ class SequenceRanker(nn.Module):
         if plan is not None and self.reads_match_ids:  # one user: its index, built once per state
             search_index = search_index or user.search_index or UserSearchIndex.build(user.match_ids)
         if search is not None and plan is not None:  # one user: only the searched positions are read
-            pooled = self.pooling.pool_searched(user.keys, user.values, user.timestamps, user.request_times, candidate, match, search, search_index)
+            pooled = self.pooling.pool_searched(user.keys, user.values, user.match_keys, user.timestamps, user.request_times, candidate, match, search,
+                                                search_index)
         else:
             keys, values = user.keys, user.values
             if self.recency_in_pooling:
                 keys, values = self.pooling.at_request(keys, values, user.timestamps, user.offsets, user.request_times, self.config.summary_token)
-            pooled = self.pooling.pool(keys, values, user.offsets, user.max_len, candidate, history_index, match, plan=plan, search=search)
+            pooled = self.pooling.pool(keys, values, user.offsets, user.max_len, candidate, history_index, match, user.match_keys if match is not None else None,
+                                       plan=plan, search=search)
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         if self.match_counter is not None and match is not None:
-            match_keys = user.keys[:, 0, self.pooling.head_dim :].to(match.dtype)
-            x = torch.cat([x, self.match_counter(match, match_keys, user.offsets, history_index).to(x.dtype)], dim=-1)
+            x = torch.cat([x, self.match_counter(match, user.match_keys.to(match.dtype), user.offsets, history_index).to(x.dtype)], dim=-1)
         if self.uses_match_features:
             x = torch.cat([x, self.exact_match_features(user, candidate_ids, history_index, search_index if plan is not None else None).to(x.dtype)], dim=-1)
         dot = None

@@ -22,7 +22,7 @@ from eventrec.serving.state import EncodedState, UserEvents
 from eventrec.serving.state_precision import RowwiseInt8, Stored, check_state_precision
 from eventrec.store.reader import EventStore, Ragged, StreamData
 
-STATE_FORMAT = "eventrec.user_state.v1"
+STATE_FORMAT = "eventrec.user_state.v2"  # v2: keys/values [P, H, d] and match_keys once; encoded only when read
 EVENTS_FORMAT = "eventrec.user_events.v1"
 
 
@@ -43,14 +43,14 @@ def _header(blob: bytes, parse) -> tuple[dict[str, Any], dict]:
 
 
 def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
-    """``EncodedState`` → bytes. Tensors: ``encoded [P, D]``, ``keys``/``values [P, H, d']``,
-    ``timestamps [P]``, ``match_ids [P, V]`` (with ``candidate_search``), a linear encoder's
+    """``EncodedState`` → bytes. Tensors: ``keys``/``values [P, H, d]``, ``match_keys [P, V·E]`` (with
+    match attention), ``encoded [P, D]`` (when the model reads it), ``timestamps [P]``, ``match_ids
+    [P, V]`` (with ``candidate_search`` or the match features), a linear encoder's
     ``layer{i}.state [1, H, d, d]`` (float32; header ``layer_cache: recurrent``), or per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
     precision (header ``precision``, written only when not fp32): bf16 tensors under the same names, or
     for int8 each as ``{name}.codes`` (int8) and ``{name}.scales [P]`` (float32)."""
-    parts: dict[str, Stored] = {"encoded": state.encoded}
-    if state.keys is not None and state.values is not None:
-        parts |= {"keys": state.keys, "values": state.values}
+    parts: dict[str, Stored] = {"keys": state.keys, "values": state.values}
+    parts |= {name: t for name, t in (("encoded", state.encoded), ("match_keys", state.match_keys)) if t is not None}
     tensors = {"timestamps": state.timestamps}
     recurrent = bool(state.layer_kv) and len(state.layer_kv[0]) == 1
     for i, layer in enumerate(state.layer_kv or []):
@@ -97,9 +97,9 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
     try:
         precision = check_state_precision(header.get("precision", "fp32"))
         part = lambda name: _stored_part(tensors, name, precision)  # noqa: E731
-        encoded, keys, values, timestamps = part("encoded"), part("keys"), part("values"), tensors["timestamps"]
-        if encoded is None:
-            raise KeyError("encoded")
+        encoded, keys, values, match_keys, timestamps = part("encoded"), part("keys"), part("values"), part("match_keys"), tensors["timestamps"]
+        if keys is None or values is None:
+            raise KeyError("keys and values")
         layers = header["layers"]
         recurrent = header.get("layer_cache") == "recurrent"
         if recurrent:
@@ -109,16 +109,16 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
                 raise ValueError("a recurrent layer state is not float32 [1, H, d, d]")
         else:
             layer_kv = None if layers is None else [(part(f"layer{i}.k"), part(f"layer{i}.v")) for i in range(layers)]
-        positions = len(encoded)
+        positions = len(timestamps)
         match_ids = tensors.get("match_ids")
         per_position = [] if recurrent else [t for kv in layer_kv or [] for t in kv]
-        parts = [timestamps, *(t for t in (keys, values, match_ids) if t is not None), *per_position]
+        parts = [keys, values, *(t for t in (encoded, match_keys, match_ids) if t is not None), *per_position]
         if any(t is None or len(t) != positions for t in parts):
             raise ValueError("tensors missing or disagreeing on the number of positions")
         return EncodedState(
             tuple(tuple(int(x) for x in w) for w in header["window"]),
             None if header["signature"] is None else bytes.fromhex(header["signature"]),
-            encoded, keys, values, timestamps, layer_kv, int(header["events_version"]), match_ids,
+            encoded, keys, values, timestamps, layer_kv, int(header["events_version"]), match_ids, match_keys,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptEntry(f"malformed state entry: {error}") from error

@@ -88,12 +88,12 @@ class CandidateScorer:
     def user(self, user: UserSide) -> UserSide:
         """The user side on the scoring device (its float32 tensors; the pooling casts what it reads),
         its search index moved with it (not rebuilt there)."""
-        if not self.cast or user.encoded.device == self.device:
+        if not self.cast or user.keys.device == self.device:
             return user
         moved = (t.to(self.device) if t is not None else None for t in (user.encoded, user.keys, user.values, user.timestamps))
-        times, ids = (t.to(self.device) if t is not None else None for t in (user.request_times, user.match_ids))
+        times, ids, match_keys = (t.to(self.device) if t is not None else None for t in (user.request_times, user.match_ids, user.match_keys))
         index = user.search_index.to(self.device) if user.search_index is not None else None
-        return UserSide(user.offsets.to(self.device), user.max_len, *moved, None, times, ids, index)
+        return UserSide(user.offsets.to(self.device), user.max_len, *moved, None, times, ids, index, match_keys)
 
     @torch.no_grad()
     def score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, workspace: Workspace | None = None,

@@ -122,7 +122,9 @@ class EncodedState:
     ``window``: per stream ``(start, end)`` of the events it covers; ``signature``: the recency buckets
     it was computed with (None when the model does not read the request time). ``layer_kv``: per
     encoder layer ``(k, v)`` ``[P, H, d]`` (kept only in the exact-incremental mode), ``keys/values``:
-    the keyed pooling's ``[P, H, d']``, ``encoded [P, D]``, ``timestamps [P]`` (P = positions, the
+    the keyed pooling's ``[P, H, d]`` and ``match_keys [P, V·E]`` (with match attention; once, not per
+    head), ``encoded [P, D]`` (only for a model that reads it: :attr:`SequenceRanker.reads_encoded`;
+    else None), ``timestamps [P]`` (P = positions, the
     summary token included); ``match_ids [P, V]`` with ``candidate_search`` or ``match_features`` (the positions' ids
     the search reads; its index, ``search_index``, is built on first use and never stored). The float tensors are kept at the service's ``state_precision``: float32,
     bfloat16 or :class:`~eventrec.serving.state_precision.RowwiseInt8` (:meth:`kept`); ``nbytes`` is
@@ -130,35 +132,42 @@ class EncodedState:
 
     window: tuple[tuple[int, int], ...]
     signature: bytes | None
-    encoded: Stored
-    keys: Stored | None
-    values: Stored | None
+    encoded: Stored | None
+    keys: Stored
+    values: Stored
     timestamps: torch.Tensor
     layer_kv: list[tuple[Stored, ...]] | None = None
     events_version: int = 0
     match_ids: torch.Tensor | None = None
+    match_keys: Stored | None = None
     nbytes: int = field(init=False)
     search_index: Any = field(default=None, init=False, compare=False, repr=False)  # built from match_ids on first use, never stored
 
     def __post_init__(self) -> None:
-        self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.timestamps, self.layer_kv or [], self.match_ids)
+        self.nbytes = tensor_bytes(self.encoded, self.keys, self.values, self.match_keys, self.timestamps, self.layer_kv or [], self.match_ids)
+
+    @property
+    def positions(self) -> int:
+        return len(self.timestamps)
 
     @classmethod
     def kept(cls, window: tuple[tuple[int, int], ...], signature: bytes | None, side: Any, events_version: int,
-             precision: str = "fp32") -> "EncodedState":
-        """The state of a model's user side (``encoded``, ``keys``, ``values``, ``timestamps``, ``layer_kv``)
-        with its float tensors at ``precision`` (:func:`~eventrec.serving.state_precision.compress`); a
-        recurrent encoder's fixed per-layer state (``(state [1, H, d, d],)``: one tensor per layer, not
-        one row per position) stays float32: it is small and every later event reads it."""
+             precision: str = "fp32", keep_encoded: bool = False) -> "EncodedState":
+        """The state of a model's user side (``keys``, ``values``, ``match_keys``, ``timestamps``,
+        ``layer_kv``; ``encoded`` only with ``keep_encoded``) with its float tensors at ``precision``
+        (:func:`~eventrec.serving.state_precision.compress`); a recurrent encoder's fixed per-layer state
+        (``(state [1, H, d, d],)``: one tensor per layer, not one row per position) stays float32: it is
+        small and every later event reads it."""
         layer_kv = None if side.layer_kv is None else [
             tuple(compress(t, precision) for t in layer) if len(layer) == 2 else tuple(layer) for layer in side.layer_kv]
-        return cls(window, signature, compress(side.encoded, precision), compress(side.keys, precision), compress(side.values, precision),
-                   side.timestamps, layer_kv, events_version, side.match_ids)
+        return cls(window, signature, compress(side.encoded, precision) if keep_encoded else None, compress(side.keys, precision),
+                   compress(side.values, precision), side.timestamps, layer_kv, events_version, side.match_ids,
+                   compress(side.match_keys, precision))
 
     @property
     def precision(self) -> str:
         """The precision its tensors are kept at (``fp32``, ``bf16``, ``int8``)."""
-        return precision_of(self.encoded)
+        return precision_of(self.keys)
 
 
 class UserStateStore(ABC):

@@ -1,13 +1,14 @@
 """Cached user states at a lower precision: bfloat16, or int8 with a per-row scale.
 
 A cached :class:`~eventrec.serving.state.EncodedState` is mostly float32 tensors with one row per
-position of the user's history: ``encoded [P, D]``, the keyed pooling's ``keys``/``values [P, H, d']``
-and, in the exact-incremental mode, each encoder layer's ``(k, v) [P, H, d]``. The service's
+position of the user's history: the keyed pooling's ``keys``/``values [P, H, d]`` and ``match_keys
+[P, V·E]``, ``encoded [P, D]`` for a model that reads it and, in the exact-incremental mode, each
+encoder layer's ``(k, v) [P, H, d]``. The service's
 ``state_precision`` keeps them as:
 
 * ``fp32``: as computed (scores equal ``eventrec evaluate``'s);
 * ``bf16``: ``torch.bfloat16``, 2 bytes per element;
-* ``int8``: :class:`RowwiseInt8`, per position ``p`` int8 codes of its whole row (``[H, d']`` flattened)
+* ``int8``: :class:`RowwiseInt8`, per position ``p`` int8 codes of its whole row (e.g. ``[H, d]`` flattened)
   with one float32 ``scale_p = max|x_p| / 127``: ``x̂ = code · scale_p``, 1 byte per element + 4
   per position.
 

@@ -71,10 +71,10 @@ def window_batch(events: UserEvents, window: Window, timestamp: int, num_tasks: 
 def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
     """The cached state as the model's :class:`UserSide` (its first ``positions`` positions: a prefix),
     in float32 whatever its ``state_precision`` (:func:`~eventrec.serving.state_precision.decompress`)."""
-    n = len(state.encoded)
+    n = state.positions
     layer_kv = None if state.layer_kv is None else [tuple(decompress(t) for t in layer) for layer in state.layer_kv]
     side = UserSide(torch.tensor([0, n]), n, decompress(state.encoded), decompress(state.keys), decompress(state.values), state.timestamps, layer_kv,
-                    match_ids=state.match_ids)
+                    match_ids=state.match_ids, match_keys=decompress(state.match_keys))
     if positions is not None and positions != n:
         return side.prefix(positions)
     if state.match_ids is not None:  # candidate search: the index of the whole state, built once
@@ -107,14 +107,14 @@ class UserStates:
     def compute(self, events: UserEvents, window: Window, timestamp: int, capture: bool) -> EncodedState:
         """The model's user side of the window (with each layer's keys/values when ``capture``)."""
         side = self.model.encode_user(self.batch(events, window, timestamp), capture_kv=capture)
-        return EncodedState.kept(window, self.signature(events, window, timestamp), side, events.version, self.precision)
+        return EncodedState.kept(window, self.signature(events, window, timestamp), side, events.version, self.precision, self.model.reads_encoded)
 
     @torch.no_grad()
     def extend(self, state: EncodedState, events: UserEvents, window: Window, timestamp: int) -> EncodedState:
         """``state`` grown by the window's events after it (exact: :meth:`SequenceRanker.extend_user`)."""
         new_window = tuple((old_end, end) for (_, old_end), (_, end) in zip(state.window, window))
         side = self.model.extend_user(state_side(state), self.batch(events, new_window, timestamp))
-        return EncodedState.kept(window, None, side, events.version, self.precision)
+        return EncodedState.kept(window, None, side, events.version, self.precision, self.model.reads_encoded)
 
     def prefix_ok(self, events: UserEvents, window: Window) -> bool:
         """Whether this window can be served from a grown or longer state (extendable model, every

@@ -78,11 +78,11 @@ def test_model_pooling_through_the_backend_equals_its_own_pool(match):
     if match:
         pooling.match_weight.data = torch.randn(4, match) * 3
     match_keys = torch.nn.functional.normalize(torch.randn(40, match, 16), dim=-1).view(40, 16 * match) if match else None
-    keys, values = pooling.keys_values(JaggedTensor(torch.randn(40, 64), torch.tensor([0, 40]), 40), match_keys)
+    keys, values = pooling.keys_values(JaggedTensor(torch.randn(40, 64), torch.tensor([0, 40]), 40))
     candidates = torch.randn(300, 48)
     match_query = torch.nn.functional.normalize(torch.randn(300, match, 16), dim=-1).view(300, 16 * match) if match else None
     with torch.no_grad():
-        expected = pooling.pool(keys, values, torch.tensor([0, 40]), 40, candidates, torch.zeros(300, dtype=torch.int64), match_query)
-        got = pooling.pool(keys, values, torch.tensor([0, 40]), 40, candidates, None, match_query,
+        expected = pooling.pool(keys, values, torch.tensor([0, 40]), 40, candidates, torch.zeros(300, dtype=torch.int64), match_query, match_keys)
+        got = pooling.pool(keys, values, torch.tensor([0, 40]), 40, candidates, None, match_query, match_keys,
                            plan=OneUserPlan(max_unshifted_logit=EXP_SAFE_LOGIT, base2=True))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

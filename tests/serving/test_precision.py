@@ -110,7 +110,7 @@ def test_bf16_scorer_close_to_fp32_on_long_histories(served, positions):
     match_dim = pooling.match_dim
     encoded = JaggedTensor(torch.randn(positions, 64), torch.tensor([0, positions]), positions)
     match_keys = torch.nn.functional.normalize(torch.randn(positions, match_dim), dim=-1)
-    keys, values = pooling.keys_values(encoded, match_keys)
+    keys, values = pooling.keys_values(encoded)
     item_dim = model.item_embedder.out_dim
     rows = torch.cat([torch.randn(3000, item_dim), torch.nn.functional.normalize(torch.randn(3000, match_dim), dim=-1)], dim=-1)
     context = torch.randn(1, model.candidate_norm.normalized_shape[0] - item_dim)
@@ -118,7 +118,7 @@ def test_bf16_scorer_close_to_fp32_on_long_histories(served, positions):
         p = {}
         for dtype in (torch.float32, torch.bfloat16):
             user = UserSide(torch.tensor([0, positions]), positions, encoded.values, keys, values, timestamps=torch.arange(positions) * 60,
-                            request_times=torch.tensor([positions * 60]))
+                            request_times=torch.tensor([positions * 60]), match_keys=match_keys)
             p[dtype] = torch.sigmoid(CandidateScorer(model, dtype).score(user, rows, context)).numpy()
     difference = np.abs(p[torch.float32] - p[torch.bfloat16])
     assert p[torch.bfloat16].dtype == np.float32
@@ -147,7 +147,7 @@ def test_bf16_leaves_the_model_and_the_caches_in_fp32(served, monkeypatch):
     again = rank_after_a_failure(bf16, monkeypatch, bf16.scorer.model, "output_logits")  # fails after the attention blocks ran
     np.testing.assert_array_equal(good, again.scores)
     state = bf16.users.get(("1", bf16.version))
-    assert state.keys.dtype == state.values.dtype == state.encoded.dtype == torch.float32
+    assert state.keys.dtype == state.values.dtype == torch.float32 and state.encoded is None  # the model does not read it
     assert bf16.candidates.rows.dtype == torch.float32
     after = bf16.model.state_dict()
     assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before)

@@ -122,7 +122,8 @@ def test_codec_round_trips_kept_states(served_invariant, precision):
     blob = encode_state(state, "2", service.state_version)
     back = decode_state(blob, "2", service.state_version)
     assert back.precision == precision and back.nbytes == state.nbytes and back.window == state.window
-    parts = lambda s: [s.encoded, s.keys, s.values] + [t for kv in s.layer_kv for t in kv]  # noqa: E731
+    parts = lambda s: [s.keys, s.values, s.match_keys] + [t for kv in s.layer_kv for t in kv]  # noqa: E731
+    assert state.encoded is None and back.encoded is None and state.match_keys is not None
     for a, b in zip(parts(state), parts(back)):
         assert torch.equal(decompress(a), decompress(b))
     if precision == "int8":  # scales that do not match the codes' positions: unreadable, recomputed
