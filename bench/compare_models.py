@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/compare_models.py --dataset trivago --seeds 3
     .venv/bin/python bench/compare_models.py --dataset synthetic --users 50000 --seeds 3
+    .venv/bin/python bench/compare_models.py --dataset synthetic_long --schema bench/schemas/synthetic_long_max1024.yaml \
+        --max-steps-per-epoch 40 --validations 1 --workdir bench/out/long22_max1024     # the long-history world
 
 Prepares the dataset (real ones through their adapter, from ../shared/data), builds the store,
 trains every model of ``COMPARED_MODELS`` (the sequence model, the engineered DLRM, the id-bag
@@ -23,12 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="trivago", help="synthetic | trivago | trivago_views | ml100k | amazon_grocery")
-    parser.add_argument("--users", type=int, default=50_000, help="synthetic world size")
+    parser.add_argument("--dataset", default="trivago",
+                        help="synthetic | synthetic_long (the long-history preset) | trivago | trivago_views | ml100k | amazon_grocery")
+    parser.add_argument("--users", type=int, default=None, help="synthetic world size (default 50,000; synthetic_long: 1,000)")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="synthetic_long: an already generated long world to read (default WORKDIR/logs, generated there)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--validations", type=int, default=4, help="validations per epoch (early stopping reads them)")
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None,
+                        help="train on this many batches per epoch (a random subsample of the training impressions; "
+                             "the long world's 121k training impressions with histories of thousands of events do not fit a CPU session)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--schema", type=Path, default=None,
                         help="a schema file to build the store with instead of the dataset's built-in one (e.g. other "
@@ -76,9 +85,16 @@ def main() -> None:
         from eventrec.synthetic import generate_world
 
         if not (logs / "world.json").exists():
-            generate_world(logs, num_users=args.users, seed=0)
+            generate_world(logs, num_users=args.users or 50_000, seed=0)
         schema_name = "synthetic"
         candidates = pl.read_parquet(logs / "candidates.parquet")
+    elif args.dataset == "synthetic_long":  # no offline A/B over candidates: test AUC only
+        from eventrec.synthetic import generate_world
+
+        logs = args.logs or logs
+        if not (logs / "world.json").exists():
+            generate_world(logs, num_users=args.users or 1_000, seed=0, preset="long")
+        schema_name = "synthetic_long"
     else:
         schema_name = ADAPTERS[args.dataset][1]
         if not (logs / "impressions.parquet").exists():
@@ -86,7 +102,8 @@ def main() -> None:
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=4, patience=2)
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=args.validations, patience=2,
+                               max_steps_per_epoch=args.max_steps_per_epoch)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
     table = format_table(summarize(runs), baseline=list(COMPARED_MODELS)[1:], rules=rules)

@@ -12,7 +12,7 @@ inference and the cached user states (issue 23 item 2), in one run on the synthe
 3. Test-split predictions of that one model, each with one thing at a lower precision (and all at once):
    the store's vectors (the float16 / int8 store, read by the same checkpoint), the embedding tables
    (``quantize_tables``: fp16, int8 row-wise) and the user states (``state_precision``: the user side's
-   ``encoded``/``keys``/``values`` kept at bf16 / int8 and read back, what serving does with a cached
+   ``encoded``/``keys``/``values``/``match_keys`` kept at bf16 / int8 and read back, what serving does with a cached
    state). Test AUC per task, its change against fp32, and the largest / mean |score difference| to fp32.
 4. Serving on ``--requests`` sampled test requests of the trained model: ``RankingService`` with each
    ``state_precision`` (and int8 tables + int8 states) against the fp32 service: max |dp| and the
@@ -65,7 +65,7 @@ class StatesAt(nn.Module):
         from eventrec.serving.state_precision import compress, decompress
 
         side = self.model.user_side(batch)
-        kept = replace(side, **{name: decompress(compress(getattr(side, name), self.precision)) for name in ("encoded", "keys", "values")})
+        kept = replace(side, **{name: decompress(compress(getattr(side, name), self.precision)) for name in ("encoded", "keys", "values", "match_keys")})
         return self.model.candidate_side(kept, batch.item, batch.context, batch.history_index)
 
 
