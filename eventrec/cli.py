@@ -340,10 +340,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)."),
     port: int = typer.Option(8000, min=1, max=65535),
     max_candidates: int = typer.Option(10_000, min=1, help="More candidates per request get HTTP 413."),
-    cache_mb: int = typer.Option(512, min=1, help="Memory bound of the per-user state cache (MiB)."),
+    cache_mb: int = typer.Option(512, min=1, help="Memory bound of the per-user state cache (MiB); with --redis-url, of this replica's "
+                                 "decoded copies of the states in Redis."),
     redis_url: str = typer.Option(None, help="Share user states and appended events with other replicas through Redis, e.g. redis://127.0.0.1:6379/0."),
     state_ttl: int = typer.Option(3600, min=0, help="With --redis-url: seconds a user state stays in Redis (0: no expiry)."),
-    max_state_mb: int = typer.Option(64, min=1, help="With --redis-url: larger user states are computed, not stored."),
+    max_state_mb: int = typer.Option(64, min=1, help="With --redis-url: larger user states are kept by the replica that computed them, not in Redis."),
     threads: int = typer.Option(0, min=0, help="torch threads for scoring (0: torch's default)."),
     precision: Literal["fp32", "bf16"] = typer.Option(
         "fp32", help="fp32 (scores equal `eventrec evaluate`'s) or bf16 (candidate side in bfloat16: about 2x faster on CPUs with "
@@ -374,7 +375,7 @@ def serve(
         from eventrec.serving.redis_store import redis_stores
 
         opened = EventStore.open(store)
-        states, events = redis_stores(redis_url, opened, ttl_s=state_ttl or None, max_entry_bytes=max_state_mb << 20)
+        states, events = redis_stores(redis_url, opened, ttl_s=state_ttl or None, max_entry_bytes=max_state_mb << 20, local_bytes=cache_mb << 20)
         shared, store = {"state_store": states, "event_log": events}, opened
     try:
         service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, precision=precision,

@@ -42,7 +42,7 @@ def _header(blob: bytes, parse) -> tuple[dict[str, Any], dict]:
         raise CorruptEntry(f"unreadable entry: {error}") from error
 
 
-def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
+def encode_state(state: EncodedState, user: str, model_version: str, write_id: str | None = None) -> bytes:
     """``EncodedState`` → bytes. Tensors: ``keys``/``values [P, H, d]``, ``match_keys [P, V·E]`` (with
     match attention), ``encoded [P, D]`` (when the model reads it), ``timestamps [P]``, ``match_ids
     [P, V]`` (with ``candidate_search`` or the match features), a linear encoder's
@@ -69,6 +69,8 @@ def encode_state(state: EncodedState, user: str, model_version: str) -> bytes:
     }
     if recurrent:
         header["layer_cache"] = "recurrent"
+    if write_id is not None:  # which write this blob is (RedisStateStore's replica copies compare it)
+        header["write_id"] = write_id
     if state.precision != "fp32":  # only then: fp32 blobs are unchanged
         header["precision"] = state.precision
     return save_torch({k: t.detach().contiguous() for k, t in tensors.items()}, metadata={"eventrec": json.dumps(header)})
@@ -90,6 +92,11 @@ def _stored_part(tensors: dict, name: str, precision: str) -> Stored | None:
 
 
 def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
+    return decode_state_and_header(blob, user, model_version)[0]
+
+
+def decode_state_and_header(blob: bytes, user: str, model_version: str) -> tuple[EncodedState, dict[str, Any]]:
+    """:func:`decode_state` and the blob's JSON header (its ``write_id``, when written with one)."""
     header, tensors = _header(blob, load_torch)
     if header.get("format") != STATE_FORMAT or header.get("model_version") != model_version or header.get("user") != user:
         raise CorruptEntry(f"entry for {header.get('format')}/{header.get('model_version')}/{header.get('user')!r}, "
@@ -115,11 +122,12 @@ def decode_state(blob: bytes, user: str, model_version: str) -> EncodedState:
         parts = [keys, values, *(t for t in (encoded, match_keys, match_ids) if t is not None), *per_position]
         if any(t is None or len(t) != positions for t in parts):
             raise ValueError("tensors missing or disagreeing on the number of positions")
-        return EncodedState(
+        state = EncodedState(
             tuple(tuple(int(x) for x in w) for w in header["window"]),
             None if header["signature"] is None else bytes.fromhex(header["signature"]),
             encoded, keys, values, timestamps, layer_kv, int(header["events_version"]), match_ids, match_keys,
         )
+        return state, header
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptEntry(f"malformed state entry: {error}") from error
 

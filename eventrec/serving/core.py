@@ -367,4 +367,5 @@ class RankingService:
             "candidate_cache_entries": len(self.candidates.keys), "candidate_cache_bytes": self.candidates.nbytes,
             # the shared (Redis) store's own counters: unreadable entries ignored, failed calls served locally
             "user_store_corrupt": getattr(self.users, "corrupt", 0), "user_store_errors": getattr(self.users, "errors", 0),
+            "user_store_local_hits": getattr(self.users, "local_hits", 0),
         }

@@ -12,7 +12,7 @@ from eventrec.schema import EmbeddingAttribute
 from eventrec.serving.errors import InvalidInput, OutOfOrderEvents
 from eventrec.serving.state import UserEvents
 from eventrec.store.encoding import AttributeEncoder
-from eventrec.serving.values import check_value, timestamp_seconds
+from eventrec.serving.values import check_column, check_value, column_valid, timestamp_seconds
 from eventrec.store.raw_logs import DataError
 from eventrec.store.reader import EventStore, Ragged
 from eventrec.store.sampling_values import needs_event_type, sampling_values, value_sampling
@@ -141,21 +141,30 @@ class Records:
                     raise InvalidInput(f"candidates.{column}: every column must be a list of the same length "
                                        f"({self.item_columns[0]}: {lengths[self.item_columns[0]]}, {column}: {length})", f"candidates.{column}")
             for a in self.item_attributes:
-                for i, value in enumerate(candidates[a.source_column]):
-                    check_value(a, value, f"candidates.{a.source_column}[{i}]")
-            try:
-                return pl.DataFrame({c: candidates[c] for c in self.item_columns})
-            except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
-                raise InvalidInput(f"candidates: {error}", "candidates") from error
+                check_column(a, candidates[a.source_column], f"candidates.{a.source_column}")
+            return self._frame({c: candidates[c] for c in self.item_columns})
         if isinstance(candidates, pl.DataFrame):
             missing = [c for c in self.item_columns if c not in candidates.columns]
             if missing:
                 raise InvalidInput(f"candidates: missing column(s) {missing}", f"candidates.{missing[0]}")
             return candidates.select(self.item_columns)
-        for i, record in enumerate(candidates):
-            self.check_record(self.item_attributes, record, f"candidates[{i}]")
+        try:  # records as columns, checked a column at a time where every value is plainly valid
+            columns = {c: [record[c] for record in candidates] for c in self.item_columns}
+            valid = all(column_valid(a, columns[a.source_column]) for a in self.item_attributes)
+        except (KeyError, TypeError):
+            valid = False
+        if not valid:  # value by value: the first bad record's error
+            for i, record in enumerate(candidates):
+                self.check_record(self.item_attributes, record, f"candidates[{i}]")
+            columns = {c: [record[c] for record in candidates] for c in self.item_columns}
+        return self._frame(columns)
+
+    @staticmethod
+    def _frame(columns: dict[str, list]) -> pl.DataFrame:
+        """Checked columns as a frame; a column of mixed types takes their supertype (ints and floats:
+        Float64; ids given as integers and strings: String), whether they came as records or columns."""
         try:
-            return pl.DataFrame(candidates, infer_schema_length=None).select(self.item_columns)
+            return pl.DataFrame(columns, strict=False)
         except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
             raise InvalidInput(f"candidates: {error}", "candidates") from error
 

@@ -39,6 +39,7 @@ def test_two_replicas_share_state_and_appends(served, redis_url, namespace):
     first = a.rank(1, candidates(), CONTEXT, 1000)
     second = b.rank(1, candidates(), CONTEXT, 1000)
     assert (first.user_state, second.user_state) == ("miss", "hit")  # b reads the state a computed
+    assert b.rank(1, candidates(), CONTEXT, 1000).user_state == "hit" and b.users.local_hits == 1  # then its own copy (the write id alone read)
     expected = local.rank(1, candidates(), CONTEXT, 1000).scores
     np.testing.assert_allclose(first.scores, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(second.scores, expected, atol=1e-5, rtol=0)
@@ -50,6 +51,7 @@ def test_two_replicas_share_state_and_appends(served, redis_url, namespace):
     after_b = b.rank(1, candidates(), CONTEXT, 1000)
     after_a = a.rank(1, candidates(), CONTEXT, 1000)
     assert (after_b.user_state, after_a.user_state) == ("miss", "hit")
+    assert a.users.local_hits == 0  # a's copy has an older write id than b's state: read again
     expected = local.rank(1, candidates(), CONTEXT, 1000).scores
     np.testing.assert_allclose(after_b.scores, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(after_a.scores, expected, atol=1e-5, rtol=0)
@@ -82,21 +84,27 @@ def test_corrupt_and_foreign_entries_are_recomputed(served, redis_url, namespace
     key = f"{namespace}:state:{a.version}:3"
     good = a.users.client.get(key)
     foreign = a.users.get(("3", a.version))
+    corrupt = 0
     for blob in (b"not a safetensors blob", good[:50], encode_state(foreign, "3", "another-model"), encode_state(foreign, "4", a.version)):
+        reader = replica(store, checkpoint, redis_url, namespace)  # no copy of its own: it reads the entry
         a.users.client.set(key, blob)
-        result = a.rank(3, candidates(), CONTEXT, 1000)
+        result = reader.rank(3, candidates(), CONTEXT, 1000)
         assert result.user_state == "miss"
         np.testing.assert_allclose(result.scores, expected, atol=1e-5, rtol=0)
-        assert a.rank(3, candidates(), CONTEXT, 1000).user_state == "hit"  # overwritten by the recompute
-    assert a.stats()["user_store_corrupt"] == 4
+        assert reader.rank(3, candidates(), CONTEXT, 1000).user_state == "hit"  # overwritten by the recompute
+        corrupt += reader.stats()["user_store_corrupt"]
+    assert corrupt == 4
 
 
 def test_entry_bound_ttl_and_compare_and_set(served, redis_url, namespace):
     store, checkpoint, _ = served
     small = replica(store, checkpoint, redis_url, namespace, max_entry_bytes=100)
     assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"
-    assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"  # too large to keep: served, not stored
-    assert small.users.too_large == 2
+    assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "hit"  # too large for Redis: kept by this replica only
+    assert small.users.too_large == 1 and small.users.client.get(f"{namespace}:state:{small.version}:1") is None
+    other = replica(store, checkpoint, redis_url, namespace, max_entry_bytes=100)
+    assert other.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"  # nothing to read in Redis: computed again
+    assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"  # the other's write replaced the id: computed again
     timed = replica(store, checkpoint, redis_url, namespace + "t", ttl_s=30)
     timed.rank(1, candidates(), CONTEXT, 1000)
     assert 0 < timed.users.client.ttl(f"{namespace}t:state:{timed.version}:1") <= 30

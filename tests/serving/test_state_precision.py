@@ -136,33 +136,23 @@ def test_codec_round_trips_kept_states(served_invariant, precision):
             decode_state(save(tensors, metadata=header), "2", service.state_version)
 
 
-class DictRedis:
-    """The three commands :class:`RedisStateStore` uses, on a dict."""
+def test_int8_states_through_a_shared_store(served, redis_url):
+    """Two replicas with int8 states share them through a real Redis (keys name the precision), scores
+    as the local service's."""
+    import uuid
 
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
+    from eventrec.serving.redis_store import connect
 
-    def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    def set(self, key: str, value: bytes, ex: int | None = None) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-def test_int8_states_through_a_shared_store(served):
-    """Two replicas with int8 states share them (keys name the precision), scores as the local service's."""
     store, checkpoint, _ = served
-    client = DictRedis()
-    a = RankingService.load(checkpoint, store, state_precision="int8", state_store=RedisStateStore(client))
-    b = RankingService.load(checkpoint, store, state_precision="int8", state_store=RedisStateStore(client))
+    client, namespace = connect(redis_url), f"test-{uuid.uuid4().hex[:8]}"
+    a = RankingService.load(checkpoint, store, state_precision="int8", state_store=RedisStateStore(client, namespace))
+    b = RankingService.load(checkpoint, store, state_precision="int8", state_store=RedisStateStore(client, namespace))
     first, second = a.rank(1, candidates(), CONTEXT, 1000), b.rank(1, candidates(), CONTEXT, 1000)
     assert (first.user_state, second.user_state) == ("miss", "hit")
     np.testing.assert_array_equal(first.scores, second.scores)
-    assert list(client.data) == [f"eventrec:state:{a.version}+states-int8:1"]
-    fp32 = RankingService.load(checkpoint, store, state_store=RedisStateStore(client))
+    assert sorted(k.decode() for k in client.scan_iter(f"{namespace}:*")) == [
+        f"{namespace}:state-id:{a.version}+states-int8:1", f"{namespace}:state:{a.version}+states-int8:1"]
+    fp32 = RankingService.load(checkpoint, store, state_store=RedisStateStore(client, namespace))
     assert fp32.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"  # an fp32 replica never reads int8 states
 
 
