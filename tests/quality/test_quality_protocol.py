@@ -317,8 +317,8 @@ def test_variant_files_resolve_to_the_configs_of_the_documented_commands():
     from eventrec.model.config import SequenceModelConfig
     from eventrec.training.config import TrainConfig
 
-    trivago = load_variant(VARIANTS / "trivago" / "weight_average_0.99.yaml")
-    assert trivago.model == SequenceModelConfig(experimental={"identity_match": True})
+    trivago = load_variant(VARIANTS / "trivago" / "default_listwise_0.3_wa_0.99.yaml")
+    assert trivago.model == SequenceModelConfig()
     assert trivago.train_config(2) == TrainConfig(
         epochs=1, batch_size=512, validations_per_epoch=4, patience=2, stop_on="auc", seed=2,
         objectives=[{"kind": "bce"}, {"kind": "request_softmax", "weight": 0.3}], experimental={"weight_average_decay": 0.99})
