@@ -368,4 +368,5 @@ class RankingService:
             # the shared (Redis) store's own counters: unreadable entries ignored, failed calls served locally
             "user_store_corrupt": getattr(self.users, "corrupt", 0), "user_store_errors": getattr(self.users, "errors", 0),
             "user_store_local_hits": getattr(self.users, "local_hits", 0),
+            "user_store_local_bytes": self.users.local.nbytes if hasattr(self.users, "local") else 0,
         }

@@ -26,8 +26,9 @@ COUNTERS = {  # exposed name (without _total) → key of RankingService.stats(),
     "cold_start": ("cold_start",), "events_appended": ("events_appended",), "user_cache_evictions": ("user_cache_evictions",),
     "candidate_cache_hits": ("candidate_cache_hits",), "candidate_cache_misses": ("candidate_cache_misses",),
     "user_store_corrupt": ("user_store_corrupt",), "user_store_errors": ("user_store_errors",),
+    "user_store_local_hits": ("user_store_local_hits",),
 }
-GAUGES = ("user_cache_entries", "user_cache_bytes", "candidate_cache_entries", "candidate_cache_bytes")
+GAUGES = ("user_cache_entries", "user_cache_bytes", "user_store_local_bytes", "candidate_cache_entries", "candidate_cache_bytes")
 log = logging.getLogger("eventrec.serving")
 
 

@@ -40,6 +40,7 @@ def test_two_replicas_share_state_and_appends(served, redis_url, namespace):
     second = b.rank(1, candidates(), CONTEXT, 1000)
     assert (first.user_state, second.user_state) == ("miss", "hit")  # b reads the state a computed
     assert b.rank(1, candidates(), CONTEXT, 1000).user_state == "hit" and b.users.local_hits == 1  # then its own copy (the write id alone read)
+    assert b.stats()["user_store_local_hits"] == 1 and b.stats()["user_store_local_bytes"] > 0
     expected = local.rank(1, candidates(), CONTEXT, 1000).scores
     np.testing.assert_allclose(first.scores, expected, atol=1e-5, rtol=0)
     np.testing.assert_allclose(second.scores, expected, atol=1e-5, rtol=0)
