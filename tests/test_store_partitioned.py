@@ -181,6 +181,42 @@ def test_bad_input_is_named_as_the_in_memory_build_names_it(tiny_world, tmp_path
     assert messages["polars"] == messages["memory"]
 
 
+def _checks(schema, data: Path, view: str):
+    """Every task's :func:`check_rows` parts, on the consumers' full rows or on their check views."""
+    from eventrec.store.scan import ScanPart, check_rows
+    from eventrec.store.sources import plan_sources, read_batches, read_tasks
+
+    sources = plan_sources(schema, data)
+    total = ScanPart()
+    for pattern, table in sources.tables.items():
+        columns = sources.raw_columns(pattern) if view == "rows" else sources.check_columns(pattern)
+        for task in read_tasks(pattern, table):
+            for batch in read_batches(table, task, columns):
+                for consumer in sources.of_table(pattern):
+                    rows = consumer.rows(batch) if view == "rows" else consumer.check_view(batch)
+                    total.add(check_rows(schema, consumer, rows, batch, None))
+    return total
+
+
+@pytest.mark.parametrize("case", [None, *sorted(BAD_INPUTS)])
+def test_checks_read_only_their_columns(tiny_world, tmp_path, case):
+    """The checks on a consumer's check view (what Spark's count job reads: user ids and checked
+    columns) find what they find on its full rows (what the embedded split reads)."""
+    schema_path, data = tiny_world
+    if case is not None:
+        _break(data, *BAD_INPUTS[case])
+    schema = load_schema(schema_path)
+    try:
+        full = _checks(schema, data, "rows")
+    except DataError:  # a missing column or an unreadable file: refused when planned, before either pass
+        return
+    view = _checks(schema, data, "view")
+    assert (view.consumer_rows, view.refused, view.data_end) == (full.consumer_rows, full.refused, full.data_end)
+    times = lambda part: np.sort(np.concatenate(part.impression_times)) if part.impression_times else np.zeros(0)  # noqa: E731
+    assert np.array_equal(times(view), times(full))
+    assert [f.sort(f.columns).rows() for f in view.requests] == [f.sort(f.columns).rows() for f in full.requests]
+
+
 def test_of_two_errors_the_in_memory_build_s_first_is_named(tiny_world, tmp_path):
     """A null user id in the impressions (read first) and a missing column in the events (planned
     first by the partitioned build): the impressions' error, as the in-memory build reports it."""

@@ -2,18 +2,20 @@
 
     plan      consumers of the raw tables and their read tasks (:mod:`eventrec.store.sources`)
     count     a pass over the user id columns only: each user's table rows, each task's rows
-              (:mod:`eventrec.store.scan`)
+              (:mod:`eventrec.store.scan`); the Spark engine also reads the checked columns
+              and checks here
     plan      user partitions: ranges of the sorted ids of about ``rows_per_partition`` raw rows
     split     every consumer's rows routed to their user's partition (the engine's shuffle), and
-              checked on the way: impression times, checks; input the in-memory loaders would
-              refuse is refused here
+              checked on the way (the embedded engine; Spark checked in its count): impression
+              times, checks; input the in-memory loaders would refuse is refused here
     summarize per partition, its share of the training vocabularies and statistics (summed here)
               and its users (the offsets of the partitions' rows of users.parquet)
     build     per partition, with the fitted encoder, its user rows and example rows
     assemble  users.parquet in partition order, examples.parquet merged by (time, file row)
 
-The raw rows are read twice: their user ids once, every needed column once. The engine does count,
-split, summarize and build (:class:`Engine`); everything else is here.
+The raw rows are read twice: their user ids (and, with Spark, the checked columns) once, every
+needed column once. The engine does count, split, summarize and build (:class:`Engine`); everything
+else is here.
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ DEFAULT_ROWS_PER_PARTITION = 200_000  # about 25 MB of raw rows of the synthetic
 class Engine(Protocol):
     """What runs the partitioned work: the embedded engine in this process, or Spark."""
 
-    def count(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype) -> tuple[list[int], pl.DataFrame]:
+    def count(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries) -> tuple[list[int], pl.DataFrame]:
         """Each task's rows (same order) and every user id with its table rows (:func:`count_batch`,
-        summed: :func:`users_of`)."""
+        summed: :func:`users_of`). An engine may run the checks of :meth:`split` here, on
+        :meth:`Consumer.check_view` of the checked columns (``boundaries``: as for :meth:`split`)."""
 
     def split(self, schema: Schema, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path,
               boundaries) -> list[ScanPart]:
         """Route every consumer's rows to their partitions (kept until :meth:`close`); return each
-        task's checks (:func:`check_rows`; ``boundaries``: the schema's, None for fractions)."""
+        task's checks (:func:`check_rows`, here or from :meth:`count`; ``boundaries``: the schema's,
+        None for fractions)."""
 
     def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> tuple[list[TrainingSummary], list[int]]:
         """One training summary per partition, and the users of each partition."""
@@ -82,7 +86,7 @@ def build_partitioned(schema: Schema, data_dir: Path, out_dir: Path, engine: Eng
     tasks = [task for pattern, table in sources.tables.items() for task in read_tasks(pattern, table)]
 
     say("counting the raw rows per user")
-    task_rows, user_rows = engine.count(schema, sources, tasks, key_dtype)
+    task_rows, user_rows = engine.count(schema, sources, tasks, key_dtype, fixed)
     table_rows = ScanPart()
     for task, rows in zip(tasks, task_rows):
         table_rows.add(ScanPart(table_rows={task.pattern: rows}))

@@ -39,7 +39,9 @@ class Consumer:
     """One reader of a raw table: ``kind`` "impressions", "stream" or "derived" (a label from later
     events), ``name`` (the stream's or the label's), the rows it keeps (``row_filter``) and the
     columns it selects from them (``select``: ``_row``, ``_user``, the raw timestamp, ``_t``, ...),
-    and its raw user id column (``user_column``, what the count pass reads)."""
+    its raw user id column (``user_column``, what the count pass reads), and what the checks of
+    :func:`~eventrec.store.scan.check_rows` read (``check_select`` of the raw ``check_columns``,
+    which include the row filter's): the same rows as :meth:`rows`, fewer columns."""
 
     kind: str
     name: str
@@ -49,6 +51,8 @@ class Consumer:
     select: tuple[pl.Expr, ...]
     user_column: str
     row_filter: pl.Expr | None = None
+    check_select: tuple[pl.Expr, ...] = ()
+    check_columns: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -58,6 +62,12 @@ class Consumer:
         """The consumer's rows of a batch of its table (same columns as its in-memory loader)."""
         kept = batch.filter(self.row_filter) if self.row_filter is not None else batch
         return kept.select(self.select)
+
+    def check_view(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The consumer's rows of a batch holding at least :attr:`check_columns`, with only what the
+        checks read (``_user``, ``_t`` and, for the impressions, the labels and the request id)."""
+        kept = batch.filter(self.row_filter) if self.row_filter is not None else batch
+        return kept.select(self.check_select)
 
     def empty(self) -> pl.DataFrame:
         """No rows, with the columns and dtypes of :meth:`rows`."""
@@ -85,6 +95,11 @@ class Sources:
         """The raw user id columns of the consumers of the table of ``pattern`` (the count pass's)."""
         return sorted({c.user_column for c in self.of_table(pattern)})
 
+    def check_columns(self, pattern: str) -> list[str]:
+        """The raw columns a count pass that also checks reads (the Spark engine's): the user id
+        columns and every consumer's :attr:`Consumer.check_columns`."""
+        return sorted(set(self.user_columns(pattern)) | {column for c in self.of_table(pattern) for column in c.check_columns})
+
 
 def _impressions(schema: Schema, table: RawTable) -> Consumer:
     """As :func:`eventrec.store.load._load_impressions`."""
@@ -92,9 +107,12 @@ def _impressions(schema: Schema, table: RawTable) -> Consumer:
     needed = _impressions_columns(imp)
     require_columns(table, needed)
     columns = sorted(set(needed) - {imp.user_column, imp.timestamp_column})
-    select = (pl.col(ROW), pl.col(imp.user_column).alias(USER), pl.col(imp.timestamp_column),
-              timestamp_seconds(table, imp.timestamp_column, imp.timestamp_unit).alias(TIME), *[pl.col(c) for c in columns])
-    return Consumer("impressions", "impressions", table, imp.timestamp_column, tuple(sorted(needed)), select, imp.user_column)
+    time = timestamp_seconds(table, imp.timestamp_column, imp.timestamp_unit).alias(TIME)
+    select = (pl.col(ROW), pl.col(imp.user_column).alias(USER), pl.col(imp.timestamp_column), time, *[pl.col(c) for c in columns])
+    checked = sorted(set(imp.labels) | ({imp.request_column} if imp.request_column else set()))
+    return Consumer("impressions", "impressions", table, imp.timestamp_column, tuple(sorted(needed)), select, imp.user_column,
+                    check_select=(pl.col(imp.user_column).alias(USER), time, *[pl.col(c) for c in checked]),
+                    check_columns=tuple(sorted({imp.user_column, imp.timestamp_column, *checked})))
 
 
 def _stream(schema: Schema, stream: Stream, table: RawTable) -> Consumer:
@@ -107,15 +125,17 @@ def _stream(schema: Schema, stream: Stream, table: RawTable) -> Consumer:
     require_columns(table, needed)
     attribute_columns = sorted(set(_source_columns(stream.attributes)) - {source.user_column, source.timestamp_column})
     carries_type = needs_event_type(stream) and bool(source.type_column)
+    time = timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME)
     select = (
-        pl.col(ROW), pl.col(source.user_column).alias(USER), pl.col(source.timestamp_column),
-        timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
+        pl.col(ROW), pl.col(source.user_column).alias(USER), pl.col(source.timestamp_column), time,
         *[pl.col(c) for c in attribute_columns],
         *([pl.col(source.type_column).cast(pl.String).alias(EVENT_TYPE)] if carries_type else []),
     )
     raw = set(needed) | ({source.type_column} if carries_type else set())
     row_filter = pl.col(source.type_column).cast(pl.String).is_in(stream.event_types) if typed else None
-    return Consumer("stream", stream.name, table, source.timestamp_column, tuple(sorted(raw)), select, source.user_column, row_filter)
+    checked = {source.user_column, source.timestamp_column} | ({source.type_column} if typed else set())
+    return Consumer("stream", stream.name, table, source.timestamp_column, tuple(sorted(raw)), select, source.user_column, row_filter,
+                    (pl.col(source.user_column).alias(USER), time), tuple(sorted(checked)))
 
 
 def _derived(schema: Schema, derived: DerivedLabel, table: RawTable) -> Consumer:
@@ -126,11 +146,13 @@ def _derived(schema: Schema, derived: DerivedLabel, table: RawTable) -> Consumer
         needed.setdefault(match.event, "id")
     require_columns(table, needed)
     keys = [f"_match{i}" for i in range(len(derived.match_columns))]
-    select = (pl.col(ROW), pl.col(source.timestamp_column), pl.col(source.user_column).alias(USER),
-              timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME),
+    time = timestamp_seconds(table, source.timestamp_column, source.timestamp_unit).alias(TIME)
+    select = (pl.col(ROW), pl.col(source.timestamp_column), pl.col(source.user_column).alias(USER), time,
               *[pl.col(m.event).alias(key) for m, key in zip(derived.match_columns, keys)])
     row_filter = pl.col(str(source.type_column)).cast(pl.String).is_in(derived.events)
-    return Consumer("derived", derived.name, table, source.timestamp_column, tuple(sorted(needed)), select, source.user_column, row_filter)
+    checked = (source.user_column, source.timestamp_column, str(source.type_column))  # the data end reads every row's time
+    return Consumer("derived", derived.name, table, source.timestamp_column, tuple(sorted(needed)), select, source.user_column, row_filter,
+                    (pl.col(source.user_column).alias(USER), time), tuple(sorted(set(checked))))
 
 
 def plan_sources(schema: Schema, data_dir: Path) -> Sources:

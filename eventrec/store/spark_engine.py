@@ -4,10 +4,12 @@ The driver (:mod:`eventrec.store.partitioned`) is the same as the embedded engin
 four distributed steps with the same functions, so the store is the same, byte for byte:
 
 - **count**: one Spark task per read task (a Parquet row group or a CSV file), each reading its user
-  ids with the embedded reader (:func:`~eventrec.store.sources.read_batches`: pyarrow, the dtypes of
-  the Polars scan) and returning its :class:`~eventrec.store.scan.ScanPart`;
-- **split**: the read tasks again (every needed column), first checked (each task's
-  :func:`~eventrec.store.scan.check_rows` parts, collected), then each emitting ``(partition,
+  ids and the columns the checks read (:meth:`~eventrec.store.sources.Sources.check_columns`) with
+  the embedded reader (:func:`~eventrec.store.sources.read_batches`: pyarrow, the dtypes of the
+  Polars scan) and returning its counts and its :func:`~eventrec.store.scan.check_rows` parts (on
+  :meth:`~eventrec.store.sources.Consumer.check_view`): the driver refuses bad input before any
+  shuffle;
+- **split**: the read tasks again (every needed column), each emitting ``(partition,
   (consumer, Arrow IPC bytes))`` for every consumer's rows, shuffled with ``partitionBy`` so that
   Spark partition ``p`` holds exactly user partition ``p`` (kept on disk for the next two steps);
 - **summarize**: per Spark partition, the training summary of its rows and its users;
@@ -71,21 +73,15 @@ def spark_session(master: str | None) -> Any:
 
 # -- what the executors run (module-level functions: pickled by reference) -----------------------
 
-def _count_task(schema: Schema, data_dir: str, task: ReadTask, key_dtype: pl.DataType) -> bytes:
+def _count_task(schema: Schema, data_dir: str, task: ReadTask, key_dtype: pl.DataType, boundaries: tuple[int, int] | None) -> bytes:
+    """The task's counts and its checks, from its user ids and checked columns only."""
     sources = plan_sources(schema, Path(data_dir))
-    part = ScanPart(table_rows={task.pattern: 0})
-    for batch in read_batches(sources.tables[task.pattern], task, sources.user_columns(task.pattern), COUNT_BATCH_ROWS):
-        part.add(count_batch(sources, task.pattern, batch, key_dtype))
-    return pickle.dumps(part)
-
-
-def _check_task(schema: Schema, data_dir: str, task: ReadTask, boundaries: tuple[int, int] | None) -> bytes:
-    sources = plan_sources(schema, Path(data_dir))
-    part = ScanPart()
-    for batch in read_batches(sources.tables[task.pattern], task, sources.raw_columns(task.pattern), BATCH_ROWS):
+    counted, checked = ScanPart(table_rows={task.pattern: 0}), ScanPart()
+    for batch in read_batches(sources.tables[task.pattern], task, sources.check_columns(task.pattern), COUNT_BATCH_ROWS):
+        counted.add(count_batch(sources, task.pattern, batch, key_dtype))
         for consumer in sources.of_table(task.pattern):
-            part.add(check_rows(schema, consumer, consumer.rows(batch), batch, boundaries))
-    return pickle.dumps(part)
+            checked.add(check_rows(schema, consumer, consumer.check_view(batch), batch, boundaries))
+    return pickle.dumps((counted, checked))
 
 
 def _split_task(schema: Schema, data_dir: str, task: ReadTask, partitions: UserPartitions) -> Iterator[tuple[int, tuple[int, bytes]]]:
@@ -149,15 +145,19 @@ class SparkEngine:
         self.context = self.spark.sparkContext
         self._split: Any = None
         self._job: tuple[Schema, str] | None = None
+        self._checked: list[ScanPart] = []
 
-    def count(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype) -> tuple[list[int], pl.DataFrame]:
+    def count(self, schema: Schema, sources: Sources, tasks: list[ReadTask], key_dtype, boundaries=None) -> tuple[list[int], pl.DataFrame]:
+        """Counts and checks in one job over the user ids and the checked columns (the checks are
+        what :meth:`split` returns)."""
         data_dir = str(sources.data_dir)
         rdd = self.context.parallelize(tasks, max(1, len(tasks)))
-        rows, users = [], ScanPart()
-        for task, payload in zip(tasks, rdd.map(lambda task: _count_task(schema, data_dir, task, key_dtype)).collect()):
-            part = pickle.loads(payload)
-            rows.append(part.table_rows[task.pattern])
-            users.add(ScanPart(user_rows=part.user_rows))
+        rows, users, self._checked = [], ScanPart(), []
+        for task, payload in zip(tasks, rdd.map(lambda task: _count_task(schema, data_dir, task, key_dtype, boundaries)).collect()):
+            counted, checked = pickle.loads(payload)
+            rows.append(counted.table_rows[task.pattern])
+            users.add(ScanPart(user_rows=counted.user_rows))
+            self._checked.append(checked)
         return rows, users_of(users.user_rows, key_dtype)
 
     def split(self, schema: Schema, sources: Sources, tasks: list[ReadTask], partitions: UserPartitions, work_dir: Path,
@@ -167,10 +167,9 @@ class SparkEngine:
         data_dir = str(sources.data_dir)
         self._job = (schema, data_dir)
         rdd = self.context.parallelize(tasks, max(1, len(tasks)))
-        checked = [pickle.loads(part) for part in rdd.map(lambda task: _check_task(schema, data_dir, task, boundaries)).collect()]
         pieces = rdd.flatMap(lambda task: _split_task(schema, data_dir, task, partitions))
-        self._split = pieces.partitionBy(partitions.count, lambda partition: partition).persist(StorageLevel.DISK_ONLY)
-        return checked
+        self._split = pieces.partitionBy(partitions.count, lambda partition: partition).persist(StorageLevel.DISK_ONLY)  # lazy: runs in summarize
+        return self._checked  # from count
 
     def summarize(self, ctx: BuildContext, sources: Sources, partitions: UserPartitions) -> tuple[list[TrainingSummary], list[int]]:
         assert self._job is not None
