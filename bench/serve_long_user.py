@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -44,61 +43,27 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_http_load import free_port, start_redis, wait_ready  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"encoder": "linear", "candidate_search": {"recent": 16, "per_match": 16}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A real redis-server on a free loopback port, no persistence: (process, url)."""
-    import redis
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server not found (make redis-server, or apt-get install -y redis-server)")
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                "--dir", str(directory), "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            client.ping()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit("redis-server did not start")
-
-
 def start_server(checkpoint: Path, store: Path, redis_url: str, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
     """``eventrec serve`` as a child process on a free loopback port; waits for ``/health``."""
-    import httpx
-
     port = free_port()
     command = [str(Path(sys.executable).with_name("eventrec")), "serve", "--model", str(checkpoint), "--store", str(store), "--port", str(port),
                "--redis-url", redis_url, "--state-precision", args.state_precision, "--max-state-mb", str(args.max_state_mb),
                "--threads", str(args.threads)]
     process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"eventrec serve exited {process.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    sys.exit(f"eventrec serve did not answer /health within 300 s; see {log}")
+    try:
+        wait_ready(f"{url}/health", process, timeout_s=300)
+    except RuntimeError as error:
+        process.kill()
+        sys.exit(f"eventrec serve: {error}; see {log}")
+    return process, url
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -202,6 +167,8 @@ def main() -> None:
     appended = {k: v for k, v in raw_event.items() if v is not None and k != "user_id"} | {"timestamp": timestamp - 60}
     print(f"user {user}: {events:,} events in the store; {len(columns['ad_id'])} candidates; state precision {args.state_precision}", flush=True)
 
+    if shutil.which("redis-server") is None:
+        sys.exit("redis-server not found (make redis-server, or apt-get install -y redis-server)")
     redis_process, redis_url = start_redis(args.workdir / "redis")
     servers = []
     rows = []

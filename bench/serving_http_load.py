@@ -167,11 +167,23 @@ def mixed_load(base: str, users: list[list[tuple]], rank_body, clients: int, dur
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A real redis-server on a free loopback port, no persistence, answering PING: (process, url)."""
+    import redis
+
+    directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return process, f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+    deadline = time.time() + 10
+    while time.time() < deadline and process.poll() is None:
+        try:
+            client.ping()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def report_mixed(result: dict, clients: int, candidates: int, slots: int) -> None:
