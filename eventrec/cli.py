@@ -356,7 +356,10 @@ def serve(
     table_precision: Literal["fp32", "fp16", "int8"] = typer.Option(
         "fp32", help="The embedding tables at inference: fp32, fp16 or int8 (row-wise scale and offset: about 3x fewer bytes per row)."),
     state_precision: Literal["fp32", "bf16", "int8"] = typer.Option(
-        "fp32", help="Cached user states: fp32, bf16 or int8 (per-row scale: about 3.9x less memory per user; scores within 1e-2)."),
+        "fp32", help="Cached user states: fp32, bf16 or int8 (per-row scale: about 3.7x less memory per user; scores within 1e-2)."),
+    kv_cache_precision: Optional[Literal["fp32", "bf16", "int8", "int4"]] = typer.Option(
+        None, help="The encoder layers' keys/values in a cached state (read only when events are appended): fp32, bf16, int8 or "
+        "int4 (per head); default: --state-precision. int8 states with an int4 KV cache: about 4.9x less memory per user than fp32."),
     allow_store_mismatch: bool = typer.Option(False, "--allow-store-mismatch", help="Serve a checkpoint with a store whose encodings "
                                               "differ from its training store's (ids may mean other things; experts only)."),
 ) -> None:
@@ -381,11 +384,12 @@ def serve(
         service = RankingService.load(model, store, max_candidates=max_candidates, user_cache_bytes=cache_mb << 20, precision=precision,
                                       scoring_slots=scoring_slots, scoring_device=scoring_device, future_tolerance_s=future_tolerance_s,
                                       allow_store_mismatch=allow_store_mismatch, table_precision=table_precision,
-                                      state_precision=state_precision, **shared)
+                                      state_precision=state_precision, kv_cache_precision=kv_cache_precision, **shared)
     except ValueError as error:
         _fail(error)
     where = f"; user state in Redis at {redis_url}" if redis_url else ""
-    typer.echo(f"model {service.version} ({precision}), tables {table_precision}, states {state_precision}, scoring on {service.scoring_device}, "
+    kv = f" (KV cache {service.kv_cache_precision})" if service.kv_cache_precision != state_precision else ""
+    typer.echo(f"model {service.version} ({precision}), tables {table_precision}, states {state_precision}{kv}, scoring on {service.scoring_device}, "
                f"{service.store.num_users:,} users{where}; "
                f"listening on http://{host}:{port}")
     run_server(service, host=host, port=port, max_body_bytes=max_body_mb << 20)

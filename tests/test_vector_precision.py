@@ -1,4 +1,4 @@
-"""Vectors kept at float16 or int8 (per-row scale) in the store: per-event columns and content tables
+"""Vectors kept at float16, int8 or int4 (per-row scale) in the store: per-event columns and content tables
 round-trip within their precision, batches get float32, the schema and the files are checked at load
 time with errors naming the field, and a model of the float32 store reads the lower-precision one."""
 
@@ -18,12 +18,12 @@ from eventrec.store.build import build_store
 from eventrec.store.encoding import AttributeEncoder
 from eventrec.store.layout import schema_fingerprint
 from eventrec.store.reader import EventStore, StoreError
-from eventrec.store.vector_precision import (StoredVectors, dequantize_int8, from_stored, quantize_int8, round_trip, stored_width,
-                                             to_stored)
+from eventrec.store.vector_precision import (StoredVectors, dequantize_int4, dequantize_int8, from_stored, quantize_int4, quantize_int8,
+                                             round_trip, stored_width, to_stored)
 from tiny_world import SCHEMA, write_tiny_world
 
 DIM = 3
-PRECISIONS = ("float32", "float16", "int8")
+PRECISIONS = ("float32", "float16", "int8", "int4")
 
 
 def test_int8_rows_reference():
@@ -38,7 +38,7 @@ def test_int8_rows_reference():
     assert np.array_equal(quantize_int8(back)[0], codes)  # a dequantized row quantizes to its codes again
     for precision in PRECISIONS:
         stored = to_stored(rows, precision)
-        assert stored.shape == (40, stored_width(7, precision)) and stored.nbytes == 40 * {"float32": 28, "float16": 14, "int8": 11}[precision]
+        assert stored.shape == (40, stored_width(7, precision)) and stored.nbytes == 40 * {"float32": 28, "float16": 14, "int8": 11, "int4": 6}[precision]
         vectors = from_stored(stored, precision, 7, "rows")
         np.testing.assert_array_equal(vectors[np.arange(40)], round_trip(rows, precision))
         np.testing.assert_array_equal(vectors[5:9], vectors[np.arange(5, 9)])
@@ -48,7 +48,30 @@ def test_int8_rows_reference():
     with pytest.raises(ValueError, match="rows: stored as float32 rows of \\(7,\\), but the schema says precision 'int8'"):
         from_stored(rows, "int8", 7, "rows")
     with pytest.raises(ValueError, match="precision: expected one of"):
-        to_stored(rows, "int4")
+        to_stored(rows, "int2")
+
+
+@pytest.mark.parametrize("dim", [7, 8])
+def test_int4_rows_reference(dim):
+    """int4: within half a step of the float16 scale (the scale is rounded before the codes are
+    taken), zero rows stay zero, two codes per byte as the module says (an odd width pads a zero
+    code), and a dequantized row quantizes to its codes again."""
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(40, dim)).astype(np.float32) * np.logspace(-3, 3, 40, dtype=np.float32)[:, None]
+    rows[3] = 0.0
+    packed, scales = quantize_int4(rows)
+    assert packed.dtype == np.uint8 and packed.shape == (40, (dim + 1) // 2) and scales.dtype == np.float16
+    back = dequantize_int4(packed, scales, dim)
+    wide = scales.astype(np.float32)
+    assert np.array_equal(back[3], np.zeros(dim)) and scales[3] == 0
+    assert (np.abs(back - rows) <= wide[:, None] / 2 * (1 + 1e-3) + np.maximum(np.abs(rows) - 7 * wide[:, None], 0)).all()
+    codes = np.clip(np.rint(rows / np.where(wide > 0, wide, 1)[:, None]), -7, 7).astype(np.int64)
+    assert np.array_equal((packed & 15).astype(np.int64) - 8, codes[:, 0::2]) and np.array_equal((packed[:, : dim // 2] >> 4).astype(np.int64) - 8, codes[:, 1::2])
+    again = quantize_int4(back)
+    assert np.array_equal(again[0], packed) and np.array_equal(again[1], scales)
+    vectors = from_stored(to_stored(rows, "int4"), "int4", dim, "rows")
+    assert vectors.precision == "int4" and vectors.shape == (40, dim) and vectors.nbytes == 40 * ((dim + 1) // 2 + 2)
+    np.testing.assert_array_equal(vectors[:], back)
 
 
 def vector_world(directory: Path, precision: str) -> Path:
@@ -80,7 +103,7 @@ def stores(tmp_path_factory) -> dict[str, EventStore]:
     return out
 
 
-@pytest.mark.parametrize("precision", ["float16", "int8"])
+@pytest.mark.parametrize("precision", ["float16", "int8", "int4"])
 def test_stores_keep_vectors_at_their_precision_and_batches_get_float32(stores, precision):
     full, low = stores["float32"], stores[precision]
     column, content = low.streams["click"].attributes["vec"], low.content["ad_content/ad_id"]
@@ -91,10 +114,10 @@ def test_stores_keep_vectors_at_their_precision_and_batches_get_float32(stores, 
         assert isinstance(reference, np.ndarray) and reference.dtype == np.float32 and stored.shape == reference.shape
         np.testing.assert_array_equal(stored[:], round_trip(reference, precision))
         dim = reference.shape[1]
-        assert stored.nbytes == len(reference) * (dim * 2 if precision == "float16" else dim + 4)
+        assert stored.nbytes == len(reference) * {"float16": dim * 2, "int8": dim + 4, "int4": (dim + 1) // 2 + 2}[precision]
     every = np.arange(full.num_examples)
     a, b = make_batch(full, every), make_batch(low, every)
-    tolerance = {"float16": 1e-3, "int8": 0.5 / 127}[precision]
+    tolerance = {"float16": 1e-3, "int8": 0.5 / 127, "int4": 0.5 / 7 * (1 + 1e-3)}[precision]
     for name, x, y in (("click.vec", a.streams["click"].attributes["vec"], b.streams["click"].attributes["vec"]),
                        ("click.content", a.streams["click"].attributes["content"], b.streams["click"].attributes["content"]),
                        ("item.vec", a.item["vec"], b.item["vec"]), ("item.content", a.item["content"], b.item["content"])):
@@ -131,8 +154,8 @@ def test_default_precision_changes_no_schema_dump():
 
 def test_precisions_are_validated_naming_the_field(tmp_path):
     bad = json.loads(json.dumps(SCHEMA))
-    bad["content_tables"][0]["precision"] = "int4"
-    with pytest.raises(SchemaError, match="content_tables.0.precision: Input should be 'float32', 'float16' or 'int8'"):
+    bad["content_tables"][0]["precision"] = "int2"
+    with pytest.raises(SchemaError, match="content_tables.0.precision: Input should be 'float32', 'float16', 'int8' or 'int4'"):
         parse_schema(bad, "s.yaml")
     bad = json.loads(json.dumps(SCHEMA))
     bad["streams"][0]["attributes"][3]["precision"] = "int8"  # a table-looked-up vector: the table's precision
@@ -189,3 +212,4 @@ def test_a_model_trained_on_the_float32_store_reads_the_int8_store(stores, tmp_p
         probs[precision] = predict(model, store, every, make_batch)
     assert np.abs(probs["float16"] - probs["float32"]).max() < 1e-2
     assert np.abs(probs["int8"] - probs["float32"]).max() < 5e-2
+    assert np.abs(probs["int4"] - probs["float32"]).max() < 1e-1

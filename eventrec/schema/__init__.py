@@ -241,8 +241,8 @@ class Impressions(_Strict):
 class ContentTable(_Strict):
     """A side table of fixed-size vectors keyed by an id (e.g. an ad's content embedding).
 
-    ``precision``: how the store keeps the table's vectors: ``float32`` (default), ``float16`` or
-    ``int8`` with a per-row scale (``eventrec/store/vector_precision.py``); batches read float32."""
+    ``precision``: how the store keeps the table's vectors: ``float32`` (default), ``float16``, or
+    ``int8`` / ``int4`` with a per-row scale (``eventrec/store/vector_precision.py``); batches read float32."""
 
     name: Name
     path: str

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 # how the store keeps a vector (an ``embedding`` attribute's per-event column, a content table): float32,
-# float16, or int8 with a per-row float32 scale (eventrec/store/vector_precision.py); batches get float32
-VectorPrecision = Literal["float32", "float16", "int8"]
+# float16, or int8 / int4 with a per-row scale (eventrec/store/vector_precision.py); batches get float32
+VectorPrecision = Literal["float32", "float16", "int8", "int4"]
 
 
 class SchemaError(ValueError):

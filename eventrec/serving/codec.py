@@ -19,7 +19,7 @@ from safetensors.torch import load as load_torch
 from safetensors.torch import save as save_torch
 
 from eventrec.serving.state import EncodedState, UserEvents
-from eventrec.serving.state_precision import RowwiseInt8, Stored, check_state_precision
+from eventrec.serving.state_precision import KV_CACHE_PRECISIONS, GroupwiseInt4, RowwiseInt8, Stored, check_state_precision
 from eventrec.store.reader import EventStore, Ragged, StreamData
 
 STATE_FORMAT = "eventrec.user_state.v2"  # v2: keys/values [P, H, d] and match_keys once; encoded only when read
@@ -47,8 +47,10 @@ def encode_state(state: EncodedState, user: str, model_version: str, write_id: s
     match attention), ``encoded [P, D]`` (when the model reads it), ``timestamps [P]``, ``match_ids
     [P, V]`` (with ``candidate_search`` or the match features), a linear encoder's
     ``layer{i}.state [1, H, d, d]`` (float32; header ``layer_cache: recurrent``), or per encoder layer ``layer{i}.k``/``layer{i}.v [P, H, d]``; at the state's
-    precision (header ``precision``, written only when not fp32): bf16 tensors under the same names, or
-    for int8 each as ``{name}.codes`` (int8) and ``{name}.scales [P]`` (float32)."""
+    precision (header ``precision``, written only when not fp32; the layers' keys/values at header
+    ``kv_precision``, written only when it differs): bf16 tensors under the same names, for int8 each as
+    ``{name}.codes`` (int8) and ``{name}.scales [P]`` (float32), for int4 as ``{name}.packed [P, H, d/2]``
+    (uint8) and ``{name}.scales [P, H]`` (float16)."""
     parts: dict[str, Stored] = {"keys": state.keys, "values": state.values}
     parts |= {name: t for name, t in (("encoded", state.encoded), ("match_keys", state.match_keys)) if t is not None}
     tensors = {"timestamps": state.timestamps}
@@ -61,7 +63,12 @@ def encode_state(state: EncodedState, user: str, model_version: str, write_id: s
     if state.match_ids is not None:
         tensors["match_ids"] = state.match_ids
     for name, part in parts.items():
-        tensors |= {f"{name}.codes": part.codes, f"{name}.scales": part.scales} if isinstance(part, RowwiseInt8) else {name: part}
+        if isinstance(part, RowwiseInt8):
+            tensors |= {f"{name}.codes": part.codes, f"{name}.scales": part.scales}
+        elif isinstance(part, GroupwiseInt4):
+            tensors |= {f"{name}.packed": part.packed, f"{name}.scales": part.scales}
+        else:
+            tensors[name] = part
     header = {
         "format": STATE_FORMAT, "model_version": model_version, "user": user,
         "window": [list(w) for w in state.window], "signature": None if state.signature is None else state.signature.hex(),
@@ -73,11 +80,20 @@ def encode_state(state: EncodedState, user: str, model_version: str, write_id: s
         header["write_id"] = write_id
     if state.precision != "fp32":  # only then: fp32 blobs are unchanged
         header["precision"] = state.precision
+    if not recurrent and state.kv_precision is not None and state.kv_precision != state.precision:
+        header["kv_precision"] = state.kv_precision
     return save_torch({k: t.detach().contiguous() for k, t in tensors.items()}, metadata={"eventrec": json.dumps(header)})
 
 
 def _stored_part(tensors: dict, name: str, precision: str) -> Stored | None:
     """One kept tensor of a decoded state at the header's ``precision`` (None when absent)."""
+    if precision == "int4":
+        if f"{name}.packed" not in tensors:
+            return None
+        packed, scales = tensors[f"{name}.packed"], tensors[f"{name}.scales"]
+        if packed.dtype != torch.uint8 or scales.dtype != torch.float16 or scales.shape != packed.shape[:-1]:
+            raise ValueError(f"{name}: int4 codes {tuple(packed.shape)} {packed.dtype} with scales {tuple(scales.shape)} {scales.dtype}")
+        return GroupwiseInt4(packed, scales)
     if precision != "int8":
         part = tensors.get(name)
         if part is not None and part.dtype != {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]:
@@ -103,7 +119,11 @@ def decode_state_and_header(blob: bytes, user: str, model_version: str) -> tuple
                            f"wanted {STATE_FORMAT}/{model_version}/{user!r}")
     try:
         precision = check_state_precision(header.get("precision", "fp32"))
+        kv_precision = header.get("kv_precision", precision)
+        if kv_precision not in KV_CACHE_PRECISIONS:
+            raise ValueError(f"kv_precision {kv_precision!r}")
         part = lambda name: _stored_part(tensors, name, precision)  # noqa: E731
+        kv_part = lambda name: _stored_part(tensors, name, kv_precision)  # noqa: E731
         encoded, keys, values, match_keys, timestamps = part("encoded"), part("keys"), part("values"), part("match_keys"), tensors["timestamps"]
         if keys is None or values is None:
             raise KeyError("keys and values")
@@ -115,7 +135,7 @@ def decode_state_and_header(blob: bytes, user: str, model_version: str) -> tuple
                    for (state,) in layer_kv or []):
                 raise ValueError("a recurrent layer state is not float32 [1, H, d, d]")
         else:
-            layer_kv = None if layers is None else [(part(f"layer{i}.k"), part(f"layer{i}.v")) for i in range(layers)]
+            layer_kv = None if layers is None else [(kv_part(f"layer{i}.k"), kv_part(f"layer{i}.v")) for i in range(layers)]
         positions = len(timestamps)
         match_ids = tensors.get("match_ids")
         per_position = [] if recurrent else [t for kv in layer_kv or [] for t in kv]

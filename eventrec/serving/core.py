@@ -38,7 +38,7 @@ from eventrec.serving.errors import InvalidInput, OutOfOrderEvents, ServingError
 from eventrec.serving.records import Records
 from eventrec.serving.scoring import CandidateScorer, Precision, precision_dtype, warn_if_slow_bf16
 from eventrec.serving.state import EventLog, LocalEventLog, LruByBytes, UserEvents, UserStateStore
-from eventrec.serving.state_precision import StatePrecision, check_state_precision
+from eventrec.serving.state_precision import KvCachePrecision, StatePrecision, check_kv_cache_precision, check_state_precision
 from eventrec.serving.user_states import UserStates
 from eventrec.serving.values import timestamp_seconds
 from eventrec.store.raw_logs import DataError
@@ -92,7 +92,8 @@ class RankingService:
                  user_cache_bytes: int = 512 << 20, candidate_cache_entries: int = 1_000_000, candidate_chunk: int | None = None,
                  attention_chunk: int | None = None, state_store: UserStateStore | None = None, event_log: EventLog | None = None,
                  precision: Precision = "fp32", scoring_slots: int = 1, scoring_device: str = "cpu",
-                 future_tolerance_s: int | None = 86_400, table_precision: TablePrecision = "fp32", state_precision: StatePrecision = "fp32"):
+                 future_tolerance_s: int | None = 86_400, table_precision: TablePrecision = "fp32", state_precision: StatePrecision = "fp32",
+                 kv_cache_precision: KvCachePrecision | None = None):
         """``candidate_chunk``: candidates per call of the model's scoring (None: all of a request at
         once); ``attention_chunk``: candidates per attention block of the one-user keyed pooling (its
         logits ``[H, chunk·M, N]`` should stay in cache; None: about 4 MiB of logits).
@@ -112,8 +113,10 @@ class RankingService:
         ``"fp32"``, ``"fp16"`` or ``"int8"`` (row-wise; :mod:`eventrec.model.quantized_tables`; a model whose
         tables are at another precision is copied first, the caller's is not changed).
         ``state_precision``: the cached user states, ``"fp32"``, ``"bf16"`` or ``"int8"`` (per-row scale;
-        :mod:`eventrec.serving.state_precision`): about 2x / 3.9x less memory per cached user, scores
-        within 1e-2 of fp32 (``docs/serving.md``)."""
+        :mod:`eventrec.serving.state_precision`): about 2x / 3.7x less memory per cached user, scores
+        within 1e-2 of fp32 (``docs/serving.md``). ``kv_cache_precision``: the encoder layers' keys/values
+        in a state (read only when events are appended): one of those or ``"int4"`` (per head); None:
+        the ``state_precision``."""
         if scoring_slots < 1:
             raise ValueError(f"scoring_slots: must be >= 1, got {scoring_slots}")
         device = scoring_device_of(scoring_device)
@@ -121,15 +124,18 @@ class RankingService:
             raise TypeError("serving needs the event-sequence model (the DLRM has no cached user side)")
         dtype = precision_dtype(precision)
         check_state_precision(state_precision)
+        kv_cache_precision = check_kv_cache_precision(kv_cache_precision or state_precision, model.config.model_dim // model.config.num_heads)
         held = table_precision_of(model)
         if held != table_precision:
             if held != "fp32" and table_precision in ("fp32", "fp16", "int8"):
                 raise ValueError(f"table_precision: {table_precision!r}, but the model's tables are already {held}")
             model = quantize_tables(copy.deepcopy(model), table_precision)  # validates table_precision
         self.model, self.store, self.version = model.eval(), store, version
-        self.table_precision, self.state_precision = table_precision, state_precision
-        # cached user states are keyed by this: states of other table or state precisions are other states
+        self.table_precision, self.state_precision, self.kv_cache_precision = table_precision, state_precision, kv_cache_precision
+        # cached user states are keyed by this: states of other table, state or KV-cache precisions are other states
         self.state_version = version + "".join(f"+{kind}-{p}" for kind, p in (("tables", table_precision), ("states", state_precision)) if p != "fp32")
+        if kv_cache_precision != state_precision:
+            self.state_version += f"+kv-{kv_cache_precision}"
         self.schema = store.schema
         self.task_names = list(store.label_names)
         if future_tolerance_s is not None and future_tolerance_s < 0:
@@ -145,7 +151,7 @@ class RankingService:
         if dtype != torch.float32:
             warn_if_slow_bf16(device)
         self.users: UserStateStore = state_store if state_store is not None else LruByBytes(user_cache_bytes)
-        self.user_states = UserStates(model, self.users, self.task_names, state_precision)
+        self.user_states = UserStates(model, self.users, self.task_names, state_precision, kv_cache_precision)
         self.candidates = CandidateCache(candidate_cache_entries)
         self.events: EventLog = event_log if event_log is not None else LocalEventLog()  # appended events (data)
         self.records = Records(store)

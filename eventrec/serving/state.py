@@ -20,7 +20,7 @@ from typing import Any, Hashable
 import numpy as np
 import torch
 
-from eventrec.serving.state_precision import RowwiseInt8, Stored, compress, precision_of, stored_bytes
+from eventrec.serving.state_precision import GroupwiseInt4, RowwiseInt8, Stored, append_rows, compress, precision_of, stored_bytes
 from eventrec.store.reader import EventStore, Ragged, StreamData
 
 
@@ -108,7 +108,7 @@ class UserEvents:
 def tensor_bytes(*items: Any) -> int:
     total = 0
     for item in items:
-        if isinstance(item, (torch.Tensor, RowwiseInt8)):
+        if isinstance(item, (torch.Tensor, RowwiseInt8, GroupwiseInt4)):
             total += stored_bytes(item)
         elif isinstance(item, (list, tuple)):
             total += tensor_bytes(*item)
@@ -152,22 +152,46 @@ class EncodedState:
 
     @classmethod
     def kept(cls, window: tuple[tuple[int, int], ...], signature: bytes | None, side: Any, events_version: int,
-             precision: str = "fp32", keep_encoded: bool = False) -> "EncodedState":
+             precision: str = "fp32", keep_encoded: bool = False, kv_precision: str | None = None,
+             grown_from: "EncodedState | None" = None) -> "EncodedState":
         """The state of a model's user side (``keys``, ``values``, ``match_keys``, ``timestamps``,
         ``layer_kv``; ``encoded`` only with ``keep_encoded``) with its float tensors at ``precision``
-        (:func:`~eventrec.serving.state_precision.compress`); a recurrent encoder's fixed per-layer state
+        and each layer's keys/values at ``kv_precision`` (None: ``precision``;
+        :func:`~eventrec.serving.state_precision.compress`); a recurrent encoder's fixed per-layer state
         (``(state [1, H, d, d],)``: one tensor per layer, not one row per position) stays float32: it is
-        small and every later event reads it."""
+        small and every later event reads it. ``grown_from``: the kept state that ``side`` grew from
+        (:meth:`SequenceRanker.extend_user`): its positions keep their stored rows and only the new
+        positions are compressed (:func:`~eventrec.serving.state_precision.append_rows`)."""
+        kv_precision = kv_precision or precision
+        old = grown_from.positions if grown_from is not None else 0
+
+        def keep(previous: Stored | None, rows: torch.Tensor | None, at: str) -> Stored | None:
+            if grown_from is None or previous is None or rows is None:
+                return compress(rows, at)
+            return append_rows(previous, rows[old:], at)
+
+        def layer_part(i: int, j: int) -> Stored | None:
+            return grown_from.layer_kv[i][j] if grown_from is not None and grown_from.layer_kv is not None else None
+
         layer_kv = None if side.layer_kv is None else [
-            tuple(compress(t, precision) for t in layer) if len(layer) == 2 else tuple(layer) for layer in side.layer_kv]
-        return cls(window, signature, compress(side.encoded, precision) if keep_encoded else None, compress(side.keys, precision),
-                   compress(side.values, precision), side.timestamps, layer_kv, events_version, side.match_ids,
-                   compress(side.match_keys, precision))
+            tuple(keep(layer_part(i, j), t, kv_precision) for j, t in enumerate(layer)) if len(layer) == 2 else tuple(layer)
+            for i, layer in enumerate(side.layer_kv)]
+        previous = grown_from if grown_from is not None else None
+        part = lambda name: getattr(previous, name) if previous is not None else None  # noqa: E731
+        return cls(window, signature, keep(part("encoded"), side.encoded, precision) if keep_encoded else None,
+                   keep(part("keys"), side.keys, precision), keep(part("values"), side.values, precision), side.timestamps, layer_kv,
+                   events_version, side.match_ids, keep(part("match_keys"), side.match_keys, precision))
 
     @property
     def precision(self) -> str:
         """The precision its tensors are kept at (``fp32``, ``bf16``, ``int8``)."""
         return precision_of(self.keys)
+
+    @property
+    def kv_precision(self) -> str | None:
+        """The precision of its layers' keys/values (``fp32``, ``bf16``, ``int8``, ``int4``; None without them,
+        ``fp32`` for a recurrent encoder's state)."""
+        return None if not self.layer_kv else precision_of(self.layer_kv[0][0])
 
 
 class UserStateStore(ABC):

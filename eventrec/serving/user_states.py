@@ -27,7 +27,7 @@ from eventrec.model.candidate_search import UserSearchIndex
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.store.point_in_time import cut_before
 from eventrec.serving.state import EncodedState, UserEvents, UserStateStore
-from eventrec.serving.state_precision import check_state_precision, decompress
+from eventrec.serving.state_precision import check_kv_cache_precision, check_state_precision, decompress
 from eventrec.store.reader import StreamData
 
 Window = tuple[tuple[int, int], ...]  # per stream (start, end) of the events a request reads
@@ -68,11 +68,12 @@ def window_batch(events: UserEvents, window: Window, timestamp: int, num_tasks: 
                       torch.zeros(1, num_tasks), list(task_names))
 
 
-def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
+def state_side(state: EncodedState, positions: int | None = None, with_layer_kv: bool = False) -> UserSide:
     """The cached state as the model's :class:`UserSide` (its first ``positions`` positions: a prefix),
-    in float32 whatever its ``state_precision`` (:func:`~eventrec.serving.state_precision.decompress`)."""
+    in float32 whatever its ``state_precision`` (:func:`~eventrec.serving.state_precision.decompress`).
+    The layers' keys/values (what an append reads, never a request's scoring) only ``with_layer_kv``."""
     n = state.positions
-    layer_kv = None if state.layer_kv is None else [tuple(decompress(t) for t in layer) for layer in state.layer_kv]
+    layer_kv = None if state.layer_kv is None or not with_layer_kv else [tuple(decompress(t) for t in layer) for layer in state.layer_kv]
     side = UserSide(torch.tensor([0, n]), n, decompress(state.encoded), decompress(state.keys), decompress(state.values), state.timestamps, layer_kv,
                     match_ids=state.match_ids, match_keys=decompress(state.match_keys))
     if positions is not None and positions != n:
@@ -86,13 +87,16 @@ def state_side(state: EncodedState, positions: int | None = None) -> UserSide:
 
 class UserStates:
     """Computes, reuses and grows one model's user states in a :class:`UserStateStore`, kept at
-    ``precision`` (``fp32``, ``bf16``, ``int8``: :mod:`eventrec.serving.state_precision`); the caller
+    ``precision`` (``fp32``, ``bf16``, ``int8``) with the encoder layers' keys/values at ``kv_precision``
+    (those or ``int4``; None: ``precision``; :mod:`eventrec.serving.state_precision`); the caller
     holds the service's lock. A request reads the kept state, also right after computing it, so that
     its scores do not depend on whether the state was cached."""
 
-    def __init__(self, model: SequenceRanker, states: UserStateStore, task_names: list[str], precision: str = "fp32"):
+    def __init__(self, model: SequenceRanker, states: UserStateStore, task_names: list[str], precision: str = "fp32",
+                 kv_precision: str | None = None):
         self.model, self.states, self.task_names = model, states, task_names
         self.precision = check_state_precision(precision)
+        self.kv_precision = check_kv_cache_precision(kv_precision or precision, model.config.model_dim // model.config.num_heads)
 
     def batch(self, events: UserEvents, window: Window, timestamp: int) -> EventBatch:
         return window_batch(events, window, timestamp, len(self.task_names), self.task_names)
@@ -107,14 +111,15 @@ class UserStates:
     def compute(self, events: UserEvents, window: Window, timestamp: int, capture: bool) -> EncodedState:
         """The model's user side of the window (with each layer's keys/values when ``capture``)."""
         side = self.model.encode_user(self.batch(events, window, timestamp), capture_kv=capture)
-        return EncodedState.kept(window, self.signature(events, window, timestamp), side, events.version, self.precision, self.model.reads_encoded)
+        return EncodedState.kept(window, self.signature(events, window, timestamp), side, events.version, self.precision, self.model.reads_encoded,
+                                 self.kv_precision)
 
     @torch.no_grad()
     def extend(self, state: EncodedState, events: UserEvents, window: Window, timestamp: int) -> EncodedState:
         """``state`` grown by the window's events after it (exact: :meth:`SequenceRanker.extend_user`)."""
         new_window = tuple((old_end, end) for (_, old_end), (_, end) in zip(state.window, window))
-        side = self.model.extend_user(state_side(state), self.batch(events, new_window, timestamp))
-        return EncodedState.kept(window, None, side, events.version, self.precision, self.model.reads_encoded)
+        side = self.model.extend_user(state_side(state, with_layer_kv=True), self.batch(events, new_window, timestamp))
+        return EncodedState.kept(window, None, side, events.version, self.precision, self.model.reads_encoded, self.kv_precision, grown_from=state)
 
     def prefix_ok(self, events: UserEvents, window: Window) -> bool:
         """Whether this window can be served from a grown or longer state (extendable model, every

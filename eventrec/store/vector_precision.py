@@ -1,19 +1,24 @@
-"""Vectors kept at a lower precision in the store: float16, or int8 with a per-row scale.
+"""Vectors kept at a lower precision in the store: float16, or int8 / int4 with a per-row scale.
 
 An ``embedding`` attribute's per-event column and a content table's rows are stored at the schema's
-``precision`` (``float32`` default, ``float16``, ``int8``) and dequantized to float32 when batches
-are made. On disk (a list column of ``users.parquet`` / ``examples.parquet``, a ``content__*.npy``)
-each row is::
+``precision`` (``float32`` default, ``float16``, ``int8``, ``int4``) and dequantized to float32 when
+batches are made. On disk (a list column of ``users.parquet`` / ``examples.parquet``, a
+``content__*.npy``) each row is::
 
     float32   [dim] float32                        4·dim bytes
     float16   [dim] float16                        2·dim bytes
     int8      [dim] int8 codes, then the row's     dim + 4 bytes
               float32 scale as 4 bytes (little-endian)
+    int4      [ceil(dim/2)] uint8, two codes per   ceil(dim/2) + 2 bytes
+              byte, then the row's float16 scale
+              as 2 bytes (little-endian)
 
 int8 is symmetric per row: ``scale = max|x| / 127`` (0 for an all-zero row), ``code = round(x / scale)``
 in ``[-127, 127]``, ``x̂ = code · scale``: every element within ``scale / 2`` of its float32 value.
-Quantizing a dequantized row gives the same codes again (serving re-encodes appended events with
-:func:`round_trip`, and a row read back is what the store holds).
+int4 the same with ``scale = max|x| / 7`` rounded to float16 first and codes in ``[-7, 7]``, stored as
+``code + 8`` (element ``2j`` in the low nibble of byte ``j``, ``2j+1`` in its high nibble; an odd
+``dim`` pads a zero code). Quantizing a dequantized row gives the same codes again (serving re-encodes
+appended events with :func:`round_trip`, and a row read back is what the store holds).
 
 In memory a float32 column stays a numpy array ``[rows, dim]``; a lower precision is a
 :class:`StoredVectors`, whose indexing returns dequantized float32 rows like the array would.
@@ -26,9 +31,11 @@ from typing import Any
 
 import numpy as np
 
-PRECISIONS = ("float32", "float16", "int8")
+PRECISIONS = ("float32", "float16", "int8", "int4")
 INT8_MAX = 127
+INT4_MAX = 7
 _SCALE = np.dtype("<f4")  # the int8 row's scale: 4 bytes, little-endian on every machine
+_SCALE4 = np.dtype("<f2")  # the int4 row's scale: 2 bytes
 
 
 def _check(precision: str) -> None:
@@ -50,25 +57,51 @@ def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) * np.asarray(scales, dtype=np.float32)[..., None]
 
 
+def quantize_int4(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rows [n, dim]`` (finite) → (``packed [n, ceil(dim/2)]`` uint8, ``scales [n]`` float16)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    limit = np.float32(np.finfo(np.float16).max)
+    scales = np.minimum(np.abs(rows).max(axis=1, initial=0.0) / np.float32(INT4_MAX), limit).astype(np.float16)
+    wide = scales.astype(np.float32)
+    safe = np.where(wide > 0, wide, np.float32(1.0))
+    codes = (np.clip(np.rint(rows / safe[:, None]), -INT4_MAX, INT4_MAX) + 8).astype(np.uint8)  # [1, 15]
+    if codes.shape[1] % 2:
+        codes = np.concatenate([codes, np.full((len(codes), 1), 8, dtype=np.uint8)], axis=1)  # a zero code
+    return codes[:, 0::2] | (codes[:, 1::2] << 4), scales
+
+
+def dequantize_int4(packed: np.ndarray, scales: np.ndarray, dim: int) -> np.ndarray:
+    """``packed [..., ceil(dim/2)]`` uint8 and ``scales [...]`` float16 → float32 ``[..., dim]``."""
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)[..., :dim]
+    return (codes.astype(np.float32) - 8) * np.asarray(scales, dtype=np.float32)[..., None]
+
+
 def to_stored(rows: np.ndarray, precision: str) -> np.ndarray:
     """Float rows ``[n, dim]`` → the on-disk rows of ``precision`` (see the module's doc): float32 or
-    float16 ``[n, dim]``, or int8 ``[n, dim + 4]`` (codes, then the scale's 4 bytes)."""
+    float16 ``[n, dim]``, int8 ``[n, dim + 4]`` (codes, then the scale's 4 bytes) or uint8
+    ``[n, ceil(dim/2) + 2]`` for int4 (packed codes, then the scale's 2 bytes)."""
     _check(precision)
     rows = np.asarray(rows, dtype=np.float32)
     if precision == "float32":
         return rows
     if precision == "float16":
         return rows.astype(np.float16)
+    if precision == "int4":
+        packed, scales = quantize_int4(rows)
+        return np.concatenate([packed, scales.astype(_SCALE4).view(np.uint8).reshape(-1, 2)], axis=1)
     codes, scales = quantize_int8(rows)
     return np.concatenate([codes, scales.astype(_SCALE).view(np.int8).reshape(-1, 4)], axis=1)
 
 
 def stored_width(dim: int, precision: str) -> int:
-    """Elements per stored row: ``dim``, or ``dim + 4`` for int8 (its scale's bytes)."""
+    """Elements per stored row: ``dim``, ``dim + 4`` for int8 (its scale's bytes), ``ceil(dim/2) + 2``
+    for int4."""
+    if precision == "int4":
+        return (dim + 1) // 2 + 2
     return dim + 4 if precision == "int8" else dim
 
 
-STORED_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
+STORED_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.int8), "int4": np.dtype(np.uint8)}
 
 
 def from_stored(stored: np.ndarray, precision: str, dim: int, field: str) -> "np.ndarray | StoredVectors":
@@ -83,6 +116,10 @@ def from_stored(stored: np.ndarray, precision: str, dim: int, field: str) -> "np
         return stored
     if precision == "float16":
         return StoredVectors(np.ascontiguousarray(stored), None)
+    if precision == "int4":
+        width = (dim + 1) // 2
+        scales = np.ascontiguousarray(stored[:, width:]).view(_SCALE4).reshape(-1).astype(np.float16)
+        return StoredVectors(np.ascontiguousarray(stored[:, :width]), scales, dim)
     scales = np.ascontiguousarray(stored[:, dim:]).view(_SCALE).reshape(-1).astype(np.float32)
     return StoredVectors(np.ascontiguousarray(stored[:, :dim]), scales)
 
@@ -96,16 +133,20 @@ def round_trip(rows: np.ndarray, precision: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class StoredVectors:
-    """Rows kept at a lower precision: ``codes [n, dim]`` float16 (``scales`` None) or int8 with
-    ``scales [n]`` float32. Indexing (``[rows]``, ``[a:b]``, ``[i]``) returns dequantized float32,
-    like indexing the float32 array would; ``nbytes`` is what it holds."""
+    """Rows kept at a lower precision: ``codes [n, dim]`` float16 (``scales`` None), int8 with
+    ``scales [n]`` float32, or int4 (``dim`` set): ``codes [n, ceil(dim/2)]`` packed uint8 with ``scales
+    [n]`` float16. Indexing (``[rows]``, ``[a:b]``, ``[i]``) returns dequantized float32, like indexing
+    the float32 array would; ``nbytes`` is what it holds."""
 
     codes: np.ndarray
     scales: np.ndarray | None
+    dim: int | None = None  # int4 only: the rows' width (the packed codes hold ceil(dim/2) bytes)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if self.scales is None:
             return self.codes[index].astype(np.float32)
+        if self.dim is not None:
+            return dequantize_int4(self.codes[index], self.scales[index], self.dim)
         return dequantize_int8(self.codes[index], self.scales[index])
 
     def __len__(self) -> int:
@@ -113,7 +154,7 @@ class StoredVectors:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.codes.shape
+        return self.codes.shape if self.dim is None else (len(self.codes), self.dim)
 
     @property
     def ndim(self) -> int:
@@ -126,6 +167,8 @@ class StoredVectors:
 
     @property
     def precision(self) -> str:
+        if self.dim is not None:
+            return "int4"
         return "float16" if self.scales is None else "int8"
 
     @property

@@ -1,5 +1,6 @@
-"""Serving at lower precisions: cached user states in bf16 or int8 (``state_precision``) and the
-embedding tables in fp16 or int8 (``table_precision``). Scores stay within 1e-2 of fp32; a state is
+"""Serving at lower precisions: cached user states in bf16 or int8 (``state_precision``), their encoder
+layers' keys/values also in int4 (``kv_cache_precision``) and the embedding tables in fp16 or int8
+(``table_precision``). Scores stay within 1e-2 of fp32; a state is
 read the same whether it was just computed or cached; the codec and the options are checked."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from eventrec.model.quantized_tables import Float16Embedding, Int8RowwiseEmbeddi
 from eventrec.serving import RankingService
 from eventrec.serving.codec import CorruptEntry, decode_state, encode_state
 from eventrec.serving.redis_store import RedisStateStore
-from eventrec.serving.state_precision import RowwiseInt8, compress, decompress, quantize_rows
+from eventrec.serving.state_precision import GroupwiseInt4, RowwiseInt8, compress, decompress, quantize_groups_int4, quantize_rows
 
 from test_core import candidates, click, view
 from test_precision import many_candidates, random_model, top
@@ -44,6 +45,85 @@ def test_int8_rows_round_trip_within_half_a_step():
     half = compress(x, "bf16")
     assert half.dtype == torch.bfloat16 and decompress(half).dtype == torch.float32
     assert compress(x, "fp32") is x and compress(None, "int8") is None
+
+
+def test_int4_groups_round_trip_within_half_a_step():
+    """Per (position, head) group: codes within half a step of x (the float16 scale's step), an all-zero
+    group stays zero, the packing is two codes per byte (low nibble first, ``code + 8``), and a
+    dequantized group quantizes to its codes again."""
+    torch.manual_seed(0)
+    x = torch.randn(50, 4, 16) * torch.logspace(-3, 2, 50)[:, None, None]
+    x[7, 2] = 0.0
+    q = quantize_groups_int4(x)
+    assert q.packed.dtype == torch.uint8 and q.packed.shape == (50, 4, 8) and q.scales.shape == (50, 4) and q.scales.dtype == torch.float16
+    assert q.shape == (50, 4, 16) and q.nbytes == 50 * 4 * (8 + 2)
+    back = decompress(q)
+    assert back.dtype == torch.float32 and torch.equal(back[7, 2], torch.zeros(16))
+    scale = q.scales.float().unsqueeze(-1)
+    assert ((back - x).abs() <= scale / 2 * (1 + 1e-3) + (x.abs() - 7 * scale).clamp(min=0)).all()
+    codes = torch.round(x / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-7, 7)
+    low, high = (q.packed & 15).to(torch.int64) - 8, (q.packed >> 4).to(torch.int64) - 8
+    assert torch.equal(low, codes[..., 0::2].long()) and torch.equal(high, codes[..., 1::2].long())
+    again = quantize_groups_int4(back)
+    assert torch.equal(again.packed, q.packed) and torch.equal(again.scales, q.scales)
+    assert compress(x, "int4").nbytes == q.nbytes
+    with pytest.raises(ValueError, match="even"):
+        quantize_groups_int4(torch.ones(3, 5))
+
+
+@pytest.fixture(scope="module")
+def long_window_store(tmp_path_factory):
+    """The tiny world's store with ``max_length`` 1,024 in both streams: a 600-event user's window starts
+    at its first event, so its state keeps each layer's keys/values and grows by appends."""
+    import yaml
+
+    from eventrec.schema import load_schema
+    from eventrec.store.build import build_store
+    from eventrec.store.reader import EventStore
+    from tiny_world import write_tiny_world
+
+    tmp = tmp_path_factory.mktemp("long_window")
+    schema_path = write_tiny_world(tmp / "tiny")
+    schema = yaml.safe_load(schema_path.read_text())
+    for stream in schema["streams"]:
+        stream["max_length"] = 1024
+    schema_path.write_text(yaml.safe_dump(schema))
+    build_store(load_schema(schema_path), tmp / "tiny", tmp / "store")
+    return EventStore.open(tmp / "store")
+
+
+@pytest.mark.parametrize("kv", ["int4", "int8"])
+def test_kv_cache_precision_after_appends_within_1e_2_of_fp32(long_window_store, kv):
+    """A random default-size model (exactly incremental): int8 states whose layers' keys/values are kept
+    at ``kv``; a 600-event user grown by appends scores within 1e-2 of fp32 doing the same, and the
+    grown state keeps its old positions' codes (only the new ones are compressed)."""
+    store = long_window_store
+    fp32 = RankingService(random_model(store, 0), store, "random")
+    low = RankingService(fp32.model, store, "random", state_precision="int8", kv_cache_precision=kv)
+    assert low.kv_cache_precision == kv and low.state_version == "random+states-int8" + ("+kv-int4" if kv == "int4" else "")
+    for service in (fp32, low):
+        long_history(service)
+        service.rank("long", many_candidates(), CONTEXT, 5000)
+    before = low.users.get(("long", low.state_version))
+    assert before.kv_precision == kv and before.precision == "int8"
+    for step in range(3):
+        for service in (fp32, low):
+            service.append_events("long", [click(5000 + 10 * step + i, ad=3 + i, category="hats") for i in range(4)])
+        a = fp32.rank("long", many_candidates(), CONTEXT, 6000)
+        b = low.rank("long", many_candidates(), CONTEXT, 6000)
+        assert (a.user_state, b.user_state) == ("incremental", "incremental")
+        assert np.isfinite(b.scores).all() and np.abs(a.scores - b.scores).max() < 1e-2
+    grown = low.users.get(("long", low.state_version))
+    assert grown.positions == before.positions + 12
+    kind = GroupwiseInt4 if kv == "int4" else RowwiseInt8
+    assert all(isinstance(t, kind) for layer in grown.layer_kv for t in layer) and isinstance(grown.keys, RowwiseInt8)
+    n = before.positions
+    assert torch.equal(grown.keys.codes[:n], before.keys.codes) and torch.equal(grown.keys.scales[:n], before.keys.scales)
+    old_k, new_k = before.layer_kv[0][0], grown.layer_kv[0][0]
+    assert torch.equal(decompress(new_k)[:n], decompress(old_k))
+    full = fp32.users.get(("long", fp32.version))
+    if kv == "int4":
+        assert full.nbytes / grown.nbytes > 4.0, full.nbytes / grown.nbytes
 
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])
@@ -112,25 +192,37 @@ def test_int8_states_grow_incrementally(served_invariant):
     assert all(isinstance(k, RowwiseInt8) and isinstance(v, RowwiseInt8) for k, v in state.layer_kv)
 
 
-@pytest.mark.parametrize("precision", ["int8", "bf16", "fp32"])
+def json_header(blob: bytes) -> dict:
+    import json
+
+    return json.loads(json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]["eventrec"])
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16", "fp32", "int8+int4"])
 def test_codec_round_trips_kept_states(served_invariant, precision):
     store, checkpoint, _ = served_invariant
-    service = RankingService.load(checkpoint, store, state_precision=precision)
+    states, _, kv = precision.partition("+")
+    service = RankingService.load(checkpoint, store, state_precision=states, kv_cache_precision=kv or None)
     service.rank(2, candidates(), CONTEXT, 1000)  # user 2's window starts at its first event: layers' keys/values kept
     state = service.users.get(("2", service.state_version))
     assert state.layer_kv is not None
     blob = encode_state(state, "2", service.state_version)
     back = decode_state(blob, "2", service.state_version)
-    assert back.precision == precision and back.nbytes == state.nbytes and back.window == state.window
+    assert back.precision == states and back.nbytes == state.nbytes and back.window == state.window
     parts = lambda s: [s.keys, s.values, s.match_keys] + [t for kv in s.layer_kv for t in kv]  # noqa: E731
     assert state.encoded is None and back.encoded is None and state.match_keys is not None
     for a, b in zip(parts(state), parts(back)):
         assert torch.equal(decompress(a), decompress(b))
-    if precision == "int8":  # scales that do not match the codes' positions: unreadable, recomputed
+    if precision == "int8+int4":
+        assert back.kv_precision == "int4" and json_header(blob)["kv_precision"] == "int4"
+    if precision.startswith("int8"):  # scales that do not match the codes' positions: unreadable, recomputed
         from safetensors.torch import load, save
         import json
         tensors = load(blob)
         tensors["keys.scales"] = tensors["keys.scales"][:-1]
+        if precision == "int8+int4":  # and int4 scales of the wrong type
+            tensors["keys.scales"] = load(blob)["keys.scales"]
+            tensors["layer0.k.scales"] = tensors["layer0.k.scales"].float()
         header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])["__metadata__"]
         with pytest.raises(CorruptEntry):
             decode_state(save(tensors, metadata=header), "2", service.state_version)
@@ -196,9 +288,13 @@ def test_precision_options_are_validated(served, monkeypatch):
     store, checkpoint, _ = served
     with pytest.raises(ValueError, match="state_precision"):
         RankingService.load(checkpoint, store, state_precision="int4")
+    with pytest.raises(ValueError, match="kv_cache_precision"):
+        RankingService.load(checkpoint, store, kv_cache_precision="int2")
+    with pytest.raises(ValueError, match="kv_cache_precision: int4 needs an even head dimension"):
+        RankingService(random_model(store, 0, model_dim=60, num_heads=4), store, "random", kv_cache_precision="int4")
     with pytest.raises(ValueError, match="table_precision"):
         RankingService.load(checkpoint, store, table_precision="bf16")
-    for option, value in (("--state-precision", "fp16"), ("--table-precision", "int4")):
+    for option, value in (("--state-precision", "fp16"), ("--table-precision", "int4"), ("--kv-cache-precision", "int2")):
         result = CliRunner().invoke(app, ["serve", "--model", str(checkpoint), "--store", str(store.path), option, value])
         assert result.exit_code == 2 and option in result.output
     started = []
@@ -206,8 +302,12 @@ def test_precision_options_are_validated(served, monkeypatch):
     result = CliRunner().invoke(app, ["serve", "--model", str(checkpoint), "--store", str(store.path), "--table-precision", "int8",
                                       "--state-precision", "int8"])
     assert result.exit_code == 0, result.output
-    assert (started[0].table_precision, started[0].state_precision) == ("int8", "int8")
+    assert (started[0].table_precision, started[0].state_precision, started[0].kv_cache_precision) == ("int8", "int8", "int8")
     assert table_precision_of(started[0].model) == "int8" and "tables int8, states int8," in result.output
+    result = CliRunner().invoke(app, ["serve", "--model", str(checkpoint), "--store", str(store.path), "--state-precision", "int8",
+                                      "--kv-cache-precision", "int4"])
+    assert result.exit_code == 0, result.output
+    assert started[1].kv_cache_precision == "int4" and "states int8 (KV cache int4)," in result.output
 
 
 def test_evaluate_with_int8_tables(served):
