@@ -51,27 +51,31 @@ def test_int8_rows_reference():
         to_stored(rows, "int2")
 
 
-@pytest.mark.parametrize("dim", [7, 8])
+@pytest.mark.parametrize("dim", [3, 7, 8, 19])
 def test_int4_rows_reference(dim):
-    """int4: within half a step of the float16 scale (the scale is rounded before the codes are
-    taken), zero rows stay zero, two codes per byte as the module says (an odd width pads a zero
-    code), and a dequantized row quantizes to its codes again."""
+    """int4: one float16 scale per 8 elements; every element within half a step of its group's scale
+    (the scale is rounded before the codes are taken), zero groups stay zero, two codes per byte as the
+    module says (an odd width pads a zero code), and a dequantized row quantizes to its codes again."""
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(40, dim)).astype(np.float32) * np.logspace(-3, 3, 40, dtype=np.float32)[:, None]
     rows[3] = 0.0
+    groups = -(-dim // 8)
     packed, scales = quantize_int4(rows)
-    assert packed.dtype == np.uint8 and packed.shape == (40, (dim + 1) // 2) and scales.dtype == np.float16
+    assert packed.dtype == np.uint8 and packed.shape == (40, (dim + 1) // 2) and scales.dtype == np.float16 and scales.shape == (40, groups)
     back = dequantize_int4(packed, scales, dim)
-    wide = scales.astype(np.float32)
-    assert np.array_equal(back[3], np.zeros(dim)) and scales[3] == 0
-    assert (np.abs(back - rows) <= wide[:, None] / 2 * (1 + 1e-3) + np.maximum(np.abs(rows) - 7 * wide[:, None], 0)).all()
-    codes = np.clip(np.rint(rows / np.where(wide > 0, wide, 1)[:, None]), -7, 7).astype(np.int64)
+    wide = np.repeat(scales.astype(np.float32), 8, axis=1)[:, :dim]  # each element's scale
+    assert np.array_equal(back[3], np.zeros(dim)) and (scales[3] == 0).all()
+    assert (np.abs(back - rows) <= wide / 2 * (1 + 1e-3) + np.maximum(np.abs(rows) - 7 * wide, 0)).all()
+    for g in range(groups):  # each group's scale is its own largest |x| / 7
+        np.testing.assert_array_equal(scales[:, g], (np.abs(rows[:, 8 * g : 8 * g + 8]).max(axis=1) / 7).astype(np.float16))
+    codes = np.clip(np.rint(rows / np.where(wide > 0, wide, 1)), -7, 7).astype(np.int64)
     assert np.array_equal((packed & 15).astype(np.int64) - 8, codes[:, 0::2]) and np.array_equal((packed[:, : dim // 2] >> 4).astype(np.int64) - 8, codes[:, 1::2])
     again = quantize_int4(back)
     assert np.array_equal(again[0], packed) and np.array_equal(again[1], scales)
     vectors = from_stored(to_stored(rows, "int4"), "int4", dim, "rows")
-    assert vectors.precision == "int4" and vectors.shape == (40, dim) and vectors.nbytes == 40 * ((dim + 1) // 2 + 2)
+    assert vectors.precision == "int4" and vectors.shape == (40, dim) and vectors.nbytes == 40 * ((dim + 1) // 2 + 2 * groups)
     np.testing.assert_array_equal(vectors[:], back)
+    np.testing.assert_array_equal(vectors[[5, 2]], back[[5, 2]])
 
 
 def vector_world(directory: Path, precision: str) -> Path:
@@ -114,7 +118,7 @@ def test_stores_keep_vectors_at_their_precision_and_batches_get_float32(stores, 
         assert isinstance(reference, np.ndarray) and reference.dtype == np.float32 and stored.shape == reference.shape
         np.testing.assert_array_equal(stored[:], round_trip(reference, precision))
         dim = reference.shape[1]
-        assert stored.nbytes == len(reference) * {"float16": dim * 2, "int8": dim + 4, "int4": (dim + 1) // 2 + 2}[precision]
+        assert stored.nbytes == len(reference) * {"float16": dim * 2, "int8": dim + 4, "int4": (dim + 1) // 2 + 2 * -(-dim // 8)}[precision]
     every = np.arange(full.num_examples)
     a, b = make_batch(full, every), make_batch(low, every)
     tolerance = {"float16": 1e-3, "int8": 0.5 / 127, "int4": 0.5 / 7 * (1 + 1e-3)}[precision]
