@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--max-steps-per-epoch", type=int, default=None,
                         help="train on this many batches per epoch (a random subsample of the training impressions; "
                              "the long world's 121k training impressions with histories of thousands of events do not fit a CPU session)")
+    parser.add_argument("--user-batches", action="store_true",
+                        help="train, validate and test the sequence models on impressions grouped by user (experimental.user_batches: "
+                             "each user's history encoded once per batch; needs candidate_search and histories within max_length)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--schema", type=Path, default=None,
                         help="a schema file to build the store with instead of the dataset's built-in one (e.g. other "
@@ -103,7 +106,7 @@ def main() -> None:
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=args.validations, patience=2,
-                               max_steps_per_epoch=args.max_steps_per_epoch)
+                               max_steps_per_epoch=args.max_steps_per_epoch, experimental={"user_batches": True} if args.user_batches else None)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
     table = format_table(summarize(runs), baseline=list(COMPARED_MODELS)[1:], rules=rules)

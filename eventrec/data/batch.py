@@ -11,6 +11,8 @@ Shapes, for a batch of B impressions::
     item[a], context[a]           [B] int64 | [B] float32 | [B, dim] float32 (multi-valued: JaggedTensor)
     labels                        [B, num_labels] float32, NaN where the label is missing
     request_timestamps            [B] int64
+    history_cuts                  [B] int64       or None: with one history per user (eventrec/data/user_batches.py),
+                                                  the number of its events (a prefix) each impression reads
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class EventBatch(_Movable):
     labels: torch.Tensor
     label_names: list[str]
     request_ids: torch.Tensor | None = None
+    history_cuts: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from eventrec.store.reader import EventStore
-from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict
-from eventrec.model.config import as_recorded
+from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict, predict_by_user
+from eventrec.model.config import SequenceModelConfig, as_recorded
 from eventrec.training.factory import ModelConfig, batch_function, parse_model_config
 from eventrec.training.trainer import TrainConfig, train
 
@@ -110,8 +110,14 @@ def run_comparison(
                 runs.append(finished)
                 continue
             score = validation_score(config) if validation_score is not None else None
-            model, result = train(store, config, train_config.model_copy(update={"seed": seed}), run_dir, show_progress, validation_score=score)
-            probs = predict(model, store, test, batch_function(config), train_config.eval_batch_size)
+            mine = train_config
+            if train_config.user_batches and not isinstance(config, SequenceModelConfig):  # user batches are for the sequence model: a DLRM trains as usual
+                mine = train_config.model_copy(update={"experimental": train_config.experimental.model_copy(update={"user_batches": False})})
+            model, result = train(store, config, mine.model_copy(update={"seed": seed}), run_dir, show_progress, validation_score=score)
+            if mine.user_batches:  # the same probabilities, each user's history encoded once per batch
+                probs = predict_by_user(model, store, test, train_config.eval_batch_size)
+            else:
+                probs = predict(model, store, test, batch_function(config), train_config.eval_batch_size)
             np.save(run_dir / "test_predictions.npy", probs, allow_pickle=False)
             run = SeedRun(name, seed, metrics_by_task(store, test, probs), result.best_validation,
                           metrics_by_segment(store, test, probs), result.steps, result.seconds, config=wanted)

@@ -34,6 +34,20 @@ def predict(model: nn.Module, store: EventStore, indices: np.ndarray, batch_fn: 
     return np.concatenate(out) if out else np.zeros((0, len(store.label_names)), dtype=np.float32)
 
 
+def predict_by_user(model: nn.Module, store: EventStore, indices: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """:func:`predict` on impressions grouped by user (:func:`~eventrec.data.user_batches.make_user_batch`):
+    the examples sorted by user, so that a batch encodes each of its users once; probabilities in the
+    order of ``indices``."""
+    from eventrec.data.user_batches import make_user_batch
+
+    indices = np.asarray(indices, dtype=np.int64)
+    order = np.argsort(store.user_rows[indices], kind="stable")
+    probs = predict(model, store, indices[order], make_user_batch, batch_size)
+    out = np.empty_like(probs)
+    out[order] = probs
+    return out
+
+
 def history_lengths(store: EventStore, indices: np.ndarray) -> np.ndarray:
     """Events strictly before each impression, summed over streams ``[n]``."""
     return sum(store.cuts[name][indices] for name in store.streams)

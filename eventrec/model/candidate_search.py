@@ -14,9 +14,11 @@ so that ranking costs ``O(R + V·K)`` per candidate, not ``O(N)``. Two forms of 
 
 * :func:`search_mask`: ``[B, L]`` booleans over padded histories, for training and evaluation (the
   pooling masks the rest with ``-inf``);
-* :class:`UserSearchIndex` / :meth:`UserSearchIndex.positions`: one user's events sorted by id per
+* :class:`UserSearchIndex` / :meth:`UserSearchIndex.positions_for`: one user's events sorted by id per
   vocabulary, built once per user state; a request finds each candidate's events by binary search
-  (serving; what :func:`eventrec.ops.selected_pooling.selected_pooling_attention` pools over).
+  (serving; what :func:`eventrec.ops.selected_pooling.selected_pooling_attention` pools over);
+  :meth:`UserSearchIndex.positions_before` does the same for candidates that each read a prefix of
+  the history (impressions grouped by user: :mod:`eventrec.data.user_batches`).
 
 Tests compare them (``tests/test_candidate_search.py``).
 
@@ -131,3 +133,37 @@ class UserSearchIndex:
             pairs.append(candidate[keep] * (n + 1) + position[keep])
         unique = torch.unique(torch.cat(pairs)) if pairs else torch.zeros(0, dtype=torch.int64, device=device)  # sorted
         return shared, unique % (n + 1), unique // (n + 1)
+
+    def positions_before(self, candidate_ids: Tensor, cuts: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor]:
+        """What :func:`search_mask` selects for each of ``candidate_ids [C, V]`` over the first ``cuts[c]``
+        positions of this history (the summary token included: each candidate's history is that
+        prefix), as ``(positions [T], candidate [T])`` sorted by candidate, then position (no
+        duplicates): the summary token, the ``recent`` positions before the cut, and per vocabulary the
+        ``per_match`` most recent positions before the cut with the candidate's id."""
+        device = candidate_ids.device
+        n, count_c = self.length, len(candidate_ids)
+        first_event = 1 if summary_token else 0
+        every = torch.arange(count_c, device=device)
+        cuts = cuts.to(torch.int64)
+
+        def ranges(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:  # (candidate, offset in its range) of every [lo, hi) member
+            count = (hi - lo).clamp(min=0)
+            candidate = torch.repeat_interleave(every, count)
+            rank = torch.arange(len(candidate), device=device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+            return candidate, torch.repeat_interleave(lo, count) + rank
+
+        keys = []
+        if summary_token:
+            keys.append(every[cuts > 0] * (n + 1))
+        candidate, position = ranges((cuts - recent).clamp(min=first_event), cuts)
+        keys.append(candidate * (n + 1) + position)
+        for v in range(self.ids.shape[0]):
+            keyed = self.ids[v] * (n + 1) + self.positions[v]  # sorted: by id, then position
+            wanted = candidate_ids[:, v].contiguous()
+            hi = torch.searchsorted(keyed, wanted * (n + 1) + cuts)  # this id's positions before the cut
+            lo = torch.maximum(torch.searchsorted(keyed, wanted * (n + 1)), hi - per_match)
+            lo = torch.where(wanted >= 0, lo, hi)  # a reserved id matches nothing
+            candidate, at = ranges(lo, hi)
+            keys.append(candidate * (n + 1) + self.positions[v][at])
+        unique = torch.unique(torch.cat(keys))  # sorted
+        return unique % (n + 1), unique // (n + 1)

@@ -218,6 +218,31 @@ class KeyedAttentionPooling(nn.Module):
                                             scale=head_dim**-0.5)
         return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
+    def pool_searched_before(self, keys: torch.Tensor, values: torch.Tensor, match_keys: torch.Tensor, timestamps: torch.Tensor,
+                             request_times: torch.Tensor, cuts: torch.Tensor, query_input: torch.Tensor, match_query: torch.Tensor, search: Search,
+                             index: UserSearchIndex) -> torch.Tensor:
+        """:meth:`pool_searched` for ``B`` candidates that each read a prefix of one user's history:
+        candidate ``c`` the first ``cuts[c]`` positions (summary token included), at its own
+        ``request_times[c]``; every searched position is the candidate's own (its recency and rank are
+        those of its prefix) → ``[B, M, D]``, equal to :meth:`pool` with ``search`` over each prefix."""
+        config = search.config
+        positions, candidate = index.positions_before(search.candidate_ids, cuts, config.recent, config.per_match, search.summary_token)
+        batch, head_dim = len(query_input), self.head_dim
+        q = self.queries(query_input)  # [B, M, H, d]
+        k, v = keys.index_select(0, positions).to(q.dtype), values.index_select(0, positions).to(q.dtype)  # [T, H, d]
+        if self.recency_buckets:
+            summary = (positions == 0) if search.summary_token else torch.zeros(len(positions), dtype=torch.bool, device=positions.device)
+            k, v = self.with_recency(k, v, timestamps.index_select(0, positions), request_times.index_select(0, candidate), summary,
+                                     cuts.index_select(0, candidate) - 1 - positions)
+        vocabularies = self.match_vocabularies
+        width = match_keys.shape[1] // vocabularies
+        picked_match = match_keys.index_select(0, positions).to(q.dtype).view(len(positions), vocabularies, width)  # [T, V, E]
+        queries = match_query.to(q.dtype).view(batch, vocabularies, width).index_select(0, candidate)  # [T, V, E]
+        bias = torch.einsum("tve,tve->tv", queries, picked_match) @ (self.match_weight * head_dim**-0.5).to(q.dtype).T  # [T, H]
+        none = k.new_zeros(0, self.num_heads, head_dim)
+        pooled = selected_pooling_attention(q, none, none, k, v, candidate, extra_bias=bias, scale=head_dim**-0.5)
+        return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
+
     def match_bias(self, match_query: torch.Tensor, match_keys: torch.Tensor, offsets: torch.Tensor, candidate_offsets: torch.Tensor) -> torch.Tensor:
         """The target-attention term of each (candidate, head, event) as a score bias ``[B, H, L]``.
 

@@ -20,7 +20,9 @@ Two forms of one definition, compared in ``tests/test_match_features.py`` with t
 :func:`match_features_reference`:
 
 * :func:`match_features`: G histories (training, evaluation);
-* :func:`match_features_one_user`: one user's index (serving).
+* :func:`match_features_one_user`: one user's index (serving);
+* :func:`match_features_before`: one user's index, each candidate over a prefix of the history
+  (impressions grouped by user: :mod:`eventrec.data.user_batches`).
 
 Shapes: ``event_ids [sum(N_g), V]`` int64 (``NO_ID`` at a summary token and where a stream lacks
 the vocabulary; positions time-ordered within each history), ``offsets [G+1]``, ``times [sum(N_g)]``
@@ -94,6 +96,28 @@ def match_features_one_user(index: UserSearchIndex, times: Tensor, request_time:
         count = torch.where(wanted >= 0, high - torch.searchsorted(index.ids[v], wanted), 0)
         last = index.positions[v][(high - 1).clamp(min=0)]  # equal ids: positions increasing
         blocks.append(_features(count, times[last], request))
+    if not blocks:
+        return torch.zeros(count_c, 0, device=candidate_ids.device)
+    return torch.cat(blocks, dim=-1)
+
+
+def match_features_before(index: UserSearchIndex, times: Tensor, request_times: Tensor, candidate_ids: Tensor, cuts: Tensor) -> Tensor:
+    """``[C, FEATURES·V]``: the features of C candidates, candidate ``c`` over the first ``cuts[c]``
+    positions of one user's history (its index; ``times [N]``) at its own ``request_times[c]``."""
+    count_c, vocabularies = candidate_ids.shape
+    n = index.length
+    cuts = cuts.to(torch.int64)
+    blocks = []
+    for v in range(vocabularies):
+        wanted = candidate_ids[:, v].contiguous()
+        if n == 0:
+            blocks.append(_features(torch.zeros_like(wanted), request_times, request_times))
+            continue
+        keyed = index.ids[v] * (n + 1) + index.positions[v]  # sorted: by id, then position
+        high = torch.searchsorted(keyed, wanted * (n + 1) + cuts)  # this id's positions before the cut
+        count = torch.where(wanted >= 0, high - torch.searchsorted(keyed, wanted * (n + 1)), 0)
+        last = index.positions[v][(high - 1).clamp(min=0)]
+        blocks.append(_features(count, times[last], request_times))
     if not blocks:
         return torch.zeros(count_c, 0, device=candidate_ids.device)
     return torch.cat(blocks, dim=-1)

@@ -35,7 +35,7 @@ from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
 from eventrec.model.match_count import MatchCount
-from eventrec.model.match_features import FEATURES, match_features, match_features_one_user
+from eventrec.model.match_features import FEATURES, match_features, match_features_before, match_features_one_user
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.ops import time_gap_bucket
 from eventrec.ops.jagged_helpers import gather_rows
@@ -355,5 +355,66 @@ class SequenceRanker(nn.Module):
         return self.heads.calibrate(logits if dot is None else logits + dot)
 
     def forward(self, batch: EventBatch, dot_parts: list | None = None) -> torch.Tensor:
-        """Logits ``[B, T]`` (``dot_parts``: see :meth:`candidate_side`)."""
+        """Logits ``[B, T]`` (``dot_parts``: see :meth:`candidate_side`); a batch with one history per
+        user (``history_cuts``: :mod:`eventrec.data.user_batches`) goes through :meth:`prefix_logits`."""
+        if batch.history_cuts is not None:
+            if dot_parts is not None:
+                raise ValueError("user batches: the dot term is not supported")
+            return self.prefix_logits(batch)
         return self.candidate_side(self.user_side(batch), batch.item, batch.context, batch.history_index, dot_parts)
+
+    def check_prefix_batches(self) -> None:
+        """A ValueError unless this model can read impressions grouped by user (:meth:`prefix_logits`):
+        an extendable encoder (an event's encoding depends only on the events before it), candidate
+        search (each impression's pooling reads a bounded set of its prefix) and none of the
+        experimental terms that read a whole history (the soft match count, the dot term)."""
+        if not self.extendable:
+            raise ValueError("user batches: the encoder must be causal and not read the request time (recency: pooling)")
+        if self.config.candidate_search is None:
+            raise ValueError("user batches: the model needs candidate_search (each impression reads a searched part of its prefix)")
+        if self.match_counter is not None or self.config.dot_term:
+            raise ValueError("user batches: the experimental match count and dot term read a whole history; turn them off")
+
+    def prefix_logits(self, batch: EventBatch) -> torch.Tensor:
+        """Logits ``[B, T]`` of impressions grouped by user (:func:`~eventrec.data.user_batches.make_user_batch`):
+        each user's history is encoded once; impression ``b`` reads the summary token and the first
+        ``history_cuts[b]`` events of it at its own ``request_timestamps[b]``, through the candidate
+        search (:meth:`KeyedAttentionPooling.pool_searched_before`) and, with them, the match
+        features over that prefix. Equal to :meth:`forward` on :func:`~eventrec.data.gather.make_batch`'s
+        per-impression histories within float rounding (``tests/test_user_batches.py``)."""
+        self.check_prefix_batches()
+        lengths = torch.zeros(batch.num_histories, dtype=torch.int64)
+        for stream in batch.streams.values():
+            lengths += stream.lengths().cpu()
+        if len(lengths) and int(lengths.max()) > self.event_model.max_positions:
+            raise ValueError(f"user batches: a user has {int(lengths.max())} events, more than the model's history cap "
+                             f"({self.event_model.max_positions}): its prefixes would not start at its first event")
+        user = self.user_side(batch)
+        candidate = self.candidate_input(batch.item, batch.context)
+        match = self.match_queries(batch.item)
+        ids = self.candidate_ids(batch.item)
+        token = 1 if self.config.summary_token else 0
+        cuts = batch.history_cuts.to(candidate.device) + token
+        times = batch.request_timestamps.to(candidate.device)
+        pooled_parts, feature_parts, members = [], [], []
+        for g in range(batch.num_histories):
+            mine = (batch.history_index == g).nonzero().squeeze(1).to(candidate.device)
+            if len(mine) == 0:
+                continue
+            start, end = int(user.offsets[g]), int(user.offsets[g + 1])
+            index = UserSearchIndex.build(user.match_ids[start:end])
+            search = Search(user.match_ids[start:end], ids[mine], self.config.candidate_search, self.config.summary_token)
+            pooled_parts.append(self.pooling.pool_searched_before(user.keys[start:end], user.values[start:end], user.match_keys[start:end],
+                                                                  user.timestamps[start:end], times[mine], cuts[mine], candidate[mine], match[mine],
+                                                                  search, index))
+            if self.uses_match_features:
+                feature_parts.append(match_features_before(index, user.timestamps[start:end], times[mine], ids[mine], cuts[mine]))
+            members.append(mine)
+        order = torch.cat(members)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=order.device)
+        pooled = torch.cat(pooled_parts).index_select(0, back)
+        x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
+        if self.uses_match_features:
+            x = torch.cat([x, torch.cat(feature_parts).index_select(0, back).to(x.dtype)], dim=-1)
+        return self.output_logits(x, None)

@@ -28,6 +28,11 @@ class ExperimentalTrainConfig(BaseModel):
     weight_average_decay: float | None = Field(
         None, gt=0, lt=1, description="validate, early-stop and keep as 'best' an exponential moving average of the weights "
         "with this decay per step (eventrec.training.weight_average; e.g. 0.99), while training the raw weights")
+    user_batches: bool = Field(
+        False, description="train and validate on impressions grouped by user (eventrec.data.user_batches): a batch holds whole "
+        "users (about batch_size impressions), each user's history is encoded once and each impression reads its prefix (the same "
+        "logits as per-impression batches); needs candidate_search, an extendable encoder and every history within its stream's "
+        "max_length")
 
 
 class TrainConfig(BaseModel):
@@ -96,6 +101,11 @@ class TrainConfig(BaseModel):
     def needs_requests(self) -> bool:
         """Whether batches must keep requests whole (a listwise objective)."""
         return any(o.needs_requests for _, o in self.all_objectives())
+
+    @property
+    def user_batches(self) -> bool:
+        """Whether batches hold whole users (the experimental ``user_batches``)."""
+        return self.experimental is not None and self.experimental.user_batches
 
     @property
     def weight_average_decay(self) -> float | None:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eventrec.data.loader import BatchDataset
+from eventrec.data.user_batches import make_user_batch
 from eventrec.evaluation.predict import metrics_by_task, predict
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.store.reader import EventStore
@@ -123,8 +124,15 @@ class Trainer:
         device = next(self.model.parameters()).device
         self.catalogue = Catalogue.of_train_split(store, device) if any(o.needs_catalogue for o in self.objectives) else None
         groups = store.request_ids[store.split_indices("train")] if config.needs_requests else None
-        self.dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=self.batch_fn, groups=groups)
         self.validation = store.split_indices("validation")
+        if config.user_batches:  # whole users per batch (a request is within one user), validation by user too
+            if not hasattr(self.model, "check_prefix_batches"):
+                raise ValueError("experimental.user_batches: only the sequence model reads user batches")
+            self.model.check_prefix_batches()
+            self.batch_fn = make_user_batch
+            groups = store.user_rows[store.split_indices("train")]
+            self.validation = self.validation[np.argsort(store.user_rows[self.validation], kind="stable")]  # a batch: few users
+        self.dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=self.batch_fn, groups=groups)
         full = len(self.dataset)
         self.steps_per_epoch = full if config.max_steps_per_epoch is None else min(full, config.max_steps_per_epoch)
         self.total_steps = self.steps_per_epoch * config.epochs
