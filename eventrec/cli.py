@@ -239,13 +239,16 @@ def evaluate(
                                               "statistics differ from the training store's (experts only: ids may mean other things)."),
     table_precision: Literal["fp32", "fp16", "int8"] = typer.Option(
         "fp32", help="The embedding tables at inference: fp32, fp16 or int8 (row-wise scale and offset; docs/serving.md)."),
+    user_batches: bool = typer.Option(False, "--user-batches", help="Score impressions grouped by user: each user's history encoded "
+                                      "once per batch, the same scores (for long histories; needs candidate search and histories "
+                                      "within max_length, docs/models.md)."),
 ) -> None:
     """Metrics of a trained model on a split: per task, by history length and by streams present (segments under
     100 labelled impressions or without both classes are listed under segments_too_small, not measured), and
     the rule baselines on the same split (candidate count and recency in history, the user's earlier positive
     rate, item popularity; the best one per task chosen on the validation split). Undefined metrics print as null."""
     _set_threads(threads)
-    from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict, predictions_frame, segments_too_small
+    from eventrec.evaluation.predict import metrics_by_segment, metrics_by_task, predict, predict_by_user, predictions_frame, segments_too_small
     from eventrec.evaluation.rules import rule_report
     from eventrec.store.reader import EventStore, StoreError
     from eventrec.model.quantized_tables import quantize_tables
@@ -261,7 +264,7 @@ def evaluate(
         model, config, _, info = load_trained_model(checkpoint, loaded, allow_store_mismatch)
         quantize_tables(model, table_precision)
         indices = loaded.split_indices(split)
-        probs = predict(model, loaded, indices, batch_function(config))
+        probs = predict_by_user(model, loaded, indices) if user_batches else predict(model, loaded, indices, batch_function(config))
         tasks = metrics_by_task(loaded, indices, probs)
         rules = rule_report(loaded, split)
         report = {"split": split, "tasks": tasks, "segments": metrics_by_segment(loaded, indices, probs),

@@ -139,3 +139,13 @@ def test_training_on_user_batches(store, tmp_path):
     np.testing.assert_allclose(predict(model, store, every, make_user_batch, 5), predict(model, store, every, make_batch, 5), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="candidate_search"):
         train(store, SequenceModelConfig(**SMALL), train_config, tmp_path / "refused", show_progress=False)
+    from typer.testing import CliRunner
+
+    from eventrec.cli import app
+
+    reports = []
+    for flags in ([], ["--user-batches"]):
+        result = CliRunner().invoke(app, ["evaluate", "--store", str(store.path), "--checkpoint", str(tmp_path / "run" / "best"), "--split", "train", *flags])
+        assert result.exit_code == 0, result.output
+        reports.append([line for line in result.output.splitlines() if "model AUC" in line])
+    assert reports[0] == reports[1] and len(reports[0]) == len(store.label_names)
