@@ -108,6 +108,14 @@ def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
     for name, data in store.streams.items():
         starts, ends = store.history_bounds(name, representatives)
         streams[name] = gather_stream(data, starts, ends)
+    return impressions_batch(store, index, representatives, history_index, streams)
+
+
+def impressions_batch(store: EventStore, index: np.ndarray, representatives: np.ndarray, history_index: np.ndarray,
+                      streams: dict, history_cuts: np.ndarray | None = None) -> EventBatch:
+    """The :class:`EventBatch` of the examples ``index [B]`` whose gathered histories are ``streams``
+    (one per representative example ``[G]``, read by ``history_index [B]``): their items, contexts,
+    labels and request ids from the store."""
     return EventBatch(
         example_indices=torch.from_numpy(index),
         user_rows=torch.from_numpy(store.user_rows[index]),
@@ -120,4 +128,5 @@ def make_batch(store: EventStore, example_indices: np.ndarray) -> EventBatch:
         labels=torch.from_numpy(store.labels[index]),
         label_names=list(store.label_names),
         request_ids=None if store.request_ids is None or store.request_ids.dtype.kind not in "iu" else torch.from_numpy(store.request_ids[index].astype(np.int64)),
+        history_cuts=None if history_cuts is None else torch.from_numpy(history_cuts),
     )

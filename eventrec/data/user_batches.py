@@ -27,10 +27,9 @@ Shapes, beside :class:`~eventrec.data.batch.EventBatch`'s (G = users in the batc
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from eventrec.data.batch import EventBatch
-from eventrec.data.gather import _lookups_of, attribute_tensors, gather_stream
+from eventrec.data.gather import gather_stream, impressions_batch
 from eventrec.store.reader import EventStore
 
 
@@ -69,17 +68,4 @@ def make_user_batch(store: EventStore, example_indices: np.ndarray) -> EventBatc
         own_starts, own_ends = store.history_bounds(name, index)
         before += own_ends - own_starts
         streams[name] = gather_stream(data, starts, ends)
-    return EventBatch(
-        example_indices=torch.from_numpy(index),
-        user_rows=torch.from_numpy(store.user_rows[index]),
-        request_timestamps=torch.from_numpy(store.timestamps[index]),
-        history_index=torch.from_numpy(history_index),
-        history_timestamps=torch.from_numpy(store.timestamps[representatives]),
-        streams=streams,
-        item=attribute_tensors(store.item, _lookups_of(store, store.item), index),
-        context=attribute_tensors(store.context, _lookups_of(store, store.context), index),
-        labels=torch.from_numpy(store.labels[index]),
-        label_names=list(store.label_names),
-        request_ids=None if store.request_ids is None or store.request_ids.dtype.kind not in "iu" else torch.from_numpy(store.request_ids[index].astype(np.int64)),
-        history_cuts=torch.from_numpy(before),
-    )
+    return impressions_batch(store, index, representatives, history_index, streams, before)
