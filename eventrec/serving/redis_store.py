@@ -107,8 +107,9 @@ class RedisStateStore(UserStateStore):
 
     def put(self, key: tuple[str, str], item: EncodedState) -> None:
         write_id = uuid.uuid4().hex
-        blob = encode_state(item, key[0], key[1], write_id)
-        large = len(blob) > self.max_entry_bytes
+        large = item.nbytes > self.max_entry_bytes  # its tensors alone are over the bound: not encoded at all
+        blob = None if large else encode_state(item, key[0], key[1], write_id)
+        large = large or len(blob) > self.max_entry_bytes
         self.too_large += large
         try:
             with self.client.pipeline(transaction=True) as pipe:

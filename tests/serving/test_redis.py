@@ -97,10 +97,14 @@ def test_corrupt_and_foreign_entries_are_recomputed(served, redis_url, namespace
     assert corrupt == 4
 
 
-def test_entry_bound_ttl_and_compare_and_set(served, redis_url, namespace):
+def test_entry_bound_ttl_and_compare_and_set(served, redis_url, namespace, monkeypatch):
     store, checkpoint, _ = served
     small = replica(store, checkpoint, redis_url, namespace, max_entry_bytes=100)
+    encoded = []
+    monkeypatch.setattr("eventrec.serving.redis_store.encode_state", lambda *a, **k: encoded.append(a) or b"")
     assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "miss"
+    assert encoded == []  # its tensors alone are over the bound: never encoded
+    monkeypatch.undo()
     assert small.rank(1, candidates(), CONTEXT, 1000).user_state == "hit"  # too large for Redis: kept by this replica only
     assert small.users.too_large == 1 and small.users.client.get(f"{namespace}:state:{small.version}:1") is None
     other = replica(store, checkpoint, redis_url, namespace, max_entry_bytes=100)
