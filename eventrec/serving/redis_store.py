@@ -82,13 +82,16 @@ class RedisStateStore(UserStateStore):
 
     def get(self, key: tuple[str, str]) -> EncodedState | None:
         try:
-            write_id = self.client.get(self._id_key(key))
             copy = self.local.get(key)
-            if write_id is not None and copy is not None and copy.write_id == write_id.decode():
-                self.hits += 1
-                self.local_hits += 1
-                return copy.state
-            blob = self.client.get(self._key(key))
+            if copy is None:  # nothing to compare: the id and the state in one round trip (MGET is atomic)
+                write_id, blob = self.client.mget(self._id_key(key), self._key(key))
+            else:
+                write_id = self.client.get(self._id_key(key))
+                if write_id is not None and copy.write_id == write_id.decode():
+                    self.hits += 1
+                    self.local_hits += 1
+                    return copy.state
+                blob = self.client.get(self._key(key))
         except REDIS_ERRORS:
             self.errors += 1
             return None

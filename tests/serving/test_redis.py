@@ -37,7 +37,13 @@ def test_two_replicas_share_state_and_appends(served, redis_url, namespace):
     a, b = replica(store, checkpoint, redis_url, namespace), replica(store, checkpoint, redis_url, namespace)
     local = RankingService.load(checkpoint, store)
     first = a.rank(1, candidates(), CONTEXT, 1000)
+    calls = []
+    for name in ("get", "mget"):  # b holds no copy: the write id and the state in one round trip
+        original = getattr(b.users.client, name)
+        setattr(b.users.client, name, lambda *keys, _name=name, _original=original: calls.append(_name) or _original(*keys))
     second = b.rank(1, candidates(), CONTEXT, 1000)
+    del b.users.client.get, b.users.client.mget
+    assert calls == ["mget"]
     assert (first.user_state, second.user_state) == ("miss", "hit")  # b reads the state a computed
     assert b.rank(1, candidates(), CONTEXT, 1000).user_state == "hit" and b.users.local_hits == 1  # then its own copy (the write id alone read)
     assert b.stats()["user_store_local_hits"] == 1 and b.stats()["user_store_local_bytes"] > 0
