@@ -475,7 +475,7 @@ def test_a_field_missing_from_an_older_checkpoint_counts_as_its_default():
     del saved["experimental"], saved["objectives"]  # written before the fields existed
     assert changed_fields(saved, TRAIN) == []
     averaged = _train_config(experimental={"weight_average_decay": 0.9})
-    assert changed_fields(saved, averaged) == ["experimental: None → {'objectives': [], 'weight_average_decay': 0.9}"]
+    assert changed_fields(saved, averaged) == ["experimental: None → {'objectives': [], 'weight_average_decay': 0.9, 'user_batches': False}"]
     # a checkpoint of the old shape: its loss fields at their old defaults mean today's default objectives
     old = saved | {"loss": "bce", "listwise_weight": 0.0, "weight_average_decay": 0.0, "logq_column": None}
     assert changed_fields(old, TRAIN, retired=RETIRED_TRAIN_FIELDS) == []

@@ -176,8 +176,7 @@ class EncodedState:
         layer_kv = None if side.layer_kv is None else [
             tuple(keep(layer_part(i, j), t, kv_precision) for j, t in enumerate(layer)) if len(layer) == 2 else tuple(layer)
             for i, layer in enumerate(side.layer_kv)]
-        previous = grown_from if grown_from is not None else None
-        part = lambda name: getattr(previous, name) if previous is not None else None  # noqa: E731
+        part = lambda name: getattr(grown_from, name) if grown_from is not None else None  # noqa: E731
         return cls(window, signature, keep(part("encoded"), side.encoded, precision) if keep_encoded else None,
                    keep(part("keys"), side.keys, precision), keep(part("values"), side.values, precision), side.timestamps, layer_kv,
                    events_version, side.match_ids, keep(part("match_keys"), side.match_keys, precision))
