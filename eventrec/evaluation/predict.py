@@ -14,6 +14,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from eventrec.data.user_batches import make_user_batch
 from eventrec.evaluation.metrics import require_finite, task_metrics
 from eventrec.store.reader import EventStore
 
@@ -38,8 +39,6 @@ def predict_by_user(model: nn.Module, store: EventStore, indices: np.ndarray, ba
     """:func:`predict` on impressions grouped by user (:func:`~eventrec.data.user_batches.make_user_batch`):
     the examples sorted by user, so that a batch encodes each of its users once; probabilities in the
     order of ``indices``."""
-    from eventrec.data.user_batches import make_user_batch
-
     indices = np.asarray(indices, dtype=np.int64)
     order = np.argsort(store.user_rows[indices], kind="stable")
     probs = predict(model, store, indices[order], make_user_batch, batch_size)

@@ -396,9 +396,11 @@ class SequenceRanker(nn.Module):
         token = 1 if self.config.summary_token else 0
         cuts = batch.history_cuts.to(candidate.device) + token
         times = batch.request_timestamps.to(candidate.device)
-        pooled_parts, feature_parts, members = [], [], []
-        for g in range(batch.num_histories):
-            mine = (batch.history_index == g).nonzero().squeeze(1).to(candidate.device)
+        history_index = batch.history_index.to(candidate.device)
+        order = torch.argsort(history_index, stable=True)  # the impressions user by user
+        members = order.split(torch.bincount(history_index, minlength=batch.num_histories).tolist())
+        pooled_parts, feature_parts = [], []
+        for g, mine in enumerate(members):
             if len(mine) == 0:
                 continue
             start, end = int(user.offsets[g]), int(user.offsets[g + 1])
@@ -409,8 +411,6 @@ class SequenceRanker(nn.Module):
                                                                   search, index))
             if self.uses_match_features:
                 feature_parts.append(match_features_before(index, user.timestamps[start:end], times[mine], ids[mine], cuts[mine]))
-            members.append(mine)
-        order = torch.cat(members)
         back = torch.empty_like(order)
         back[order] = torch.arange(len(order), device=order.device)
         pooled = torch.cat(pooled_parts).index_select(0, back)

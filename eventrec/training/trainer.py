@@ -33,6 +33,7 @@ from eventrec.data.loader import BatchDataset
 from eventrec.data.user_batches import make_user_batch
 from eventrec.evaluation.predict import metrics_by_task, predict
 from eventrec.model.embeddings import FeatureSpec
+from eventrec.model.sequence_ranker import SequenceRanker
 from eventrec.store.reader import EventStore
 from eventrec.training.calibration import calibrate_on_validation
 from eventrec.training.callbacks import Callback
@@ -126,7 +127,7 @@ class Trainer:
         groups = store.request_ids[store.split_indices("train")] if config.needs_requests else None
         self.validation = store.split_indices("validation")
         if config.user_batches:  # whole users per batch (a request is within one user), validation by user too
-            if not hasattr(self.model, "check_prefix_batches"):
+            if not isinstance(self.model, SequenceRanker):
                 raise ValueError("experimental.user_batches: only the sequence model reads user batches")
             self.model.check_prefix_batches()
             self.batch_fn = make_user_batch
