@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate of every model (default: TrainConfig's)")
     parser.add_argument("--validations", type=int, default=4, help="validations per epoch (early stopping reads them)")
     parser.add_argument("--max-steps-per-epoch", type=int, default=None,
                         help="train on this many batches per epoch (a random subsample of the training impressions; "
@@ -105,7 +106,8 @@ def main() -> None:
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=args.validations, patience=2,
+    rate = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=args.validations, patience=2, **rate,
                                max_steps_per_epoch=args.max_steps_per_epoch, experimental={"user_batches": True} if args.user_batches else None)
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
