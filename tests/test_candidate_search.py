@@ -68,17 +68,20 @@ def test_mask_and_index_follow_the_definition(seed, recent, per_match, summary):
 
 def _model(store, **search):
     torch.manual_seed(0)
+    windows = search.pop("match_windows", None)
     config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], recency=search.pop("recency", "encoder"),
-                                 candidate_search=CandidateSearchConfig(**search) if search else None)
+                                 candidate_search=CandidateSearchConfig(**search) if search else None,
+                                 experimental={"match_windows": windows} if windows else None)
     return build_model(FeatureSpec.from_store(store), config).eval()
 
 
 @pytest.mark.parametrize("recency", ["encoder", "pooling"])
-@pytest.mark.parametrize("search", [{"recent": 1, "per_match": 1}, {}], ids=["search", "no_search"])
+@pytest.mark.parametrize("search", [{"recent": 1, "per_match": 1}, {}, {"recent": 1, "per_match": 1, "match_windows": [3600, 86400 * 7]}],
+                         ids=["search", "no_search", "search_windows"])
 def test_one_user_serving_path_equals_the_batched_training_path(tiny_store, recency, search):
     """The searched positions (ops.selected_pooling) against the training mask; and, with or without
-    the search, the match features from the user's index against their batched form."""
-    model = _model(tiny_store, recency=recency, **search)
+    the search (and with windowed counts), the match features from the user's index against their batched form."""
+    model = _model(tiny_store, recency=recency, **dict(search))
     everything = np.arange(tiny_store.num_examples)
     plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
     with torch.no_grad():

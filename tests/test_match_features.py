@@ -14,7 +14,8 @@ from eventrec.data.gather import make_batch
 from eventrec.model.candidate_search import NO_ID, NO_MATCH, UserSearchIndex
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
-from eventrec.model.match_features import FEATURES, match_features, match_features_one_user, match_features_reference
+from eventrec.model.match_features import (FEATURES, features_per_vocabulary, match_features, match_features_before, match_features_one_user,
+                                           match_features_reference)
 from eventrec.training.config import TrainConfig
 from eventrec.training.factory import build_model
 
@@ -119,3 +120,59 @@ def test_a_run_trained_while_the_features_were_experimental_resumes_with_today_s
     check_resume({"model_config": recorded}, TrainConfig(), SequenceModelConfig(), "ckpt")  # no change: resumes
     with pytest.raises(ValueError, match="match_features: True → False"):
         check_resume({"model_config": recorded}, TrainConfig(), SequenceModelConfig(match_features=False), "ckpt")
+
+
+WINDOWS = (50_000, 300_000, 2_000_000)  # the random histories' times: 0..1e6, requests 1e6..1.1e6
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_windowed_counts_in_every_form_follow_the_definition(seed):
+    """Batched, one-user and prefix forms against the loop, with windows that cut some histories."""
+    ids, offsets, times, request_times, candidates, history_index = _random(seed)
+    expected = match_features_reference(ids, offsets, times, request_times, candidates, history_index, WINDOWS)
+    assert expected.shape == (len(candidates), features_per_vocabulary(WINDOWS) * ids.shape[1])
+    torch.testing.assert_close(match_features(ids, offsets, times, request_times, candidates, history_index, WINDOWS), expected)
+    for g in range(len(offsets) - 1):
+        mine = history_index == g
+        if not mine.any():
+            continue
+        span = slice(int(offsets[g]), int(offsets[g + 1]))
+        index = UserSearchIndex.build(ids[span])
+        torch.testing.assert_close(match_features_one_user(index, times[span], request_times[g], candidates[mine], WINDOWS), expected[mine])
+        length = int(offsets[g + 1] - offsets[g])
+        cuts = torch.full((int(mine.sum()),), length)
+        requests = request_times[g].expand(len(cuts))
+        torch.testing.assert_close(match_features_before(index, times[span], requests, candidates[mine], cuts, WINDOWS), expected[mine])
+        # a prefix: the first `cut` positions at an earlier request time
+        cut = max(1, length // 2)
+        early = times[span][cut - 1] + 1
+        prefix = match_features_reference(ids[span][:cut], torch.tensor([0, cut]), times[span][:cut], early.reshape(1), candidates[mine],
+                                          torch.zeros(len(cuts), dtype=torch.int64), WINDOWS)
+        got = match_features_before(index, times[span], early.expand(len(cuts)), candidates[mine], torch.full_like(cuts, cut), WINDOWS)
+        torch.testing.assert_close(got, prefix)
+
+
+def test_windowed_counts_by_hand():
+    # token, then ids 7, 3, 7, 7 at times 10, 20, 30, 95; request at 100; windows 10 s and 80 s
+    ids = torch.tensor([[NO_ID], [7], [3], [7], [7]])
+    times = torch.tensor([0, 10, 20, 30, 95])
+    got = match_features(ids, torch.tensor([0, 5]), times, torch.tensor([100]), torch.tensor([[7], [3], [NO_MATCH]]),
+                         torch.zeros(3, dtype=torch.int64), (10, 80))
+    assert got.shape == (3, FEATURES + 2)
+    torch.testing.assert_close(got[:, FEATURES:], torch.tensor([[math.log1p(1), math.log1p(2)], [0.0, math.log1p(1)], [0.0, 0.0]]))
+
+
+def test_windows_are_validated_and_widen_the_heads(tiny_store):
+    with pytest.raises(ValueError, match="match_windows"):
+        SequenceModelConfig(experimental={"match_windows": [604800, 86400]})
+    with pytest.raises(ValueError, match="match_windows"):
+        SequenceModelConfig(match_features=False, experimental={"match_windows": [86400]})
+    torch.manual_seed(0)
+    config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
+                                 experimental={"match_windows": [86400, 604800]})
+    model = build_model(FeatureSpec.from_store(tiny_store), config)
+    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    user = model.encode_user(batch)
+    features = model.exact_match_features(user, model.candidate_ids(batch.item), batch.history_index)
+    assert features.shape == (tiny_store.num_examples, (FEATURES + 2) * len(model.match_vocabularies))
+    model(batch).sum().backward()

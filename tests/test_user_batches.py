@@ -106,7 +106,8 @@ def test_user_batches_are_refused_where_a_history_is_not_a_prefix(tmp_path):
     dict(candidate_search={"recent": 2, "per_match": 3}, summary_token=False),
     dict(candidate_search={"recent": 1, "per_match": 2}, encoder="linear"),
     dict(candidate_search={"recent": 0, "per_match": 1}, match_features=False),
-], ids=["search", "no_summary", "linear", "no_features"])
+    dict(candidate_search={"recent": 1, "per_match": 1}, experimental={"match_windows": [3600, 86400 * 30]}),
+], ids=["search", "no_summary", "linear", "no_features", "windows"])
 def test_logits_and_gradients_equal_per_impression_batches(store, config):
     torch.manual_seed(0)
     model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig(**SMALL, **config)).train()

@@ -27,6 +27,17 @@ class ExperimentalModelConfig(_Config):
         False, description="with match_attention: a count-preserving path beside the keyed pooling (whose softmax returns "
         "a weighted average, blind to how often the candidate occurs): per match block, log1p of the soft count "
         "sum_e sigmoid(a (cos(c, e) - b)) of the history's events matching the candidate (a, b learned), into the heads")
+    match_windows: list[int] = Field(
+        default_factory=list, description="with match_features: per match vocabulary, one more feature per window (seconds, "
+        "increasing): log1p of the matching events within the window before the request (e.g. [86400, 604800, 2592000], "
+        "the engineered DLRM's 1d / 7d / 30d)")
+
+    @model_validator(mode="after")
+    def _windows_increase(self) -> "ExperimentalModelConfig":
+        windows = self.match_windows
+        if any(w <= 0 for w in windows) or any(b <= a for a, b in zip(windows, windows[1:])):
+            raise ValueError(f"match_windows: positive seconds in increasing order, got {windows}")
+        return self
 
 
 _EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
@@ -171,6 +182,17 @@ class SequenceModelConfig(_Config):
     def dot_term(self) -> bool:
         """``experimental.dot_term`` (False without an experimental section)."""
         return self.experimental is not None and self.experimental.dot_term
+
+    @property
+    def match_windows(self) -> tuple[int, ...]:
+        """``experimental.match_windows`` (none without an experimental section)."""
+        return () if self.experimental is None else tuple(self.experimental.match_windows)
+
+    @model_validator(mode="after")
+    def _windows_need_features(self) -> "SequenceModelConfig":
+        if self.match_windows and not self.match_features:
+            raise ValueError("experimental.match_windows: windowed counts are match features; set match_features: true")
+        return self
 
 
 class DlrmConfig(_Config):

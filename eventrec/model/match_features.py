@@ -11,7 +11,9 @@ vocabulary the candidate shares with the events: its item id, its category):
     features_v  = [log1p(count_v),  1[count_v > 0],  1[count_v > 0] · log1p(T - t_last) / log1p(MAX_GAP)]
 
 with ``T`` the request time and ``t_last`` the time of the most recent matching event (gaps in
-seconds, clamped to ``[0, MAX_GAP]``). The features read only ids and times, so they cost
+seconds, clamped to ``[0, MAX_GAP]``). With ``windows`` (seconds; ``experimental.match_windows``), one
+more feature per window ``w``: ``log1p(#{e : id_v(e) = id_v(c), t_e >= T - w})``, the windowed counts
+that an engineered DLRM reads per window (a dormant interest: many matches, none in the last week). The features read only ids and times, so they cost
 ``O((N + C) log N)`` per user, not ``O(C·N)`` like the soft count of ``match_count``: the events are
 sorted by (history, id) once and each candidate is found by binary search; serving reuses the
 user's :class:`~eventrec.model.candidate_search.UserSearchIndex` (built once per cached state).
@@ -40,25 +42,52 @@ from torch import Tensor
 from eventrec.model.candidate_search import UserSearchIndex
 
 FEATURES = 3
-"""Features per match vocabulary: log1p(count), whether any event matches, the scaled log age of the last match."""
+"""Features per match vocabulary without windows: log1p(count), whether any event matches, the scaled log age of the last match."""
 MAX_GAP = 2**31 - 1
 _LOG_MAX_GAP = math.log1p(MAX_GAP)
+Windows = tuple[int, ...]
 
 
-def _features(count: Tensor, last_time: Tensor, request_time: Tensor) -> Tensor:
-    """``[C, FEATURES]`` from ``count [C]`` int64, the last match's time and the request time ``[C]``."""
+def features_per_vocabulary(windows: Windows = ()) -> int:
+    """How many features each match vocabulary gives: :data:`FEATURES` plus one per window."""
+    return FEATURES + len(windows)
+
+
+def _features(count: Tensor, last_time: Tensor, request_time: Tensor, windowed: list[Tensor] = ()) -> Tensor:
+    """``[C, FEATURES + W]`` from ``count [C]`` int64, the last match's time, the request time ``[C]`` and the
+    windowed counts (``W`` tensors ``[C]`` int64)."""
     has = (count > 0).to(torch.float32)
     age = (request_time - last_time).clamp(0, MAX_GAP).to(torch.float32)
-    return torch.stack([torch.log1p(count.to(torch.float32)), has, has * torch.log1p(age) / _LOG_MAX_GAP], dim=-1)
+    return torch.stack([torch.log1p(count.to(torch.float32)), has, has * torch.log1p(age) / _LOG_MAX_GAP,
+                        *[torch.log1p(w.to(torch.float32)) for w in windowed]], dim=-1)
+
+
+def _counts_since(run_start: Tensor, element_times: Tensor, lo: Tensor, hi: Tensor, since: Tensor) -> Tensor:
+    """``[C]`` int64: per query, ``#{i in [lo, hi) : element_times[i] >= since}``.
+
+    ``run_start [P]`` bool marks where a run of equal keys starts in a sorted array whose ``element_times
+    [P]`` are non-decreasing within every run, and each ``[lo, hi)`` lies within one run (empty: 0).
+    One binary search per query over the keys ``(run number, time)``."""
+    if len(element_times) == 0:
+        return torch.zeros_like(lo)
+    run = torch.cumsum(run_start.to(torch.int64), 0)  # [P]: 1, 1, 2, ... (the run of each element)
+    low = int(torch.minimum(element_times.min(), since.min()))
+    span = int(torch.maximum(element_times.max(), since.max())) - low + 1
+    if int(run[-1]) + 1 >= 2**62 // span:
+        raise ValueError(f"match windows: {int(run[-1])} runs over a time span of {span} s do not fit one int64 key")
+    keys = run * span + (element_times - low)  # sorted: runs in order, times non-decreasing within each
+    first = torch.searchsorted(keys, run[lo.clamp(max=len(run) - 1)] * span + (since - low))
+    return torch.where(hi > lo, (hi - torch.maximum(first, lo)).clamp(min=0), 0)
 
 
 def match_features(event_ids: Tensor, offsets: Tensor, times: Tensor, request_times: Tensor, candidate_ids: Tensor,
-                   history_index: Tensor) -> Tensor:
-    """``[B, FEATURES·V]``: the features of B candidates over G histories (see the module)."""
+                   history_index: Tensor, windows: Windows = ()) -> Tensor:
+    """``[B, (FEATURES + W)·V]``: the features of B candidates over G histories (see the module)."""
     batch, vocabularies = candidate_ids.shape
     device = candidate_ids.device
+    width_out = features_per_vocabulary(windows)
     if batch == 0 or vocabularies == 0:
-        return torch.zeros(batch, FEATURES * vocabularies, device=device)
+        return torch.zeros(batch, width_out * vocabularies, device=device)
     positions = len(event_ids)
     lengths = offsets[1:] - offsets[:-1]
     row = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths, output_size=positions)
@@ -67,7 +96,8 @@ def match_features(event_ids: Tensor, offsets: Tensor, times: Tensor, request_ti
     for v in range(vocabularies):
         wanted = candidate_ids[:, v]
         if positions == 0:
-            blocks.append(_features(torch.zeros_like(wanted), request, request))
+            none = torch.zeros_like(wanted)
+            blocks.append(_features(none, request, request, [none] * len(windows)))
             continue
         # dense ranks of the ids (events and candidates together), so that (history, id) fits one int64 key
         rank = torch.unique(torch.cat([event_ids[:, v], wanted]), return_inverse=True)[1]
@@ -75,14 +105,30 @@ def match_features(event_ids: Tensor, offsets: Tensor, times: Tensor, request_ti
         sorted_keys, order = torch.sort(row * width + rank[:positions], stable=True)  # equal keys: positions in time order
         keys = history_index * width + rank[positions:]
         high = torch.searchsorted(sorted_keys, keys, right=True)
-        count = torch.where(wanted >= 0, high - torch.searchsorted(sorted_keys, keys), 0)
+        low = torch.where(wanted >= 0, torch.searchsorted(sorted_keys, keys), high)
         last = order[(high - 1).clamp(min=0)]
-        blocks.append(_features(count, times[last], request))
+        windowed = []
+        if windows:
+            run_start = torch.ones(positions, dtype=torch.bool, device=device)
+            run_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
+            windowed = [_counts_since(run_start, times[order], low, high, request - w) for w in windows]
+        blocks.append(_features(high - low, times[last], request, windowed))
     return torch.cat(blocks, dim=-1)
 
 
-def match_features_one_user(index: UserSearchIndex, times: Tensor, request_time: Tensor, candidate_ids: Tensor) -> Tensor:
-    """``[C, FEATURES·V]``: the features of C candidates over one user's history, from its index
+def _windowed_counts(index: UserSearchIndex, v: int, times: Tensor, low: Tensor, high: Tensor, request: Tensor, windows: Windows) -> list[Tensor]:
+    """Per window, ``[C]`` int64: the matches in ``[low, high)`` of the index's vocabulary ``v`` at or after ``request - w``."""
+    if not windows:
+        return []
+    ids = index.ids[v]
+    run_start = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
+    run_start[1:] = ids[1:] != ids[:-1]
+    element_times = times[index.positions[v]]  # within an id: positions, so times, increasing
+    return [_counts_since(run_start, element_times, low, high, request - w) for w in windows]
+
+
+def match_features_one_user(index: UserSearchIndex, times: Tensor, request_time: Tensor, candidate_ids: Tensor, windows: Windows = ()) -> Tensor:
+    """``[C, (FEATURES + W)·V]``: the features of C candidates over one user's history, from its index
     (``times [N]``: the positions' times; ``request_time``: a 0-d or ``[1]`` tensor)."""
     count_c, vocabularies = candidate_ids.shape
     request = request_time.reshape(-1)[:1].expand(count_c)
@@ -90,19 +136,21 @@ def match_features_one_user(index: UserSearchIndex, times: Tensor, request_time:
     for v in range(vocabularies):
         wanted = candidate_ids[:, v].contiguous()
         if index.length == 0:
-            blocks.append(_features(torch.zeros_like(wanted), request, request))
+            none = torch.zeros_like(wanted)
+            blocks.append(_features(none, request, request, [none] * len(windows)))
             continue
         high = torch.searchsorted(index.ids[v], wanted, right=True)
-        count = torch.where(wanted >= 0, high - torch.searchsorted(index.ids[v], wanted), 0)
+        low = torch.where(wanted >= 0, torch.searchsorted(index.ids[v], wanted), high)
         last = index.positions[v][(high - 1).clamp(min=0)]  # equal ids: positions increasing
-        blocks.append(_features(count, times[last], request))
+        blocks.append(_features(high - low, times[last], request, _windowed_counts(index, v, times, low, high, request, windows)))
     if not blocks:
         return torch.zeros(count_c, 0, device=candidate_ids.device)
     return torch.cat(blocks, dim=-1)
 
 
-def match_features_before(index: UserSearchIndex, times: Tensor, request_times: Tensor, candidate_ids: Tensor, cuts: Tensor) -> Tensor:
-    """``[C, FEATURES·V]``: the features of C candidates, candidate ``c`` over the first ``cuts[c]``
+def match_features_before(index: UserSearchIndex, times: Tensor, request_times: Tensor, candidate_ids: Tensor, cuts: Tensor,
+                          windows: Windows = ()) -> Tensor:
+    """``[C, (FEATURES + W)·V]``: the features of C candidates, candidate ``c`` over the first ``cuts[c]``
     positions of one user's history (its index; ``times [N]``) at its own ``request_times[c]``."""
     count_c, vocabularies = candidate_ids.shape
     n = index.length
@@ -111,20 +159,21 @@ def match_features_before(index: UserSearchIndex, times: Tensor, request_times: 
     for v in range(vocabularies):
         wanted = candidate_ids[:, v].contiguous()
         if n == 0:
-            blocks.append(_features(torch.zeros_like(wanted), request_times, request_times))
+            none = torch.zeros_like(wanted)
+            blocks.append(_features(none, request_times, request_times, [none] * len(windows)))
             continue
         keyed = index.ids[v] * (n + 1) + index.positions[v]  # sorted: by id, then position
         high = torch.searchsorted(keyed, wanted * (n + 1) + cuts)  # this id's positions before the cut
-        count = torch.where(wanted >= 0, high - torch.searchsorted(keyed, wanted * (n + 1)), 0)
+        low = torch.where(wanted >= 0, torch.searchsorted(keyed, wanted * (n + 1)), high)
         last = index.positions[v][(high - 1).clamp(min=0)]
-        blocks.append(_features(count, times[last], request_times))
+        blocks.append(_features(high - low, times[last], request_times, _windowed_counts(index, v, times, low, high, request_times, windows)))
     if not blocks:
         return torch.zeros(count_c, 0, device=candidate_ids.device)
     return torch.cat(blocks, dim=-1)
 
 
 def match_features_reference(event_ids: Tensor, offsets: Tensor, times: Tensor, request_times: Tensor, candidate_ids: Tensor,
-                             history_index: Tensor) -> Tensor:
+                             history_index: Tensor, windows: Windows = ()) -> Tensor:
     """The same features one candidate and one vocabulary at a time (a readable reference for the tests)."""
     rows = []
     for b in range(len(candidate_ids)):
@@ -139,5 +188,6 @@ def match_features_reference(event_ids: Tensor, offsets: Tensor, times: Tensor, 
             age = min(max(int(request_times[g]) - last_time, 0), MAX_GAP)
             has = 1.0 if count else 0.0
             row += [math.log1p(count), has, has * math.log1p(age) / _LOG_MAX_GAP]
+            row += [math.log1p(sum(1 for p in matches if int(times[p]) >= int(request_times[g]) - w)) for w in windows]
         rows.append(row)
-    return torch.tensor(rows, dtype=torch.float32).reshape(len(candidate_ids), FEATURES * candidate_ids.shape[1])
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(candidate_ids), features_per_vocabulary(windows) * candidate_ids.shape[1])

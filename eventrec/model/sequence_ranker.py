@@ -35,7 +35,7 @@ from eventrec.model.event_model import EventModel
 from eventrec.model.heads import CrossNetwork, TaskHeads, interaction_input
 from eventrec.model.identity_codes import identity_codes
 from eventrec.model.match_count import MatchCount
-from eventrec.model.match_features import FEATURES, match_features, match_features_before, match_features_one_user
+from eventrec.model.match_features import features_per_vocabulary, match_features, match_features_before, match_features_one_user
 from eventrec.model.keyed_pooling import KeyedAttentionPooling
 from eventrec.ops import time_gap_bucket
 from eventrec.ops.jagged_helpers import gather_rows
@@ -123,7 +123,7 @@ class SequenceRanker(nn.Module):
         # the count-preserving path (experimental.match_count): soft counts of matching events per match block
         self.match_counter = MatchCount(self.pooling.match_vocabularies) if config.match_count and self.match_vocabularies else None
         head_in += self.match_counter.blocks if self.match_counter is not None else 0
-        head_in += FEATURES * len(self.match_vocabularies) if self.uses_match_features else 0
+        head_in += features_per_vocabulary(config.match_windows) * len(self.match_vocabularies) if self.uses_match_features else 0
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
@@ -340,13 +340,14 @@ class SequenceRanker(nn.Module):
 
     def exact_match_features(self, user: UserSide, candidate_ids: torch.Tensor, history_index: torch.Tensor,
                              index: UserSearchIndex | None = None) -> torch.Tensor:
-        """``[B, 3·V]``: :mod:`eventrec.model.match_features` of the candidates (``candidate_ids [B, V]``)
+        """``[B, (3 + W)·V]``: :mod:`eventrec.model.match_features` of the candidates (``candidate_ids [B, V]``)
         over their histories at the user side's request times; with ``index`` (one user) by its binary search."""
         if user.timestamps is None or user.request_times is None or user.match_ids is None:
             raise ValueError("match_features: the user side needs its timestamps, request_times (UserSide.at) and match_ids")
         if index is not None:
-            return match_features_one_user(index, user.timestamps, user.request_times, candidate_ids)
-        return match_features(user.match_ids, user.offsets, user.timestamps, user.request_times, candidate_ids, history_index)
+            return match_features_one_user(index, user.timestamps, user.request_times, candidate_ids, self.config.match_windows)
+        return match_features(user.match_ids, user.offsets, user.timestamps, user.request_times, candidate_ids, history_index,
+                              self.config.match_windows)
 
     def output_logits(self, x: torch.Tensor, dot: torch.Tensor | None) -> torch.Tensor:
         """Cross network and heads on the interaction input ``x [B, F]``, plus the dot term ``[B, T]``
@@ -410,7 +411,8 @@ class SequenceRanker(nn.Module):
                                                                   user.timestamps[start:end], times[mine], cuts[mine], candidate[mine], match[mine],
                                                                   search, index))
             if self.uses_match_features:
-                feature_parts.append(match_features_before(index, user.timestamps[start:end], times[mine], ids[mine], cuts[mine]))
+                feature_parts.append(match_features_before(index, user.timestamps[start:end], times[mine], ids[mine], cuts[mine],
+                                                           self.config.match_windows))
         back = torch.empty_like(order)
         back[order] = torch.arange(len(order), device=order.device)
         pooled = torch.cat(pooled_parts).index_select(0, back)
