@@ -150,3 +150,33 @@ def test_training_on_user_batches(store, tmp_path):
         assert result.exit_code == 0, result.output
         reports.append([line for line in result.output.splitlines() if "model AUC" in line])
     assert reports[0] == reports[1] and len(reports[0]) == len(store.label_names)
+
+
+def test_an_epoch_of_whole_users_has_its_own_number_of_batches(store, tmp_path):
+    """Batches pack whole users from each epoch's shuffled order, so epochs can differ in batch count:
+    every epoch is trained to its own end and validated there (a fixed count from the first epoch
+    asked a shorter epoch for a batch it does not have: IndexError)."""
+    import json
+
+    from eventrec.data.loader import BatchDataset
+    from eventrec.training.trainer import TrainConfig, train
+
+    train_split = store.split_indices("train")
+    lengths = {}
+    for batch_size in range(2, 12):
+        for seed in range(8):
+            dataset = BatchDataset(store, "train", batch_size, shuffle=True, seed=seed, groups=store.user_rows[train_split])
+            counts = []
+            for epoch in range(3):
+                dataset.set_epoch(epoch)
+                counts.append(len(dataset))
+            if min(counts[1:]) < counts[0]:  # a later epoch shorter than the first
+                lengths[(batch_size, seed)] = counts
+    assert lengths, "the tiny store (3 training impressions of 2 users) has a batch size whose epochs differ in batch count"
+    (batch_size, seed), counts = next(iter(lengths.items()))
+    config = SequenceModelConfig(**SMALL, candidate_search={"recent": 1, "per_match": 1})
+    train_config = TrainConfig(epochs=3, batch_size=batch_size, seed=seed, warmup_steps=1, patience=5, experimental={"user_batches": True})
+    train(store, config, train_config, tmp_path / "run", show_progress=False)
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["steps"] == sum(counts)
+    assert [h["step"] for h in result["history"]] == list(np.cumsum(counts))

@@ -134,17 +134,26 @@ class Trainer:
             groups = store.user_rows[store.split_indices("train")]
             self.validation = self.validation[np.argsort(store.user_rows[self.validation], kind="stable")]  # a batch: few users
         self.dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=self.batch_fn, groups=groups)
-        full = len(self.dataset)
-        self.steps_per_epoch = full if config.max_steps_per_epoch is None else min(full, config.max_steps_per_epoch)
+        self.steps_per_epoch = self.epoch_length()  # the first epoch's; grouped batches vary a little from epoch to epoch
         self.total_steps = self.steps_per_epoch * config.epochs
-        per_epoch = config.validations_per_epoch
-        self.validation_points = {round(self.steps_per_epoch * (k + 1) / per_epoch) for k in range(per_epoch)}
         self.info_base = {"model_config": self.model_config.model_dump(mode="json"), "feature_spec": self.spec.to_json(),
                           "train_config": config.model_dump(mode="json"), STORE_KEY: store_record(store)}
         self.state: dict = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_ne": None, "best_epoch": -1, "bad_epochs": 0,
                             "history": [], "best_validation": {}}
         decay = config.weight_average_decay
         self.callbacks: list[Callback] = [WeightAverage(self.model, decay)] if decay else []
+
+    def epoch_length(self) -> int:
+        """Batches in the dataset's current epoch (at most ``max_steps_per_epoch``). Batches of whole
+        groups (users, requests) are packed from each epoch's shuffled group order, so their number
+        can differ by a few from one epoch to the next."""
+        full = len(self.dataset)
+        return full if self.config.max_steps_per_epoch is None else min(full, self.config.max_steps_per_epoch)
+
+    def validation_points(self, length: int) -> set[int]:
+        """The batch counts within an epoch of ``length`` batches after which to validate (the last is its end)."""
+        per_epoch = self.config.validations_per_epoch
+        return {round(length * (k + 1) / per_epoch) for k in range(per_epoch)}
 
     @property
     def last(self) -> Path:
@@ -256,16 +265,18 @@ class Trainer:
         config, state = self.config, self.state
         epoch = state["epoch"]
         self.dataset.set_epoch(epoch)
-        loader = DataLoader(self.dataset, batch_size=None, sampler=range(state["batch_in_epoch"], self.steps_per_epoch),
+        length = self.epoch_length()
+        validation_points = self.validation_points(length)
+        loader = DataLoader(self.dataset, batch_size=None, sampler=range(state["batch_in_epoch"], length),
                             num_workers=config.num_workers, collate_fn=lambda b: b)
-        bar = tqdm(loader, total=self.steps_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
+        bar = tqdm(loader, total=length, initial=state["batch_in_epoch"], desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not self.show_progress, file=sys.stderr, dynamic_ncols=True)
         running, stopped = None, False
         for batch in bar:
             value, lr = self.step(batch)
             running = value if running is None else 0.98 * running + 0.02 * value
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.1e}")
-            if state["batch_in_epoch"] in self.validation_points:
+            if state["batch_in_epoch"] in validation_points:
                 stopped = state["stopped"] = self.validate(epoch)
                 self.checkpoint(self.last, with_optimizers=True)
                 if stopped:
