@@ -11,7 +11,9 @@ DLRM) per seed with the same loop (validation split for early stopping, never te
 and prints the test table (mean ± std over seeds) with the gain rule and the best rule baseline
 (chosen on validation), and writes it with the plots
 under the work directory. Finished runs are reused if the script is killed and started again (or run again with another
-``--variant``: only the new model trains).
+``--variant``: only the new model trains). ``--runs-from DIR`` reads DIR's store and copies its finished runs of the
+``--models`` into this work directory, so that sequence variants trained with other settings (``--learning-rate``,
+``--batch-size``) sit beside the same baseline runs.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def main() -> None:
                         help="train, validate and test the sequence models on impressions grouped by user (experimental.user_batches: "
                              "each user's history encoded once per batch; needs candidate_search and histories within max_length)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--runs-from", type=Path, default=None, metavar="DIR",
+                        help="an earlier comparison's work directory: read its store, and copy its finished runs of the --models "
+                             "(not the --variant models; same model config) into this one's runs/ instead of training them again (they keep the "
+                             "training settings they ran with, e.g. the DLRM at the default learning rate beside a sequence "
+                             "model trained here with --learning-rate)")
     parser.add_argument("--schema", type=Path, default=None,
                         help="a schema file to build the store with instead of the dataset's built-in one (e.g. other "
                              "max_length or sampling; use its own --workdir)")
@@ -82,7 +89,7 @@ def main() -> None:
         except ValueError as error:  # bad JSON (JSONDecodeError) or a config pydantic refuses
             parser.error(f"--variant {text!r}: {error}")
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"
-    logs, store_dir = workdir / "logs", workdir / "store"
+    logs, store_dir = workdir / "logs", (args.runs_from or workdir) / "store"
     started = time.perf_counter()
     candidates = None
     if args.dataset == "synthetic":
@@ -103,12 +110,17 @@ def main() -> None:
         schema_name = ADAPTERS[args.dataset][1]
         if not (logs / "impressions.parquet").exists():
             prepare_dataset(args.dataset, logs)
+    if args.runs_from is not None and not (store_dir / "manifest.json").exists():
+        parser.error(f"--runs-from {args.runs_from}: no store there ({store_dir}/manifest.json)")
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
     rate = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=args.validations, patience=2, **rate,
                                max_steps_per_epoch=args.max_steps_per_epoch, experimental={"user_batches": True} if args.user_batches else None)
+    if args.runs_from is not None:
+        named = args.models or list(COMPARED_MODELS)  # not the --variant models: those train here
+        copy_finished_runs(args.runs_from / "runs", workdir / "runs", [f"{name}_seed{seed}" for name in named for seed in range(args.seeds)])
     runs = run_comparison(store, models, train_config, list(range(args.seeds)), workdir / "runs", candidates=candidates, top_k=3)
     rules = {split: rule_metrics(store, split) for split in ("validation", "test")}
     table = format_table(summarize(runs), baseline=list(COMPARED_MODELS)[1:], rules=rules)
@@ -118,6 +130,22 @@ def main() -> None:
     (workdir / "report.md").write_text(f"# {args.dataset}: sequence model vs DLRM\n\n{table}{footer}\n")
     print(table + footer)
     print(f"report {workdir / 'report.md'}, plots {', '.join(p.name for p in plots)}; {time.perf_counter() - started:.0f}s")
+
+
+def copy_finished_runs(source: Path, target: Path, names: list[str]) -> None:
+    """Copy each finished run (``run.json`` written) named ``names`` from ``source`` to ``target`` where
+    ``target`` has none yet; run_comparison then reads it back (and refuses it if its config differs)."""
+    import shutil
+
+    for name in names:
+        if (source / name / "run.json").exists() and not (target / name).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            partial = target / f".{name}.copying"
+            if partial.exists():  # this function's own copy, left by a killed run
+                shutil.rmtree(partial)
+            shutil.copytree(source / name, partial)
+            partial.rename(target / name)
+            print(f"reused {source / name}")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,21 @@ def test_comparison_table_with_baselines_and_rule(tiny_store, tmp_path):
     with pytest.raises(ValueError, match="another 'dlrm' config"):
         run_comparison(tiny_store, other, train, [0], tmp_path / "runs", show_progress=False)
     assert (tmp_path / "runs" / "dlrm_seed0" / "run.json").exists()
+
+
+def test_finished_runs_of_another_work_directory_are_copied_once(tmp_path):
+    """``bench/compare_models.py --runs-from``: finished runs are copied (not moved), unfinished ones and
+    runs already present are left alone, and a copy left half-done by a killed run is redone."""
+    from bench.compare_models import copy_finished_runs
+
+    source, target = tmp_path / "a" / "runs", tmp_path / "b" / "runs"
+    (source / "dlrm_seed0").mkdir(parents=True)
+    (source / "dlrm_seed0" / "run.json").write_text("{}")
+    (source / "dlrm_seed1").mkdir()  # killed: no run.json
+    (target / ".dlrm_seed0.copying").mkdir(parents=True)  # a killed copy
+    copy_finished_runs(source, target, ["dlrm_seed0", "dlrm_seed1", "dlrm_seed2"])
+    assert sorted(p.name for p in target.iterdir()) == ["dlrm_seed0"]
+    assert (source / "dlrm_seed0" / "run.json").exists() and (target / "dlrm_seed0" / "run.json").read_text() == "{}"
+    (target / "dlrm_seed0" / "run.json").write_text('{"kept": 1}')
+    copy_finished_runs(source, target, ["dlrm_seed0"])
+    assert (target / "dlrm_seed0" / "run.json").read_text() == '{"kept": 1}'
