@@ -90,6 +90,8 @@ def main() -> None:
             parser.error(f"--variant {text!r}: {error}")
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"
     logs, store_dir = workdir / "logs", (args.runs_from or workdir) / "store"
+    if args.runs_from is not None and not (store_dir / "manifest.json").exists():  # checked before anything is prepared
+        parser.error(f"--runs-from {args.runs_from}: no store there ({store_dir}/manifest.json)")
     started = time.perf_counter()
     candidates = None
     if args.dataset == "synthetic":
@@ -110,8 +112,6 @@ def main() -> None:
         schema_name = ADAPTERS[args.dataset][1]
         if not (logs / "impressions.parquet").exists():
             prepare_dataset(args.dataset, logs)
-    if args.runs_from is not None and not (store_dir / "manifest.json").exists():
-        parser.error(f"--runs-from {args.runs_from}: no store there ({store_dir}/manifest.json)")
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
