@@ -62,22 +62,25 @@ def _features(count: Tensor, last_time: Tensor, request_time: Tensor, windowed: 
                         *[torch.log1p(w.to(torch.float32)) for w in windowed]], dim=-1)
 
 
-def _counts_since(run_start: Tensor, element_times: Tensor, lo: Tensor, hi: Tensor, since: Tensor) -> Tensor:
-    """``[C]`` int64: per query, ``#{i in [lo, hi) : element_times[i] >= since}``.
+def _counts_since(run_start: Tensor, element_times: Tensor, lo: Tensor, hi: Tensor, request: Tensor, windows: Windows) -> list[Tensor]:
+    """Per window ``w``, ``[C]`` int64: per query, ``#{i in [lo, hi) : element_times[i] >= request - w}``.
 
     ``run_start [P]`` bool marks where a run of equal keys starts in a sorted array whose ``element_times
     [P]`` are non-decreasing within every run, and each ``[lo, hi)`` lies within one run (empty: 0).
-    One binary search per query over the keys ``(run number, time)``."""
+    The keys ``(run number, time)`` are built once; one binary search per query and window."""
+    if not windows:
+        return []
+    since = request.unsqueeze(0) - torch.tensor(windows, dtype=request.dtype, device=request.device).unsqueeze(1)  # [W, C]
     if len(element_times) == 0:
-        return torch.zeros_like(lo)
+        return [torch.zeros_like(lo) for _ in windows]
     run = torch.cumsum(run_start.to(torch.int64), 0)  # [P]: 1, 1, 2, ... (the run of each element)
     low = int(torch.minimum(element_times.min(), since.min()))
     span = int(torch.maximum(element_times.max(), since.max())) - low + 1
     if int(run[-1]) + 1 >= 2**62 // span:
         raise ValueError(f"match windows: {int(run[-1])} runs over a time span of {span} s do not fit one int64 key")
     keys = run * span + (element_times - low)  # sorted: runs in order, times non-decreasing within each
-    first = torch.searchsorted(keys, run[lo.clamp(max=len(run) - 1)] * span + (since - low))
-    return torch.where(hi > lo, (hi - torch.maximum(first, lo)).clamp(min=0), 0)
+    first = torch.searchsorted(keys, (run[lo.clamp(max=len(run) - 1)] * span + (since - low)).reshape(-1)).view_as(since)
+    return list(torch.where(hi > lo, (hi - torch.maximum(first, lo)).clamp(min=0), 0).unbind(0))
 
 
 def match_features(event_ids: Tensor, offsets: Tensor, times: Tensor, request_times: Tensor, candidate_ids: Tensor,
@@ -111,7 +114,7 @@ def match_features(event_ids: Tensor, offsets: Tensor, times: Tensor, request_ti
         if windows:
             run_start = torch.ones(positions, dtype=torch.bool, device=device)
             run_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
-            windowed = [_counts_since(run_start, times[order], low, high, request - w) for w in windows]
+            windowed = _counts_since(run_start, times[order], low, high, request, windows)
         blocks.append(_features(high - low, times[last], request, windowed))
     return torch.cat(blocks, dim=-1)
 
@@ -124,7 +127,7 @@ def _windowed_counts(index: UserSearchIndex, v: int, times: Tensor, low: Tensor,
     run_start = torch.ones(len(ids), dtype=torch.bool, device=ids.device)
     run_start[1:] = ids[1:] != ids[:-1]
     element_times = times[index.positions[v]]  # within an id: positions, so times, increasing
-    return [_counts_since(run_start, element_times, low, high, request - w) for w in windows]
+    return _counts_since(run_start, element_times, low, high, request, windows)
 
 
 def match_features_one_user(index: UserSearchIndex, times: Tensor, request_time: Tensor, candidate_ids: Tensor, windows: Windows = ()) -> Tensor:
