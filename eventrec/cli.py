@@ -219,6 +219,8 @@ def train(
     except (StoreError, ValueError) as error:
         _fail(error)
     _, result = trainer.fit()
+    if launched_by_torchrun():
+        env.leave()
     if rank != 0:
         return  # rank 0 reports
     typer.echo(f"best_epoch {result.best_epoch} (counted from 0, as in result.json and the logs; the progress bar's "

@@ -71,6 +71,15 @@ class DistributedEnv:
         world = dist.get_world_size()
         return cls(dist.get_rank(), world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)), backend, device)
 
+    def leave(self) -> None:
+        """Leave the process group once training ended well on every rank (a barrier, then
+        ``destroy_process_group``). Without it, gloo's worker threads can outlive the interpreter and
+        abort the process at exit (SIGABRT, "terminate called without an active exception"). Not
+        called after a failure: a rank still inside a collective would hang the others."""
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def quiet_torchrec() -> None:
     """TorchRec's planner warns about its own defaults at every start; keep its errors only."""
