@@ -21,6 +21,7 @@ from eventrec.model.sequence_ranker import SequenceRanker
 from eventrec.schema import load_schema
 from eventrec.store.build import build_store
 from eventrec.store.reader import EventStore
+from eventrec.training.factory import batch_function
 from test_candidate_search import _brute_force, _random_histories
 from tiny_world import write_tiny_world
 
@@ -107,13 +108,15 @@ def test_user_batches_are_refused_where_a_history_is_not_a_prefix(tmp_path):
     dict(candidate_search={"recent": 1, "per_match": 2}, encoder="linear"),
     dict(candidate_search={"recent": 0, "per_match": 1}, match_features=False),
     dict(candidate_search={"recent": 1, "per_match": 1}, experimental={"match_windows": [3600, 86400 * 30]}),
-], ids=["search", "no_summary", "linear", "no_features", "windows"])
+    dict(candidate_search={"recent": 1, "per_match": 1}, experimental={"item_counters": [60]}),
+], ids=["search", "no_summary", "linear", "no_features", "windows", "item_counters"])
 def test_logits_and_gradients_equal_per_impression_batches(store, config):
     torch.manual_seed(0)
     model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig(**SMALL, **config)).train()
     every = np.arange(store.num_examples)
     outputs = {}
-    for name, batch in (("grouped", make_user_batch(store, every)), ("single", make_batch(store, every))):
+    model_config = SequenceModelConfig(**SMALL, **config)
+    for name, batch in (("grouped", batch_function(model_config, user_batches=True)(store, every)), ("single", batch_function(model_config)(store, every))):
         model.zero_grad()
         logits = model(batch)
         logits.square().sum().backward()

@@ -13,6 +13,8 @@ Shapes, for a batch of B impressions::
     request_timestamps            [B] int64
     history_cuts                  [B] int64       or None: with one history per user (eventrec/data/user_batches.py),
                                                   the number of its events (a prefix) each impression reads
+    item_counts                   [B, K] float32  or None: the candidates' item counters (eventrec/data/item_counters.py),
+                                                  for a model that reads them
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class EventBatch(_Movable):
     label_names: list[str]
     request_ids: torch.Tensor | None = None
     history_cuts: torch.Tensor | None = None
+    item_counts: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -14,7 +14,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from eventrec.data.user_batches import make_user_batch
+from eventrec.training.factory import batch_function
 from eventrec.evaluation.metrics import require_finite, task_metrics
 from eventrec.store.reader import EventStore
 
@@ -41,7 +41,7 @@ def predict_by_user(model: nn.Module, store: EventStore, indices: np.ndarray, ba
     order of ``indices``."""
     indices = np.asarray(indices, dtype=np.int64)
     order = np.argsort(store.user_rows[indices], kind="stable")
-    probs = predict(model, store, indices[order], make_user_batch, batch_size)
+    probs = predict(model, store, indices[order], batch_function(model.config, user_batches=True), batch_size)
     out = np.empty_like(probs)
     out[order] = probs
     return out

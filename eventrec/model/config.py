@@ -31,12 +31,17 @@ class ExperimentalModelConfig(_Config):
         default_factory=list, description="with match_features: per match vocabulary, one more feature per window (seconds, "
         "increasing): log1p of the matching events within the window before the request (e.g. [86400, 604800, 2592000], "
         "the engineered DLRM's 1d / 7d / 30d)")
+    item_counters: list[int] | None = Field(
+        None, description="item-side counters (eventrec.data.item_counters): per stream and vocabulary the candidate shares "
+        "with it, log1p of the events of all users with the candidate's id before the request, over the whole history and "
+        "each window listed (seconds, increasing; [] for the whole history only), into the heads. None: off")
 
     @model_validator(mode="after")
     def _windows_increase(self) -> "ExperimentalModelConfig":
-        windows = self.match_windows
-        if any(w <= 0 for w in windows) or any(b <= a for a, b in zip(windows, windows[1:])):
-            raise ValueError(f"match_windows: positive seconds in increasing order, got {windows}")
+        for name in ("match_windows", "item_counters"):
+            windows = getattr(self, name) or []
+            if any(w <= 0 for w in windows) or any(b <= a for a, b in zip(windows, windows[1:])):
+                raise ValueError(f"{name}: positive seconds in increasing order, got {windows}")
         return self
 
 
@@ -187,6 +192,13 @@ class SequenceModelConfig(_Config):
     def match_windows(self) -> tuple[int, ...]:
         """``experimental.match_windows`` (none without an experimental section)."""
         return () if self.experimental is None else tuple(self.experimental.match_windows)
+
+    @property
+    def item_counter_windows(self) -> tuple[int, ...] | None:
+        """``experimental.item_counters``: the windows of the item counters (None: not read)."""
+        if self.experimental is None or self.experimental.item_counters is None:
+            return None
+        return tuple(self.experimental.item_counters)
 
     @model_validator(mode="after")
     def _windows_need_features(self) -> "SequenceModelConfig":

@@ -26,7 +26,7 @@ from torch import nn
 
 from eventrec.data.batch import EventBatch
 from eventrec.data.jagged import JaggedTensor
-from eventrec.data.candidate_match import reserved_ids
+from eventrec.data.candidate_match import match_pairs, reserved_ids
 from eventrec.model.candidate_search import NO_MATCH, Search, UserSearchIndex
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import AttributeEmbedder, EmbeddingTables, FeatureSpec, vocabularies_used
@@ -124,6 +124,10 @@ class SequenceRanker(nn.Module):
         self.match_counter = MatchCount(self.pooling.match_vocabularies) if config.match_count and self.match_vocabularies else None
         head_in += self.match_counter.blocks if self.match_counter is not None else 0
         head_in += features_per_vocabulary(config.match_windows) * len(self.match_vocabularies) if self.uses_match_features else 0
+        # the item counters (experimental.item_counters): what all users did with the candidate, from the batch
+        windows = config.item_counter_windows
+        self.item_counter_features = 0 if windows is None else len(match_pairs(schema)) * (1 + len(windows))
+        head_in += self.item_counter_features
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
@@ -274,19 +278,20 @@ class SequenceRanker(nn.Module):
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, user: UserSide, candidates: torch.Tensor, context: torch.Tensor | None = None, history_index: torch.Tensor | None = None,
               plan: OneUserPlan | None = None, dot_parts: list | None = None, candidate_ids: torch.Tensor | None = None,
-              search_index: UserSearchIndex | None = None) -> torch.Tensor:
+              search_index: UserSearchIndex | None = None, item_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[C, T]`` of C embedded candidates (:meth:`embed_candidates` rows ``[C, Q_item (+ V·E)]``)
         in their contexts (:meth:`embed_context`: ``[C, Q_ctx]``, or ``[1, Q_ctx]`` for all) over the
         user side's histories (``history_index [C]``; default: all of history 0). ``plan``: one user's
         candidates through the keyed pooling op's ``"one_user"`` backend (serving). With
         ``candidate_search``: ``candidate_ids [C, V]`` (:meth:`candidate_ids`), and for one user with a
         ``plan`` the pooling reads only the searched positions (``search_index``: the user's index,
-        built here when None)."""
+        built here when None). With ``item_counters``: ``item_counts [C, K]``
+        (:class:`~eventrec.data.item_counters.ItemCounters` at the request time)."""
         candidate = self.candidate_vectors(candidates, context)
         match = candidates[:, self.item_embedder.out_dim :] if self.match_vocabularies else None
         if history_index is None:
             history_index = torch.zeros(len(candidates), dtype=torch.int64, device=candidates.device)
-        return self._logits(user, candidate, match, history_index, plan, dot_parts, candidate_ids, search_index)
+        return self._logits(user, candidate, match, history_index, plan, dot_parts, candidate_ids, search_index, item_counts)
 
     def candidate_vectors(self, candidates: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``[C, Q]``: embedded candidates (:meth:`embed_candidates` rows) in their contexts, normalised:
@@ -297,15 +302,17 @@ class SequenceRanker(nn.Module):
         return self.candidate_norm(torch.cat(parts, dim=-1))
 
     def candidate_side(self, user: UserSide, item: dict, context: dict, history_index: torch.Tensor,
-                       dot_parts: list | None = None) -> torch.Tensor:
+                       dot_parts: list | None = None, item_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T]`` of B candidates over the user side's histories. With ``dot_term``,
-        ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``."""
+        ``dot_parts`` (if given) receives the user vectors ``[G, T, D]`` and item vectors ``[B, D]``;
+        with ``item_counters``, ``item_counts [B, K]`` are the candidates' counters."""
         ids = self.candidate_ids(item) if self.reads_match_ids else None
-        return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts, ids)
+        return self._logits(user, self.candidate_input(item, context), self.match_queries(item), history_index, None, dot_parts, ids,
+                            item_counts=item_counts)
 
     def _logits(self, user: UserSide, candidate: torch.Tensor, match: torch.Tensor | None, history_index: torch.Tensor,
                 plan: OneUserPlan | None, dot_parts: list | None, candidate_ids: torch.Tensor | None = None,
-                search_index: UserSearchIndex | None = None) -> torch.Tensor:
+                search_index: UserSearchIndex | None = None, item_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Keyed pooling, interaction, cross network, heads and dot term of normalised candidates ``[B, Q]``."""
         if self.recency_in_pooling and (user.timestamps is None or user.request_times is None):
             raise ValueError("score: recency in the pooling needs the user side's timestamps and request_times (UserSide.at)")
@@ -330,6 +337,8 @@ class SequenceRanker(nn.Module):
             x = torch.cat([x, self.match_counter(match, user.match_keys.to(match.dtype), user.offsets, history_index).to(x.dtype)], dim=-1)
         if self.uses_match_features:
             x = torch.cat([x, self.exact_match_features(user, candidate_ids, history_index, search_index if plan is not None else None).to(x.dtype)], dim=-1)
+        if self.item_counter_features:
+            x = torch.cat([x, self.item_counter_input(item_counts, x)], dim=-1)
         dot = None
         if self.config.dot_term:
             users, items = self.dot_user_vectors(user), self.dot_item(candidate)
@@ -349,6 +358,16 @@ class SequenceRanker(nn.Module):
         return match_features(user.match_ids, user.offsets, user.timestamps, user.request_times, candidate_ids, history_index,
                               self.config.match_windows)
 
+    def item_counter_input(self, item_counts: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: ``log1p`` of the candidates' item counters (``item_counts [B, K]``), in ``like``'s
+        dtype and device."""
+        if item_counts is None:
+            raise ValueError("experimental.item_counters: the batch has no item_counts (training: batch_function(config) adds them; "
+                             "serving: the service's ItemCounters)")
+        if item_counts.shape != (len(like), self.item_counter_features):
+            raise ValueError(f"item_counts: expected [{len(like)}, {self.item_counter_features}], got {list(item_counts.shape)}")
+        return torch.log1p(item_counts.to(like.device, torch.float32).clamp_min(0)).to(like.dtype)
+
     def output_logits(self, x: torch.Tensor, dot: torch.Tensor | None) -> torch.Tensor:
         """Cross network and heads on the interaction input ``x [B, F]``, plus the dot term ``[B, T]``
         (if any) before the calibration, so that calibration maps the whole logit."""
@@ -362,7 +381,7 @@ class SequenceRanker(nn.Module):
             if dot_parts is not None:
                 raise ValueError("user batches: the dot term is not supported")
             return self.prefix_logits(batch)
-        return self.candidate_side(self.user_side(batch), batch.item, batch.context, batch.history_index, dot_parts)
+        return self.candidate_side(self.user_side(batch), batch.item, batch.context, batch.history_index, dot_parts, batch.item_counts)
 
     def check_prefix_batches(self) -> None:
         """A ValueError unless this model can read impressions grouped by user (:meth:`prefix_logits`):
@@ -419,4 +438,6 @@ class SequenceRanker(nn.Module):
         x = interaction_input(pooled, candidate, self.candidate_projection(candidate))
         if self.uses_match_features:
             x = torch.cat([x, torch.cat(feature_parts).index_select(0, back).to(x.dtype)], dim=-1)
+        if self.item_counter_features:
+            x = torch.cat([x, self.item_counter_input(batch.item_counts, x)], dim=-1)
         return self.output_logits(x, None)

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from eventrec.data.item_counters import item_counters_of
 from eventrec.model.quantized_tables import TablePrecision, quantize_tables, table_precision_of
 from eventrec.model.sequence_ranker import SequenceRanker, UserSide
 from eventrec.ops.keyed_pooling_one_user import Workspace
@@ -138,6 +139,8 @@ class RankingService:
             self.state_version += f"+kv-{kv_cache_precision}"
         self.schema = store.schema
         self.task_names = list(store.label_names)
+        if model.item_counter_features:
+            item_counters_of(store)  # indexed once here, not on the first request
         if future_tolerance_s is not None and future_tolerance_s < 0:
             raise ValueError(f"future_tolerance_s: must be >= 0 or None, got {future_tolerance_s}")
         self.future_tolerance_s = future_tolerance_s
@@ -288,7 +291,19 @@ class RankingService:
             self.candidates.misses += len(missing)
         return rows, ids, len(hashes) - len(missing), len(missing)
 
-    def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def item_counts(self, frame: pl.DataFrame, seconds: int) -> torch.Tensor | None:
+        """``[C, K]``: the candidates' item counters at the request time ``seconds``
+        (:mod:`eventrec.data.item_counters`, over the store's events), or None for a model without them."""
+        if not self.model.item_counter_features:
+            return None
+        counters = item_counters_of(self.store)
+        names = {pair.item_attribute for pair in counters.pairs}
+        group = self.records.group([a for a in self.schema.impressions.item_attributes if a.name in names], frame)
+        ids = {name: group[name].numpy() for name in names}
+        return torch.from_numpy(counters.counts(ids, np.full(frame.height, seconds, dtype=np.int64), self.model.config.item_counter_windows))
+
+    def _score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, ids: torch.Tensor | None = None,
+               item_counts: torch.Tensor | None = None) -> torch.Tensor:
         """The model's scores of cached item rows for one user, in the service's precision and on its
         scoring device, ``candidate_chunk`` rows at a time: float32 logits ``[C, T]`` on the CPU."""
         if not len(rows):
@@ -297,7 +312,8 @@ class RankingService:
         try:
             step = self.candidate_chunk or len(rows)
             return torch.cat([self.scorer.score(user, rows[start : start + step], context, workspace, self.attention_chunk,
-                                                candidate_ids=ids[start : start + step] if ids is not None else None).cpu()
+                                                candidate_ids=ids[start : start + step] if ids is not None else None,
+                                                item_counts=item_counts[start : start + step] if item_counts is not None else None).cpu()
                               for start in range(0, len(rows), step)])
         finally:
             self.workspaces.put(workspace)
@@ -357,7 +373,7 @@ class RankingService:
         side, status = self.user_side(user_id, seconds)
         timings["user_side"] = time.perf_counter() - started - timings["encode"]
         rows, ids, hits, misses = self.cached_items(frame)
-        logits = self._score(side, rows, context_vector, ids)  # the model is read-only here: no lock (scoring slots)
+        logits = self._score(side, rows, context_vector, ids, self.item_counts(frame, seconds))  # read-only model: no lock (scoring slots)
         scores = torch.sigmoid(logits).float().cpu().numpy()
         order = np.argsort(-scores[:, 0], kind="stable") if len(scores) else np.zeros(0, dtype=np.int64)
         if top_k is not None:

@@ -97,15 +97,18 @@ class CandidateScorer:
 
     @torch.no_grad()
     def score(self, user: UserSide, rows: torch.Tensor, context: torch.Tensor | None, workspace: Workspace | None = None,
-              chunk: int | None = None, plan: OneUserPlan | None = None, candidate_ids: torch.Tensor | None = None) -> torch.Tensor:
+              chunk: int | None = None, plan: OneUserPlan | None = None, candidate_ids: torch.Tensor | None = None,
+              item_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits ``[C, T]`` of embedded candidates ``rows [C, Q_item (+ V·E)]`` in the request's
         context ``[1, Q_ctx]`` for one user: :meth:`SequenceRanker.score` of this scorer's model, run as
         ``plan`` says (default :meth:`plan` of ``workspace`` and ``chunk``); ``candidate_ids [C, V]`` with
-        ``candidate_search`` (:meth:`SequenceRanker.candidate_ids`)."""
+        ``candidate_search`` (:meth:`SequenceRanker.candidate_ids`); ``item_counts [C, K]`` with ``item_counters``."""
         rows = rows.to(self.device, self.dtype)
         context = context.to(self.device, self.dtype) if context is not None else None
         ids = candidate_ids.to(self.device) if candidate_ids is not None else None
-        return self.model.score(self.user(user), rows, context, plan=plan if plan is not None else self.plan(workspace, chunk), candidate_ids=ids).float()
+        counts = item_counts.to(self.device) if item_counts is not None else None
+        return self.model.score(self.user(user), rows, context, plan=plan if plan is not None else self.plan(workspace, chunk), candidate_ids=ids,
+                                item_counts=counts).float()
 
 
 class Float32Output(nn.Module):

@@ -11,6 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from eventrec.data.gather import make_batch
+from eventrec.data.item_counters import WithItemCounts
+from eventrec.data.user_batches import make_user_batch
 from eventrec.data.dlrm_features import DlrmFeatureBuilder
 from eventrec.model.config import DlrmConfig, SequenceModelConfig, as_recorded
 from eventrec.model.dlrm import DlrmModel
@@ -50,10 +52,15 @@ def build_model(spec: FeatureSpec, config: ModelConfig) -> nn.Module:
     return SequenceRanker(spec, config) if isinstance(config, SequenceModelConfig) else DlrmModel(spec, config)
 
 
-def batch_function(config: ModelConfig) -> Callable[[object, np.ndarray], object]:
-    """``fn(store, example_indices)`` producing the batches this model reads."""
+def batch_function(config: ModelConfig, user_batches: bool = False) -> Callable[[object, np.ndarray], object]:
+    """``fn(store, example_indices)`` producing the batches this model reads (``user_batches``: the
+    sequence model's batches of whole users, :func:`~eventrec.data.user_batches.make_user_batch`)."""
     if isinstance(config, SequenceModelConfig):
-        return make_batch
+        batches = make_user_batch if user_batches else make_batch
+        windows = config.item_counter_windows
+        return batches if windows is None else WithItemCounts(batches, windows)
+    if user_batches:
+        raise ValueError("user batches: only the sequence model reads them")
     return DlrmFeatureBuilder(config.windows, engineered=config.features == "engineered")
 
 

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eventrec.data.loader import BatchDataset
-from eventrec.data.user_batches import make_user_batch
 from eventrec.evaluation.predict import metrics_by_task, predict
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.sequence_ranker import SequenceRanker
@@ -130,7 +129,7 @@ class Trainer:
             if not isinstance(self.model, SequenceRanker):
                 raise ValueError("experimental.user_batches: only the sequence model reads user batches")
             self.model.check_prefix_batches()
-            self.batch_fn = make_user_batch
+            self.batch_fn = batch_function(self.model_config, user_batches=True)
             groups = store.user_rows[store.split_indices("train")]
             self.validation = self.validation[np.argsort(store.user_rows[self.validation], kind="stable")]  # a batch: few users
         self.dataset = BatchDataset(store, "train", config.batch_size, shuffle=True, seed=config.seed, batch_fn=self.batch_fn, groups=groups)

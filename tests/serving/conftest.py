@@ -73,6 +73,12 @@ def served_match_count(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def served_item_counters(tmp_path_factory):
+    """The default model with the item counters (``experimental.item_counters``: whole history and 50 s)."""
+    return _train(tmp_path_factory.mktemp("serving_item_counters"), experimental={"item_counters": [50]})
+
+
+@pytest.fixture(scope="session")
 def served_no_match_features(tmp_path_factory):
     """``recency: pooling`` without the exact candidate-match features (``match_features: false``, the
     models trained before they were the default)."""

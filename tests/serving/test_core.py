@@ -12,7 +12,7 @@ from eventrec.data.requests import store_for_requests
 from eventrec.serving import InvalidInput, OutOfOrderEvents, RankingService, TooManyCandidates
 from eventrec.serving.user_states import request_window, window_batch
 from eventrec.evaluation.predict import predict
-from eventrec.data.gather import make_batch
+from eventrec.training.factory import batch_function
 
 CATEGORIES = ["shoes", "hats", "bags", "new", "never_seen_category"]
 ADS = [5, 6, 7, 8, 9, 123457]  # 123457: never seen anywhere (hashed: keeps its identity)
@@ -26,7 +26,7 @@ def reference(service: RankingService, user, cands, context, timestamp) -> np.nd
     """`eventrec evaluate`'s path: store_for_requests + make_batch + predict."""
     frame = pl.DataFrame([{"user_id": user, "timestamp": timestamp, **c, **context} for c in cands])
     view = store_for_requests(service.store, frame)
-    return predict(service.model, view, np.arange(len(cands)), make_batch)
+    return predict(service.model, view, np.arange(len(cands)), batch_function(service.model.config))
 
 
 def rank_after_a_failure(service: RankingService, monkeypatch, target, name: str, user=1, t: int = 1000):
@@ -53,7 +53,7 @@ def view(t: int, category: str = "shoes") -> dict:
 
 
 VARIANTS = ["served", "served_recency_pooling", "served_search", "served_invariant", "served_invariant_token", "served_dot", "served_identity", "served_match_count", "served_no_match_features", "served_low_rank_cross",
-            "served_bidirectional", "served_no_summary", "served_no_match"]
+            "served_bidirectional", "served_no_summary", "served_no_match", "served_item_counters"]
 
 
 @pytest.mark.parametrize("fixture", VARIANTS)
@@ -61,7 +61,7 @@ def test_parity_with_predict(fixture, request):
     store, checkpoint, data = request.getfixturevalue(fixture)
     service = RankingService.load(checkpoint, store)
     impressions = pl.read_parquet(data / "impressions.parquet")
-    expected = predict(service.model, store, np.arange(store.num_examples), make_batch)
+    expected = predict(service.model, store, np.arange(store.num_examples), batch_function(service.model.config))
     for i, row in enumerate(impressions.iter_rows(named=True)):
         result = service.rank(row["user_id"], [{"ad_id": row["ad_id"], "category": row["category"]}], {"placement": row["placement"]}, row["timestamp"])
         np.testing.assert_allclose(result.scores[0], expected[i], atol=1e-5, rtol=0)
