@@ -55,8 +55,8 @@ def main() -> None:
                              "max_length or sampling; use its own --workdir)")
     parser.add_argument("--models", nargs="+", default=None, help="named models to train (default: sequence dlrm dlrm_id_bags)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                        help='another sequence model to train beside them: its name and its model section as JSON, '
-                             'e.g. count=\'{"experimental": {"match_count": true}}\' (repeatable)')
+                        help='another model to train beside them: its name and its model section as JSON, a sequence model '
+                             'unless it says "kind": "dlrm", e.g. count=\'{"experimental": {"match_count": true}}\' (repeatable)')
     args = parser.parse_args()
 
     import polars as pl
@@ -85,7 +85,8 @@ def main() -> None:
         try:
             if not name or name in models:
                 raise ValueError(f"the name {name!r} is empty or already taken")
-            models[name] = default_config("sequence", json.loads(section))
+            overrides = json.loads(section)
+            models[name] = default_config(overrides.pop("kind", "sequence"), overrides)
         except ValueError as error:  # bad JSON (JSONDecodeError) or a config pydantic refuses
             parser.error(f"--variant {text!r}: {error}")
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"

@@ -73,3 +73,22 @@ def test_the_model_reads_them_only_when_configured(tiny_store):
     assert batch_function(SequenceModelConfig(**SMALL)) is make_batch  # without them: nothing computed
     with pytest.raises(ValueError, match="item_counters: positive seconds in increasing order"):
         SequenceModelConfig(**SMALL, experimental={"item_counters": [100, 50]})
+
+
+def test_the_engineered_dlrm_reads_them_by_window(tiny_store):
+    from eventrec.data.dlrm_features import DlrmFeatureBuilder
+    from eventrec.model.config import DlrmConfig
+
+    windows = {"100s": 100, "all": None, "30s": 30}  # the whole history between two finite windows
+    every = np.arange(tiny_store.num_examples)
+    plain = DlrmFeatureBuilder(windows)(tiny_store, every)
+    counted = DlrmFeatureBuilder(windows, item_counters=True)(tiny_store, every)
+    names = counted.dense_names
+    assert names[: len(plain.dense_names)] == plain.dense_names and counted.dense.shape == (len(every), len(names))
+    expected = item_counts_reference(tiny_store, every, (100, 30))  # per pair: all, 100 s, 30 s
+    for p, pair in enumerate(["click.ad_id==ad_id", "click.category==category", "view.category==category"]):
+        for column, window in ((1, "100s"), (0, "all"), (2, "30s")):
+            got = counted.dense[:, names.index(f"{pair}.{window}.log_item_count")].numpy()
+            np.testing.assert_allclose(got, np.log1p(expected[:, 3 * p + column]), rtol=1e-6)
+    with pytest.raises(ValueError, match="item_counters: an engineered feature"):
+        DlrmConfig(features="id_bags", item_counters=True)

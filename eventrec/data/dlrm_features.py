@@ -35,6 +35,7 @@ import torch
 from eventrec.data.batch import _Movable
 from eventrec.data.candidate_match import match_pairs, match_statistics, numeric_means
 from eventrec.data.gather import attribute_tensors
+from eventrec.data.item_counters import item_counters_of
 from eventrec.data.jagged import JaggedTensor
 from eventrec.data.sampling import ranges_to_indices
 from eventrec.schema import Schema
@@ -85,7 +86,7 @@ def distinct_counts(example_of: np.ndarray, ids: np.ndarray, batch_size: int) ->
     return KeyedBag(torch.from_numpy(pairs % span), torch.from_numpy(counts.astype(np.float32)), torch.from_numpy(offsets))
 
 
-def dense_names(schema: Schema, windows: dict[str, int | None], engineered: bool) -> list[str]:
+def dense_names(schema: Schema, windows: dict[str, int | None], engineered: bool, item_counters: bool = False) -> list[str]:
     """Names of the dense features, in the order of :attr:`DlrmBatch.dense` (``[B, F]``)."""
     names = []
     for stream in schema.streams:
@@ -97,6 +98,8 @@ def dense_names(schema: Schema, windows: dict[str, int | None], engineered: bool
             names += [f"{pair.name}.log_seconds_since_last", f"{pair.name}.has_match"]
         for stream, attribute in numeric_attributes(schema):
             names += [f"{stream}.{attribute}.{w}.mean" for w in windows] + [f"{stream}.{attribute}.last"]
+    if item_counters:
+        names += [f"{pair.name}.{w}.log_item_count" for pair in match_pairs(schema) for w in windows]
     return names
 
 
@@ -107,14 +110,17 @@ def numeric_attributes(schema: Schema) -> list[tuple[str, str]]:
 
 class DlrmFeatureBuilder:
     """``builder(store, example_indices) -> DlrmBatch``; usable as a loader's ``batch_fn``.
-    ``engineered``: add the candidate-match and numeric-aggregate features (see the module)."""
+    ``engineered``: add the candidate-match and numeric-aggregate features (see the module);
+    ``item_counters``: with them, the item counters per pair and window (:mod:`eventrec.data.item_counters`)."""
 
-    def __init__(self, windows: dict[str, int | None] | None = None, engineered: bool = True):
+    def __init__(self, windows: dict[str, int | None] | None = None, engineered: bool = True, item_counters: bool = False):
+        if item_counters and not engineered:
+            raise ValueError("item_counters: engineered features only")
         self.windows = dict(DEFAULT_WINDOWS if windows is None else windows)
-        self.engineered = engineered
+        self.engineered, self.item_counters = engineered, item_counters
 
     def dense_names(self, store: EventStore) -> list[str]:
-        return dense_names(store.schema, self.windows, self.engineered)
+        return dense_names(store.schema, self.windows, self.engineered, self.item_counters)
 
     def sparse_keys(self, store: EventStore) -> list[str]:
         return [f"{s.name}.{a}.{w}" for s in store.schema.streams for a in s.aggregated_ids for w in self.windows]
@@ -130,6 +136,13 @@ class DlrmFeatureBuilder:
         for stream, attribute in numeric_attributes(store.schema):
             means, last = numeric_means(store, index, stream, attribute, self.windows)
             columns += list(means.T) + [last]
+        if self.item_counters:  # per pair: the whole history first, then the finite windows, back in the windows' order
+            finite = [s for s in self.windows.values() if s is not None]
+            counts = np.log1p(item_counters_of(store).counts_of_examples(store, index, finite))
+            width = 1 + len(finite)
+            for p in range(counts.shape[1] // width):
+                block, next_finite = counts[:, p * width : (p + 1) * width], iter(range(1, width))
+                columns += [block[:, 0 if s is None else next(next_finite)] for s in self.windows.values()]
         return columns
 
     def __call__(self, store: EventStore, example_indices: np.ndarray) -> DlrmBatch:

@@ -220,9 +220,17 @@ class DlrmConfig(_Config):
     bottom_mlp: list[int] = Field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = Field(default_factory=lambda: [128, 64])
     windows: dict[str, int | None] = Field(default_factory=lambda: {"1d": 86_400, "7d": 604_800, "30d": 2_592_000, "all": None})
+    item_counters: bool = Field(False, description="with engineered features: per candidate-match pair and window, log1p of the "
+                                "events of all users with the candidate's id before the request (eventrec.data.item_counters)")
 
     @model_validator(mode="after")
     def _bottom_ends_at_attribute_dim(self) -> "DlrmConfig":
         if not self.bottom_mlp or self.bottom_mlp[-1] != self.attribute_dim:
             raise ValueError(f"bottom_mlp must end at attribute_dim ({self.attribute_dim}) for the dot interaction")
+        return self
+
+    @model_validator(mode="after")
+    def _item_counters_are_engineered(self) -> "DlrmConfig":
+        if self.item_counters and self.features != "engineered":
+            raise ValueError("item_counters: an engineered feature; set features: engineered")
         return self
