@@ -24,6 +24,11 @@ def test_rule_scores_by_hand(tiny_store):
     assert scores["user's earlier positive rate"][5, 1] == pytest.approx(1 / 3)
     popularity = scores["item popularity in training"][:, 0]
     assert popularity.tolist() == [1, 0, 0, 0, 0, 0, 0]  # ad 6's click in training; ad 5's training impression had none
+    # every user's events strictly before the impression: ad 5 clicked at 10 (user 1) and 300 (user 2), ad 99 at 210
+    assert scores["count of ad_id by all users"][:, 0].tolist() == [0, 0, 1, 0, 1, 1, 2]
+    # clicks and views summed: shoes at 10, 12, 300; bags viewed at 5 (its click at 150 is not before example 3);
+    # example 5's category "new" is out of vocabulary: it counts nothing
+    assert scores["count of category by all users"][:, 0].tolist() == [0, 2, 2, 1, 2, 0, 3]
 
 
 def test_best_rule_is_chosen_on_validation(tiny_store):

@@ -11,7 +11,10 @@ Every rule scores each impression from the same point-in-time store (higher = mo
   earlier impression counts once its label was known: strictly before for logged labels, its
   attribution window closed (``t + window < T``) for labels derived from later events;
 * ``item <label> popularity``: the item's positives among the training impressions (a
-  training-period statistic, so it is point-in-time for validation and test impressions).
+  training-period statistic, so it is point-in-time for validation and test impressions);
+* ``count of <attr> by all users``: the events of *all* users strictly before the impression whose
+  id equals the candidate's ``attr`` (summed over the streams holding that vocabulary; the item
+  counters of :mod:`eventrec.data.item_counters`, e.g. "how often was this item bought before").
 
 :func:`rule_metrics` scores the rules on a split (AUC and gAUC, as the models are measured);
 :func:`best_rule` picks one per task on the *validation* split, so that the test figure of "the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from eventrec.data.candidate_match import match_pairs, match_statistics
+from eventrec.data.item_counters import item_counters_of
 from eventrec.evaluation.metrics import auc, group_auc
 from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.store.reader import EventStore
@@ -103,6 +107,19 @@ def rule_scores(store: EventStore, index: np.ndarray) -> dict[str, np.ndarray]:
     out = {name: np.repeat(score[:, None], tasks, axis=1) for name, score in item_attribute_rules(store, index).items()}
     out["user's earlier positive rate"] = user_positive_rates(store, index)
     out["item popularity in training"] = item_popularity(store, index)
+    for name, score in item_counter_rules(store, index).items():
+        out[name] = np.repeat(score[:, None], tasks, axis=1)
+    return out
+
+
+def item_counter_rules(store: EventStore, index: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"count of <attr> by all users": [B]}``: the whole-history item counters per candidate attribute."""
+    counters = item_counters_of(store)
+    counts = counters.counts_of_examples(store, index, ())
+    out: dict[str, np.ndarray] = {}
+    for column, pair in enumerate(counters.pairs):
+        name = f"count of {pair.item_attribute} by all users"
+        out[name] = out.get(name, 0) + counts[:, column].astype(np.float64)
     return out
 
 
