@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from eventrec.data.gather import make_batch
 from eventrec.model.candidate_search import NO_ID, NO_MATCH, UserSearchIndex, search_mask
 from eventrec.model.config import CandidateSearchConfig, SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.ops.keyed_pooling_one_user import EXP_SAFE_LOGIT, OneUserPlan, Workspace
-from eventrec.training.factory import build_model
+from eventrec.training.factory import batch_function, build_model
 
 
 def _brute_force(ids: np.ndarray, wanted: np.ndarray, recent: int, per_match: int, summary: bool) -> set[int]:
@@ -85,12 +84,12 @@ def test_one_user_serving_path_equals_the_batched_training_path(tiny_store, rece
     everything = np.arange(tiny_store.num_examples)
     plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
     with torch.no_grad():
-        expected = model(make_batch(tiny_store, everything))
+        expected = model(batch_function(model.config)(tiny_store, everything))
         for i in everything:
-            batch = make_batch(tiny_store, np.array([i]))
+            batch = batch_function(model.config)(tiny_store, np.array([i]))
             user = model.encode_user(batch)
             got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), plan=plan,
-                              candidate_ids=model.candidate_ids(batch.item))
+                              candidate_ids=model.candidate_ids(batch.item), item_counts=batch.item_counts)
             torch.testing.assert_close(got[0], expected[i], rtol=1e-5, atol=1e-6)
 
 
@@ -100,7 +99,7 @@ def test_a_search_that_selects_everything_is_full_pooling_and_a_narrow_one_diffe
     wide.load_state_dict(full.state_dict())
     narrow = _model(tiny_store, recent=0, per_match=1)
     narrow.load_state_dict(full.state_dict())
-    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    batch = batch_function(full.config)(tiny_store, np.arange(tiny_store.num_examples))
     with torch.no_grad():
         torch.testing.assert_close(wide(batch), full(batch), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(narrow(batch), full(batch), atol=1e-4)
@@ -117,17 +116,17 @@ def test_a_scorer_on_another_device_moves_the_user_s_index_and_does_not_rebuild_
     from eventrec.serving.scoring import CandidateScorer
 
     model = _model(tiny_store, recent=1, per_match=1, recency="pooling")
-    batch = make_batch(tiny_store, np.array([0]))
+    batch = batch_function(model.config)(tiny_store, np.array([0]))
     plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
     with torch.no_grad():
         user = model.encode_user(batch)
         user.search_index = UserSearchIndex.build(user.match_ids)
         rows, context, ids = model.embed_candidates(batch.item), model.embed_context(batch.context), model.candidate_ids(batch.item)
-        expected = model.score(user, rows, context, plan=plan, candidate_ids=ids)
+        expected = model.score(user, rows, context, plan=plan, candidate_ids=ids, item_counts=batch.item_counts)
         builds = []
         monkeypatch.setattr(candidate_search.UserSearchIndex, "build", classmethod(lambda cls, ids: builds.append(1)))
         scorer = CandidateScorer(model, device="cuda")
-        got = scorer.score(user, rows, context, plan=plan, candidate_ids=ids)
+        got = scorer.score(user, rows, context, plan=plan, candidate_ids=ids, item_counts=batch.item_counts)
     assert builds == []
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)
 

@@ -60,7 +60,7 @@ def test_request_views_share_the_store_counters(tiny_store):
 def test_the_model_reads_them_only_when_configured(tiny_store):
     every = np.arange(tiny_store.num_examples)
     spec = FeatureSpec.from_store(tiny_store)
-    config = SequenceModelConfig(**SMALL, experimental={"item_counters": [100]})
+    config = SequenceModelConfig(**SMALL, item_counters=[100])
     model = SequenceRanker(spec, config).eval()
     assert model.item_counter_features == 6
     with pytest.raises(ValueError, match="no item_counts"):
@@ -70,9 +70,11 @@ def test_the_model_reads_them_only_when_configured(tiny_store):
     logits = model(batch)
     batch.item_counts = batch.item_counts * 10
     assert not torch.allclose(model(batch), logits)  # the counts reach the logits
-    assert batch_function(SequenceModelConfig(**SMALL)) is make_batch  # without them: nothing computed
+    assert batch_function(SequenceModelConfig(**SMALL, item_counters=None)) is make_batch  # without them: nothing computed
+    assert SequenceModelConfig(**SMALL).item_counter_windows == (86_400, 604_800, 2_592_000)  # the default
+    assert SequenceModelConfig(**SMALL, experimental={"item_counters": [100]}).item_counters == [100]  # as written while experimental
     with pytest.raises(ValueError, match="item_counters: positive seconds in increasing order"):
-        SequenceModelConfig(**SMALL, experimental={"item_counters": [100, 50]})
+        SequenceModelConfig(**SMALL, item_counters=[100, 50])
 
 
 def test_the_engineered_dlrm_reads_them_by_window(tiny_store):
@@ -92,3 +94,13 @@ def test_the_engineered_dlrm_reads_them_by_window(tiny_store):
             np.testing.assert_allclose(got, np.log1p(expected[:, 3 * p + column]), rtol=1e-6)
     with pytest.raises(ValueError, match="item_counters: an engineered feature"):
         DlrmConfig(features="id_bags", item_counters=True)
+    assert DlrmConfig().reads_item_counters and not DlrmConfig(features="id_bags").reads_item_counters
+
+
+def test_configs_recorded_before_them_load_without_them():
+    from eventrec.model.config import DlrmConfig, as_recorded
+
+    assert SequenceModelConfig(**as_recorded({"kind": "sequence", **SMALL})).item_counters is None
+    assert not DlrmConfig(**as_recorded({"kind": "dlrm"})).reads_item_counters
+    assert as_recorded({"kind": "dlrm", "features": "id_bags"})["item_counters"] is None  # id bags: the same config as today's
+    assert DlrmConfig(**as_recorded(DlrmConfig().model_dump(mode="json"))).reads_item_counters  # a new dump keeps them

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from eventrec.data.gather import make_batch
 from eventrec.data.jagged import JaggedTensor
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.encoder import JaggedTransformerEncoder
 from eventrec.model.linear_encoder import time_gaps
-from eventrec.training.factory import build_model
+from eventrec.training.factory import batch_function, build_model
 
 SMALL = dict(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], encoder="linear")
 
@@ -130,7 +129,7 @@ def test_the_ranker_with_a_linear_encoder_scores_independently_of_the_batch(tiny
     model = build_model(FeatureSpec.from_store(tiny_store), SequenceModelConfig(**SMALL)).eval()
     everything = np.arange(tiny_store.num_examples)
     with torch.no_grad():
-        together = model(make_batch(tiny_store, everything))
+        together = model(batch_function(model.config)(tiny_store, everything))
         for i in everything:
-            torch.testing.assert_close(model(make_batch(tiny_store, np.array([i])))[0], together[i], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(model(batch_function(model.config)(tiny_store, np.array([i])))[0], together[i], rtol=1e-5, atol=1e-6)
     assert torch.isfinite(together).all()

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from eventrec.data.gather import make_batch
 from eventrec.model.candidate_search import NO_ID, NO_MATCH, UserSearchIndex
 from eventrec.model.config import SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.model.match_features import (FEATURES, features_per_vocabulary, match_features, match_features_before, match_features_one_user,
                                            match_features_reference)
 from eventrec.training.config import TrainConfig
-from eventrec.training.factory import build_model
+from eventrec.training.factory import batch_function, build_model
 
 
 def _random(seed: int, histories: int = 5, vocab: int = 4, v: int = 2):
@@ -74,7 +73,7 @@ def test_the_features_reach_the_logits_and_train(tiny_store):
     torch.manual_seed(0)
     config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
     model = build_model(FeatureSpec.from_store(tiny_store), config)
-    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    batch = batch_function(config)(tiny_store, np.arange(tiny_store.num_examples))
     user = model.encode_user(batch)
     ids = model.candidate_ids(batch.item)
     features = model.exact_match_features(user, ids, batch.history_index)
@@ -171,7 +170,7 @@ def test_windows_are_validated_and_widen_the_heads(tiny_store):
     config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8],
                                  experimental={"match_windows": [86400, 604800]})
     model = build_model(FeatureSpec.from_store(tiny_store), config)
-    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    batch = batch_function(config)(tiny_store, np.arange(tiny_store.num_examples))
     user = model.encode_user(batch)
     features = model.exact_match_features(user, model.candidate_ids(batch.item), batch.history_index)
     assert features.shape == (tiny_store.num_examples, (FEATURES + 2) * len(model.match_vocabularies))

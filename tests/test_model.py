@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from eventrec.data.gather import make_batch
-from eventrec.data.dlrm_features import DlrmFeatureBuilder
 from eventrec.model.config import CandidateSearchConfig, DlrmConfig, ExperimentalModelConfig, SequenceModelConfig
 from eventrec.model.embeddings import FeatureSpec
 from eventrec.training.objectives.losses import multitask_loss
-from eventrec.training.factory import build_model
+from eventrec.training.factory import batch_function, build_model
 
 CONFIGS = {
     "causal": SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8]),
@@ -44,19 +43,19 @@ def test_scores_do_not_depend_on_batch_composition(tiny_store, name):
     model = _model(tiny_store, CONFIGS[name])
     everything = np.arange(tiny_store.num_examples)
     with torch.no_grad():
-        together = model(make_batch(tiny_store, everything))
+        together = model(batch_function(model.config)(tiny_store, everything))
         for i in everything:
-            alone = model(make_batch(tiny_store, np.array([i])))
+            alone = model(batch_function(model.config)(tiny_store, np.array([i])))
             torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-6)
         # other users around it, in another order, and the same example twice
-        mixed = model(make_batch(tiny_store, np.array([6, 5, 0, 5, 2])))
+        mixed = model(batch_function(model.config)(tiny_store, np.array([6, 5, 0, 5, 2])))
         torch.testing.assert_close(mixed[1], together[5], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(mixed[3], together[5], rtol=1e-5, atol=1e-6)
 
 
 def test_empty_histories_give_finite_scores(tiny_store):
     model = _model(tiny_store, CONFIGS["causal"])
-    batch = make_batch(tiny_store, np.array([4]))  # user 3 has no events at all
+    batch = batch_function(model.config)(tiny_store, np.array([4]))  # user 3 has no events at all
     assert all(s.lengths().sum() == 0 for s in batch.streams.values())
     with torch.no_grad():
         assert torch.isfinite(model(batch)).all()
@@ -84,7 +83,7 @@ def test_every_parameter_receives_gradient(tiny_store, config):
     model = _model(tiny_store, config)
     model.train()
     everything = np.arange(tiny_store.num_examples)
-    batch = make_batch(tiny_store, everything) if isinstance(config, SequenceModelConfig) else DlrmFeatureBuilder(config.windows)(tiny_store, everything)
+    batch = batch_function(config)(tiny_store, everything)
     loss, per_task = multitask_loss(model(batch), batch.labels)
     loss.backward()
     def nonzero(grad: torch.Tensor) -> bool:
@@ -167,7 +166,7 @@ def test_cross_rank_is_validated_and_builds_the_low_rank_head():
 def test_match_term_as_score_bias_equals_the_folded_form(tiny_store, name, monkeypatch):
     """On the CPU the target-attention term enters the keyed pooling as a score bias per candidate;
     the Triton kernels get it folded into more query and key dimensions. Same scores and gradients."""
-    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    batch = batch_function(CONFIGS[name])(tiny_store, np.arange(tiny_store.num_examples))
 
     def run(form: str):
         model = _model(tiny_store, CONFIGS[name].model_copy(update={"dropout": 0.0}))
@@ -222,12 +221,13 @@ def test_reads_request_time_and_extendable(tiny_store, name):
 def test_score_over_embedded_candidates_equals_forward(tiny_store, name):
     """The serving steps (encode_user, embed_candidates, embed_context, score) give forward's logits."""
     model = _model(tiny_store, CONFIGS[name])
-    batch = make_batch(tiny_store, np.arange(tiny_store.num_examples))
+    batch = batch_function(model.config)(tiny_store, np.arange(tiny_store.num_examples))
     with torch.no_grad():
         expected = model(batch)
         user = model.encode_user(batch)
         ids = model.candidate_ids(batch.item) if model.reads_match_ids else None
-        got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), batch.history_index, candidate_ids=ids)
+        got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), batch.history_index, candidate_ids=ids,
+                          item_counts=batch.item_counts)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
@@ -278,4 +278,4 @@ def test_a_recorded_config_without_recency_means_the_encoder():
     data.pop("recency")
     assert parse_model_config(as_recorded(data)).recency == "encoder"
     assert parse_model_config(as_recorded({**data, "recency": "pooling"})).recency == "pooling"
-    assert as_recorded({"kind": "dlrm"}) == {"kind": "dlrm"} and as_recorded({}) == {}
+    assert as_recorded({"kind": "dlrm"}) == {"item_counters": False, "kind": "dlrm"} and as_recorded({}) == {}

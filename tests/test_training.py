@@ -25,8 +25,9 @@ LISTWISE = [{"kind": "request_softmax"}]
 
 
 def _with_dot_term(config: SequenceModelConfig) -> SequenceModelConfig:
-    """``config`` with the dot term (a research variant: under ``experimental``)."""
-    return type(config).model_validate(config.model_dump() | {"experimental": {"dot_term": True}})
+    """``config`` with the dot term (a research variant: under ``experimental``) and without the item
+    counters (the sampled catalogue term scores drawn items without them, so it refuses them)."""
+    return type(config).model_validate(config.model_dump() | {"experimental": {"dot_term": True}, "item_counters": None})
 
 
 def _train_config(**fields) -> TrainConfig:
@@ -555,6 +556,8 @@ def test_whole_logit_trains_with_the_sampled_catalogue_softmax(tiny_store, one_t
     config = _train_config(**_experimental({"kind": "sampled_catalogue_logit", "draws": 4}), batch_size=32, epochs=1, max_steps_per_epoch=3)
     with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: sampled_catalogue_logit trains the dot term"):
         train(tiny_store, MODEL, config, tmp_path / "no", show_progress=False)
+    with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: sampled_catalogue_logit scores drawn catalogue items"):
+        train(one_task_store, _with_dot_term(MODEL).model_copy(update={"item_counters": [86_400]}), config, tmp_path / "counted", show_progress=False)
     model_config = _with_dot_term(MODEL)
     with pytest.raises(ValueError, match=r"experimental\.objectives\[0\]\.kind: sampled_catalogue_logit draws items for one task"):
         train(tiny_store, model_config, config, tmp_path / "two_tasks", show_progress=False)

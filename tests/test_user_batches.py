@@ -108,8 +108,8 @@ def test_user_batches_are_refused_where_a_history_is_not_a_prefix(tmp_path):
     dict(candidate_search={"recent": 1, "per_match": 2}, encoder="linear"),
     dict(candidate_search={"recent": 0, "per_match": 1}, match_features=False),
     dict(candidate_search={"recent": 1, "per_match": 1}, experimental={"match_windows": [3600, 86400 * 30]}),
-    dict(candidate_search={"recent": 1, "per_match": 1}, experimental={"item_counters": [60]}),
-], ids=["search", "no_summary", "linear", "no_features", "windows", "item_counters"])
+    dict(candidate_search={"recent": 1, "per_match": 1}, item_counters=None),
+], ids=["search", "no_summary", "linear", "no_features", "windows", "no_item_counters"])
 def test_logits_and_gradients_equal_per_impression_batches(store, config):
     torch.manual_seed(0)
     model = SequenceRanker(FeatureSpec.from_store(store), SequenceModelConfig(**SMALL, **config)).train()
@@ -140,7 +140,8 @@ def test_training_on_user_batches(store, tmp_path):
     train(store, config, train_config, tmp_path / "run", show_progress=False)
     model = load_trained_model(tmp_path / "run" / "best", store)[0]
     every = np.arange(store.num_examples)
-    np.testing.assert_allclose(predict(model, store, every, make_user_batch, 5), predict(model, store, every, make_batch, 5), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(model, store, every, batch_function(model.config, user_batches=True), 5),
+                               predict(model, store, every, batch_function(model.config), 5), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="candidate_search"):
         train(store, SequenceModelConfig(**SMALL), train_config, tmp_path / "refused", show_progress=False)
     from typer.testing import CliRunner

@@ -446,6 +446,7 @@ def test_ranking_service_scores_equal_predict(world, tmp_path_factory):
     from eventrec.evaluation.predict import predict
     from eventrec.model.config import SequenceModelConfig
     from eventrec.serving import RankingService
+    from eventrec.training.factory import batch_function
     from eventrec.training.trainer import TrainConfig, train
 
     store, _, impressions = world
@@ -453,7 +454,7 @@ def test_ranking_service_scores_equal_predict(world, tmp_path_factory):
     config = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8])
     train(store, config, TrainConfig(epochs=1, batch_size=8, warmup_steps=1), out, show_progress=False)
     service = RankingService.load(out / "best", store)
-    expected = predict(service.model, store, np.arange(store.num_examples), make_batch)
+    expected = predict(service.model, store, np.arange(store.num_examples), batch_function(service.model.config))
     order = np.argsort([r["timestamp"] for r in impressions], kind="stable")  # the store's examples are time-ordered
     for i, j in enumerate(order):
         row = impressions[j]

@@ -203,7 +203,7 @@ def test_a_model_trained_on_the_float32_store_reads_the_int8_store(stores, tmp_p
 
     from eventrec.evaluation.predict import predict
     from eventrec.model.config import SequenceModelConfig
-    from eventrec.training.factory import load_trained_model
+    from eventrec.training.factory import batch_function, load_trained_model
     from eventrec.training.trainer import TrainConfig, train
 
     torch.manual_seed(0)
@@ -213,7 +213,7 @@ def test_a_model_trained_on_the_float32_store_reads_the_int8_store(stores, tmp_p
     probs = {}
     for precision, store in stores.items():
         model, _, _, _ = load_trained_model(tmp_path / "run" / "best", store)  # no StoreMismatch
-        probs[precision] = predict(model, store, every, make_batch)
+        probs[precision] = predict(model, store, every, batch_function(config))
     assert np.abs(probs["float16"] - probs["float32"]).max() < 1e-2
     assert np.abs(probs["int8"] - probs["float32"]).max() < 5e-2
     assert np.abs(probs["int4"] - probs["float32"]).max() < 1e-1

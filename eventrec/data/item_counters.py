@@ -14,7 +14,7 @@ reserved ids are not indexed.
 Where a user's history says what *this user* did with the item, these say what everybody did: the
 signal of the "item popularity" rule (:mod:`eventrec.evaluation.rules`), which the history cannot
 carry when items are rarely repeated by one user. The sequence model reads them with
-``experimental.item_counters`` (``log1p`` of the counts beside its match features).
+``item_counters`` (on by default; ``log1p`` of the counts beside its match features).
 
 Shapes: ``item_ids {attribute: [B]}``, ``times [B]`` → ``counts [B, P·(1 + W)]`` float32, pair by
 pair (the schema's order of :func:`~eventrec.data.candidate_match.match_pairs`), each pair's
@@ -69,10 +69,13 @@ class PairIndex:
 
     def count_before(self, ids: np.ndarray, times: np.ndarray) -> np.ndarray:
         """``[Q]`` int64: events of ``ids[q]`` strictly before ``times[q]``."""
+        ids, times = np.asarray(ids, dtype=np.int64), np.asarray(times, dtype=np.int64)
         out = np.zeros(len(ids), dtype=np.int64)
         known = (ids >= 0) & (ids < self.num_ids)
         if known.any():
-            out[known] = self.index.count_before(ids[known], times[known])
+            rows, at = ids[known], times[known]
+            order = np.lexsort((at, rows)) if len(rows) > 256 else None  # sorted queries: a faster search on large inputs
+            out[known] = self.index.count_before(rows, at, order)
         return out
 
 
@@ -107,13 +110,13 @@ class ItemCounters:
         """``[B, P·(1 + W)]`` float32 counts of the candidates ``item_ids {attribute: [B]}`` at the
         request times ``times [B]`` (seconds): per pair, the whole history, then each window."""
         times = np.asarray(times, dtype=np.int64)
+        bounds = np.concatenate([times] + [times - seconds for seconds in windows])  # [(1 + W)·B]: T, then each window's start
         columns = []
         for pair, index, reserved in zip(self.pairs, self.indexes, self.candidate_reserved):
             ids = np.asarray(item_ids[pair.item_attribute], dtype=np.int64)
             ids = np.where(np.isin(ids, np.asarray(reserved, dtype=np.int64)), -1, ids)
-            before = index.count_before(ids, times)
-            columns.append(before)
-            columns += [before - index.count_before(ids, times - seconds) for seconds in windows]
+            before = index.count_before(np.tile(ids, 1 + len(windows)), bounds).reshape(1 + len(windows), len(times))  # one search
+            columns += [before[0]] + [before[0] - before[w] for w in range(1, 1 + len(windows))]
         if not columns:
             return np.zeros((len(times), 0), dtype=np.float32)
         return np.stack(columns, axis=1).astype(np.float32)

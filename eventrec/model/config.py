@@ -31,22 +31,20 @@ class ExperimentalModelConfig(_Config):
         default_factory=list, description="with match_features: per match vocabulary, one more feature per window (seconds, "
         "increasing): log1p of the matching events within the window before the request (e.g. [86400, 604800, 2592000], "
         "the engineered DLRM's 1d / 7d / 30d)")
-    item_counters: list[int] | None = Field(
-        None, description="item-side counters (eventrec.data.item_counters): per stream and vocabulary the candidate shares "
-        "with it, log1p of the events of all users with the candidate's id before the request, over the whole history and "
-        "each window listed (seconds, increasing; [] for the whole history only), into the heads. None: off")
 
     @model_validator(mode="after")
     def _windows_increase(self) -> "ExperimentalModelConfig":
-        for name in ("match_windows", "item_counters"):
-            windows = getattr(self, name) or []
-            if any(w <= 0 for w in windows) or any(b <= a for a, b in zip(windows, windows[1:])):
-                raise ValueError(f"{name}: positive seconds in increasing order, got {windows}")
+        _check_windows("match_windows", self.match_windows)
         return self
 
 
+def _check_windows(name: str, windows: list[int] | None) -> None:
+    if any(w <= 0 for w in windows or []) or any(b <= a for a, b in zip(windows or [], (windows or [])[1:])):
+        raise ValueError(f"{name}: positive seconds in increasing order, got {windows}")
+
+
 _EXPERIMENTAL_FIELDS = tuple(ExperimentalModelConfig.model_fields)
-_PROMOTED = ("match_features",)  # experimental fields that became production fields (a recorded experimental value wins)
+_PROMOTED = ("match_features", "item_counters")  # experimental fields that became production fields (a recorded experimental value wins)
 _REMOVED = {"transition_match": False, "pooling": "keyed_attention"}  # removed variants: their default is all that is accepted
 
 
@@ -89,7 +87,7 @@ class CandidateSearchConfig(_Config):
     per_match: int = Field(64, ge=1, description="per match vocabulary, the most recent events with the candidate's id in it")
 
 
-RECORDED_BEFORE_FIELDS = {"recency": "encoder", "match_features": False}
+RECORDED_BEFORE_FIELDS = {"recency": "encoder", "match_features": False, "item_counters": None}
 """Sequence-model fields added since whose default differs from what models recorded before them
 trained with: a recorded config (``checkpoint.json``, a comparison's ``run.json``: complete dumps)
 without the field means this value (:func:`as_recorded`)."""
@@ -99,8 +97,10 @@ def as_recorded(data: dict) -> dict:
     """A model config as a checkpoint or run recorded it, with :data:`RECORDED_BEFORE_FIELDS` filled in
     where it predates them, its promoted experimental fields at the top level, and an ``experimental``
     section left at every default written as none (what it means; a DLRM's config is returned as it is)."""
-    if not data or data.get("kind", "sequence") != "sequence":
+    if not data:
         return data
+    if data.get("kind", "sequence") != "sequence":  # before item_counters, engineered features had none; id bags never do
+        return {"item_counters": False if data.get("features", "engineered") == "engineered" else None, **data}
     return {**RECORDED_BEFORE_FIELDS, **_promote(data, drop_defaults=True)}
 
 
@@ -143,6 +143,12 @@ class SequenceModelConfig(_Config):
         "(eventrec.model.match_features): log1p of the number of the history's events with the candidate's id, whether "
         "there is one, and the log age of the most recent one at the request time (what the candidate-count and recency "
         "rules read, which the softmax pooling's weighted average cannot count); O((N + C) log N) per user")
+    item_counters: list[int] | None = Field(
+        default_factory=lambda: [86_400, 604_800, 2_592_000], description="item-side counters into the heads "
+        "(eventrec.data.item_counters): per stream and vocabulary the candidate shares with it, log1p of the events of "
+        "all users with the candidate's id before the request, over the whole history and each window listed (seconds, "
+        "increasing; [] for the whole history only); what the item-popularity rules read, which one user's history "
+        "cannot carry. None: off")
     max_history: int | None = Field(None, ge=1, description="cap on the merged timeline length (ablation)")
     candidate_search: CandidateSearchConfig | None = Field(
         None, description="None: every candidate's pooling reads the whole history; else only the events a search by the "
@@ -195,10 +201,13 @@ class SequenceModelConfig(_Config):
 
     @property
     def item_counter_windows(self) -> tuple[int, ...] | None:
-        """``experimental.item_counters``: the windows of the item counters (None: not read)."""
-        if self.experimental is None or self.experimental.item_counters is None:
-            return None
-        return tuple(self.experimental.item_counters)
+        """``item_counters``: the windows of the item counters (None: not read)."""
+        return None if self.item_counters is None else tuple(self.item_counters)
+
+    @model_validator(mode="after")
+    def _item_counter_windows_increase(self) -> "SequenceModelConfig":
+        _check_windows("item_counters", self.item_counters)
+        return self
 
     @model_validator(mode="after")
     def _windows_need_features(self) -> "SequenceModelConfig":
@@ -220,8 +229,9 @@ class DlrmConfig(_Config):
     bottom_mlp: list[int] = Field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = Field(default_factory=lambda: [128, 64])
     windows: dict[str, int | None] = Field(default_factory=lambda: {"1d": 86_400, "7d": 604_800, "30d": 2_592_000, "all": None})
-    item_counters: bool = Field(False, description="with engineered features: per candidate-match pair and window, log1p of the "
-                                "events of all users with the candidate's id before the request (eventrec.data.item_counters)")
+    item_counters: bool | None = Field(
+        None, description="per candidate-match pair and window, log1p of the events of all users with the candidate's id before "
+        "the request (eventrec.data.item_counters); None: with the engineered features, not with the id bags")
 
     @model_validator(mode="after")
     def _bottom_ends_at_attribute_dim(self) -> "DlrmConfig":
@@ -234,3 +244,8 @@ class DlrmConfig(_Config):
         if self.item_counters and self.features != "engineered":
             raise ValueError("item_counters: an engineered feature; set features: engineered")
         return self
+
+    @property
+    def reads_item_counters(self) -> bool:
+        """Whether the features hold the item counters (``item_counters``, by default with ``engineered``)."""
+        return self.features == "engineered" if self.item_counters is None else self.item_counters

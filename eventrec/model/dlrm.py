@@ -39,7 +39,7 @@ class DlrmModel(nn.Module):
                 self.sparse_features += [(f"{stream.name}.{name}.{window}", vocabulary) for window in config.windows]
         vocabularies = vocabularies_used(self.candidate_attributes) | {v for _, v in self.sparse_features}
         self.tables = EmbeddingTables(spec, config.attribute_dim, vocabularies)
-        num_dense = len(dense_names(schema, config.windows, config.features == "engineered", config.item_counters))
+        num_dense = len(dense_names(schema, config.windows, config.features == "engineered", config.reads_item_counters))
         self.candidate_dense = [a for a in self.candidate_attributes if a.kind in ("numeric", "embedding")]
         num_dense += sum(getattr(a, "dim", 1) if a.kind == "embedding" else 1 for a in self.candidate_dense)
         self.bottom = mlp(num_dense, config.bottom_mlp)

@@ -124,7 +124,7 @@ class SequenceRanker(nn.Module):
         self.match_counter = MatchCount(self.pooling.match_vocabularies) if config.match_count and self.match_vocabularies else None
         head_in += self.match_counter.blocks if self.match_counter is not None else 0
         head_in += features_per_vocabulary(config.match_windows) * len(self.match_vocabularies) if self.uses_match_features else 0
-        # the item counters (experimental.item_counters): what all users did with the candidate, from the batch
+        # the item counters (item_counters): what all users did with the candidate, from the batch
         windows = config.item_counter_windows
         self.item_counter_features = 0 if windows is None else len(match_pairs(schema)) * (1 + len(windows))
         head_in += self.item_counter_features
@@ -362,7 +362,7 @@ class SequenceRanker(nn.Module):
         """``[B, K]``: ``log1p`` of the candidates' item counters (``item_counts [B, K]``), in ``like``'s
         dtype and device."""
         if item_counts is None:
-            raise ValueError("experimental.item_counters: the batch has no item_counts (training: batch_function(config) adds them; "
+            raise ValueError("item_counters: the batch has no item_counts (training: batch_function(config) adds them; "
                              "serving: the service's ItemCounters)")
         if item_counts.shape != (len(like), self.item_counter_features):
             raise ValueError(f"item_counts: expected [{len(like)}, {self.item_counter_features}], got {list(item_counts.shape)}")

@@ -61,7 +61,7 @@ def batch_function(config: ModelConfig, user_batches: bool = False) -> Callable[
         return batches if windows is None else WithItemCounts(batches, windows)
     if user_batches:
         raise ValueError("user batches: only the sequence model reads them")
-    return DlrmFeatureBuilder(config.windows, engineered=config.features == "engineered", item_counters=config.item_counters)
+    return DlrmFeatureBuilder(config.windows, engineered=config.features == "engineered", item_counters=config.reads_item_counters)
 
 
 def load_trained_model(checkpoint: Path, store: EventStore | None = None,

@@ -74,8 +74,9 @@ def served_match_count(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served_item_counters(tmp_path_factory):
-    """The default model with the item counters (``experimental.item_counters``: whole history and 50 s)."""
-    return _train(tmp_path_factory.mktemp("serving_item_counters"), experimental={"item_counters": [50]})
+    """The default model with item counters over the whole history only (``item_counters: []``; the
+    default model has them with its 1 d / 7 d / 30 d windows)."""
+    return _train(tmp_path_factory.mktemp("serving_item_counters"), item_counters=[])
 
 
 @pytest.fixture(scope="session")

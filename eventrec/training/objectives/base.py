@@ -84,7 +84,7 @@ def forward(model: torch.nn.Module, batch: Any, objectives: list[ObjectiveConfig
     user = None
     if any(o.needs_user_side for o in objectives):
         user = model.user_side(batch)
-        logits = model.candidate_side(user, batch.item, batch.context, batch.history_index, dot_parts)
+        logits = model.candidate_side(user, batch.item, batch.context, batch.history_index, dot_parts, batch.item_counts)
     elif any(o.needs_dot_parts for o in objectives):
         logits = model(batch, dot_parts)
     else:

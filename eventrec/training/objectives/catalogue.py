@@ -92,6 +92,9 @@ class SampledCatalogueLogitObjective(_CatalogueObjective):
 
     def check(self, store: EventStore, model_config: Any, where: str) -> None:
         self._check_dot_term(model_config, where)
+        if getattr(model_config, "item_counter_windows", None) is not None:
+            raise ValueError(f"{where}.kind: sampled_catalogue_logit scores drawn catalogue items, whose item counters at each "
+                             "request time it does not compute; set the model's item_counters: null")
         if len(store.label_names) != 1:
             raise ValueError(f"{where}.kind: sampled_catalogue_logit draws items for one task; this store has "
                              f"{len(store.label_names)} ({store.label_names})")
