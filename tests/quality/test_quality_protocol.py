@@ -323,7 +323,7 @@ def test_variant_files_resolve_to_the_configs_of_the_documented_commands():
         epochs=1, batch_size=512, validations_per_epoch=4, patience=2, stop_on="auc", seed=2,
         objectives=[{"kind": "bce"}, {"kind": "request_softmax", "weight": 0.3}], experimental={"weight_average_decay": 0.99})
     amazon = load_variant(VARIANTS / "amazon_grocery" / "main.yaml")
-    assert amazon.model == SequenceModelConfig(experimental={"dot_term": True}, attribute_dim=64, cross_rank=32)
+    assert amazon.model == SequenceModelConfig(experimental={"dot_term": True}, attribute_dim=64, cross_rank=32, item_counters=None)
     assert amazon.train_config(1) == TrainConfig(
         epochs=4, batch_size=279, validations_per_epoch=1, patience=3, calibrate=False, seed=1, impression_validation=False,
         stop_on="score", objectives=[{"kind": "request_softmax"}],
@@ -375,7 +375,8 @@ def test_the_sampled_catalogue_term_trains_on_movielens_shaped_items(tmp_path):
     build_store(schema, tmp_path / "logs", tmp_path / "store")
     store = EventStore.open(tmp_path / "store")
     leave_one_out_store(store)
-    model = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], experimental={"dot_term": True})
+    model = SequenceModelConfig(model_dim=16, num_heads=2, attribute_dim=4, pooling_slots=2, mlp_dims=[8], experimental={"dot_term": True},
+                                item_counters=None)  # the sampled catalogue term refuses them
     config = TrainConfig(epochs=1, batch_size=12, warmup_steps=1, calibrate=False, objectives=[{"kind": "request_softmax"}],
                          experimental={"objectives": [{"kind": "catalogue_softmax", "weight": 0.3},
                                                       {"kind": "sampled_catalogue_logit", "weight": 1.0, "draws": 5}]})

@@ -90,11 +90,13 @@ def test_bf16_on_a_model_with_large_logits(served):
     store, checkpoint, _ = served
     fp32 = RankingService.load(checkpoint, store)
     bf16 = RankingService.load(checkpoint, store, precision="bf16")
-    rows, ids, _, _ = fp32.cached_items(fp32.candidate_frame(many_candidates()))
+    frame = fp32.candidate_frame(many_candidates())
+    rows, ids, _, _ = fp32.cached_items(frame)
     context = fp32.context_tensor({"placement": "feed"})
     for user, t in [(1, 250), (2, 400), (3, 160)]:
         side, _ = fp32.user_side(user, t)
-        za, zb = fp32._score(side, rows, context, ids), bf16._score(side, rows, context, ids)
+        counts = fp32.item_counts(frame, t)
+        za, zb = fp32._score(side, rows, context, ids, counts), bf16._score(side, rows, context, ids, counts)
         assert zb.dtype == torch.float32
         assert (za - zb).abs().max() < 0.03 * za.abs().max()
         assert len(top(za.numpy(), 100) & top(zb.numpy(), 100)) >= 85
@@ -104,7 +106,7 @@ def test_bf16_on_a_model_with_large_logits(served):
 def test_bf16_scorer_close_to_fp32_on_long_histories(served, positions):
     """Scorer level, random default-size model and a random user of ``positions`` positions."""
     store, _, _ = served
-    model = random_model(store, positions, match_features=False)  # the pooling's precision (random users have no ids)
+    model = random_model(store, positions, match_features=False, item_counters=None)  # the pooling's precision (random users have no ids)
     pooling = model.pooling
     torch.manual_seed(1)
     match_dim = pooling.match_dim

@@ -158,11 +158,13 @@ def test_state_precision_on_the_trained_model(served, precision):
     fp32 = RankingService.load(checkpoint, store)
     low = RankingService.load(checkpoint, store, state_precision=precision)
     assert low.state_version == f"{fp32.version}+states-{precision}" and low.version == fp32.version
-    rows, ids, _, _ = fp32.cached_items(fp32.candidate_frame(many_candidates()))
+    frame = fp32.candidate_frame(many_candidates())
+    rows, ids, _, _ = fp32.cached_items(frame)
     context = fp32.context_tensor(CONTEXT)
     for user, t in REQUESTS:
-        za = fp32._score(fp32.user_side(user, t)[0], rows, context, ids)
-        zb = low._score(low.user_side(user, t)[0], rows, context, ids)
+        counts = fp32.item_counts(frame, t)
+        za = fp32._score(fp32.user_side(user, t)[0], rows, context, ids, counts)
+        zb = low._score(low.user_side(user, t)[0], rows, context, ids, counts)
         assert (za - zb).abs().max() < 0.01 * za.abs().max()
         assert len(top(za.numpy(), 100) & top(zb.numpy(), 100)) >= 85
 
@@ -174,7 +176,8 @@ def test_int8_states_grow_incrementally(served_invariant):
     store, checkpoint, _ = served_invariant
     fp32 = RankingService.load(checkpoint, store)
     low = RankingService.load(checkpoint, store, state_precision="int8")
-    rows, ids, _, _ = fp32.cached_items(fp32.candidate_frame(many_candidates()))
+    frame = fp32.candidate_frame(many_candidates())
+    rows, ids, _, _ = fp32.cached_items(frame)
     context = fp32.context_tensor(CONTEXT)
     for service in (fp32, low):
         service.rank(2, candidates(), CONTEXT, 1000)
@@ -184,7 +187,8 @@ def test_int8_states_grow_incrementally(served_invariant):
     for t in (1000, 550, 1000):  # grown, then a prefix, then the whole again
         (side_a, status_a), (side_b, status_b) = fp32.user_side(2, t), low.user_side(2, t)
         statuses.append(status_b)
-        za, zb = fp32._score(side_a, rows, context, ids), low._score(side_b, rows, context, ids)
+        counts = fp32.item_counts(frame, t)
+        za, zb = fp32._score(side_a, rows, context, ids, counts), low._score(side_b, rows, context, ids, counts)
         assert status_a == status_b and (za - zb).abs().max() < 0.01 * za.abs().max()
         assert len(top(za.numpy(), 100) & top(zb.numpy(), 100)) >= 85
     assert statuses == ["incremental", "prefix", "hit"]
@@ -259,10 +263,12 @@ def test_table_precision_at_load(served, precision):
     assert table_precision_of(low.model) == precision and all(isinstance(t, kind) for t in low.model.tables.tables.values())
     assert table_precision_of(fp32.model) == "fp32" and low.state_version == f"{fp32.version}+tables-{precision}"
     for user, t in REQUESTS:
-        rows_a, ids_a, _, _ = fp32.cached_items(fp32.candidate_frame(many_candidates()))
+        frame = fp32.candidate_frame(many_candidates())
+        rows_a, ids_a, _, _ = fp32.cached_items(frame)
         rows_b, ids_b, _, _ = low.cached_items(low.candidate_frame(many_candidates()))
-        za = fp32._score(fp32.user_side(user, t)[0], rows_a, fp32.context_tensor(CONTEXT), ids_a)
-        zb = low._score(low.user_side(user, t)[0], rows_b, low.context_tensor(CONTEXT), ids_b)
+        counts = fp32.item_counts(frame, t)
+        za = fp32._score(fp32.user_side(user, t)[0], rows_a, fp32.context_tensor(CONTEXT), ids_a, counts)
+        zb = low._score(low.user_side(user, t)[0], rows_b, low.context_tensor(CONTEXT), ids_b, counts)
         assert (za - zb).abs().max() < 0.01 * za.abs().max()
         assert len(top(za.numpy(), 100) & top(zb.numpy(), 100)) >= 85
 
