@@ -136,13 +136,13 @@ class DlrmFeatureBuilder:
         for stream, attribute in numeric_attributes(store.schema):
             means, last = numeric_means(store, index, stream, attribute, self.windows)
             columns += list(means.T) + [last]
-        if self.item_counters:  # per pair: the whole history first, then the finite windows, back in the windows' order
+        if self.item_counters:  # counts per pair: the whole history, then the finite windows; here in the windows' order
             finite = [s for s in self.windows.values() if s is not None]
             counts = np.log1p(item_counters_of(store).counts_of_examples(store, index, finite))
+            column_of = {seconds: 1 + i for i, seconds in enumerate(finite)} | {None: 0}
             width = 1 + len(finite)
             for p in range(counts.shape[1] // width):
-                block, next_finite = counts[:, p * width : (p + 1) * width], iter(range(1, width))
-                columns += [block[:, 0 if s is None else next(next_finite)] for s in self.windows.values()]
+                columns += [counts[:, p * width + column_of[seconds]] for seconds in self.windows.values()]
         return columns
 
     def __call__(self, store: EventStore, example_indices: np.ndarray) -> DlrmBatch:

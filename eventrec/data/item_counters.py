@@ -102,10 +102,6 @@ class ItemCounters:
             indexes.append(PairIndex.build(ids, times, reserved_ids(_attribute_kind(schema, pair.stream, pair.event_attribute))))
         return cls(pairs, indexes, [reserved_ids(_item_kind(schema, p.item_attribute)) for p in pairs])
 
-    @property
-    def num_pairs(self) -> int:
-        return len(self.pairs)
-
     def counts(self, item_ids: dict[str, np.ndarray], times: np.ndarray, windows: Sequence[int]) -> np.ndarray:
         """``[B, P·(1 + W)]`` float32 counts of the candidates ``item_ids {attribute: [B]}`` at the
         request times ``times [B]`` (seconds): per pair, the whole history, then each window."""

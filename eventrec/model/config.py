@@ -39,7 +39,9 @@ class ExperimentalModelConfig(_Config):
 
 
 def _check_windows(name: str, windows: list[int] | None) -> None:
-    if any(w <= 0 for w in windows or []) or any(b <= a for a, b in zip(windows or [], (windows or [])[1:])):
+    """A ValueError naming ``name`` unless ``windows`` (None: none) are positive seconds, increasing."""
+    seconds = windows or []
+    if any(w <= 0 for w in seconds) or any(b <= a for a, b in zip(seconds, seconds[1:])):
         raise ValueError(f"{name}: positive seconds in increasing order, got {windows}")
 
 
