@@ -154,6 +154,25 @@ def test_append_on_the_time_reading_model_recomputes_exactly(served):
     np.testing.assert_allclose(result.scores, _fresh(service).rank(1, candidates(), {"placement": "feed"}, 1000).scores, atol=1e-6, rtol=0)
 
 
+def test_item_counters_come_from_the_store_not_from_appended_events(served_recency_pooling):
+    """The default model's item counters: the store's events of all users before the request time
+    (``ItemCounters``, as in training); events appended to the service are one user's and are not
+    counted until the store is rebuilt (docs/serving.md)."""
+    from eventrec.data.item_counters import item_counters_of
+
+    store, checkpoint, _ = served_recency_pooling
+    service = RankingService.load(checkpoint, store)
+    frame = service.candidate_frame(candidates(6))
+    before = service.item_counts(frame, 1000)
+    encoded = service.records.group(service.schema.impressions.item_attributes, frame)
+    ids = {name: encoded[name].numpy() for name in ("ad_id", "category")}
+    expected = item_counters_of(store).counts(ids, np.full(6, 1000), service.model.config.item_counter_windows)
+    np.testing.assert_array_equal(before.numpy(), expected)
+    assert before[:, 0].sum() > 0  # some candidates were clicked before
+    service.append_events(1, [click(700, 6, "hats"), click(701, 6, "hats")])
+    np.testing.assert_array_equal(service.item_counts(frame, 1000).numpy(), before.numpy())
+
+
 def test_out_of_order_and_bad_events_change_nothing(served):
     store, checkpoint, _ = served
     service = RankingService.load(checkpoint, store)
