@@ -104,18 +104,3 @@ def test_configs_recorded_before_them_load_without_them():
     assert not DlrmConfig(**as_recorded({"kind": "dlrm"})).reads_item_counters
     assert as_recorded({"kind": "dlrm", "features": "id_bags"})["item_counters"] is None  # id bags: the same config as today's
     assert DlrmConfig(**as_recorded(DlrmConfig().model_dump(mode="json"))).reads_item_counters  # a new dump keeps them
-
-
-def test_windows_only_drops_the_whole_history_column(tiny_store):
-    """``experimental.item_counters_whole_history: false``: the same batch, the heads read each pair's windows only."""
-    every = np.arange(tiny_store.num_examples)
-    spec = FeatureSpec.from_store(tiny_store)
-    config = SequenceModelConfig(**SMALL, item_counters=[100], experimental={"item_counters_whole_history": False})
-    model = SequenceRanker(spec, config).eval()
-    assert model.item_counter_features == 6 and model.item_counter_columns == [1, 3, 5]
-    batch = batch_function(config)(tiny_store, every)
-    logits = model(batch)
-    batch.item_counts[:, [0, 2, 4]] += 100.0  # the whole-history columns are not read
-    torch.testing.assert_close(model(batch), logits)
-    batch.item_counts[:, 1] += 100.0
-    assert not torch.allclose(model(batch), logits)

@@ -31,9 +31,6 @@ class ExperimentalModelConfig(_Config):
         default_factory=list, description="with match_features: per match vocabulary, one more feature per window (seconds, "
         "increasing): log1p of the matching events within the window before the request (e.g. [86400, 604800, 2592000], "
         "the engineered DLRM's 1d / 7d / 30d)")
-    item_counters_whole_history: bool = Field(
-        True, description="with item_counters: false drops each pair's whole-history count from the heads' inputs (the "
-        "windows only): the whole-history count grows with time, so later impressions see larger counts than training did")
 
     @model_validator(mode="after")
     def _windows_increase(self) -> "ExperimentalModelConfig":
@@ -203,11 +200,6 @@ class SequenceModelConfig(_Config):
     def match_windows(self) -> tuple[int, ...]:
         """``experimental.match_windows`` (none without an experimental section)."""
         return () if self.experimental is None else tuple(self.experimental.match_windows)
-
-    @property
-    def item_counters_whole_history(self) -> bool:
-        """``experimental.item_counters_whole_history`` (True without an experimental section)."""
-        return self.experimental is None or self.experimental.item_counters_whole_history
 
     @property
     def item_counter_windows(self) -> tuple[int, ...] | None:

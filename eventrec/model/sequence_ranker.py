@@ -126,11 +126,8 @@ class SequenceRanker(nn.Module):
         head_in += features_per_vocabulary(config.match_windows) * len(self.match_vocabularies) if self.uses_match_features else 0
         # the item counters (item_counters): what all users did with the candidate, from the batch
         windows = config.item_counter_windows
-        self.item_counter_features = 0 if windows is None else len(match_pairs(schema)) * (1 + len(windows))  # the batch's columns
-        width = 1 + len(windows or ())
-        # the columns the heads read (experimental.item_counters_whole_history: false drops each pair's first, whole-history one)
-        self.item_counter_columns = [c for c in range(self.item_counter_features) if config.item_counters_whole_history or c % width]
-        head_in += len(self.item_counter_columns)
+        self.item_counter_features = 0 if windows is None else len(match_pairs(schema)) * (1 + len(windows))
+        head_in += self.item_counter_features
         self.cross = CrossNetwork(head_in, config.cross_layers, config.cross_rank)
         self.heads = TaskHeads(head_in, config.mlp_dims, len(imp.all_labels))
         if config.dot_term:
@@ -369,8 +366,6 @@ class SequenceRanker(nn.Module):
                              "serving: the service's ItemCounters)")
         if item_counts.shape != (len(like), self.item_counter_features):
             raise ValueError(f"item_counts: expected [{len(like)}, {self.item_counter_features}], got {list(item_counts.shape)}")
-        if len(self.item_counter_columns) < self.item_counter_features:
-            item_counts = item_counts[:, self.item_counter_columns]
         return torch.log1p(item_counts.to(like.device, torch.float32).clamp_min(0)).to(like.dtype)
 
     def output_logits(self, x: torch.Tensor, dot: torch.Tensor | None) -> torch.Tensor:
