@@ -62,6 +62,55 @@ def prepare_logs(logs: Path, users: int | None) -> None:
             os.replace(tmp, logs / name)
 
 
+def hold_out_items(logs: Path, fraction: float, seed: int) -> dict:
+    """Make a share of the movies cold by construction: ``fraction`` of the distinct movies (drawn by
+    ``numpy.random.default_rng(seed)``) lose every event and impression before the schema's
+    ``validation_end`` (resolved on the logs as they were, as the build resolves it), so that they
+    reach neither the training period, nor the vocabularies and codebooks fitted on it, and their test
+    impressions are cold items in numbers (the natural cold set of MovieLens-100K is 148 impressions).
+    The build then resolves its own boundaries on the filtered logs: removing ``r`` rows before
+    ``validation_end`` moves ``train_end`` later but never past it while ``r`` is under half the
+    impressions (checked), so a held-out movie still never appears in training. Written once
+    (``logs/hold_out.json`` records the draw; a second call with other settings is refused)."""
+    import polars as pl
+
+    from eventrec.content.training_items import training_items
+    from eventrec.schema import builtin_schema_path, load_schema
+
+    record_path = logs / "hold_out.json"
+    drop = lambda record: pl.col("movie_id").is_in(record["held_out"]) & (pl.col("timestamp") < record["validation_end_before"])  # noqa: E731
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        if (record["fraction"], record["seed"]) != (fraction, seed):
+            raise SystemExit(f"{logs} holds out {record['fraction']} of the movies (seed {record['seed']}), not {fraction} (seed {seed}): use another --out")
+    else:  # the draw and what it removes are recorded first; the filtering after it is idempotent (a killed run filters again)
+        boundary = training_items(load_schema(builtin_schema_path("ml100k")), logs, "movie_id").validation_end
+        movies = np.sort(pl.read_parquet(logs / "impressions.parquet", columns=["movie_id"])["movie_id"].unique().to_numpy())
+        held = np.sort(np.random.default_rng(seed).choice(movies, size=round(fraction * len(movies)), replace=False))
+        record = {"fraction": fraction, "seed": seed, "validation_end_before": int(boundary), "movies": int(len(held)),
+                  "of_movies": int(len(movies)), "held_out": held.tolist()}
+        record["rows_removed"] = {name: int(pl.read_parquet(logs / name).select(drop(record).sum()).item())
+                                  for name in ("events.parquet", "impressions.parquet")}
+        impressions = pl.read_parquet(logs / "impressions.parquet", columns=["movie_id"]).height
+        if record["rows_removed"]["impressions.parquet"] >= impressions / 2:
+            raise SystemExit(f"--hold-out-items {fraction}: {record['rows_removed']['impressions.parquet']:,} of {impressions:,} "
+                             "impressions would go; hold out fewer movies")
+        _write_json(record_path, record)
+    for name in ("events.parquet", "impressions.parquet"):
+        frame = pl.read_parquet(logs / name)
+        if frame.select(drop(record).any()).item():
+            tmp = logs / f".{name}.tmp"
+            frame.filter(~drop(record)).write_parquet(tmp)
+            os.replace(tmp, logs / name)
+    return record
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
+
+
 def embed_and_quantize(logs: Path, threads: int, seed: int, levels: int = 3, codes: int = 256) -> dict:
     import torch
 
@@ -211,12 +260,16 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=256, help="codes per level")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="the variants to train (none, vectors and codes always)")
+    parser.add_argument("--hold-out-items", type=float, default=0.0,
+                        help="share of the movies whose rows before the validation end are removed: cold test items in numbers (0: none)")
+    parser.add_argument("--hold-out-seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table of the seeds every variant has finished")
     args = parser.parse_args()
     started = time.perf_counter()
     out = args.out.resolve()
     variants = [v for v in VARIANTS if v in {"none", "vectors", "codes", *args.variants}]
     prepare_logs(out / "logs", args.users)
+    held_out = hold_out_items(out / "logs", args.hold_out_items, args.hold_out_seed) if args.hold_out_items else None
     quantized = embed_and_quantize(out / "logs", args.threads, args.vq_seed, args.levels, args.codes)
     if not args.report_only:
         for seeds in range(1, args.seeds + 1):  # seed by seed across the variants: a stopped run leaves comparable seeds
@@ -231,6 +284,12 @@ def main() -> None:
         raise SystemExit(f"train_end differs between the stores {ends} and the codebooks' fit {quantized['train_end']}")
     command = "OMP_NUM_THREADS=1 python bench/content_vq.py " + " ".join(sys.argv[1:])
     table, data = report(measured, quantized, command)
+    if held_out:
+        data["hold_out"] = {k: v for k, v in held_out.items() if k != "held_out"}
+        table += (f"\nHeld out: {held_out['movies']:,} of {held_out['of_movies']:,} movies (seed {held_out['seed']}) lost their "
+                  f"{held_out['rows_removed']['impressions.parquet']:,} impressions and {held_out['rows_removed']['events.parquet']:,} events "
+                  f"before {held_out['validation_end_before']} (the validation end of the full logs); their later impressions are "
+                  f"among the cold ones.")
     table = f"Seeds: {seeds} (mean ± std over seeds 0..{seeds - 1}).\n\n{table}"
     (out / "report.md").write_text(f"# ml100k: no content vs text vectors vs VQ codes\n\n{table}\n")
     (out / "report.json").write_text(json.dumps(data, indent=1, default=float) + "\n")
