@@ -50,7 +50,7 @@ def build_models(store, recent: int, per_match: int):
     from eventrec.training.factory import build_model
 
     torch.manual_seed(0)
-    base = SequenceModelConfig(num_layers=0, recency="pooling")
+    base = SequenceModelConfig(num_layers=0, recency="pooling", item_counters=None)  # the counters: bench/item_counters_cost.py
     full = build_model(FeatureSpec.from_store(store), base).eval()
     searched = build_model(FeatureSpec.from_store(store), base.model_copy(update={"candidate_search": CandidateSearchConfig(recent=recent, per_match=per_match)})).eval()
     searched.load_state_dict(full.state_dict())

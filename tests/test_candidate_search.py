@@ -63,6 +63,21 @@ def test_mask_and_index_follow_the_definition(seed, recent, per_match, summary):
             assert set(shared.tolist()) | set(extras) == expected
             assert len(extras) == len(set(extras)) and not set(extras) & set(shared.tolist())
             assert extras == sorted(extras)
+        groups = index.groups_for(torch.from_numpy(mine), recent, per_match, summary)
+        assert sorted(groups.simple.tolist() + groups.mixed.tolist()) == list(range(len(mine)))
+        lists = {}
+        for c, wanted in enumerate(mine):
+            expected = _brute_force(history, wanted, recent, per_match, summary)
+            if c in groups.simple.tolist():
+                g = int(groups.candidate_group[groups.simple.tolist().index(c)])
+                own = groups.group_positions[g][groups.group_valid[g]].tolist() if g >= 0 else []
+                matched = [v for v in range(ids.shape[1]) if set(own) and wanted[v] >= 0 and set(history[own, v].tolist()) == {wanted[v]}]
+                if g >= 0:  # a group is one (vocabulary, id): every candidate with it reads the same list
+                    assert lists.setdefault(g, own) == own and matched
+            else:
+                own = groups.extra[groups.extra_candidate == groups.mixed.tolist().index(c)].tolist()
+            assert set(groups.shared.tolist()) | set(own) == expected
+            assert len(own) == len(set(own)) and not set(own) & set(groups.shared.tolist()) and own == sorted(own)
 
 
 def _model(store, **search):
@@ -91,6 +106,57 @@ def test_one_user_serving_path_equals_the_batched_training_path(tiny_store, rece
             got = model.score(user, model.embed_candidates(batch.item), model.embed_context(batch.context), plan=plan,
                               candidate_ids=model.candidate_ids(batch.item), item_counts=batch.item_counts)
             torch.testing.assert_close(got[0], expected[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("recent,per_match", [(1, 1), (0, 2), (3, 100)])
+def test_many_candidates_of_one_user_score_as_in_the_batched_path(tiny_store, recent, per_match):
+    """Every item of the store as a candidate of one user: the serving path (groups of candidates that
+    share their searched events, ops.grouped_pooling, and the others through ops.selected_pooling) gives
+    the training path's logits (the search mask over the padded history)."""
+    model = _model(tiny_store, recent=recent, per_match=per_match, recency="pooling")
+    everything = batch_function(model.config)(tiny_store, np.arange(tiny_store.num_examples))
+    plan = OneUserPlan(None, Workspace(), EXP_SAFE_LOGIT, fold_match=False, base2=False)
+    with torch.no_grad():
+        for i in range(0, tiny_store.num_examples, 7):
+            user = model.encode_user(batch_function(model.config)(tiny_store, np.array([i])))
+            history_index = torch.zeros(tiny_store.num_examples, dtype=torch.int64)
+            expected = model.candidate_side(user, everything.item, everything.context, history_index, item_counts=everything.item_counts)
+            got = model.score(user, model.embed_candidates(everything.item), model.embed_context(everything.context), plan=plan,
+                              candidate_ids=model.candidate_ids(everything.item), item_counts=everything.item_counts)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_searched_pooling_of_one_user_equals_the_masked_pooling(seed):
+    """KeyedAttentionPooling.pool_searched (candidates in groups, ops.grouped_pooling, and candidates
+    matching in both vocabularies, ops.selected_pooling) against pool with the search mask, on a
+    history where many candidates share a category and some also match by item id."""
+    from eventrec.model.candidate_search import Search
+    from eventrec.model.keyed_pooling import KeyedAttentionPooling
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    pooling = KeyedAttentionPooling(8, 5, num_slots=2, num_heads=2, match_vocabularies=2, match_dim=6, recency_buckets=4).double()
+    n, c = 40, 80
+    event_ids = torch.stack([torch.randint(2, 30, (n,), generator=g), torch.randint(2, 6, (n,), generator=g)], 1)
+    event_ids[0] = NO_ID  # the summary token
+    candidate_ids = torch.stack([torch.randint(1, 30, (c,), generator=g), torch.randint(1, 7, (c,), generator=g)], 1)
+    candidate_ids[candidate_ids == 1] = NO_MATCH
+    rnd = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    keys, values, match_keys, query_input, match_query = rnd(n, 2, 4), rnd(n, 2, 4), rnd(n, 6), rnd(c, 5), rnd(c, 6)
+    timestamps = torch.sort(torch.randint(0, 10**6, (n,), generator=g)).values
+    request = torch.tensor([10**6])
+    search = Search(event_ids, candidate_ids, CandidateSearchConfig(recent=3, per_match=2), True)
+    index = UserSearchIndex.build(event_ids)
+    groups = index.groups_for(candidate_ids, 3, 2, True)
+    assert len(groups.mixed) and int((groups.candidate_group >= 0).sum()) > len(groups.group_valid)  # both paths, groups shared
+    with torch.no_grad():
+        got = pooling.pool_searched(keys, values, match_keys, timestamps, request, query_input, match_query, search, index)
+        offsets = torch.tensor([0, n])
+        at_k, at_v = pooling.at_request(keys, values, timestamps, offsets, request, summary_token=True)
+        expected = pooling.pool(at_k, at_v, offsets, n, query_input, torch.zeros(c, dtype=torch.int64), match_query, match_keys,
+                                match_form="bias", search=search)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_a_search_that_selects_everything_is_full_pooling_and_a_narrow_one_differs(tiny_store):

@@ -87,6 +87,25 @@ def search_mask(event_ids: Tensor, offsets: Tensor, candidate_ids: Tensor, candi
 
 
 @dataclass
+class SearchGroups:
+    """What :meth:`UserSearchIndex.groups_for` selects, in two parts. Every candidate reads ``shared
+    [S]``. The candidates ``simple [C_s]`` (indices into the request's candidates) read besides their
+    group's list: ``group_positions [G, P]`` (valid where ``group_valid [G, P]``, in increasing order)
+    of ``candidate_group [C_s]`` (``-1``: none). The candidates ``mixed [C_x]`` read the positions
+    ``extra [T]`` of ``extra_candidate [T]`` (indices into ``mixed``), as :meth:`UserSearchIndex.positions_for`
+    gives them."""
+
+    shared: Tensor
+    group_positions: Tensor
+    group_valid: Tensor
+    simple: Tensor
+    candidate_group: Tensor
+    mixed: Tensor
+    extra: Tensor
+    extra_candidate: Tensor
+
+
+@dataclass
 class UserSearchIndex:
     """One user's events sorted by id, per match vocabulary: ``ids [V, N]`` (sorted within each row)
     and ``positions [V, N]`` (the position of each, increasing among equal ids); ``length`` = N
@@ -133,6 +152,55 @@ class UserSearchIndex:
             pairs.append(candidate[keep] * (n + 1) + position[keep])
         unique = torch.unique(torch.cat(pairs)) if pairs else torch.zeros(0, dtype=torch.int64, device=device)  # sorted
         return shared, unique % (n + 1), unique // (n + 1)
+
+    def groups_for(self, candidate_ids: Tensor, recent: int, per_match: int, summary_token: bool) -> "SearchGroups":
+        """:meth:`positions_for` with the candidates' own positions as shared lists: a candidate whose
+        own positions all come from one vocabulary ``v`` reads the list of its id there, the same for
+        every candidate with that id (e.g. all candidates of one category), so each distinct
+        ``(v, id)`` is one group; the candidates with own positions in two or more vocabularies (their
+        union may hold a position twice) keep :meth:`positions_for`'s per-candidate form."""
+        device = candidate_ids.device
+        n, count_c = self.length, len(candidate_ids)
+        first_event = 1 if summary_token else 0
+        recent_start = max(n - recent, first_event)
+        shared = torch.cat([torch.zeros(first_event, dtype=torch.int64, device=device), torch.arange(recent_start, n, device=device)])
+        vocabularies = self.ids.shape[0]
+        starts, counts = [], []
+        for v in range(vocabularies):
+            keyed = self.ids[v] * (n + 1) + self.positions[v]  # sorted: by id, then position
+            wanted = candidate_ids[:, v].contiguous()
+            hi = torch.searchsorted(self.ids[v], wanted, right=True)
+            lo = torch.maximum(torch.searchsorted(self.ids[v], wanted), hi - per_match)
+            kept_hi = torch.minimum(hi, torch.searchsorted(keyed, wanted * (n + 1) + recent_start))  # the recent ones are shared already
+            count = torch.where(wanted >= 0, (kept_hi - lo).clamp(min=0), 0)  # a reserved id matches nothing
+            starts.append(lo)
+            counts.append(count)
+        count_v = torch.stack(counts, 1) if vocabularies else torch.zeros(count_c, 0, dtype=torch.int64, device=device)  # [C, V]
+        matched = count_v > 0
+        several = matched.sum(1) > 1
+        simple = (~several).nonzero().squeeze(1)
+        mixed = several.nonzero().squeeze(1)
+        vocabulary = matched.to(torch.int64).argmax(1) if vocabularies else torch.zeros(count_c, dtype=torch.int64, device=device)  # [C]
+        has_group = matched.any(1) & ~several
+        ids = candidate_ids.gather(1, vocabulary.unsqueeze(1)).squeeze(1) if vocabularies else vocabulary
+        group_key = torch.where(has_group, ids * max(vocabularies, 1) + vocabulary, -1)[simple]
+        keys, candidate_group = torch.unique(group_key, return_inverse=True)  # sorted: -1 (no group) first when present
+        if len(keys) and int(keys[0]) < 0:
+            keys, candidate_group = keys[1:], candidate_group - 1
+        # one representative candidate per group gives the group's list
+        representative = torch.full((len(keys),), -1, dtype=torch.int64, device=device)
+        grouped = candidate_group >= 0
+        representative[candidate_group[grouped]] = simple[grouped]
+        rep_vocabulary = vocabulary[representative]
+        rep_start = torch.stack(starts, 1)[representative, rep_vocabulary] if vocabularies and len(keys) else torch.zeros(0, dtype=torch.int64, device=device)
+        rep_count = count_v[representative, rep_vocabulary] if vocabularies and len(keys) else torch.zeros(0, dtype=torch.int64, device=device)
+        longest = int(rep_count.max()) if len(keys) else 0
+        rank = torch.arange(longest, device=device)
+        group_valid = rank.unsqueeze(0) < rep_count.unsqueeze(1)  # [G, P]
+        at = (rep_start.unsqueeze(1) + rank).clamp(max=max(n - 1, 0))
+        group_positions = torch.where(group_valid, self.positions[rep_vocabulary.unsqueeze(1).expand_as(at), at] if len(keys) else at, 0)
+        _, extra, extra_candidate = self.positions_for(candidate_ids.index_select(0, mixed), recent, per_match, summary_token)
+        return SearchGroups(shared, group_positions, group_valid, simple, candidate_group, mixed, extra, extra_candidate)
 
     def positions_before(self, candidate_ids: Tensor, cuts: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor]:
         """What :func:`search_mask` selects for each of ``candidate_ids [C, V]`` over the first ``cuts[c]``

@@ -33,6 +33,7 @@ from eventrec.ops import keyed_pooling_attention
 from eventrec.ops.attention import auto_backend
 from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
 from eventrec.ops.keyed_pooling_one_user import FactoredMatch, OneUserPlan
+from eventrec.ops.grouped_pooling import GroupMatch, grouped_pooling_attention
 from eventrec.ops.selected_pooling import selected_pooling_attention
 from eventrec.ops.time_buckets import time_gap_bucket
 
@@ -194,28 +195,50 @@ class KeyedAttentionPooling(nn.Module):
         user's :class:`~eventrec.model.candidate_search.UserSearchIndex`): O(recent + V·per_match) per
         candidate, not O(N) → ``[B, M, D]``."""
         config = search.config
-        shared, extra, extra_candidate = index.positions_for(search.candidate_ids, config.recent, config.per_match, search.summary_token)
-        batch, head_dim = len(query_input), self.head_dim
+        groups = index.groups_for(search.candidate_ids, config.recent, config.per_match, search.summary_token)
+        batch, head_dim, vocabularies = len(query_input), self.head_dim, self.match_vocabularies
         q = self.queries(query_input)  # [B, M, H, d]
-        picked = torch.cat([shared, extra])
+        s, in_groups = len(groups.shared), int(groups.group_valid.sum())
         # many candidates pick the same events (those of a shared category): each distinct position is
-        # read, and its recency added, once ([U, ...]), then spread to the S + T picks
-        distinct, spread = torch.unique(picked, return_inverse=True)
+        # read, and its recency added, once ([U, ...]), then read by the shared keys, the groups' lists
+        # and the mixed candidates' own positions
+        distinct, spread = torch.unique(torch.cat([groups.shared, groups.group_positions[groups.group_valid], groups.extra]), return_inverse=True)
         k = keys.index_select(0, distinct).to(q.dtype)  # [U, H, d]
         v = values.index_select(0, distinct).to(q.dtype)
-        vocabularies = self.match_vocabularies
         match_keys = match_keys.index_select(0, distinct).to(q.dtype).view(len(distinct), vocabularies, -1)  # [U, V, E]
         if self.recency_buckets:
-            summary = (distinct == 0) if search.summary_token else torch.zeros(len(distinct), dtype=torch.bool, device=picked.device)
+            summary = (distinct == 0) if search.summary_token else torch.zeros(len(distinct), dtype=torch.bool, device=distinct.device)
             k, v = self.with_recency(k, v, timestamps.index_select(0, distinct), request_time.expand(len(distinct)), summary, len(keys) - 1 - distinct)
-        k, v, match_keys = k.index_select(0, spread), v.index_select(0, spread), match_keys.index_select(0, spread)  # [S + T, ...]
+        shared_at = spread[:s]
+        group_at = torch.zeros(groups.group_valid.shape, dtype=torch.int64, device=spread.device)
+        group_at[groups.group_valid] = spread[s : s + in_groups]
+        extra_at = spread[s + in_groups :]
         weight = (self.match_weight * head_dim**-0.5).to(q.dtype)  # [H, V]
         queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
-        s = len(shared)
-        shared_bias = torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", queries, match_keys[:s]), weight)
-        extra_bias = torch.einsum("tve,tve->tv", queries.index_select(0, extra_candidate), match_keys[s:]) @ weight.T  # [T, H]
-        pooled = selected_pooling_attention(q, k[:s], v[:s], k[s:], v[s:], extra_candidate, shared_bias=shared_bias, extra_bias=extra_bias,
-                                            scale=head_dim**-0.5)
+        shared_k, shared_v, shared_match = k.index_select(0, shared_at), v.index_select(0, shared_at), match_keys.index_select(0, shared_at)
+        pooled = q.new_zeros(q.shape)
+        for part in (groups.simple, groups.mixed):
+            if len(part) == 0:
+                continue
+            everyone = len(part) == batch
+            part_q, part_queries = (q, queries) if everyone else (q.index_select(0, part), queries.index_select(0, part))
+            shared_bias = torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", part_queries, shared_match), weight)
+            if part is groups.simple:
+                shape = groups.group_valid.shape
+                group_match = match_keys.index_select(0, group_at.view(-1)).view(*shape, *match_keys.shape[1:])  # [G, P, V, E]
+                out = grouped_pooling_attention(
+                    part_q, shared_k, shared_v, k.index_select(0, group_at.view(-1)).view(*shape, *k.shape[1:]),
+                    v.index_select(0, group_at.view(-1)).view(*shape, *v.shape[1:]), groups.group_valid, groups.candidate_group,
+                    shared_bias=shared_bias, match=GroupMatch(part_queries, group_match, weight), scale=head_dim**-0.5)
+            else:
+                extra_match = match_keys.index_select(0, extra_at)
+                extra_bias = torch.einsum("tve,tve->tv", part_queries.index_select(0, groups.extra_candidate), extra_match) @ weight.T  # [T, H]
+                out = selected_pooling_attention(part_q, shared_k, shared_v, k.index_select(0, extra_at), v.index_select(0, extra_at),
+                                                 groups.extra_candidate, shared_bias=shared_bias, extra_bias=extra_bias, scale=head_dim**-0.5)
+            if everyone:
+                pooled = out
+            else:
+                pooled[part] = out
         return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
     def pool_searched_before(self, keys: torch.Tensor, values: torch.Tensor, match_keys: torch.Tensor, timestamps: torch.Tensor,
