@@ -94,3 +94,13 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_schema(tmp_path / "absent.yaml")
     with pytest.raises(SchemaError, match="expected a mapping"):
         parse_schema([1, 2], "x.yaml")
+
+
+def test_an_attribute_is_found_by_name_and_a_missing_one_is_named():
+    schema = load_schema(builtin_schema_path("ml100k"))
+    assert schema.stream("rating").attribute("movie_id").kind == "hashed"
+    assert schema.impressions.item_attribute("genres").kind == "multi_categorical"
+    with pytest.raises(KeyError, match="streams.rating: no attribute named 'title'"):
+        schema.stream("rating").attribute("title")
+    with pytest.raises(KeyError, match="impressions.item_attributes: no attribute named 'rating'"):
+        schema.impressions.item_attribute("rating")

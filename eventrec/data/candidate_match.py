@@ -80,7 +80,7 @@ def match_statistics(store: EventStore, example_indices: np.ndarray, pair: Match
     times = store.timestamps[index]
     data = store.streams[pair.stream]
     stream = store.schema.stream(pair.stream)
-    attribute = next(a for a in stream.attributes if a.name == pair.event_attribute)
+    attribute = stream.attribute(pair.event_attribute)
     candidate = np.asarray(store.item[pair.item_attribute])[index].astype(np.int64)
     starts, ends = store.history_bounds(pair.stream, index)
     events, lengths = ranges_to_indices(starts, ends)

@@ -39,14 +39,6 @@ from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.store.reader import EventStore, Ragged
 
 
-def _attribute_kind(schema: Schema, stream: str, attribute: str) -> str:
-    return next(a.kind for a in schema.stream(stream).attributes if a.name == attribute)
-
-
-def _item_kind(schema: Schema, attribute: str) -> str:
-    return next(a.kind for a in schema.impressions.item_attributes if a.name == attribute)
-
-
 @dataclass
 class PairIndex:
     """One pair's events of all users sorted by (id, time): ``index`` answers "events of id ``i``
@@ -99,8 +91,8 @@ class ItemCounters:
                 ids, times = column.values, np.repeat(data.timestamps, np.diff(column.offsets))
             else:
                 ids, times = column, data.timestamps
-            indexes.append(PairIndex.build(ids, times, reserved_ids(_attribute_kind(schema, pair.stream, pair.event_attribute))))
-        return cls(pairs, indexes, [reserved_ids(_item_kind(schema, p.item_attribute)) for p in pairs])
+            indexes.append(PairIndex.build(ids, times, reserved_ids(schema.stream(pair.stream).attribute(pair.event_attribute).kind)))
+        return cls(pairs, indexes, [reserved_ids(schema.impressions.item_attribute(p.item_attribute).kind) for p in pairs])
 
     def counts(self, item_ids: dict[str, np.ndarray], times: np.ndarray, windows: Sequence[int]) -> np.ndarray:
         """``[B, P·(1 + W)]`` float32 counts of the candidates ``item_ids {attribute: [B]}`` at the
@@ -146,8 +138,8 @@ def item_counts_reference(store: EventStore, example_indices: np.ndarray, window
             candidate = int(np.asarray(store.item[pair.item_attribute])[example])
             data = store.streams[pair.stream]
             column = data.attributes[pair.event_attribute]
-            skip = candidate in reserved_ids(_item_kind(schema, pair.item_attribute))
-            event_reserved = reserved_ids(_attribute_kind(schema, pair.stream, pair.event_attribute))
+            skip = candidate in reserved_ids(schema.impressions.item_attribute(pair.item_attribute).kind)
+            event_reserved = reserved_ids(schema.stream(pair.stream).attribute(pair.event_attribute).kind)
             hits = []  # the time of every matching value of every event
             for e in range(data.num_events):
                 values = column.values[column.offsets[e] : column.offsets[e + 1]] if isinstance(column, Ragged) else [column[e]]

@@ -31,7 +31,7 @@ def cold_item_mask(store: EventStore, indices: np.ndarray) -> np.ndarray:
     name = item_id_attribute(store)
     if name is None:
         return cold
-    attribute = next(a for a in store.schema.impressions.item_attributes if a.name == name)
+    attribute = store.schema.impressions.item_attribute(name)
     vocabulary, first_known = attribute.vocabulary_name, (1 if attribute.kind == "hashed" else 2)
     train_end = int(store.manifest["splits"]["train_end"])
     seen: list[np.ndarray] = []

@@ -35,7 +35,7 @@ class DlrmModel(nn.Module):
         self.sparse_features = []  # (key, vocabulary)
         for stream in schema.streams:
             for name in stream.aggregated_ids:
-                vocabulary = next(a.vocabulary_name for a in stream.attributes if a.name == name)
+                vocabulary = stream.attribute(name).vocabulary_name
                 self.sparse_features += [(f"{stream.name}.{name}.{window}", vocabulary) for window in config.windows]
         vocabularies = vocabularies_used(self.candidate_attributes) | {v for _, v in self.sparse_features}
         self.tables = EmbeddingTables(spec, config.attribute_dim, vocabularies)

@@ -45,7 +45,7 @@ from pydantic import Discriminator, Field, Tag, ValidationError, field_validator
 from eventrec.data.sampling import SAMPLING_POLICIES
 from eventrec.schema.attributes import (ID_KINDS, NAME_PATTERN, VOCABULARY_KINDS, Attribute, CategoricalAttribute, EmbeddingAttribute,
                                         EventsSource, HashedAttribute, MultiCategoricalAttribute, Name, NumericAttribute, SchemaError,
-                                        VectorPrecision, _Strict, without_default_precision)
+                                        VectorPrecision, _Strict, attribute_named, without_default_precision)
 from eventrec.schema.derived_labels import WINDOW_UNITS, DerivedLabel, MatchColumn, window_seconds
 
 __all__ = [
@@ -131,6 +131,10 @@ class Stream(_Strict):
     attributes: list[Attribute] = Field(default_factory=list)
     dlrm_ids: list[Name] | None = None
 
+    def attribute(self, name: str) -> Attribute:
+        """The stream's attribute called ``name`` (a ``KeyError`` naming the stream otherwise)."""
+        return attribute_named(self.attributes, name, f"streams.{self.name}")
+
     @field_validator("sampling")
     @classmethod
     def _known_policy(cls, value: str | ValueSampling) -> str | ValueSampling:
@@ -209,6 +213,10 @@ class Impressions(_Strict):
     request_column: str | None = None
     extra_columns: list[str] = Field(default_factory=list)
     derived_labels: list[DerivedLabel] = Field(default_factory=list)
+
+    def item_attribute(self, name: str) -> Attribute:
+        """The item attribute called ``name`` (a ``KeyError`` otherwise)."""
+        return attribute_named(self.item_attributes, name, "impressions.item_attributes")
 
     @model_serializer(mode="wrap")
     def _without_empty_derived(self, handler: Any) -> dict:

@@ -139,6 +139,16 @@ Attribute = Annotated[
     Union[CategoricalAttribute, HashedAttribute, MultiCategoricalAttribute, NumericAttribute, EmbeddingAttribute],
     Field(discriminator="kind"),
 ]
+
+
+def attribute_named(attributes: "list[Attribute]", name: str, where: str = "attributes") -> "Attribute":
+    """The attribute called ``name`` among ``attributes``; a ``KeyError`` naming ``where`` and the names otherwise."""
+    for attribute in attributes:
+        if attribute.name == name:
+            return attribute
+    raise KeyError(f"{where}: no attribute named {name!r}; its attributes: {[a.name for a in attributes]}")
+
+
 VOCABULARY_KINDS = ("categorical", "multi_categorical")
 ID_KINDS = ("categorical", "hashed", "multi_categorical")
 

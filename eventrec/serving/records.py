@@ -116,7 +116,7 @@ class Records:
         sampling = value_sampling(stream)
         if sampling is None:
             return None
-        numbers = frame[next(a.source_column for a in stream.attributes if a.name == sampling.attribute)] if sampling.attribute else None
+        numbers = frame[stream.attribute(sampling.attribute).source_column] if sampling.attribute else None
         return sampling_values(stream, frame.height, None if types is None else pl.Series(types, dtype=pl.String), numbers)
 
     def encode(self, place: str, attributes: list, frame: pl.DataFrame) -> dict[str, np.ndarray | Ragged]:

@@ -53,7 +53,7 @@ def encode_stream(stream: Stream, source: Path | str, df: pl.DataFrame, user_ids
     user_columns[f"{stream.name}__timestamp"] = arrow_list(user_offsets, pa.array(times))
     sampling = value_sampling(stream)
     if sampling is not None:  # per-event values of a value policy (store/sampling_values.py), from the raw rows
-        numbers = df[next(a.source_column for a in stream.attributes if a.name == sampling.attribute)] if sampling.attribute else None
+        numbers = df[stream.attribute(sampling.attribute).source_column] if sampling.attribute else None
         values = sampling_values(stream, df.height, df[EVENT_TYPE] if EVENT_TYPE in df.columns else None, numbers)
         user_columns[value_column(stream.name)] = arrow_list(user_offsets, pa.array(values))
     uses: dict[str, int] = {}

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from eventrec.schema import ContentTable, EmbeddingAttribute, Schema
+from eventrec.schema.attributes import attribute_named
 from eventrec.store.encoding import BuildReport
 from eventrec.store.raw_logs import ROW, DataError, require_columns, scan_table
 from eventrec.store.vector_precision import StoredVectors, from_stored, to_stored
@@ -32,7 +33,7 @@ def write_content_tables(schema: Schema, data_dir: Path, vocabularies: dict[str,
         vocab_names = set()
         for _, key, owner in keys:
             attrs = schema.stream(owner.split(".", 1)[1]).attributes if owner.startswith("streams.") else imp.item_attributes + imp.context_attributes
-            vocab_names.add(next(a for a in attrs if a.name == key).vocabulary_name)
+            vocab_names.add(attribute_named(attrs, key, owner).vocabulary_name)
         if not vocab_names:
             continue
         raw = scan_table(data_dir, table_spec.path)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from eventrec.store.point_in_time import SegmentedTimeIndex
 from eventrec.schema import EmbeddingAttribute, Schema, SchemaError, parse_schema
+from eventrec.schema.attributes import attribute_named
 from eventrec.store.layout import FORMAT_VERSION, SPLIT_NAMES, Ragged, recover_interrupted_swap, schema_fingerprint
 from eventrec.store.content_tables import read_content_table
 from eventrec.store.sampling_values import value_column, value_sampling
@@ -161,7 +162,7 @@ class EventStore:
                 data.sampling_values = _numpy(values).astype(np.float32)
             for attribute in stream.attributes:
                 if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None:
-                    key = next(a for a in stream.attributes if a.name == attribute.key)
+                    key = stream.attribute(attribute.key)
                     data.looked_up[attribute.name] = (attribute.key, self.content[f"{attribute.table}/{key.vocabulary_name}"])
                     continue
                 _, child = _list_parts(table.column(f"{stream.name}__{attribute.name}"))
@@ -190,7 +191,7 @@ class EventStore:
         for group, attributes, target in (("item", imp.item_attributes, self.item), ("context", imp.context_attributes, self.context)):
             for attribute in attributes:
                 if isinstance(attribute, EmbeddingAttribute) and attribute.table is not None:
-                    key = next(a for a in attributes if a.name == attribute.key)
+                    key = attribute_named(attributes, attribute.key, f"impressions.{group}")
                     self.item_looked_up[attribute.name] = (attribute.key, self.content[f"{attribute.table}/{key.vocabulary_name}"])
                     continue
                 array = table.column(f"{group}__{attribute.name}").combine_chunks()

@@ -63,7 +63,7 @@ def sampling_values(stream: Stream, n: int, types: pl.Series | None, numbers: pl
     if sampling.attribute is not None:
         if numbers is None:
             raise ValueError(f"stream {stream.name!r}: sampling.attribute {sampling.attribute!r} needs its raw values")
-        attribute = next(a for a in stream.attributes if a.name == sampling.attribute)
+        attribute = stream.attribute(sampling.attribute)
         x = transformed(numbers, attribute.transform)  # null / NaN / inf → NaN
         value = value * (1.0 + np.where(np.isfinite(x) & (x > 0), x, 0.0))
     return np.minimum(value, np.finfo(np.float32).max).astype(np.float32)  # a huge x stays finite
