@@ -64,9 +64,11 @@ def grouped_pooling_reference(q: Tensor, shared_k: Tensor, shared_v: Tensor, sha
 def grouped_pooling_torch(q: Tensor, shared_k: Tensor, shared_v: Tensor, shared_bias: Tensor | None, group_k: Tensor, group_v: Tensor,
                           group_valid: Tensor, candidate_group: Tensor, match: GroupMatch | None, scale: float) -> Tensor:
     """Blocks of one group each: the candidates sorted by group and cut into rows of ``K`` (``K`` about
-    ``C / G``, at most 64, so padding adds at most one row per group), each block's group keys ``[P, H, d]``
-    read once; scores ``[blocks, K, M, H, S + P]``, one softmax, products, then back to the candidates' order.
-    The candidates without a group form blocks of their own, whose group part is all padding."""
+    ``C / G``, at most 64, so that padding adds at most a block per group); each block's keys are the
+    shared ones then its group's (``[blocks, H, S + P, d]``, gathered once per block, not per candidate),
+    so a block is two batched products and one softmax over ``[H, K·M, S + P]`` scores; then back to the
+    candidates' order. The candidates without a group form blocks of their own, whose group part is
+    all padding."""
     c, m, h, d = q.shape
     s = len(shared_k)
     groups, p = group_k.shape[0], group_k.shape[1]
@@ -84,36 +86,39 @@ def grouped_pooling_torch(q: Tensor, shared_k: Tensor, shared_v: Tensor, shared_
     first_block = torch.cumsum(blocks_per_group, 0) - blocks_per_group  # [G + 1]
     rank = torch.arange(c, device=q.device) - (torch.cumsum(sizes, 0) - sizes)[group[order]]  # place within its group
     slot = (first_block[group[order]] + rank // k_rows) * k_rows + rank % k_rows  # [C]: each sorted candidate's row in the blocks
-    row_candidate = torch.full((blocks * k_rows,), -1, dtype=torch.int64, device=q.device)
+    row_candidate = torch.zeros(blocks * k_rows, dtype=torch.int64, device=q.device)  # padding rows read candidate 0, dropped at the end
     row_candidate[slot] = order
     block_group = torch.repeat_interleave(torch.arange(groups + 1, device=q.device), blocks_per_group, output_size=blocks)  # [blocks]
-    take = row_candidate.clamp(min=0)  # padding rows read candidate 0 and are dropped at the end
-    qb = q.index_select(0, take).view(blocks, k_rows, m, h, d)
-    gk = torch.cat([group_k, group_k.new_zeros(1, p, h, d)]).index_select(0, block_group)  # [blocks, P, H, d]
-    gv = torch.cat([group_v, group_v.new_zeros(1, p, h, d)]).index_select(0, block_group)
-    scores_shared = torch.einsum("nkmhd,shd->nkmhs", qb, shared_k) * scale  # [blocks, K, M, H, S]
-    if shared_bias is not None:
-        scores_shared = scores_shared + shared_bias.index_select(0, take).view(blocks, k_rows, 1, h, s)
-    scores_group = torch.einsum("nkmhd,nphd->nkmhp", qb, gk) * scale  # [blocks, K, M, H, P]
-    padding = torch.zeros(blocks, 1, 1, 1, p, dtype=q.dtype, device=q.device).masked_fill_(
-        ~valid.index_select(0, block_group).view(blocks, 1, 1, 1, p), float("-inf"))
+    # keys and values per block: the shared ones, then the group's (the scale folded into the keys)
+    def per_block(shared: Tensor, grouped: Tensor) -> Tensor:  # [blocks, H, S + P, d]
+        grouped = torch.cat([grouped, grouped.new_zeros(1, p, h, d)]).index_select(0, block_group)
+        return torch.cat([shared.unsqueeze(0).expand(blocks, s, h, d), grouped], dim=1).permute(0, 2, 1, 3)
+    keys = per_block(shared_k * scale, group_k * scale)
+    values = per_block(shared_v, group_v)
+    queries = q.index_select(0, row_candidate).view(blocks, k_rows, m, h, d).permute(0, 3, 1, 2, 4).reshape(blocks, h, k_rows * m, d)
+    scores = torch.matmul(queries, keys.transpose(-1, -2)).view(blocks, h, k_rows, m, s + p)  # [blocks, H, K, M, S + P]
+    # the bias per (candidate, head, key), the same for the candidate's M slots; -inf on the groups' padding
+    bias = [q.new_zeros(blocks, h, k_rows, s) if shared_bias is None else
+            shared_bias.index_select(0, row_candidate).view(blocks, k_rows, h, s).transpose(1, 2)]
+    padding = torch.zeros(blocks, 1, 1, p, dtype=q.dtype, device=q.device).masked_fill_(~valid.index_select(0, block_group).view(blocks, 1, 1, p), float("-inf"))
     if match is not None:
-        gm = torch.cat([match.keys, match.keys.new_zeros(1, *match.keys.shape[1:])]).index_select(0, block_group)  # [blocks, P, V, E]
-        qm = match.queries.index_select(0, take).view(blocks, k_rows, *match.queries.shape[1:])  # [blocks, K, V, E]
-        padding = padding + torch.einsum("nkve,npve,hv->nkhp", qm, gm, match.weight).unsqueeze(2)
-    scores_group = scores_group + padding
-    # the softmax over [shared | group] without concatenating them: one maximum, two sums of exponentials;
-    # a row without any key (all -inf) gets a maximum of 0, no weight and zeros
-    top = torch.maximum(scores_shared.amax(-1, keepdim=True) if s else scores_group.new_full(scores_group.shape[:-1] + (1,), float("-inf")),
-                        scores_group.amax(-1, keepdim=True) if p else scores_shared.new_full(scores_shared.shape[:-1] + (1,), float("-inf")))
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weights_shared, weights_group = torch.exp(scores_shared - top), torch.exp(scores_group - top)
-    total = weights_shared.sum(-1, keepdim=True) + weights_group.sum(-1, keepdim=True)  # [blocks, K, M, H, 1]
-    pooled = torch.einsum("nkmhs,shd->nkmhd", weights_shared, shared_v) + torch.einsum("nkmhp,nphd->nkmhd", weights_group, gv)
-    pooled = pooled / torch.where(total > 0, total, torch.ones_like(total))
+        group_match = torch.cat([match.keys, match.keys.new_zeros(1, *match.keys.shape[1:])]).index_select(0, block_group)  # [blocks, P, V, E]
+        block_queries = match.queries.index_select(0, row_candidate).view(blocks, k_rows, *match.queries.shape[1:])  # [blocks, K, V, E]
+        padding = padding + torch.einsum("nkve,npve,hv->nhkp", block_queries, group_match, match.weight)
+    bias.append(padding.expand(blocks, h, k_rows, p))
+    bias = torch.cat(bias, dim=-1)  # [blocks, H, K, S + P]
+    any_key = torch.isfinite(bias).any(-1, keepdim=True)  # [blocks, H, K, 1]: False only without shared keys and group
+    if s == 0:
+        bias = bias.masked_fill(~any_key, 0.0)  # finite scores, zero weights below
+    scores += bias.unsqueeze(3)
+    weights = torch.softmax(scores, dim=-1)
+    if s == 0:
+        weights = weights * any_key.unsqueeze(3).to(weights.dtype)
+    pooled = torch.matmul(weights.view(blocks, h, k_rows * m, s + p), values)  # [blocks, H, K·M, d]
+    pooled = pooled.view(blocks, h, k_rows, m, d).permute(0, 2, 3, 1, 4).reshape(blocks * k_rows, m, h, d)
     row_of = torch.empty_like(order)
     row_of[order] = slot  # each candidate's row in the blocks
-    return pooled.reshape(blocks * k_rows, m, h, d).index_select(0, row_of)
+    return pooled.index_select(0, row_of)
 
 
 def grouped_pooling_attention(q: Tensor, shared_k: Tensor, shared_v: Tensor, group_k: Tensor, group_v: Tensor, group_valid: Tensor,
