@@ -31,9 +31,9 @@ from eventrec.data.jagged import JaggedTensor
 from eventrec.model.candidate_search import Search, UserSearchIndex, search_mask
 from eventrec.ops import keyed_pooling_attention
 from eventrec.ops.attention import auto_backend
+from eventrec.ops.grouped_pooling import GroupMatch, grouped_pooling_attention
 from eventrec.ops.jagged_helpers import gather_rows, padded_index, select_rows
 from eventrec.ops.keyed_pooling_one_user import FactoredMatch, OneUserPlan
-from eventrec.ops.grouped_pooling import GroupMatch, grouped_pooling_attention
 from eventrec.ops.selected_pooling import selected_pooling_attention
 from eventrec.ops.time_buckets import time_gap_bucket
 
@@ -216,28 +216,25 @@ class KeyedAttentionPooling(nn.Module):
         weight = (self.match_weight * head_dim**-0.5).to(q.dtype)  # [H, V]
         queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
         shared_k, shared_v, shared_match = k.index_select(0, shared_at), v.index_select(0, shared_at), match_keys.index_select(0, shared_at)
-        pooled = q.new_zeros(q.shape)
-        for part in (groups.simple, groups.mixed):
-            if len(part) == 0:
-                continue
-            everyone = len(part) == batch
-            part_q, part_queries = (q, queries) if everyone else (q.index_select(0, part), queries.index_select(0, part))
-            shared_bias = torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", part_queries, shared_match), weight)
-            if part is groups.simple:
-                shape = groups.group_valid.shape
-                group_match = match_keys.index_select(0, group_at.view(-1)).view(*shape, *match_keys.shape[1:])  # [G, P, V, E]
-                out = grouped_pooling_attention(
-                    part_q, shared_k, shared_v, k.index_select(0, group_at.view(-1)).view(*shape, *k.shape[1:]),
-                    v.index_select(0, group_at.view(-1)).view(*shape, *v.shape[1:]), groups.group_valid, groups.candidate_group,
-                    shared_bias=shared_bias, match=GroupMatch(part_queries, group_match, weight), scale=head_dim**-0.5)
-            else:
-                extra_match = match_keys.index_select(0, extra_at)
-                extra_bias = torch.einsum("tve,tve->tv", part_queries.index_select(0, groups.extra_candidate), extra_match) @ weight.T  # [T, H]
-                out = selected_pooling_attention(part_q, shared_k, shared_v, k.index_select(0, extra_at), v.index_select(0, extra_at),
-                                                 groups.extra_candidate, shared_bias=shared_bias, extra_bias=extra_bias, scale=head_dim**-0.5)
-            if everyone:
-                pooled = out
-            else:
+        rows = lambda t, part: t if len(part) == batch else t.index_select(0, part)  # noqa: E731  (a part's candidates)
+        shared_bias = lambda part: torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", rows(queries, part), shared_match), weight)  # noqa: E731
+        parts = []
+        if len(groups.simple):  # candidates in groups: each group's keys read once (ops.grouped_pooling)
+            part, shape = groups.simple, groups.group_valid.shape
+            listed = lambda t: t.index_select(0, group_at.view(-1)).view(*shape, *t.shape[1:])  # noqa: E731  ([G, P, ...])
+            parts.append((part, grouped_pooling_attention(rows(q, part), shared_k, shared_v, listed(k), listed(v), groups.group_valid,
+                                                          groups.candidate_group, shared_bias=shared_bias(part),
+                                                          match=GroupMatch(rows(queries, part), listed(match_keys), weight), scale=head_dim**-0.5)))
+        if len(groups.mixed):  # candidates matching in two or more vocabularies: their own positions (ops.selected_pooling)
+            part, candidate = groups.mixed, groups.extra_candidate
+            extra_bias = torch.einsum("tve,tve->tv", rows(queries, part).index_select(0, candidate), match_keys.index_select(0, extra_at)) @ weight.T
+            parts.append((part, selected_pooling_attention(rows(q, part), shared_k, shared_v, k.index_select(0, extra_at), v.index_select(0, extra_at),
+                                                           candidate, shared_bias=shared_bias(part), extra_bias=extra_bias, scale=head_dim**-0.5)))
+        if len(parts) == 1 and len(parts[0][0]) == batch:
+            pooled = parts[0][1]
+        else:
+            pooled = q.new_zeros(q.shape)
+            for part, out in parts:
                 pooled[part] = out
         return self.out(pooled.reshape(batch, self.num_slots, self.model_dim))
 
