@@ -107,9 +107,9 @@ def grouped_pooling_torch(q: Tensor, shared_k: Tensor, shared_v: Tensor, shared_
         padding = padding + torch.einsum("nkve,npve,hv->nhkp", block_queries, group_match, match.weight)
     bias.append(padding.expand(blocks, h, k_rows, p))
     bias = torch.cat(bias, dim=-1)  # [blocks, H, K, S + P]
-    any_key = torch.isfinite(bias).any(-1, keepdim=True)  # [blocks, H, K, 1]: False only without shared keys and group
-    if s == 0:
-        bias = bias.masked_fill(~any_key, 0.0)  # finite scores, zero weights below
+    if s == 0:  # a candidate may have no key at all: finite scores, zero weights
+        any_key = torch.isfinite(bias).any(-1, keepdim=True)  # [blocks, H, K, 1]
+        bias = bias.masked_fill(~any_key, 0.0)
     scores += bias.unsqueeze(3)
     weights = torch.softmax(scores, dim=-1)
     if s == 0:
