@@ -40,3 +40,15 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     assert torch.isfinite(a).all(), "non-finite values"
     denom = b.norm().item()
     return (a - b).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def assert_same_values_and_gradients(got: Tensor, expected: Tensor, leaves: list[Tensor]) -> None:
+    """Float64 outputs of two backends agree, and so do the gradients of a random weighting of them
+    with respect to ``leaves`` (the inputs that require grad)."""
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(got.shape, dtype=torch.float64)
+    grads = torch.autograd.grad((got * weights).sum(), leaves, allow_unused=True)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), leaves, allow_unused=True)
+    for a, b in zip(grads, expected_grads):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
