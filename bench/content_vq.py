@@ -4,10 +4,13 @@ test impressions of cold items (items never seen in training).
     OMP_NUM_THREADS=1 .venv/bin/python bench/content_vq.py --seeds 3 --threads 1 --out bench/out/vq_ml100k
     OMP_NUM_THREADS=1 .venv/bin/python bench/content_vq.py --users 80 --seeds 1 --out /tmp/vq_tiny   # a tiny check
     .venv/bin/python bench/content_vq.py --levels 1 --codes 32 --variants codes --threads 2 --out bench/out/vq_32x1  # coarser codes
+    .venv/bin/python bench/content_vq.py --seeds 3 --threads 2 --hold-out-items 0.2 --out bench/out/vq_holdout  # cold items in numbers
 
 Steps, each skipped when its output exists (a killed run resumes):
 
 1. ``eventrec.adapters.ml100k.prepare`` into ``OUT/logs`` (``--users N``: then only users 1..N's rows);
+   with ``--hold-out-items F``, a drawn share ``F`` of the movies then loses its rows before the
+   validation end (:func:`hold_out_items`);
 2. ``content embed``: the adapter's ``item_text.parquet`` (title, year, genres) → 384-d MiniLM
    vectors ``item_text_minilm.parquet`` (needs the ``text`` extra);
 3. ``content quantize``: ``--levels`` (default 3) × ``--codes`` (default 256) codes fitted on the
