@@ -401,3 +401,26 @@ def test_codebook_tables_let_the_store_read_each_code_s_codeword(tmp_path):
     expected = quantizer.decode(quantizer.encode(vectors[store.item_ids.astype(np.int64)]))
     known = np.stack([store.item[c] >= 2 for c in code_columns("text", LEVELS)]).all(axis=0)  # codes the training period knows
     assert known.mean() > 0.9 and np.allclose(looked_up[known], expected[known], atol=1e-5)
+
+
+def test_the_bench_s_held_out_movies_never_reach_training(tmp_path):
+    """bench/content_vq.py --hold-out-items on real MovieLens rows (120 users): the drawn movies lose
+    their rows before the validation end, so no training-period id is theirs; their later rows stay; a
+    second call is the same draw and removes nothing more; other settings on the same logs are refused."""
+    from bench import content_vq
+    from eventrec.schema import builtin_schema_path, load_schema
+
+    logs = tmp_path / "logs"
+    content_vq.prepare_logs(logs, 120)
+    rows_before = pl.read_parquet(logs / "impressions.parquet").height
+    record = content_vq.hold_out_items(logs, 0.2, 0)
+    impressions = pl.read_parquet(logs / "impressions.parquet")
+    assert impressions.height == rows_before - record["rows_removed"]["impressions.parquet"] < rows_before
+    assert record["movies"] == round(0.2 * record["of_movies"])
+    items = training_items(load_schema(builtin_schema_path("ml100k")), logs, "movie_id")
+    assert not set(record["held_out"]) & set(items.ids.to_list())
+    later = impressions.filter(pl.col("movie_id").is_in(record["held_out"]))
+    assert later.height > 0 and later["timestamp"].min() >= record["validation_end_before"] >= items.train_end
+    assert content_vq.hold_out_items(logs, 0.2, 0) == record and pl.read_parquet(logs / "impressions.parquet").height == impressions.height
+    with pytest.raises(SystemExit, match="holds out 0.2 of the movies"):
+        content_vq.hold_out_items(logs, 0.3, 0)
