@@ -127,6 +127,21 @@ class UserSearchIndex:
         """The same index on ``device``."""
         return UserSearchIndex(self.ids.to(device), self.positions.to(device), self.length)
 
+    def shared_positions(self, recent: int, summary_token: bool, device: torch.device) -> tuple[Tensor, int]:
+        """The positions every candidate reads, ``[S]`` (the summary token, then the ``recent`` most
+        recent events, in order), and where the recent ones start."""
+        first_event = 1 if summary_token else 0
+        recent_start = max(self.length - recent, first_event)
+        shared = torch.cat([torch.zeros(first_event, dtype=torch.int64, device=device), torch.arange(recent_start, self.length, device=device)])
+        return shared, recent_start
+
+    def latest_matches(self, v: int, wanted: Tensor, per_match: int) -> tuple[Tensor, Tensor]:
+        """``(lo, hi) [C]``: the index range in row ``v`` of the ``per_match`` latest events with each id of
+        ``wanted [C]`` (empty for a reserved id, which matches nothing)."""
+        hi = torch.searchsorted(self.ids[v], wanted, right=True)
+        lo = torch.maximum(torch.searchsorted(self.ids[v], wanted), hi - per_match)
+        return torch.where(wanted >= 0, lo, hi), hi
+
     def positions_for(self, candidate_ids: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor, Tensor]:
         """What :func:`search_mask` selects for ``candidate_ids [C, V]`` of this user, split into the
         positions every candidate reads, ``shared [S]`` (the summary token, then the ``recent`` most
@@ -134,17 +149,12 @@ class UserSearchIndex:
         ``extra_candidate [T]`` (sorted by candidate, then position; no duplicates)."""
         device = candidate_ids.device
         n = self.length
-        first_event = 1 if summary_token else 0
-        recent_start = max(n - recent, first_event)
-        shared = torch.cat([torch.zeros(first_event, dtype=torch.int64, device=device), torch.arange(recent_start, n, device=device)])
+        shared, recent_start = self.shared_positions(recent, summary_token, device)
         pairs = []
         for v in range(self.ids.shape[0]):
-            wanted = candidate_ids[:, v].contiguous()
-            hi = torch.searchsorted(self.ids[v], wanted, right=True)
-            lo = torch.maximum(torch.searchsorted(self.ids[v], wanted), hi - per_match)
-            lo = torch.where(wanted >= 0, lo, hi)  # a reserved id matches nothing
+            lo, hi = self.latest_matches(v, candidate_ids[:, v].contiguous(), per_match)
             count = hi - lo
-            candidate = torch.repeat_interleave(torch.arange(len(wanted), device=device), count)
+            candidate = torch.repeat_interleave(torch.arange(len(candidate_ids), device=device), count)
             start = torch.repeat_interleave(lo, count)
             rank = torch.arange(len(candidate), device=device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
             position = self.positions[v][start + rank]
@@ -161,20 +171,16 @@ class UserSearchIndex:
         union may hold a position twice) keep :meth:`positions_for`'s per-candidate form."""
         device = candidate_ids.device
         n, count_c = self.length, len(candidate_ids)
-        first_event = 1 if summary_token else 0
-        recent_start = max(n - recent, first_event)
-        shared = torch.cat([torch.zeros(first_event, dtype=torch.int64, device=device), torch.arange(recent_start, n, device=device)])
+        shared, recent_start = self.shared_positions(recent, summary_token, device)
         vocabularies = self.ids.shape[0]
         starts, counts = [], []
         for v in range(vocabularies):
-            keyed = self.ids[v] * (n + 1) + self.positions[v]  # sorted: by id, then position
             wanted = candidate_ids[:, v].contiguous()
-            hi = torch.searchsorted(self.ids[v], wanted, right=True)
-            lo = torch.maximum(torch.searchsorted(self.ids[v], wanted), hi - per_match)
-            kept_hi = torch.minimum(hi, torch.searchsorted(keyed, wanted * (n + 1) + recent_start))  # the recent ones are shared already
-            count = torch.where(wanted >= 0, (kept_hi - lo).clamp(min=0), 0)  # a reserved id matches nothing
+            lo, hi = self.latest_matches(v, wanted, per_match)
+            keyed = self.ids[v] * (n + 1) + self.positions[v]  # sorted: by id, then position
+            not_recent = torch.searchsorted(keyed, wanted * (n + 1) + recent_start)  # the recent ones are shared already
             starts.append(lo)
-            counts.append(count)
+            counts.append((torch.minimum(hi, not_recent) - lo).clamp(min=0))
         count_v = torch.stack(counts, 1) if vocabularies else torch.zeros(count_c, 0, dtype=torch.int64, device=device)  # [C, V]
         matched = count_v > 0
         several = matched.sum(1) > 1
