@@ -217,19 +217,21 @@ class KeyedAttentionPooling(nn.Module):
         queries = match_query.to(q.dtype).view(batch, vocabularies, -1)  # [B, V, E]
         shared_k, shared_v, shared_match = k.index_select(0, shared_at), v.index_select(0, shared_at), match_keys.index_select(0, shared_at)
         rows = lambda t, part: t if len(part) == batch else t.index_select(0, part)  # noqa: E731  (a part's candidates)
-        shared_bias = lambda part: torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", rows(queries, part), shared_match), weight)  # noqa: E731
+        shared_bias = lambda part_queries: torch.einsum("bvs,hv->bhs", torch.einsum("bve,sve->bvs", part_queries, shared_match), weight)  # noqa: E731
         parts = []
         if len(groups.simple):  # candidates in groups: each group's keys read once (ops.grouped_pooling)
             part, shape = groups.simple, groups.group_valid.shape
             listed = lambda t: t.index_select(0, group_at.view(-1)).view(*shape, *t.shape[1:])  # noqa: E731  ([G, P, ...])
+            part_queries = rows(queries, part)
             parts.append((part, grouped_pooling_attention(rows(q, part), shared_k, shared_v, listed(k), listed(v), groups.group_valid,
-                                                          groups.candidate_group, shared_bias=shared_bias(part),
-                                                          match=GroupMatch(rows(queries, part), listed(match_keys), weight), scale=head_dim**-0.5)))
+                                                          groups.candidate_group, shared_bias=shared_bias(part_queries),
+                                                          match=GroupMatch(part_queries, listed(match_keys), weight), scale=head_dim**-0.5)))
         if len(groups.mixed):  # candidates matching in two or more vocabularies: their own positions (ops.selected_pooling)
             part, candidate = groups.mixed, groups.extra_candidate
-            extra_bias = torch.einsum("tve,tve->tv", rows(queries, part).index_select(0, candidate), match_keys.index_select(0, extra_at)) @ weight.T
+            part_queries = rows(queries, part)
+            extra_bias = torch.einsum("tve,tve->tv", part_queries.index_select(0, candidate), match_keys.index_select(0, extra_at)) @ weight.T
             parts.append((part, selected_pooling_attention(rows(q, part), shared_k, shared_v, k.index_select(0, extra_at), v.index_select(0, extra_at),
-                                                           candidate, shared_bias=shared_bias(part), extra_bias=extra_bias, scale=head_dim**-0.5)))
+                                                           candidate, shared_bias=shared_bias(part_queries), extra_bias=extra_bias, scale=head_dim**-0.5)))
         if len(parts) == 1 and len(parts[0][0]) == batch:
             pooled = parts[0][1]
         else:
