@@ -6,7 +6,7 @@
     .venv/bin/python bench/build_store.py --variants polars duckdb # some variants only
 
 Variants (``--variants``; all by default): ``polars``, the partitioned embedded build (the default
-engine; ``--rows-per-partition``); ``spark``, the same partitions on Spark (``local[*]``; needs
+engine; ``--rows-per-partition``, ``--workers``: partitions in flight); ``spark``, the same partitions on Spark (``local[*]``; needs
 ``pip install '.[spark]'`` and Java 17); ``memory``, the in-memory build (every row at once, the
 build before issue 24); ``duckdb``, the baseline below. Every eventrec variant writes the same bytes.
 
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _eventrec(world: Path, out: Path, engine: str, rows_per_partition: int) -> dict:
+def _eventrec(world: Path, out: Path, engine: str, rows_per_partition: int, workers: int | None = None) -> dict:
     from eventrec.schema import builtin_schema_path, load_schema
     from eventrec.store.build import build_store
 
@@ -55,7 +55,7 @@ def _eventrec(world: Path, out: Path, engine: str, rows_per_partition: int) -> d
 
     started = time.perf_counter()
     manifest = build_store(load_schema(builtin_schema_path("synthetic")), world, out, progress=progress, engine=engine,
-                           rows_per_partition=rows_per_partition)
+                           rows_per_partition=rows_per_partition, workers=workers if engine == "polars" else None)
     seconds = time.perf_counter() - started
     if stages:
         stages[-1][1] = time.perf_counter() - stages[-1][1]
@@ -63,7 +63,7 @@ def _eventrec(world: Path, out: Path, engine: str, rows_per_partition: int) -> d
     return {"seconds": seconds, "events": events, "impressions": manifest["counts"]["impressions"], "stages": stages}
 
 
-def _duckdb(world: Path, out: Path, engine: str, rows_per_partition: int) -> dict:
+def _duckdb(world: Path, out: Path, engine: str, rows_per_partition: int, workers: int | None = None) -> dict:
     import duckdb
 
     from eventrec.schema import builtin_schema_path, load_schema
@@ -108,9 +108,9 @@ def _duckdb(world: Path, out: Path, engine: str, rows_per_partition: int) -> dic
 VARIANTS = ("polars", "spark", "memory", "duckdb")
 
 
-def _child(variant: str, world: Path, out: Path, rows_per_partition: int) -> None:
+def _child(variant: str, world: Path, out: Path, rows_per_partition: int, workers: int | None) -> None:
     run = _duckdb if variant == "duckdb" else _eventrec
-    result = run(world, out, variant, rows_per_partition)
+    result = run(world, out, variant, rows_per_partition, workers)
     result["own_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["store_mb"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print("RESULT " + json.dumps(result))
@@ -140,10 +140,11 @@ def _tree_rss_mb(root: int) -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _run(variant: str, world: Path, out: Path, rows_per_partition: int) -> dict:
+def _run(variant: str, world: Path, out: Path, rows_per_partition: int, workers: int | None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", variant, "--world", str(world), "--out", str(out), "--rows-per-partition", str(rows_per_partition)],
+        [sys.executable, __file__, "--child", variant, "--world", str(world), "--out", str(out), "--rows-per-partition", str(rows_per_partition),
+         *(["--workers", str(workers)] if workers else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     peak = 0.0
@@ -180,13 +181,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "build_store")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--rows-per-partition", type=int, default=200_000, help="the partitioned engines' partition size (raw rows)")
+    parser.add_argument("--workers", type=int, default=None, help="the polars engine's partitions in flight (default min(2, cores))")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--world", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # accepted for old command lines; no effect
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.world, args.out, args.rows_per_partition)
+        _child(args.child, args.world, args.out, args.rows_per_partition, args.workers)
         return
 
     from eventrec.synthetic import generate_world
@@ -205,13 +207,13 @@ def main() -> None:
     load = os.getloadavg()
     results = {}
     for variant in args.variants:
-        results[variant] = _run(variant, world, args.workdir / f"store_{variant}", args.rows_per_partition)
+        results[variant] = _run(variant, world, args.workdir / f"store_{variant}", args.rows_per_partition, args.workers)
         print(f"  {variant}: {results[variant]['seconds']:.1f}s", flush=True)
     stores = [args.workdir / f"store_{v}" for v in results if v != "duckdb"]
     same = all(_digest(s) == _digest(stores[0]) for s in stores[1:]) if stores else True
     first = next(iter(results.values()))
     print(f"\nworld: {args.users:,} users, {first['events']:,} events, {first['impressions']:,} impressions, raw logs {raw_mb:.0f} MB, "
-          f"{os.cpu_count()} cores, rows per partition {args.rows_per_partition:,}, load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} cores, rows per partition {args.rows_per_partition:,}, polars workers {args.workers or 'default'}, load average before {load[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     print(f"{'variant':<10}{'seconds':>10}{'events/s':>14}{'peak RSS MB':>14}{'own RSS MB':>12}{'output MB':>12}{'RSS/output':>12}")
     for name, r in results.items():
         print(f"{name:<10}{r['seconds']:>10.1f}{r['events'] / r['seconds']:>14,.0f}{r['peak_rss_mb']:>14.0f}{r['own_rss_mb']:>12.0f}"

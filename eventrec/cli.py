@@ -102,6 +102,7 @@ def build(
     engine: str = typer.Option("polars", help="polars (partitioned, in this process), spark (the same partitions on Spark; pip install '.[spark]' and Java 17) or memory (all rows at once; the reference). All write the same bytes."),
     spark_master: str = typer.Option(None, help="--engine spark: the Spark master URL (default: the session of spark-submit, else local[*])."),
     rows_per_partition: int = typer.Option(200_000, help="Raw rows (table rows of events and impressions) per user partition: the unit of memory of the partitioned engines."),
+    workers: Optional[int] = typer.Option(None, help="--engine polars: user partitions in flight (default min(2, cores); peak memory grows with it)."),
 ) -> None:
     """Build the people-centric event store and point-in-time examples from raw logs."""
     from eventrec.store.build import build_store
@@ -110,7 +111,7 @@ def build(
         parsed = load_schema(_schema_path(schema))
         with _stage_bar("build") as say:
             manifest = build_store(parsed, data, out, progress=say, allow_empty_splits=allow_empty_splits, engine=engine,
-                                   rows_per_partition=rows_per_partition, spark_master=spark_master)
+                                   rows_per_partition=rows_per_partition, spark_master=spark_master, workers=workers)
     except (SchemaError, DataError, ValueError) as error:
         _fail(error)
     typer.echo(f"built {out} in {manifest['build_seconds']:.1f}s")

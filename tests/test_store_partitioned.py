@@ -48,6 +48,16 @@ def test_tiny_world_any_partition_size(tiny_world, tmp_path):
     _same_as_in_memory(schema_path, data, tmp_path, [1, 2, 5, 1_000_000])
 
 
+def test_any_number_of_workers(tiny_world, tmp_path):
+    """One partition in flight, or more than there are cores: the same bytes as the in-memory build."""
+    schema_path, data = tiny_world
+    schema = load_schema(schema_path)
+    build_store(schema, data, tmp_path / "memory", engine="memory")
+    for workers in (1, 3):
+        build_store(schema, data, tmp_path / f"workers-{workers}", rows_per_partition=2, workers=workers)
+        assert digest(tmp_path / f"workers-{workers}") == digest(tmp_path / "memory"), f"workers={workers}"
+
+
 def test_vectors_at_int8_and_value_sampling(tiny_world, tmp_path):
     """Per-event vectors stored at int8 (clicks and impressions) and a value-sampling stream, whose
     build carries each event's raw type and price into ``click___sampling_value``."""
@@ -230,7 +240,8 @@ def test_of_two_errors_the_in_memory_build_s_first_is_named(tiny_world, tmp_path
 def test_options_are_checked(tiny_world, tmp_path):
     schema_path, data = tiny_world
     for kwargs, field in (({"engine": "duckdb"}, "engine"), ({"rows_per_partition": 0}, "rows_per_partition"),
-                          ({"spark_master": "local[1]"}, "spark_master")):
+                          ({"spark_master": "local[1]"}, "spark_master"), ({"workers": 0}, "workers"),
+                          ({"workers": 2, "engine": "memory"}, "workers")):
         with pytest.raises(ValueError, match=field):
             build_store(load_schema(schema_path), data, tmp_path / "s", **kwargs)
 

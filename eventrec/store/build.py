@@ -47,14 +47,16 @@ ENGINES = ("polars", "spark", "memory")
 
 def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progress: Progress | None = None,
                 allow_empty_splits: bool = False, *, engine: str = "polars", rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
-                spark_master: str | None = None) -> dict:
+                spark_master: str | None = None, workers: int | None = None) -> dict:
     """Build the store for ``schema`` from the raw logs in ``data_dir`` into ``out_dir``.
 
     ``out_dir`` must be absent, empty or a previous store, and neither ``data_dir`` nor inside it.
     A split without impressions is refused unless ``allow_empty_splits``. ``engine``: "polars",
     "spark" or "memory" (module docstring); ``rows_per_partition``: the raw rows (events and
     impressions) of a user partition, the unit of memory of the partitioned engines;
-    ``spark_master``: the Spark master URL (default ``local[*]``). Returns the manifest (also
+    ``spark_master``: the Spark master URL (default ``local[*]``); ``workers``: the polars engine's
+    partitions in flight (threads; default ``min(2, cores)``: peak memory grows with it, and each
+    partition's Polars work already uses every core). Returns the manifest (also
     written as ``manifest.json``). Raises :class:`DataError` on bad input.
     """
     if engine not in ENGINES:
@@ -63,6 +65,8 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         raise ValueError(f"rows_per_partition: expected an integer >= 1, got {rows_per_partition!r}")
     if spark_master is not None and engine != "spark":
         raise ValueError(f"spark_master: only for engine 'spark' (engine is {engine!r})")
+    if workers is not None and (engine != "polars" or isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers: an integer >= 1, for engine 'polars' only (engine {engine!r}, workers {workers!r})")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     say = progress or (lambda _message: None)
     started = time.perf_counter()
@@ -80,7 +84,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
         else:
             try:
                 with returning_arrow_memory():
-                    manifest = build_partitioned(schema, data_dir, tmp, _engine(engine, spark_master), say, allow_empty_splits, rows_per_partition)
+                    manifest = build_partitioned(schema, data_dir, tmp, _engine(engine, spark_master, workers), say, allow_empty_splits, rows_per_partition)
             except DataError as refused:  # Refused by the scan, or an error met on the way
                 say(f"input refused ({refused}): the in-memory build names the first offending row")
                 shutil.rmtree(tmp)
@@ -95,7 +99,7 @@ def build_store(schema: Schema, data_dir: Path | str, out_dir: Path | str, progr
     return manifest
 
 
-def _engine(name: str, spark_master: str | None):
+def _engine(name: str, spark_master: str | None, workers: int | None):
     if name == "spark":
         try:
             from eventrec.store.spark_engine import SparkEngine  # pyspark is an optional extra
@@ -104,4 +108,4 @@ def _engine(name: str, spark_master: str | None):
         return SparkEngine(spark_master)
     from eventrec.store.embedded_engine import EmbeddedEngine
 
-    return EmbeddedEngine()
+    return EmbeddedEngine(workers)
