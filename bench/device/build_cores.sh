@@ -4,8 +4,9 @@
 # Prepare here once:  bash bench/device/fetch_wheels.sh
 # Then the device tool:  run  command="bash bench/device/build_cores.sh"  carry=[".whl"]  timeout_s=600
 # On the device machine (16 cores): both shapes generated there (~1 min each, not carried), then
-# bench/build_store.py with the polars engine at 2, 4 and 8 partitions in flight and DuckDB, in one
-# run per shape. Writes to $OUT (bench/out/device elsewhere): cores.txt and one table per shape.
+# bench/build_store.py with the polars engine at 2, 4 and 8 partitions in flight, and DuckDB beside
+# the last where the machine has it (its wheel would not fit the carry's 64 MiB beside polars'), in
+# one run per shape. Writes to $OUT (bench/out/device elsewhere): cores.txt and one table per shape.
 # USERS=20000 PYTHON=.venv/bin/python bash bench/device/build_cores.sh: a small check of the script itself.
 set -uo pipefail
 PYTHON=${PYTHON:-python3}
@@ -19,11 +20,14 @@ OUT=${OUT:-bench/out/device}
 USERS=${USERS:-1000000}
 WORK=${WORK:-/tmp/build_cores}
 mkdir -p "$OUT" "$WORK"
-{ nproc; free -g | head -2; "$PYTHON" -c "import polars, pyarrow, duckdb; print('polars', polars.__version__, 'pyarrow', pyarrow.__version__, 'duckdb', duckdb.__version__)"; } | tee "$OUT/cores.txt"
+{ nproc; free -g | head -2; "$PYTHON" -c "import polars, pyarrow; print('polars', polars.__version__, 'pyarrow', pyarrow.__version__)"; } | tee "$OUT/cores.txt"
+duckdb=""
+"$PYTHON" -c "import duckdb" 2>/dev/null && duckdb="duckdb"
+echo "duckdb: ${duckdb:-not installed, not run}" | tee -a "$OUT/cores.txt"
 for shape in issue default; do
     for workers in 2 4 8; do
         variants="polars"
-        [ "$workers" = 8 ] && variants="polars duckdb"
+        [ "$workers" = 8 ] && variants="polars $duckdb"
         timeout 280 "$PYTHON" bench/build_store.py --shape "$shape" --users "$USERS" --workers "$workers" --variants $variants \
             --workdir "$WORK" 2>&1 | tee -a "$OUT/build_${shape}.md"
     done
