@@ -25,11 +25,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sample_options(dataset: str, users: int | None, parser: argparse.ArgumentParser) -> dict:
+    """The adapter options for a real dataset: ``{"max_users": N}`` where its adapter samples users
+    (``--users``, else the adapter's default), ``{}`` where it does not (``--users`` refused there)."""
+    import inspect
+
+    from eventrec.adapters import ADAPTERS
+
+    parameter = inspect.signature(ADAPTERS[dataset][0]).parameters.get("max_users")
+    if parameter is None:
+        if users is not None:
+            parser.error(f"--users: {dataset} is not a sampled dataset (its adapter takes no max_users)")
+        return {}
+    if users is not None and users < 1:
+        parser.error(f"--users must be at least 1, got {users}")
+    return {"max_users": parameter.default if users is None else users}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="trivago",
                         help="synthetic | synthetic_long (the long-history preset) | trivago | trivago_views | ml100k | amazon_grocery")
-    parser.add_argument("--users", type=int, default=None, help="synthetic world size (default 50,000; synthetic_long: 1,000)")
+    parser.add_argument("--users", type=int, default=None,
+                        help="synthetic world size (default 50,000; synthetic_long: 1,000), or the user sample of the sampled real "
+                             "datasets (amazon_grocery_conversion, trivago_lists_small, trivago_views: their adapter's max_users, "
+                             "default 1,000; a learning curve over sample sizes, each in its own --workdir)")
     parser.add_argument("--logs", type=Path, default=None,
                         help="synthetic_long: an already generated long world to read (default WORKDIR/logs, generated there)")
     parser.add_argument("--seeds", type=int, default=3)
@@ -111,8 +131,11 @@ def main() -> None:
         schema_name = "synthetic_long"
     else:
         schema_name = ADAPTERS[args.dataset][1]
+        options = sample_options(args.dataset, args.users, parser)
         if not (logs / "impressions.parquet").exists():
-            prepare_dataset(args.dataset, logs)
+            prepare_dataset(args.dataset, logs, **options)
+        elif options and json.loads((logs / "summary.json").read_text()).get("max_users") != options["max_users"]:
+            parser.error(f"--users {options['max_users']}: {logs} holds another user sample (see its summary.json); use another --workdir")
     if not (store_dir / "manifest.json").exists():
         build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
     store = EventStore.open(store_dir)
