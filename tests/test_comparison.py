@@ -51,3 +51,38 @@ def test_finished_runs_of_another_work_directory_are_copied_once(tmp_path):
     (target / "dlrm_seed0" / "run.json").write_text('{"kept": 1}')
     copy_finished_runs(source, target, ["dlrm_seed0"])
     assert (target / "dlrm_seed0" / "run.json").read_text() == '{"kept": 1}'
+
+
+def test_users_sets_the_sample_of_sampled_datasets_only():
+    """``bench/compare_models.py --users``: the adapter's ``max_users`` where it samples users (its default
+    without ``--users``), refused for a dataset read whole or below 1."""
+    import argparse
+
+    from bench.compare_models import sample_options
+
+    parser = argparse.ArgumentParser()
+    assert sample_options("amazon_grocery_conversion", 4000, parser) == {"max_users": 4000}
+    assert sample_options("trivago_views", None, parser) == {"max_users": 1000}
+    assert sample_options("trivago", None, parser) == {}
+    for dataset, users in (("trivago", 5), ("trivago_lists_small", 0)):
+        with pytest.raises(SystemExit):
+            sample_options(dataset, users, parser)
+
+
+def test_gbdt_peer_reads_point_in_time_features_without_the_label(tiny_store):
+    """``bench/gbdt_peer.py``: a row's features do not depend on the rows scored with it, the rule that
+    counts a training row's own label is left out, and the tree count is chosen on validation."""
+    import numpy as np
+
+    from bench.gbdt_peer import LEAKY_RULES, feature_matrix, fit_and_score
+
+    train = tiny_store.split_indices("train")
+    together, names = feature_matrix(tiny_store, train, 0)
+    assert together.shape == (len(train), len(names)) and np.isfinite(together).all()
+    assert not set(LEAKY_RULES) & set(names)
+    alone = np.concatenate([feature_matrix(tiny_store, train[i : i + 1], 0)[0] for i in range(len(train))])
+    np.testing.assert_allclose(alone, together, rtol=1e-6)
+    x = {split: feature_matrix(tiny_store, tiny_store.split_indices(split), 0)[0] for split in ("train", "validation", "test")}
+    y = {split: np.nan_to_num(tiny_store.labels[tiny_store.split_indices(split), 0]) for split in x}
+    probs, trees, _ = fit_and_score(x, y, seed=0, max_trees=5)
+    assert probs.shape == (len(x["test"]),) and ((probs > 0) & (probs < 1)).all() and 1 <= trees <= 5
