@@ -15,6 +15,7 @@ It reads the store of a ``bench/compare_models.py`` work directory and prints it
 rule; the rows go to ``WORKDIR/gbdt_peer.json``.
 
     .venv/bin/python bench/gbdt_peer.py --workdir bench/out/small20_amazon_grocery_conversion --seeds 3
+    .venv/bin/python bench/gbdt_peer.py --workdir bench/out/cnt_trivago --store bench/out/cmp20_trivago/store
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ def fit_and_score(x: dict, y: dict, seed: int, max_trees: int) -> tuple[np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="a bench/compare_models.py work directory (its store/ and runs/)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="the store those runs read, where it is not WORKDIR/store (a work directory made with --runs-from DIR: DIR/store)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-trees", type=int, default=400)
     args = parser.parse_args()
-    if not (args.workdir / "store" / "manifest.json").exists():
-        parser.error(f"--workdir {args.workdir}: no store there (run bench/compare_models.py with this --workdir first)")
+    store_dir = args.store or args.workdir / "store"
+    if not (store_dir / "manifest.json").exists():
+        parser.error(f"no store at {store_dir} (run bench/compare_models.py with this --workdir first, or name its store with --store)")
 
     from eventrec.evaluation.experiment import SeedRun, format_table, summarize
     from eventrec.evaluation.predict import metrics_by_task
@@ -74,7 +78,7 @@ def main() -> None:
     from eventrec.store.reader import EventStore
 
     started = time.perf_counter()
-    store = EventStore.open(args.workdir / "store")
+    store = EventStore.open(store_dir)
     index = {split: store.split_indices(split) for split in ("train", "validation", "test")}
     features = {(split, task): feature_matrix(store, rows, task)[0] for split, rows in index.items() for task in range(len(store.label_names))}
     runs: list[SeedRun] = []
