@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/compare_models.py --dataset trivago --seeds 3
     .venv/bin/python bench/compare_models.py --dataset synthetic --users 50000 --seeds 3
-    .venv/bin/python bench/compare_models.py --dataset synthetic_long --schema bench/schemas/synthetic_long_max1024.yaml \
+    .venv/bin/python bench/compare_models.py --dataset synthetic_long --stream '*={"max_length": 1024}' \
         --max-steps-per-epoch 40 --validations 1 --workdir bench/out/long22_max1024     # the long-history world
 
 Prepares the dataset (real ones through their adapter, from ../shared/data), builds the store,
@@ -19,6 +19,7 @@ under the work directory. Finished runs are reused if the script is killed and s
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -40,6 +41,30 @@ def sample_options(dataset: str, users: int | None, parser: argparse.ArgumentPar
     if users is not None and users < 1:
         parser.error(f"--users must be at least 1, got {users}")
     return {"max_users": parameter.default if users is None else users}
+
+
+def schema_with_streams(path: Path, overrides: list[str]):
+    """The schema at ``path`` with the ``--stream NAME=JSON`` overrides applied in order (``NAME`` a
+    stream, or ``*`` for every one); validated as a schema file is, errors naming the override."""
+    import yaml
+
+    from eventrec.schema import SchemaError, parse_schema
+
+    data = yaml.safe_load(Path(path).read_text())
+    for text in overrides:
+        name, _, section = text.partition("=")
+        try:
+            fields = json.loads(section)
+        except json.JSONDecodeError as error:
+            raise SchemaError(f"--stream {text!r}: not JSON: {error}") from None
+        if not isinstance(fields, dict) or "name" in fields:
+            raise SchemaError(f"--stream {text!r}: expected a JSON object of stream fields other than 'name'")
+        streams = [stream for stream in data.get("streams", []) if name in ("*", stream.get("name"))]
+        if not streams:
+            raise SchemaError(f"--stream {text!r}: no stream {name!r} in {path}; streams: {[st.get('name') for st in data.get('streams', [])]}")
+        for stream in streams:
+            stream.update(fields)
+    return parse_schema(data, f"{path} with --stream {' '.join(overrides)}" if overrides else path)
 
 
 def main() -> None:
@@ -71,8 +96,10 @@ def main() -> None:
                              "training settings they ran with, e.g. the DLRM at the default learning rate beside a sequence "
                              "model trained here with --learning-rate)")
     parser.add_argument("--schema", type=Path, default=None,
-                        help="a schema file to build the store with instead of the dataset's built-in one (e.g. other "
-                             "max_length or sampling; use its own --workdir)")
+                        help="a schema file to build the store with instead of the dataset's built-in one (use its own --workdir)")
+    parser.add_argument("--stream", action="append", default=[], metavar="NAME=JSON",
+                        help='fields of stream NAME ("*": every stream) to replace in that schema, e.g. rating=\'{"max_length": 64}\' '
+                             "(history budgets and sampling policies; repeatable, applied in order; use its own --workdir)")
     parser.add_argument("--models", nargs="+", default=None, help="named models to train (default: sequence dlrm dlrm_id_bags)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help='another model to train beside them: its name and its model section as JSON, a sequence model '
@@ -88,13 +115,12 @@ def main() -> None:
     from eventrec.evaluation.experiment import format_table, run_comparison, summarize
     from eventrec.evaluation.plots import write_plots
     from eventrec.evaluation.rules import rule_metrics
-    from eventrec.schema import builtin_schema_path, load_schema
+    from eventrec.schema import SchemaError, builtin_schema_path
     from eventrec.store.reader import EventStore
     from eventrec.store.build import build_store
     from eventrec.training.factory import COMPARED_MODELS, default_config
     from eventrec.training.trainer import TrainConfig
 
-    import json
 
     try:  # every model config checked before any data is prepared
         models = {name: default_config(name) for name in (args.models or COMPARED_MODELS)}
@@ -111,8 +137,18 @@ def main() -> None:
             parser.error(f"--variant {text!r}: {error}")
     workdir = args.workdir or ROOT / "bench" / "out" / f"compare_{args.dataset}"
     logs, store_dir = workdir / "logs", (args.runs_from or workdir) / "store"
+    if args.runs_from is not None and args.stream:
+        parser.error("--stream builds a store of its own: not with --runs-from (whose store is read)")
     if args.runs_from is not None and not (store_dir / "manifest.json").exists():  # checked before anything is prepared
         parser.error(f"--runs-from {args.runs_from}: no store there ({store_dir}/manifest.json)")
+    if args.dataset not in ("synthetic", "synthetic_long", *ADAPTERS):
+        parser.error(f"--dataset {args.dataset!r}: expected synthetic, synthetic_long or one of {sorted(ADAPTERS)}")
+    schema_name = args.dataset if args.dataset in ("synthetic", "synthetic_long") else ADAPTERS[args.dataset][1]
+    options = {} if schema_name.startswith("synthetic") else sample_options(args.dataset, args.users, parser)
+    try:  # checked before anything is prepared
+        schema = schema_with_streams(args.schema or builtin_schema_path(schema_name), args.stream)
+    except SchemaError as error:
+        parser.error(str(error))
     started = time.perf_counter()
     candidates = None
     if args.dataset == "synthetic":
@@ -120,7 +156,6 @@ def main() -> None:
 
         if not (logs / "world.json").exists():
             generate_world(logs, num_users=args.users or 50_000, seed=0)
-        schema_name = "synthetic"
         candidates = pl.read_parquet(logs / "candidates.parquet")
     elif args.dataset == "synthetic_long":  # no offline A/B over candidates: test AUC only
         from eventrec.synthetic import generate_world
@@ -128,17 +163,16 @@ def main() -> None:
         logs = args.logs or logs
         if not (logs / "world.json").exists():
             generate_world(logs, num_users=args.users or 1_000, seed=0, preset="long")
-        schema_name = "synthetic_long"
     else:
-        schema_name = ADAPTERS[args.dataset][1]
-        options = sample_options(args.dataset, args.users, parser)
         if not (logs / "impressions.parquet").exists():
             prepare_dataset(args.dataset, logs, **options)
         elif options and json.loads((logs / "summary.json").read_text()).get("max_users") != options["max_users"]:
             parser.error(f"--users {options['max_users']}: {logs} holds another user sample (see its summary.json); use another --workdir")
     if not (store_dir / "manifest.json").exists():
-        build_store(load_schema(args.schema or builtin_schema_path(schema_name)), logs, store_dir)
+        build_store(schema, logs, store_dir)
     store = EventStore.open(store_dir)
+    if (args.schema or args.stream) and store.schema != schema:
+        parser.error(f"{store_dir} was built with another schema than --schema/--stream give; use another --workdir (nothing was deleted)")
     rate = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, validations_per_epoch=args.validations, patience=2, **rate,
                                max_steps_per_epoch=args.max_steps_per_epoch, experimental={"user_batches": True} if args.user_batches else None)

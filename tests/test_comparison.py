@@ -86,3 +86,21 @@ def test_gbdt_peer_reads_point_in_time_features_without_the_label(tiny_store):
     y = {split: np.nan_to_num(tiny_store.labels[tiny_store.split_indices(split), 0]) for split in x}
     probs, trees, _ = fit_and_score(x, y, seed=0, max_trees=5)
     assert probs.shape == (len(x["test"]),) and ((probs > 0) & (probs < 1)).all() and 1 <= trees <= 5
+
+
+def test_stream_overrides_replace_fields_of_the_named_streams():
+    """``bench/compare_models.py --stream NAME=JSON``: the built-in schema with the named stream's (or, for
+    ``*``, every stream's) fields replaced in order, validated; unknown streams and bad values refused."""
+    from bench.compare_models import schema_with_streams
+    from eventrec.schema import SchemaError, builtin_schema_path, load_schema
+
+    trivago = builtin_schema_path("trivago")
+    value = '{"sampling": {"policy": "value", "attribute": "repeats", "recency_half_life": "1h"}}'
+    schema = schema_with_streams(trivago, ['*={"max_length": 16}', f"item_interaction={value}"])
+    assert {s.name: s.max_length for s in schema.streams} == {"item_interaction": 16, "clickout": 16, "search_filter": 16}
+    assert [s.name for s in schema.streams if s.sampling != "most_recent"] == ["item_interaction"]
+    assert schema_with_streams(trivago, []) == load_schema(trivago)
+    for bad, message in (('nope={"max_length": 8}', "no stream 'nope'"), ("clickout={", "not JSON"),
+                         ('clickout={"name": "x"}', "other than 'name'"), ('clickout={"max_length": 0}', "max_length")):
+        with pytest.raises(SchemaError, match=message):
+            schema_with_streams(trivago, [bad])
