@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from eventrec.adapters import amazon_grocery, amazon_grocery_conversion, ml100k, trivago, trivago_lists_small, trivago_views
+from eventrec.adapters import amazon_grocery, amazon_grocery_conversion, ml100k, ml100k_conversion, trivago, trivago_lists_small, trivago_views
 from eventrec.adapters._common import AdapterError, describe
 
 ADAPTERS: dict[str, tuple[Callable[..., dict], str]] = {
@@ -25,6 +25,7 @@ ADAPTERS: dict[str, tuple[Callable[..., dict], str]] = {
     "trivago_views": (trivago_views.prepare, trivago_views.SCHEMA),
     "trivago_lists_small": (trivago_lists_small.prepare, trivago_lists_small.SCHEMA),
     "ml100k": (ml100k.prepare, ml100k.SCHEMA),
+    "ml100k_conversion": (ml100k_conversion.prepare, ml100k_conversion.SCHEMA),
     "amazon_grocery": (amazon_grocery.prepare, amazon_grocery.SCHEMA),
     "amazon_grocery_conversion": (amazon_grocery_conversion.prepare, amazon_grocery_conversion.SCHEMA),
 }
@@ -35,6 +36,7 @@ SOURCE_FOLDERS = {
     "trivago_views": "trivago",
     "trivago_lists_small": "trivago",
     "ml100k": "ml-100k",
+    "ml100k_conversion": "ml-100k",
     "amazon_grocery": "amazon-grocery",
     "amazon_grocery_conversion": "amazon-grocery",
 }

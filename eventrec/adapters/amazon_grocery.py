@@ -37,12 +37,12 @@ from eventrec.adapters._common import (
     check_timestamps,
     parse_column,
     read_tsv_checked,
+    sample_negatives,
     write_outputs,
 )
 
 SCHEMA = "amazon_grocery"
 INTERACTIONS, ITEM_META = "train.csv", "item_meta.csv"
-MAX_REDRAW_ROUNDS = 1000
 
 
 def _read_items(path: Path, summary: dict) -> pl.DataFrame:
@@ -60,47 +60,6 @@ def _read_items(path: Path, summary: dict) -> pl.DataFrame:
     summary["catalogue_items"] = items.height
     summary["catalogue_items_without_category"] = int(items["category"].null_count())
     return items
-
-
-def _sample_negatives(
-    requests: pl.DataFrame, owned: pl.DataFrame, catalogue: np.ndarray, negatives: int, seed: int
-) -> tuple[pl.DataFrame, int]:
-    """``negatives`` distinct catalogue items per request, none owned by the user at that time.
-
-    ``requests``: (request_id, user_id, timestamp, item_id) in request order. ``owned``: (user_id,
-    item_id, first_time) = when the user first purchased the item. Draws are uniform over
-    ``catalogue``; rejected draws are redrawn (vectorised, in request/slot order, so the result
-    depends only on the inputs and ``seed``). Returns the rows and the number of redraws.
-    """
-    rng = np.random.default_rng(seed)
-    n = requests.height
-    slots = pl.DataFrame(
-        {
-            "request_id": np.repeat(requests["request_id"].to_numpy(), negatives),
-            "slot": np.tile(np.arange(negatives, dtype=np.int64), n),
-        }
-    ).join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
-    drawn = catalogue[rng.integers(0, len(catalogue), size=slots.height)]
-    redraws = 0
-    todo = np.arange(slots.height)
-    for _ in range(MAX_REDRAW_ROUNDS):
-        frame = slots.with_columns(pl.Series("item_id", drawn), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
-        frame = frame.join(owned, on=["user_id", "item_id"], how="left", maintain_order="left")
-        owned_by_then = (frame["first_time"] <= frame["timestamp"]).fill_null(False)
-        repeated = frame.select(~pl.struct("request_id", "item_id").is_first_distinct()).to_series()
-        bad = (owned_by_then | repeated).to_numpy()
-        todo = np.flatnonzero(bad)
-        if len(todo) == 0:
-            break
-        redraws += len(todo)
-        drawn[todo] = catalogue[rng.integers(0, len(catalogue), size=len(todo))]
-    else:
-        raise AdapterError(
-            f"could not draw {negatives} distinct unowned negatives for {len(todo)} request slot(s) in "
-            f"{MAX_REDRAW_ROUNDS} rounds: the catalogue ({len(catalogue)} items) is too small for that many negatives"
-        )
-    rows = slots.select("request_id", "slot", pl.Series("item_id", drawn))
-    return rows, redraws
 
 
 def read_purchases(source_dir: Path | str) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
@@ -175,7 +134,7 @@ def purchase_impressions(
     frames = [positives]
     redraws = 0
     if negatives > 0:
-        drawn, redraws = _sample_negatives(requests, owned, catalogue, negatives, seed)
+        drawn, redraws = sample_negatives(requests, owned, catalogue, negatives, seed)
         frames.append(
             drawn.join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
             .select("request_id", "user_id", "timestamp", "item_id", "slot")

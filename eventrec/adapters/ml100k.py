@@ -114,16 +114,12 @@ def _read_users(path: Path, summary: dict) -> pl.DataFrame:
     return users
 
 
-def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
-    """Convert MovieLens 100K (RecBole atomic files in ``source_dir``) into ``out_dir``.
-
-    Returns the summary counts (also written to ``out_dir/summary.json``). Raises
-    :class:`AdapterError` naming file, column and first bad row on missing columns, null ids,
-    unparsable ids / ratings / timestamps, or repeated movie / user ids in the side files.
-    """
-    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
+def read_ratings(source_dir: Path | str, summary: dict) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Read and check the three files of ``source_dir``: ``(ratings, movies, users)``, the ratings
+    (file order, ``_row``, exact repeats dropped) joined with their movie's ``genres`` and ``year``
+    and their user's ``age_bucket``, ``gender`` and ``occupation``. The reading's counts go into
+    ``summary``. Raises :class:`AdapterError` naming file, column and first bad row."""
     source_dir = Path(source_dir)
-    summary: dict = {"dataset": "ml100k", "source": [INTER, ITEM, USER]}
     movies = _read_movies(source_dir / ITEM, summary)
     users = _read_users(source_dir / USER, summary)
 
@@ -148,11 +144,27 @@ def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
     ratings = ratings.join(movies.select("movie_id", "genres", "year"), on="movie_id", how="left").join(
         users.select("user_id", "age_bucket", "gender", "occupation"), on="user_id", how="left"
     )
-    ratings = ratings.with_columns(pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    return ratings.with_columns(pl.col("genres").fill_null(pl.lit([], dtype=pl.List(pl.String)))), movies, users
 
-    events = ratings.sort("user_id", "timestamp", ROW).select(
+
+def rating_events(ratings: pl.DataFrame) -> pl.DataFrame:
+    """``events.parquet``: every rating an event of type ``rating``, sorted by (user, timestamp, file row)."""
+    return ratings.sort("user_id", "timestamp", ROW).select(
         "user_id", "timestamp", pl.lit("rating").alias("event_type"), "movie_id", "rating", "genres", "year"
     )
+
+
+def prepare(source_dir: Path | str, out_dir: Path | str) -> dict:
+    """Convert MovieLens 100K (RecBole atomic files in ``source_dir``) into ``out_dir``.
+
+    Returns the summary counts (also written to ``out_dir/summary.json``). Raises
+    :class:`AdapterError` naming file, column and first bad row on missing columns, null ids,
+    unparsable ids / ratings / timestamps, or repeated movie / user ids in the side files.
+    """
+    check_output_dir(Path(out_dir), Path(source_dir))  # before the work: refuse an output it may not replace
+    summary: dict = {"dataset": "ml100k", "source": [INTER, ITEM, USER]}
+    ratings, movies, users = read_ratings(source_dir, summary)
+    events = rating_events(ratings)
     impressions = (
         ratings.sort("timestamp", "user_id", ROW)
         .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("request_id"))
