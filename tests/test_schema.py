@@ -23,7 +23,7 @@ def test_tiny_schema_loads(tmp_path):
     assert schema.hash_buckets("ad_id") == 97
 
 
-@pytest.mark.parametrize("name", ["synthetic", "trivago", "trivago_views", "trivago_lists_small", "ml100k", "amazon_grocery", "amazon_grocery_conversion"])
+@pytest.mark.parametrize("name", ["synthetic", "trivago", "trivago_views", "trivago_lists_small", "ml100k", "ml100k_conversion", "amazon_grocery", "amazon_grocery_conversion"])
 def test_builtin_schemas_load(name):
     load_schema(builtin_schema_path(name))
 

@@ -18,7 +18,7 @@ def _write_output(tmp, text: str) -> None:
 
 
 def test_registry_and_schemas():
-    assert set(ADAPTERS) == {"trivago", "trivago_views", "trivago_lists_small", "ml100k", "amazon_grocery", "amazon_grocery_conversion"}
+    assert set(ADAPTERS) == {"trivago", "trivago_views", "trivago_lists_small", "ml100k", "ml100k_conversion", "amazon_grocery", "amazon_grocery_conversion"}
     for name, (prepare, schema_name) in ADAPTERS.items():
         assert callable(prepare)
         schema = schema_of(name)
