@@ -70,7 +70,7 @@ def schema_with_streams(path: Path, overrides: list[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="trivago",
-                        help="synthetic | synthetic_long (the long-history preset) | trivago | trivago_views | ml100k | amazon_grocery")
+                        help="synthetic | synthetic_long (the long-history preset) | any adapter of eventrec.adapters (trivago, ml100k, amazon_grocery, their small tasks)")
     parser.add_argument("--users", type=int, default=None,
                         help="synthetic world size (default 50,000; synthetic_long: 1,000), or the user sample of the sampled real "
                              "datasets (amazon_grocery_conversion, trivago_lists_small, trivago_views: their adapter's max_users, "
