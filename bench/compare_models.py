@@ -121,7 +121,6 @@ def main() -> None:
     from eventrec.training.factory import COMPARED_MODELS, default_config
     from eventrec.training.trainer import TrainConfig
 
-
     try:  # every model config checked before any data is prepared
         models = {name: default_config(name) for name in (args.models or COMPARED_MODELS)}
     except ValueError as error:

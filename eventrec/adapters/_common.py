@@ -309,7 +309,9 @@ def sample_negatives(
     """``negatives`` distinct catalogue items per request, none owned by the user at that time.
 
     ``requests``: (request_id, user_id, timestamp, item_id) in request order. ``owned``: (user_id,
-    item_id, first_time) = when the user first purchased the item. Draws are uniform over
+    item_id, first_time) = when the user first had the item (bought it, rated it): an item owned at
+    or before the request's timestamp is never drawn, the request's own item included when it is
+    owned at that time (``amazon_grocery``, ``ml100k_conversion`` draw at the event's own time). Draws are uniform over
     ``catalogue``; rejected draws are redrawn (vectorised, in request/slot order, so the result
     depends only on the inputs and ``seed``). Returns the rows and the number of redraws.
     """
