@@ -75,6 +75,19 @@ def check_output_against_schema(out_dir: Path, schema: Schema) -> None:
         assert impressions[column].dtype.is_numeric(), column
 
 
+def examples_beside_impressions(out_dir: Path, schema: Schema, store_dir: Path, columns: list[str]) -> tuple[pl.DataFrame, dict]:
+    """Build a store from a prepared output: (its examples' ``columns`` beside the impressions, row for
+    row; the manifest). The store keeps the impressions' order (checked)."""
+    from eventrec.store.build import build_store
+
+    manifest = build_store(schema, out_dir, store_dir)
+    examples = pl.read_parquet(store_dir / "examples.parquet")
+    impressions = pl.read_parquet(out_dir / "impressions.parquet")
+    assert examples.height == impressions.height
+    assert (examples["request_id"] == impressions["request_id"]).all(), "examples keep the impressions' order"
+    return pl.concat([examples.select(columns), impressions], how="horizontal"), manifest
+
+
 def files_bytes(out_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
 

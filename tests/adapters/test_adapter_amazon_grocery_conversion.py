@@ -9,7 +9,14 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
-from adapter_checks import check_output_against_schema, check_store_and_batch, files_bytes, schema_of, source_dir
+from adapter_checks import (
+    check_output_against_schema,
+    check_store_and_batch,
+    examples_beside_impressions,
+    files_bytes,
+    schema_of,
+    source_dir,
+)
 
 from eventrec.adapters import ADAPTERS, SOURCE_FOLDERS, AdapterError, amazon_grocery, amazon_grocery_conversion
 from eventrec.adapters._common import history_lengths, sample_key
@@ -27,17 +34,8 @@ def purchases() -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def store(prepared, tmp_path_factory):
     """(examples beside their impressions, row for row; manifest) of a store built from the output."""
-    from eventrec.store.build import build_store
-
     out, _ = prepared(NAME)
-    store_dir = tmp_path_factory.mktemp("conversion_store") / "store"
-    manifest = build_store(schema_of(NAME), out, store_dir)
-    examples = pl.read_parquet(store_dir / "examples.parquet")
-    impressions = pl.read_parquet(out / "impressions.parquet")
-    assert examples.height == impressions.height
-    assert (examples["request_id"] == impressions["request_id"]).all(), "examples keep the impressions' order"
-    joined = pl.concat([examples.select("split", "cut__purchase", "label__purchase"), impressions], how="horizontal")
-    return joined, manifest
+    return examples_beside_impressions(out, schema_of(NAME), tmp_path_factory.mktemp("conversion_store") / "store", ["split", "cut__purchase", "label__purchase"])
 
 
 def test_registered():

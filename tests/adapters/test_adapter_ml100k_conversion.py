@@ -7,7 +7,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from adapter_checks import check_output_against_schema, check_store_and_batch, files_bytes, schema_of, source_dir
+from adapter_checks import (
+    check_output_against_schema,
+    check_store_and_batch,
+    examples_beside_impressions,
+    files_bytes,
+    schema_of,
+    source_dir,
+)
 
 from eventrec.adapters import ADAPTERS, SOURCE_FOLDERS, AdapterError, ml100k, ml100k_conversion
 from eventrec.adapters._common import history_lengths
@@ -27,15 +34,8 @@ def ratings() -> pl.DataFrame:
 @pytest.fixture(scope="module")
 def store(prepared, tmp_path_factory):
     """(examples beside their impressions, row for row; manifest) of a store built from the output."""
-    from eventrec.store.build import build_store
-
     out, _ = prepared(NAME)
-    store_dir = tmp_path_factory.mktemp("ml100k_conversion_store") / "store"
-    manifest = build_store(schema_of(NAME), out, store_dir)
-    examples = pl.read_parquet(store_dir / "examples.parquet")
-    impressions = pl.read_parquet(out / "impressions.parquet")
-    assert (examples["request_id"] == impressions["request_id"]).all(), "examples keep the impressions' order"
-    return pl.concat([examples.select("split", "cut__rating", "label__watch"), impressions], how="horizontal"), manifest
+    return examples_beside_impressions(out, schema_of(NAME), tmp_path_factory.mktemp("ml100k_conversion_store") / "store", ["split", "cut__rating", "label__watch"])
 
 
 def test_registered():
