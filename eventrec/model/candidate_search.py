@@ -142,26 +142,46 @@ class UserSearchIndex:
         lo = torch.maximum(torch.searchsorted(self.ids[v], wanted), hi - per_match)
         return torch.where(wanted >= 0, lo, hi), hi
 
+    def own_ranges(self, candidate_ids: Tensor, recent_start: int, per_match: int) -> tuple[Tensor, Tensor]:
+        """``(starts, counts) [C, V]``: per vocabulary ``v`` the index range in row ``v`` of each
+        candidate's own positions: the ``per_match`` latest events with its id there, less those at or
+        after ``recent_start`` (shared already)."""
+        n, count_c = self.length, len(candidate_ids)
+        starts, counts = [], []
+        for v in range(self.ids.shape[0]):
+            wanted = candidate_ids[:, v].contiguous()
+            lo, hi = self.latest_matches(v, wanted, per_match)
+            keyed = self.ids[v] * (n + 1) + self.positions[v]  # sorted: by id, then position
+            not_recent = torch.searchsorted(keyed, wanted * (n + 1) + recent_start)
+            starts.append(lo)
+            counts.append((torch.minimum(hi, not_recent) - lo).clamp(min=0))
+        if not starts:
+            empty = torch.zeros(count_c, 0, dtype=torch.int64, device=candidate_ids.device)
+            return empty, empty
+        return torch.stack(starts, 1), torch.stack(counts, 1)
+
+    def pairs_of(self, starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+        """``(positions [T], candidate [T])`` of the ranges ``starts, counts [C, V]`` (:meth:`own_ranges`),
+        sorted by candidate, then position, without duplicates (one position may match in two vocabularies)."""
+        device, n = starts.device, self.length
+        pairs = []
+        for v in range(starts.shape[1]):
+            count = counts[:, v]
+            candidate = torch.repeat_interleave(torch.arange(len(starts), device=device), count)
+            rank = torch.arange(len(candidate), device=device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+            position = self.positions[v][torch.repeat_interleave(starts[:, v], count) + rank]
+            pairs.append(candidate * (n + 1) + position)
+        unique = torch.unique(torch.cat(pairs)) if pairs else torch.zeros(0, dtype=torch.int64, device=device)  # sorted
+        return unique % (n + 1), unique // (n + 1)
+
     def positions_for(self, candidate_ids: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor, Tensor]:
         """What :func:`search_mask` selects for ``candidate_ids [C, V]`` of this user, split into the
         positions every candidate reads, ``shared [S]`` (the summary token, then the ``recent`` most
         recent events, in order), and each candidate's other positions: ``extra [T]`` with
         ``extra_candidate [T]`` (sorted by candidate, then position; no duplicates)."""
-        device = candidate_ids.device
-        n = self.length
-        shared, recent_start = self.shared_positions(recent, summary_token, device)
-        pairs = []
-        for v in range(self.ids.shape[0]):
-            lo, hi = self.latest_matches(v, candidate_ids[:, v].contiguous(), per_match)
-            count = hi - lo
-            candidate = torch.repeat_interleave(torch.arange(len(candidate_ids), device=device), count)
-            start = torch.repeat_interleave(lo, count)
-            rank = torch.arange(len(candidate), device=device) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-            position = self.positions[v][start + rank]
-            keep = position < recent_start  # the recent ones are shared already
-            pairs.append(candidate[keep] * (n + 1) + position[keep])
-        unique = torch.unique(torch.cat(pairs)) if pairs else torch.zeros(0, dtype=torch.int64, device=device)  # sorted
-        return shared, unique % (n + 1), unique // (n + 1)
+        shared, recent_start = self.shared_positions(recent, summary_token, candidate_ids.device)
+        extra, extra_candidate = self.pairs_of(*self.own_ranges(candidate_ids, recent_start, per_match))
+        return shared, extra, extra_candidate
 
     def groups_for(self, candidate_ids: Tensor, recent: int, per_match: int, summary_token: bool) -> "SearchGroups":
         """:meth:`positions_for` with the candidates' own positions as shared lists: a candidate whose
@@ -173,15 +193,7 @@ class UserSearchIndex:
         n, count_c = self.length, len(candidate_ids)
         shared, recent_start = self.shared_positions(recent, summary_token, device)
         vocabularies = self.ids.shape[0]
-        starts, counts = [], []
-        for v in range(vocabularies):
-            wanted = candidate_ids[:, v].contiguous()
-            lo, hi = self.latest_matches(v, wanted, per_match)
-            keyed = self.ids[v] * (n + 1) + self.positions[v]  # sorted: by id, then position
-            not_recent = torch.searchsorted(keyed, wanted * (n + 1) + recent_start)  # the recent ones are shared already
-            starts.append(lo)
-            counts.append((torch.minimum(hi, not_recent) - lo).clamp(min=0))
-        count_v = torch.stack(counts, 1) if vocabularies else torch.zeros(count_c, 0, dtype=torch.int64, device=device)  # [C, V]
+        start_v, count_v = self.own_ranges(candidate_ids, recent_start, per_match)  # [C, V] each
         matched = count_v > 0
         several = matched.sum(1) > 1
         simple = (~several).nonzero().squeeze(1)
@@ -198,14 +210,14 @@ class UserSearchIndex:
         grouped = candidate_group >= 0
         representative[candidate_group[grouped]] = simple[grouped]
         rep_vocabulary = vocabulary[representative]
-        rep_start = torch.stack(starts, 1)[representative, rep_vocabulary] if vocabularies and len(keys) else torch.zeros(0, dtype=torch.int64, device=device)
+        rep_start = start_v[representative, rep_vocabulary] if vocabularies and len(keys) else torch.zeros(0, dtype=torch.int64, device=device)
         rep_count = count_v[representative, rep_vocabulary] if vocabularies and len(keys) else torch.zeros(0, dtype=torch.int64, device=device)
         longest = int(rep_count.max()) if len(keys) else 0
         rank = torch.arange(longest, device=device)
         group_valid = rank.unsqueeze(0) < rep_count.unsqueeze(1)  # [G, P]
         at = (rep_start.unsqueeze(1) + rank).clamp(max=max(n - 1, 0))
         group_positions = torch.where(group_valid, self.positions[rep_vocabulary.unsqueeze(1).expand_as(at), at] if len(keys) else at, 0)
-        _, extra, extra_candidate = self.positions_for(candidate_ids.index_select(0, mixed), recent, per_match, summary_token)
+        extra, extra_candidate = self.pairs_of(start_v.index_select(0, mixed), count_v.index_select(0, mixed))  # no second search
         return SearchGroups(shared, group_positions, group_valid, simple, candidate_group, mixed, extra, extra_candidate)
 
     def positions_before(self, candidate_ids: Tensor, cuts: Tensor, recent: int, per_match: int, summary_token: bool) -> tuple[Tensor, Tensor]:
