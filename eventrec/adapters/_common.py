@@ -344,3 +344,19 @@ def sample_negatives(
         )
     rows = slots.select("request_id", "slot", pl.Series("item_id", drawn))
     return rows, redraws
+
+
+def requests_with_negatives(
+    requests: pl.DataFrame, owned: pl.DataFrame, catalogue: np.ndarray, negatives: int, seed: int
+) -> tuple[pl.DataFrame, int]:
+    """Each request's own item (``slot`` −1) and its :func:`sample_negatives` draws (slots 0..N−1):
+    (request_id, user_id, timestamp, item_id, slot) sorted by request, then slot; and the redraws."""
+    frames = [requests.select("request_id", "user_id", "timestamp", "item_id").with_columns(pl.lit(-1, dtype=pl.Int64).alias("slot"))]
+    redraws = 0
+    if negatives > 0:
+        drawn, redraws = sample_negatives(requests, owned, catalogue, negatives, seed)
+        frames.append(
+            drawn.join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
+            .select("request_id", "user_id", "timestamp", "item_id", "slot")
+        )
+    return pl.concat(frames, how="vertical").sort("request_id", "slot"), redraws

@@ -37,7 +37,7 @@ from eventrec.adapters._common import (
     check_timestamps,
     parse_column,
     read_tsv_checked,
-    sample_negatives,
+    requests_with_negatives,
     write_outputs,
 )
 
@@ -130,22 +130,12 @@ def purchase_impressions(
     first, then the draws in slot order) and the number of redraws.
     """
     owned = purchases.group_by("user_id", "item_id").agg(pl.col("timestamp").min().alias("first_time")).sort("user_id", "item_id")
-    positives = requests.with_columns(pl.lit(-1, dtype=pl.Int64).alias("slot"), pl.lit(1, dtype=pl.Int8).alias("purchase"))
-    frames = [positives]
-    redraws = 0
-    if negatives > 0:
-        drawn, redraws = sample_negatives(requests, owned, catalogue, negatives, seed)
-        frames.append(
-            drawn.join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
-            .select("request_id", "user_id", "timestamp", "item_id", "slot")
-            .with_columns(pl.lit(0, dtype=pl.Int8).alias("purchase"))
-        )
+    shown, redraws = requests_with_negatives(requests, owned, catalogue, negatives, seed)
     impressions = (
-        pl.concat(frames, how="vertical")
-        .sort("request_id", "slot")
-        .join(items, on="item_id", how="left", maintain_order="left")
+        shown.join(items, on="item_id", how="left", maintain_order="left")
         .select(
-            "request_id", "user_id", "timestamp", "item_id", "category", "purchase",
+            "request_id", "user_id", "timestamp", "item_id", "category",
+            (pl.col("slot") < 0).cast(pl.Int8).alias("purchase"),
             (pl.col("slot") >= 0).cast(pl.Int8).alias("is_negative_sample"),
         )  # fmt: skip
     )

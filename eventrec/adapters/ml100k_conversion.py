@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from eventrec.adapters import ml100k
-from eventrec.adapters._common import ROW, AdapterError, check_output_dir, sample_negatives, write_outputs
+from eventrec.adapters._common import ROW, AdapterError, check_output_dir, requests_with_negatives, write_outputs
 
 SCHEMA = "ml100k_conversion"
 SHOWN_BEFORE = 1  # seconds between a request and its rating
@@ -81,13 +81,7 @@ def prepare(source_dir: Path | str, out_dir: Path | str, request_share: float = 
     # drawn against the rating's own second: neither the rated movie nor one rated at or before it
     owned = ratings.group_by("user_id", pl.col("movie_id").alias("item_id")).agg(pl.col("timestamp").min().alias("first_time"))
     catalogue = np.union1d(movies["movie_id"].to_numpy(), ratings["movie_id"].unique().to_numpy())
-    frames = [requests.with_columns(pl.lit(-1, dtype=pl.Int64).alias("slot"))]
-    redraws = 0
-    if negatives > 0:
-        drawn, redraws = sample_negatives(requests, owned.sort("user_id", "item_id"), catalogue, negatives, seed)
-        frames.append(drawn.join(requests.select("request_id", "user_id", "timestamp"), on="request_id", how="left", maintain_order="left")
-                      .select("request_id", "user_id", "timestamp", "item_id", "slot"))
-    shown = pl.concat(frames, how="vertical").sort("request_id", "slot")
+    shown, redraws = requests_with_negatives(requests, owned.sort("user_id", "item_id"), catalogue, negatives, seed)
     impressions = (
         shown.rename({"item_id": "movie_id"})
         .join(movies.select("movie_id", "genres", "year"), on="movie_id", how="left", maintain_order="left")
