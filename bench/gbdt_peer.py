@@ -31,16 +31,23 @@ ROOT = Path(__file__).resolve().parents[1]
 LEAKY_RULES = ("item popularity in training",)  # its training rows count their own label
 
 
-def feature_matrix(store, index: np.ndarray, task: int) -> tuple[np.ndarray, list[str]]:
-    """``[B, F]`` float64: the engineered DLRM's dense features and the point-in-time rule scores of ``task``."""
+def feature_matrices(store, index: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+    """Per task ``[B, F]`` float64: the engineered DLRM's dense features (computed once) and the
+    point-in-time rule scores of that task; and the column names."""
     from eventrec.data.dlrm_features import DlrmFeatureBuilder
     from eventrec.evaluation.rules import rule_scores
 
-    builder = DlrmFeatureBuilder(engineered=True, item_counters=True)
-    batch = builder(store, index)
-    rules = {name: score[:, task] for name, score in rule_scores(store, index).items() if name not in LEAKY_RULES}
-    columns = [batch.dense.numpy().astype(np.float64)] + [np.asarray(s, dtype=np.float64)[:, None] for s in rules.values()]
-    return np.concatenate(columns, axis=1), list(batch.dense_names) + list(rules)
+    batch = DlrmFeatureBuilder(engineered=True, item_counters=True)(store, index)
+    dense = batch.dense.numpy().astype(np.float64)
+    rules = {name: np.asarray(score, dtype=np.float64) for name, score in rule_scores(store, index).items() if name not in LEAKY_RULES}
+    per_task = [np.concatenate([dense] + [score[:, task, None] for score in rules.values()], axis=1) for task in range(len(store.label_names))]
+    return per_task, list(batch.dense_names) + list(rules)
+
+
+def feature_matrix(store, index: np.ndarray, task: int) -> tuple[np.ndarray, list[str]]:
+    """``[B, F]`` float64: the engineered DLRM's dense features and the point-in-time rule scores of ``task``."""
+    per_task, names = feature_matrices(store, index)
+    return per_task[task], names
 
 
 def fit_and_score(x: dict, y: dict, seed: int, max_trees: int) -> tuple[np.ndarray, int, float]:
@@ -80,7 +87,8 @@ def main() -> None:
     started = time.perf_counter()
     store = EventStore.open(store_dir)
     index = {split: store.split_indices(split) for split in ("train", "validation", "test")}
-    features = {(split, task): feature_matrix(store, rows, task)[0] for split, rows in index.items() for task in range(len(store.label_names))}
+    matrices = {split: feature_matrices(store, rows)[0] for split, rows in index.items()}  # the DLRM features once per split
+    features = {(split, task): matrices[split][task] for split in index for task in range(len(store.label_names))}
     runs: list[SeedRun] = []
     for seed in range(args.seeds):
         probs = np.zeros((len(index["test"]), len(store.label_names)))
